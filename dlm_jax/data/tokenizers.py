@@ -1,0 +1,76 @@
+"""Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `byte`, or a HF file.
+
+Special ids are fixed for every tokenizer: PAD=0, BOS=1, EOS=2, MASK=3. The [MASK] id is part of
+the vocabulary (embedding row) but its logit is never predicted (SUBS parameterisation).
+"""
+import functools
+import os
+
+import numpy as np
+
+PAD, BOS, EOS, MASK = 0, 1, 2, 3
+SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
+BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
+
+
+class ByteTokenizer:
+  """UTF-8 bytes shifted past the four special ids; vocab 260."""
+  name = 'byte'
+  vocab_size = 256 + len(SPECIALS)
+
+  def encode_batch(self, texts):
+    return [np.frombuffer(t.encode('utf-8'), np.uint8).astype(np.int32) + len(SPECIALS)
+            for t in texts]
+
+  def decode(self, ids):
+    b = bytes(int(i) - len(SPECIALS) for i in ids if int(i) >= len(SPECIALS))
+    return b.decode('utf-8', errors='replace')
+
+
+class HFTokenizer:
+  """A HF `tokenizers` JSON file whose first four ids are the specials above."""
+
+  def __init__(self, path, name=None):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'tokenizer file not found: {path}')
+    self._tok = tokenizers.Tokenizer.from_file(path)
+    self.name = name or path
+    for i, s in enumerate(SPECIALS):
+      if self._tok.token_to_id(s) != i:
+        raise ValueError(f'tokenizer {path}: special token {s} must have id {i}, '
+                         f'has {self._tok.token_to_id(s)}')
+    self.vocab_size = self._tok.get_vocab_size()
+
+  def encode_batch(self, texts):
+    return [np.asarray(e.ids, np.int32)
+            for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids):
+    return self._tok.decode([int(i) for i in ids if int(i) >= len(SPECIALS)])
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer(name: str):
+  if name == 'byte':
+    return ByteTokenizer()
+  if name == 'bpe':
+    return HFTokenizer(BPE_FILE, name='bpe')
+  if name.endswith('.json'):
+    return HFTokenizer(os.path.expanduser(name))
+  raise ValueError(f'unknown tokenizer {name!r}: use bpe, byte or a path to a tokenizers .json')
+
+
+def train_bpe(texts, vocab_size=8192, out=BPE_FILE):
+  """Byte-level BPE with the project's specials at ids 0-3 (used to build the shipped file)."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  tok.save(out)
+  return out
