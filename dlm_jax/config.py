@@ -1,0 +1,225 @@
+"""The config schema, its defaults and validation.
+
+Every config file in configs/ starts from `base()` and changes values; `validate` then checks that no
+key was added or misspelled, every value has the schema's type and every value is possible. Errors
+are `ConfigError`s whose one-line message names the key (main.py prints it and exits 2).
+"""
+import difflib
+import json
+
+import ml_collections
+
+OBJECTIVES = ('ar', 'mdm', 'dual')
+ATTENTION = ('causal', 'bidirectional', 'prefix')
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message starts with the dotted key."""
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every key a config may set, with defaults suited to a small CPU run."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = 'mdm'          # ar | mdm | dual
+  c.dual = ml_collections.ConfigDict(dict(
+      mdm_fraction=0.5,        # rho: share of each batch's sequences trained as MDM
+  ))
+  c.model = ml_collections.ConfigDict(dict(
+      size='',                 # a name from flops.SIZES overrides d_model/num_layers/num_heads/mlp_dim
+      vocab_size=0,            # 0: the tokenizer's vocabulary size
+      d_model=256,
+      num_layers=4,
+      num_heads=4,
+      mlp_dim=0,               # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 64
+      rope_base=10000.0,
+      tie_embeddings=True,
+      dtype='float32',         # compute dtype: float32 | bfloat16
+      param_dtype='float32',
+      scan_layers=True,
+      remat='none',            # none | full | dots
+      attn_dropout=0.0,
+      mlp_dropout=0.0,
+      resid_dropout=0.0,
+      embed_dropout=0.0,
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      corpus='embedded',       # embedded | path to .txt/.jsonl(.xz) file or directory
+      tokenizer='bpe',         # bpe | byte | path to a HF tokenizers .json
+      seq_len=128,
+      val_fraction=0.04,
+      segment_ids=False,       # True: packed documents never attend across EOS boundaries
+      cache_dir='',            # '' : ~/.cache/dlm_jax
+      prefetch=2,
+  ))
+  c.diffusion = ml_collections.ConfigDict(dict(
+      schedule='linear',
+      time_sampler='low_discrepancy',  # uniform | low_discrepancy
+      eps=1e-3,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32,
+      num_steps=1000,
+      lr=3e-3,
+      lr_schedule='cosine',    # cosine | wsd | constant
+      warmup_steps=100,
+      min_lr_ratio=0.1,
+      decay_fraction=0.2,      # wsd: share of steps in the final decay
+      b1=0.9,
+      b2=0.95,
+      adam_eps=1e-8,
+      weight_decay=0.1,
+      decay_embeddings=False,  # weight-decay mask: never norms/biases; embeddings only if True
+      grad_clip=1.0,
+      ema_decay=0.0,           # 0: no EMA
+      log_every=10,
+      eval_every=200,
+      checkpoint_every=200,
+      max_to_keep=3,
+      nan_policy='stop',
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      num_batches=8,
+      batch_size=32,
+      seed=1234,
+  ))
+  c.sample = ml_collections.ConfigDict(dict(
+      num_samples=4,
+      length=0,                # 0: data.seq_len
+      steps=64,
+      temperature=1.0,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  return c
+
+
+def _walk(d, prefix=''):
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _walk(v, key + '.')
+    else:
+      yield key, v
+
+
+def _check_keys(cfg, schema, prefix='config.'):
+  for k in cfg.keys():
+    key = f'{prefix}{k}'
+    if k not in schema:
+      close = difflib.get_close_matches(k, list(schema.keys()), n=1)
+      hint = f' (did you mean {prefix}{close[0]}?)' if close else ''
+      raise ConfigError(f'{key}: unknown key{hint}')
+    sv, cv = schema[k], cfg[k]
+    if isinstance(sv, ml_collections.ConfigDict):
+      if not isinstance(cv, ml_collections.ConfigDict):
+        raise ConfigError(f'{key}: must be a group of keys, got {cv!r}')
+      _check_keys(cv, sv, key + '.')
+    else:
+      ok = (isinstance(cv, type(sv)) and not (isinstance(cv, bool) and not isinstance(sv, bool))
+            or isinstance(sv, float) and isinstance(cv, int) and not isinstance(cv, bool))
+      if not ok:
+        raise ConfigError(f'{key}: expected {type(sv).__name__}, got {type(cv).__name__} {cv!r}')
+
+
+def _need(cond, key, msg):
+  if not cond:
+    raise ConfigError(f'config.{key}: {msg}')
+
+
+def _choice(cfg, key, options):
+  v = cfg
+  for part in key.split('.'):
+    v = v[part]
+  _need(v in options, key, f'{v!r} is not one of {", ".join(options)}')
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys, types and values against the schema; returns cfg, raises ConfigError."""
+  from dlm_jax import flops  # pylint: disable=g-import-not-at-top
+  _check_keys(cfg, base())
+  m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+  _choice(cfg, 'objective', OBJECTIVES)
+  _need(0.0 <= cfg.dual.mdm_fraction <= 1.0, 'dual.mdm_fraction',
+        f'{cfg.dual.mdm_fraction} is outside [0, 1]')
+  _need(m.size == '' or m.size in flops.SIZES, 'model.size',
+        f'{m.size!r} is not a size name ({", ".join(flops.SIZES)})')
+  for k in ('d_model', 'num_layers', 'num_heads'):
+    _need(m[k] > 0, f'model.{k}', f'must be positive, got {m[k]}')
+  _need(m.d_model % m.num_heads == 0, 'model.num_heads',
+        f'{m.num_heads} heads do not divide d_model={m.d_model}')
+  _need((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads',
+        f'head dim {m.d_model // m.num_heads} must be even for RoPE')
+  _need(m.mlp_dim >= 0 and m.vocab_size >= 0, 'model.mlp_dim', 'must be >= 0')
+  _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
+  _choice(cfg, 'model.param_dtype', ('float32', 'bfloat16'))
+  _choice(cfg, 'model.remat', ('none', 'full', 'dots'))
+  for k in ('attn_dropout', 'mlp_dropout', 'resid_dropout', 'embed_dropout'):
+    _need(0.0 <= m[k] < 1.0, f'model.{k}', f'{m[k]} is outside [0, 1)')
+  _need(d.seq_len >= 2, 'data.seq_len', f'must be >= 2, got {d.seq_len}')
+  _need(0.0 < d.val_fraction < 1.0, 'data.val_fraction', f'{d.val_fraction} is outside (0, 1)')
+  _need(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
+  _choice(cfg, 'diffusion.schedule', ('linear',))
+  _choice(cfg, 'diffusion.time_sampler', ('uniform', 'low_discrepancy'))
+  _need(0.0 < cfg.diffusion.eps < 1.0, 'diffusion.eps', f'{cfg.diffusion.eps} is outside (0, 1)')
+  _need(t.batch_size > 0, 'train.batch_size', f'must be positive, got {t.batch_size}')
+  _need(t.num_steps >= 0, 'train.num_steps', f'must be >= 0, got {t.num_steps}')
+  _need(t.lr > 0, 'train.lr', f'must be positive, got {t.lr}')
+  _choice(cfg, 'train.lr_schedule', ('cosine', 'wsd', 'constant'))
+  _need(t.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0')
+  _need(0.0 <= t.min_lr_ratio <= 1.0, 'train.min_lr_ratio', 'must be in [0, 1]')
+  _need(0.0 < t.decay_fraction <= 1.0, 'train.decay_fraction', 'must be in (0, 1]')
+  _need(0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0, 'train.b1', 'Adam betas must be in [0, 1)')
+  _need(t.weight_decay >= 0, 'train.weight_decay', 'must be >= 0')
+  _need(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0 (0 disables clipping)')
+  _need(0.0 <= t.ema_decay < 1.0, 'train.ema_decay', 'must be in [0, 1)')
+  for k in ('log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
+    _need(t[k] > 0, f'train.{k}', f'must be positive, got {t[k]}')
+  _choice(cfg, 'train.nan_policy', ('stop',))
+  _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
+  _need(cfg.sample.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
+  _need(cfg.sample.steps >= 1, 'sample.steps', f'must be >= 1, got {cfg.sample.steps}')
+  _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', f'must be in [0, data.seq_len]')
+  _need(cfg.sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
+  for k in ('data', 'fsdp'):
+    _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')
+  return cfg
+
+
+def resolve(cfg: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
+  """Fills derived values (named size, vocab, mlp width) so config.json records what ran."""
+  from dlm_jax import flops  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  m = cfg.model
+  if m.size:
+    s = flops.SIZES[m.size]
+    m.d_model, m.num_layers, m.num_heads, m.mlp_dim = s.d_model, s.num_layers, s.num_heads, s.mlp_dim
+  if m.vocab_size == 0:
+    m.vocab_size = vocab_size
+  elif m.vocab_size < vocab_size:
+    raise ConfigError(f'config.model.vocab_size: {m.vocab_size} is smaller than the tokenizer '
+                      f'vocabulary ({vocab_size})')
+  if m.mlp_dim == 0:
+    m.mlp_dim = flops.default_mlp_dim(m.d_model)
+  validate(cfg)
+  return cfg
+
+
+def to_json(cfg) -> str:
+  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+
+
+# Keys that may differ between a run's config.json and the command resuming it.
+RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
+                     'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
+                     'data.cache_dir', 'data.prefetch')
+
+
+def diff_for_resume(old: dict, new: dict) -> list[str]:
+  """Keys whose values differ in a way that makes resuming a different run."""
+  flat = lambda d: dict(_walk(ml_collections.ConfigDict(d)))
+  a, b = flat(old), flat(new)
+  out = []
+  for k in sorted(set(a) | set(b)):
+    if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):
+      out.append(f'{k}: {a.get(k)!r} -> {b.get(k)!r}')
+  return out

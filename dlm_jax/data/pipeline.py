@@ -1,0 +1,129 @@
+"""Token streams and grain pipelines.
+
+Packing mode `wrap` (MDLM-style): the documents of a split, in id order, are concatenated with EOS
+after each, and cut into non-overlapping windows of seq_len tokens; documents shorter than a window
+simply share it (with `data.segment_ids` they do not attend to each other). The training stream is
+a grain MapDataset: windows, shuffled with the seed, reshuffled every epoch, batched; its iterator
+position is checkpointed with the run. Tokenised splits are cached as .npy under data.cache_dir.
+"""
+import hashlib
+import json
+import os
+
+import grain
+import numpy as np
+
+from dlm_jax.data import corpus as corpus_lib
+from dlm_jax.data import tokenizers
+from dlm_jax.data.corpus import DataError
+from dlm_jax.data.tokenizers import EOS
+
+
+def cache_dir(dcfg):
+  return os.path.expanduser(dcfg.cache_dir or os.environ.get('DLM_JAX_CACHE', '~/.cache/dlm_jax'))
+
+
+def _source_fingerprint(source):
+  path = corpus_lib.EMBEDDED if source == 'embedded' else os.path.expanduser(source)
+  if not os.path.exists(path):
+    raise DataError(f'corpus {source!r}: no such file or directory ({path})')
+  h = hashlib.sha256(source.encode())
+  if os.path.isdir(path):
+    for root, _, files in sorted(os.walk(path)):
+      for f in sorted(files):
+        st = os.stat(os.path.join(root, f))
+        h.update(f'{f}:{st.st_size}:{st.st_mtime_ns}'.encode())
+  else:
+    st = os.stat(path)
+    h.update(f'{st.st_size}:{st.st_mtime_ns}'.encode())
+  return h.hexdigest()[:16]
+
+
+def tokenize_docs(docs, tok):
+  ids = tok.encode_batch([d.text for d in docs])
+  return np.concatenate([np.append(x, EOS).astype(np.int32) for x in ids])
+
+
+def token_streams(dcfg):
+  """(train_stream, val_stream, info) as int32 arrays; EOS after every document."""
+  tok = tokenizers.get_tokenizer(dcfg.tokenizer)
+  tok_id = dcfg.tokenizer if dcfg.tokenizer in ('bpe', 'byte') else _source_fingerprint(
+      dcfg.tokenizer)
+  key = hashlib.sha256(json.dumps([_source_fingerprint(dcfg.corpus), tok_id,
+                                   float(dcfg.val_fraction), 1]).encode()).hexdigest()[:20]
+  d = os.path.join(cache_dir(dcfg), 'tokens', key)
+  files = {s: os.path.join(d, f'{s}.npy') for s in ('train', 'validation')}
+  meta_path = os.path.join(d, 'meta.json')
+  if all(os.path.exists(f) for f in files.values()) and os.path.exists(meta_path):
+    try:
+      streams = {s: np.load(f) for s, f in files.items()}
+      return streams['train'], streams['validation'], json.load(open(meta_path))
+    except (ValueError, OSError):
+      pass  # a corrupt cache entry is rebuilt below
+  train_docs, val_docs = corpus_lib.split_documents(corpus_lib.load_documents(dcfg.corpus),
+                                                    dcfg.val_fraction)
+  streams = {'train': tokenize_docs(train_docs, tok), 'validation': tokenize_docs(val_docs, tok)}
+  info = dict(corpus=dcfg.corpus, tokenizer=dcfg.tokenizer, train_docs=len(train_docs),
+              val_docs=len(val_docs), train_tokens=int(streams['train'].size),
+              val_tokens=int(streams['validation'].size),
+              train_bytes=sum(len(x.text.encode()) + 1 for x in train_docs),
+              val_bytes=sum(len(x.text.encode()) + 1 for x in val_docs))
+  os.makedirs(d, exist_ok=True)
+  for s, f in files.items():  # atomic: write then rename, so a crash never leaves half a file
+    np.save(f + '.tmp.npy', streams[s])
+    os.replace(f + '.tmp.npy', f)
+  with open(meta_path + '.tmp', 'w') as f:
+    json.dump(info, f)
+  os.replace(meta_path + '.tmp', meta_path)
+  return streams['train'], streams['validation'], info
+
+
+def windows(stream, seq_len, split='train'):
+  n = stream.size // seq_len
+  if n == 0:
+    raise DataError(f'the {split} split has {stream.size} tokens, fewer than one window of '
+                    f'data.seq_len={seq_len}')
+  return stream[:n * seq_len].reshape(n, seq_len)
+
+
+def make_batch(targets_BxL, segment_ids: bool):
+  """A batch dict; segment ids count EOS tokens among the (shifted) inputs."""
+  targets_BxL = np.asarray(targets_BxL, np.int32)
+  out = {'targets': targets_BxL}
+  if segment_ids:
+    eos = (targets_BxL[:, :-1] == EOS).astype(np.int32)
+    out['segment_ids'] = np.concatenate(
+        [np.zeros_like(eos[:, :1]), np.cumsum(eos, axis=1)], axis=1)
+  return out
+
+
+def train_dataset(windows_NxL, batch_size, seed, segment_ids=False):
+  """Shuffled, reshuffled-every-epoch, infinitely repeated batches (a grain MapDataset)."""
+  if windows_NxL.shape[0] < batch_size:
+    raise DataError(f'the training split has {windows_NxL.shape[0]} windows, fewer than '
+                    f'train.batch_size={batch_size}')
+  ds = grain.MapDataset.source(windows_NxL).shuffle(seed=seed).repeat(None)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.map(lambda w: make_batch(w, segment_ids))
+
+
+def train_iterator(ds, prefetch: int):
+  opts = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(opts))
+
+
+def eval_batches(windows_NxL, batch_size, num_batches, segment_ids=False):
+  """The first num_batches x batch_size validation windows, in order (fixed across runs)."""
+  n = min(num_batches, windows_NxL.shape[0] // batch_size)
+  if n == 0:
+    bs = windows_NxL.shape[0]
+    return [make_batch(windows_NxL[:bs], segment_ids)]
+  return [make_batch(windows_NxL[i * batch_size:(i + 1) * batch_size], segment_ids)
+          for i in range(n)]
+
+
+def unigram_entropy(val_stream, train_stream, vocab_size):
+  """Cross-entropy (nats/token) of validation tokens under the add-one train unigram model."""
+  counts = np.bincount(train_stream, minlength=vocab_size).astype(np.float64) + 1.0
+  logp = np.log(counts / counts.sum())
+  return float(-logp[val_stream].mean())

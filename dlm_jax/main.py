@@ -1,0 +1,64 @@
+"""Entry point: python -m dlm_jax.main --config configs/default.py --workdir runs/x [--mode train].
+
+Config errors print one line naming the key and exit with status 2 before anything is written.
+"""
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; rerun resumes).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the run.')
+
+
+def fail(msg, code=2):
+  print(f'error: {msg}', file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv=None):
+  argv = sys.argv if argv is None else argv
+  try:
+    rest = flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, FileNotFoundError,
+          OSError, SyntaxError) as e:
+    fail(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+  if len(rest) > 1:
+    fail(f'unexpected arguments: {" ".join(rest[1:])}')
+  if _CONFIG.value is None:
+    fail('--config is required (e.g. --config configs/default.py)')
+  if not _WORKDIR.value:
+    fail('--workdir is required')
+
+  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from dlm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dlm_jax import train  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
+  try:
+    cfg = config_lib.validate(_CONFIG.value)
+  except config_lib.ConfigError as e:
+    fail(str(e))
+  try:
+    summary = train.train_and_evaluate(cfg, _WORKDIR.value)
+  except (config_lib.ConfigError, sharding.MeshError) as e:
+    fail(str(e))
+  except (DataError, FileNotFoundError) as e:
+    fail(str(e), 1)
+  except train.TrainingError as e:
+    fail(str(e), 1)
+  workdir = os.path.abspath(_WORKDIR.value)
+  print('\nfinal validation (nats/token):')
+  for k, v in summary['final'].items():
+    print(f'  {k:12s} {v:8.4f}')
+  print(f'  {"unigram":12s} {summary["unigram_entropy"]:8.4f}  (validation tokens under the '
+        'train unigram distribution)')
+  print(f'trained {summary["D"]:,} tokens ({summary["epochs"]:.2f} epochs) in '
+        f'{summary["wall_time_s"]:.0f} s; N_total={summary["N_total"]:,}')
+  print(f'outputs: {workdir}')
+
+
+if __name__ == '__main__':
+  main()

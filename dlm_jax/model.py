@@ -1,0 +1,154 @@
+"""The decoder-only Transformer shared by AR, MDM and dual training.
+
+RoPE, RMSNorm (pre-norm), SwiGLU, optional tied embeddings, layers under `nn.scan`. One set of
+parameters runs with three attention kinds, chosen per call:
+  causal         position i attends to j <= i
+  bidirectional  every position attends to every position
+  prefix         bidirectional over the first P_b positions of sequence b, causal after
+and optional segment ids, so packed documents never attend across boundaries. The [MASK] logit is
+never predicted (set to -1e9): MDM and AR share one output distribution over real tokens.
+"""
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlm_jax.data.tokenizers import MASK
+
+NEG_INF = -1e9
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
+  """(mask_Bx1xLxL or None, is_causal) for jax.nn.dot_product_attention; True = may attend."""
+  if kind not in ('causal', 'bidirectional', 'prefix'):
+    raise ValueError(f'unknown attention kind {kind!r}')
+  if kind == 'prefix' and prefix_len_B is None:
+    raise ValueError('prefix attention needs prefix_len_B')
+  if segment_ids_BxL is None and kind != 'prefix':
+    return None, kind == 'causal'
+  i = jnp.arange(L)[:, None]
+  j = jnp.arange(L)[None, :]
+  if kind == 'causal':
+    allowed_BxLxL = (j <= i)[None]
+  elif kind == 'bidirectional':
+    allowed_BxLxL = jnp.ones((1, L, L), bool)
+  else:
+    allowed_BxLxL = (j <= i)[None] | (j[None] < prefix_len_B[:, None, None])
+  if segment_ids_BxL is not None:
+    allowed_BxLxL = allowed_BxLxL & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
+  return allowed_BxLxL[:, None], False
+
+
+def rope(x_BxLxNxH, base: float):
+  """Rotary position embedding on the last axis (half-split convention)."""
+  L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
+  inv_freq_K = 1.0 / (base ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  ang_LxK = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq_K[None]
+  sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]
+  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxH.dtype)
+
+
+class RMSNorm(nn.Module):
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    scale_D = self.param('scale', nn.initializers.ones, (x_BxLxD.shape[-1],), self.param_dtype)
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * scale_D.astype(jnp.float32)).astype(self.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm attention + SwiGLU MLP; returns (x, None) so it can run under nn.scan."""
+  cfg: object  # a resolved config.model (ConfigDict)
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask, is_causal, deterministic):
+    c = self.cfg
+    dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
+    N, H = c.num_heads, c.d_model // c.num_heads
+    init = nn.initializers.normal(0.02)
+    out_init = nn.initializers.normal(0.02 / (2 * c.num_layers) ** 0.5)
+    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dt, param_dtype=pdt)
+
+    h_BxLxD = RMSNorm(dt, pdt, name='attn_norm')(x_BxLxD)
+    q_BxLxNxH = rope(dense((N, H), kernel_init=init, name='q')(h_BxLxD), c.rope_base)
+    k_BxLxNxH = rope(dense((N, H), kernel_init=init, name='k')(h_BxLxD), c.rope_base)
+    v_BxLxNxH = dense((N, H), kernel_init=init, name='v')(h_BxLxD)
+    if c.attn_dropout > 0 and not deterministic:
+      # Explicit softmax so probabilities can be dropped out; same maths as the fused kernel.
+      s_BxNxLxL = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxLxNxH).astype(jnp.float32)
+      s_BxNxLxL = s_BxNxLxL / jnp.sqrt(H).astype(jnp.float32)
+      L = x_BxLxD.shape[1]
+      if is_causal:
+        mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
+      if mask is not None:
+        s_BxNxLxL = jnp.where(mask, s_BxNxLxL, NEG_INF)
+      p_BxNxLxL = nn.Dropout(c.attn_dropout)(jax.nn.softmax(s_BxNxLxL, -1), deterministic=False)
+      o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxL.astype(dt), v_BxLxNxH)
+    else:
+      o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
+                                               is_causal=is_causal)
+    o_BxLxD = dense(c.d_model, axis=(-2, -1), kernel_init=out_init, name='o')(o_BxLxNxH)
+    x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(o_BxLxD, deterministic=deterministic)
+
+    h_BxLxD = RMSNorm(dt, pdt, name='mlp_norm')(x_BxLxD)
+    gate_BxLxF = dense(c.mlp_dim, kernel_init=init, name='gate')(h_BxLxD)
+    up_BxLxF = dense(c.mlp_dim, kernel_init=init, name='up')(h_BxLxD)
+    a_BxLxF = nn.Dropout(c.mlp_dropout)(nn.silu(gate_BxLxF) * up_BxLxF,
+                                        deterministic=deterministic)
+    y_BxLxD = dense(c.d_model, kernel_init=out_init, name='down')(a_BxLxF)
+    x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(y_BxLxD, deterministic=deterministic)
+    return x_BxLxD, None
+
+
+class Transformer(nn.Module):
+  """tokens_BxL -> logits_BxLxV (float32). `attention` is static; prefix/segments are arrays."""
+  cfg: object
+
+  @nn.compact
+  def __call__(self, tokens_BxL, attention: str = 'causal', prefix_len_B=None,
+               segment_ids_BxL=None, deterministic: bool = True):
+    c = self.cfg
+    dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
+    embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02),
+                     dtype=dt, param_dtype=pdt, name='embed')
+    x_BxLxD = embed(tokens_BxL)
+    x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
+    mask, is_causal = attention_mask(attention, tokens_BxL.shape[1], prefix_len_B,
+                                     segment_ids_BxL)
+    block = Block
+    if c.remat != 'none':
+      policy = (jax.checkpoint_policies.checkpoint_dots if c.remat == 'dots' else None)
+      block = nn.remat(Block, static_argnums=(2, 3), policy=policy, prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      x_BxLxD, _ = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
+                                                                            'dropout': True},
+                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                           length=c.num_layers)(c, name='layers')(x_BxLxD, mask, is_causal,
+                                                                  deterministic)
+    else:
+      for i in range(c.num_layers):
+        x_BxLxD, _ = block(c, name=f'layers_{i}')(x_BxLxD, mask, is_causal, deterministic)
+    x_BxLxD = RMSNorm(dt, pdt, name='final_norm')(x_BxLxD)
+    if c.tie_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt,
+                              kernel_init=nn.initializers.normal(0.02), name='head')(x_BxLxD)
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    return logits_BxLxV.at[..., MASK].set(NEG_INF)
+
+
+def init_params(cfg, rng, seq_len: int):
+  model = Transformer(cfg)
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return model, model.init({'params': rng}, tokens)['params']

@@ -1,0 +1,348 @@
+"""TrainState, the one `train_step`, the loop, checkpoint/resume and the run directory.
+
+The run directory is the contract with the analysis side (DESIGN.md): config.json, metrics.jsonl,
+tb/ (TensorBoard), eval/validation.json, checkpoints/ (orbax: state + grain iterator),
+samples.jsonl, summary.json. Rerunning the same command resumes from the latest checkpoint.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from dlm_jax import config as config_lib
+from dlm_jax import evaluate
+from dlm_jax import flops
+from dlm_jax import model as model_lib
+from dlm_jax import objectives
+from dlm_jax import sharding
+from dlm_jax.data import pipeline
+from dlm_jax.data import tokenizers
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (NaN loss, incompatible workdir); the message says where and why."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  ema_params: Any = None
+
+
+def lr_schedule(tcfg):
+  warm = optax.linear_schedule(0.0, tcfg.lr, max(tcfg.warmup_steps, 1))
+  rest = max(tcfg.num_steps - tcfg.warmup_steps, 1)
+  end = tcfg.lr * tcfg.min_lr_ratio
+  if tcfg.lr_schedule == 'cosine':
+    main = optax.cosine_decay_schedule(tcfg.lr, rest, alpha=tcfg.min_lr_ratio)
+  elif tcfg.lr_schedule == 'wsd':
+    decay = max(int(round(tcfg.decay_fraction * tcfg.num_steps)), 1)
+    main = optax.join_schedules([optax.constant_schedule(tcfg.lr),
+                                 optax.linear_schedule(tcfg.lr, end, decay)],
+                                [max(rest - decay, 0)])
+  else:
+    main = optax.constant_schedule(tcfg.lr)
+  return optax.join_schedules([warm, main], [tcfg.warmup_steps])
+
+
+def weight_decay_mask(params, decay_embeddings=False):
+  """Decay matrices (Dense kernels) only; never norm scales; embeddings only if asked."""
+  def decide(path, _):
+    name = path[-1].key if hasattr(path[-1], 'key') else str(path[-1])
+    return name == 'kernel' or (decay_embeddings and name == 'embedding')
+  return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make_optimizer(tcfg, params):
+  sched = lr_schedule(tcfg)
+  parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
+  parts.append(optax.adamw(sched, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.adam_eps,
+                           weight_decay=tcfg.weight_decay,
+                           mask=weight_decay_mask(params, tcfg.decay_embeddings)))
+  return optax.chain(*parts), sched
+
+
+def make_train_step(loss_fn, tx, sched, ema_decay):
+  """The pure step. A non-finite loss or gradient leaves params/optimizer unchanged (the loop
+  then stops with an error), so the state that can be checkpointed is always the last good one."""
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    metrics = dict(metrics, grad_norm=grad_norm, lr=sched(state.step), finite=finite)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema), metrics
+  return train_step
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run, an evaluation or a sampler needs, built once from a resolved config."""
+  cfg: Any
+  tokenizer: Any
+  model: Any
+  mesh: Any
+  train_windows: np.ndarray
+  val_windows: np.ndarray
+  data_info: dict
+  counts: dict
+
+
+def build(cfg) -> Setup:
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  cfg = config_lib.resolve(cfg, tok.vocab_size)
+  mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_batch(mesh, cfg.train.batch_size)
+  train_s, val_s, info = pipeline.token_streams(cfg.data)
+  train_w = pipeline.windows(train_s, cfg.data.seq_len, 'train')
+  val_w = pipeline.windows(val_s, cfg.data.seq_len, 'validation')
+  info = dict(info, unigram_entropy=pipeline.unigram_entropy(val_s, train_s, cfg.model.vocab_size))
+  return Setup(cfg, tok, model_lib.Transformer(cfg.model), mesh, train_w, val_w, info,
+               flops.from_config(cfg.model, cfg.data.seq_len))
+
+
+def init_state(setup, tx):
+  cfg = setup.cfg
+  rng = jax.random.PRNGKey(cfg.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  _, params = model_lib.init_params(cfg.model, init_rng, cfg.data.seq_len)
+  ema = jax.tree_util.tree_map(jnp.copy, params) if cfg.train.ema_decay > 0 else None
+  return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=train_rng, ema_params=ema)
+
+
+class MetricWriter:
+  """metrics.jsonl (one object per logged step) and TensorBoard events, from process 0 only."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if self.active:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.f = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
+
+  def write(self, step, values, prefix=''):
+    if not self.active:
+      return
+    self.f.write(json.dumps(dict(step=int(step), **{prefix + k: v for k, v in values.items()}))
+                 + '\n')
+    self.f.flush()
+    for k, v in values.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self.tb.add_scalar(prefix + k, v, int(step))
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.f.close()
+      self.tb.close()
+
+
+def _atomic_json(path, obj):
+  if jax.process_index() != 0:
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def check_workdir(workdir, cfg):
+  """Refuses a workdir whose config.json belongs to a different run (nothing is written)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(
+        os.path.join(workdir, 'checkpoints')):
+      raise TrainingError(f'{workdir} holds checkpoints but no config.json; refusing to mix runs')
+    return False
+  old = json.load(open(path, encoding='utf-8'))
+  diffs = config_lib.diff_for_resume(old, cfg.to_dict())
+  if diffs:
+    raise TrainingError(f'{workdir} holds a different run (config.json differs: '
+                        f'{"; ".join(diffs[:5])}); use a new --workdir')
+  return True
+
+
+def checkpoint_manager(workdir, tcfg):
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=tcfg.max_to_keep, create=True,
+                                           enable_async_checkpointing=True))
+
+
+def save(mngr, step, state, data_iter):
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=grain.checkpoint.CheckpointSave(data_iter)))
+
+
+def restore(mngr, step, abstract_state, data_iter=None):
+  args = dict(state=ocp.args.StandardRestore(abstract_state))
+  if data_iter is not None:
+    args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+  return mngr.restore(step, args=ocp.args.Composite(**args))['state']
+
+
+def _host(tree):
+  return jax.tree_util.tree_map(lambda x: x.item() if np.ndim(x) == 0 else np.asarray(x),
+                                jax.device_get(tree))
+
+
+def train_and_evaluate(cfg, workdir) -> dict:
+  """Trains (or resumes) the configured run in `workdir`; returns the summary dict."""
+  t_start = time.time()
+  setup = build(cfg)
+  cfg = setup.cfg
+  resuming = check_workdir(workdir, cfg)
+  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+  _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
+
+  mesh = setup.mesh
+  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True)
+  params_shape = jax.eval_shape(
+      lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)[1])
+  tx, sched = make_optimizer(cfg.train, params_shape)
+  state_sharding = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh),
+                                          jax.eval_shape(lambda: init_state(setup, tx)))
+  batch_sh = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay),
+                    in_shardings=(state_sharding, batch_sh),
+                    out_shardings=(state_sharding, sharding.replicated(mesh)),
+                    donate_argnums=0)
+
+  ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
+                              cfg.data.segment_ids)
+  data_iter = pipeline.train_iterator(ds, cfg.data.prefetch)
+  mngr = checkpoint_manager(workdir, cfg.train)
+  latest = mngr.latest_step()
+  if latest is not None:
+    abstract = jax.eval_shape(lambda: init_state(setup, tx))
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    state = restore(mngr, latest, abstract, data_iter)
+    print(f'resumed {workdir} from step {latest}')
+  else:
+    state = jax.jit(lambda: init_state(setup, tx), out_shardings=state_sharding)()
+  start = int(state.step)
+
+  val_batches = pipeline.eval_batches(setup.val_windows, cfg.eval.batch_size,
+                                      cfg.eval.num_batches, cfg.data.segment_ids)
+  evaluator = evaluate.Validator(
+      setup.model, cfg, val_batches, mesh,
+      bytes_per_token=setup.data_info["val_bytes"] / setup.data_info["val_tokens"])
+  writer = MetricWriter(workdir)
+  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+  eval_path = os.path.join(workdir, 'eval', 'validation.json')
+  history = json.load(open(eval_path)) if (resuming and os.path.exists(eval_path)) else []
+  history = [h for h in history if h['step'] <= start]
+
+  def run_eval(step, state):
+    params = state.ema_params if state.ema_params is not None else state.params
+    res = dict(step=int(step), tokens=int(step) * tokens_per_step, **evaluator(params))
+    history.append(res)
+    _atomic_json(eval_path, history)
+    writer.write(step, {k: v for k, v in res.items() if k not in ('step',)}, prefix='val/')
+    return res
+
+  pending = None  # (step, device metrics) of the previous step: fetched one step late
+  window, t_last, last_logged = [], time.time(), start
+  bar = tqdm.tqdm(total=cfg.train.num_steps, initial=start, desc='train', unit='step',
+                  dynamic_ncols=True, disable=None if jax.process_index() == 0 else True)
+
+  def consume(step, m):
+    nonlocal t_last, last_logged, window
+    m = _host(m)
+    if not m.pop('finite') or not math.isfinite(m['loss']):
+      raise TrainingError(f'non-finite loss or gradient at step {step} (loss={m["loss"]}, '
+                          f'grad_norm={m["grad_norm"]}); the last good checkpoint is step '
+                          f'{mngr.latest_step()}')
+    window.append(m)
+    if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.num_steps:
+      dt = time.time() - t_last
+      steps = step + 1 - last_logged
+      avg = {k: float(np.mean([w[k] for w in window])) for k in window[-1] if k in window[0]}
+      row = dict(avg, tokens=(step + 1) * tokens_per_step, tokens_per_s=steps * tokens_per_step / dt,
+                 flops_per_s=steps * tokens_per_step * setup.counts['flops_per_token'] / dt)
+      writer.write(step + 1, row)
+      bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
+      window, t_last, last_logged = [], time.time(), step + 1
+
+  try:
+    for step in range(start, cfg.train.num_steps):
+      batch = jax.device_put(next(data_iter), batch_sh)
+      state, metrics = step_fn(state, batch)
+      if pending is not None:
+        consume(*pending)
+      pending = (step, metrics)
+      bar.update(1)
+      done = step + 1
+      if done % cfg.train.checkpoint_every == 0 or done % cfg.train.eval_every == 0:
+        consume(*pending)  # never checkpoint or evaluate a state that has not been checked
+        pending = None
+        if done % cfg.train.eval_every == 0 and done != cfg.train.num_steps:
+          run_eval(done, state)
+        if done % cfg.train.checkpoint_every == 0:
+          save(mngr, done, state, data_iter)
+    if pending is not None:
+      consume(*pending)
+    if mngr.latest_step() != cfg.train.num_steps and cfg.train.num_steps > start:
+      save(mngr, cfg.train.num_steps, state, data_iter)
+    mngr.wait_until_finished()
+  except BaseException:
+    mngr.wait_until_finished()
+    bar.close()
+    writer.close()
+    raise
+  bar.close()
+  final_step = int(state.step)
+  final = history[-1] if history and history[-1]['step'] == final_step else run_eval(final_step,
+                                                                                     state)
+  writer.close()
+
+  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+  params = state.ema_params if state.ema_params is not None else state.params
+  samples = sample.write_samples(setup, params, workdir)
+
+  summary = make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
+  summary['samples'] = len(samples)
+  _atomic_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
+
+
+def make_summary(setup, step, history, final, wall, status):
+  cfg = setup.cfg
+  D = step * cfg.train.batch_size * cfg.data.seq_len
+  U = int(setup.data_info['train_tokens'])
+  metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb'))]
+  best = {k: min(h[k] for h in history if k in h) for k in metric_keys}
+  return dict(
+      objective=cfg.objective,
+      ratio={'ar': 0.0, 'mdm': 1.0, 'dual': cfg.dual.mdm_fraction}[cfg.objective],
+      size=cfg.model.size or f'd{cfg.model.d_model}_l{cfg.model.num_layers}',
+      N_total=setup.counts['N_total'], N_nonembed=setup.counts['N_nonembed'],
+      flops_per_token=setup.counts['flops_per_token'],
+      D=D, U=U, epochs=D / U, C=setup.counts['flops_per_token'] * D, steps=step,
+      final={k: final[k] for k in metric_keys}, best=best,
+      unigram_entropy=setup.data_info['unigram_entropy'],
+      wall_time_s=wall, status=status)
