@@ -143,12 +143,13 @@ class MetricWriter:
       self.f = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
       self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
 
-  def write(self, step, values, prefix=''):
+  def write(self, step, values, prefix='', jsonl=True):
     if not self.active:
       return
-    self.f.write(json.dumps(dict(step=int(step), **{prefix + k: v for k, v in values.items()}))
-                 + '\n')
-    self.f.flush()
+    if jsonl:
+      row = dict(step=int(step), **{prefix + k: v for k, v in values.items()})
+      self.f.write(json.dumps(row) + '\n')
+      self.f.flush()
     for k, v in values.items():
       if isinstance(v, (int, float)) and math.isfinite(v):
         self.tb.add_scalar(prefix + k, v, int(step))
@@ -158,6 +159,23 @@ class MetricWriter:
     if self.active:
       self.f.close()
       self.tb.close()
+
+
+def truncate_metrics(workdir, step):
+  """On resume, drop rows logged after the restored checkpoint so each step appears once."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  keep = []
+  for line in open(path, encoding='utf-8'):
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+    except (json.JSONDecodeError, KeyError):
+      pass  # a torn last line from a killed process
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.writelines(keep)
+  os.replace(path + '.tmp', path)
 
 
 def _atomic_json(path, obj):
@@ -251,6 +269,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   evaluator = evaluate.Validator(
       setup.model, cfg, val_batches, mesh,
       bytes_per_token=setup.data_info["val_bytes"] / setup.data_info["val_tokens"])
+  truncate_metrics(workdir, start)
   writer = MetricWriter(workdir)
   tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
   eval_path = os.path.join(workdir, 'eval', 'validation.json')
@@ -262,7 +281,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
     res = dict(step=int(step), tokens=int(step) * tokens_per_step, **evaluator(params))
     history.append(res)
     _atomic_json(eval_path, history)
-    writer.write(step, {k: v for k, v in res.items() if k not in ('step',)}, prefix='val/')
+    writer.write(step, {k: v for k, v in res.items() if k != 'step'}, prefix='val/', jsonl=False)
     return res
 
   pending = None  # (step, device metrics) of the previous step: fetched one step late

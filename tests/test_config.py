@@ -1,0 +1,69 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dlm_jax import config
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+
+def run_main(*args, workdir):
+  return subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config',
+                         os.path.join(ROOT, 'configs', 'default.py'), '--workdir', str(workdir),
+                         *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize('override,needle', [
+    ('--config.model.num_layer=3', 'num_layer'),
+    ('--config.train.num_steps=abc', 'num_steps'),
+    ('--config.train.num_steps=-5', 'config.train.num_steps'),
+    ('--config.dual.mdm_fraction=1.5', 'config.dual.mdm_fraction'),
+    ('--config.model.num_heads=5', 'config.model.num_heads'),
+    ('--config.objective=gan', 'config.objective'),
+    ('--config.data.seq_len=1', 'config.data.seq_len'),
+])
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, override, needle):
+  wd = tmp_path / 'run'
+  r = run_main(override, workdir=wd)
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and needle in lines[0], r.stderr
+  assert not wd.exists()
+
+
+def test_validate_names_misspelled_key_with_hint():
+  c = config.base()
+  c.unlock()
+  c.train.learning_rate = 0.1
+  with pytest.raises(config.ConfigError, match=r'config.train.learning_rate: unknown key'):
+    config.validate(c)
+
+
+def test_validate_rejects_wrong_types():
+  import ml_collections  # a config file may build its own, non-type-safe ConfigDict
+  c = ml_collections.ConfigDict(config.base().to_dict(), type_safe=False)
+  c.model.d_model = 12.5
+  with pytest.raises(config.ConfigError, match='config.model.d_model: expected int'):
+    config.validate(c)
+
+
+def test_all_shipped_configs_validate():
+  import importlib.util
+  import glob
+  for path in glob.glob(os.path.join(ROOT, 'configs', '*.py')):
+    spec = importlib.util.spec_from_file_location('c', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config.validate(mod.get_config())
+
+
+def test_resume_diff_allows_only_harmless_changes():
+  a = config.base().to_dict()
+  b = config.base()
+  b.train.num_steps = 5000
+  b.sample.steps = 3
+  assert config.diff_for_resume(a, b.to_dict()) == []
+  b.model.d_model = 512
+  assert config.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']

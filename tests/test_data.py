@@ -1,0 +1,84 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dlm_jax.data import corpus, pipeline, tokenizers
+from dlm_jax.data.tokenizers import EOS
+
+
+def test_embedded_corpus_is_real_and_large():
+  docs = corpus.load_documents('embedded')
+  assert sum(len(d.text) for d in docs) > 10_000_000
+  assert {d.source for d in docs} == {'austen', 'shakespeare', 'milton', 'brown'}
+  assert any('Elizabeth' in d.text for d in docs if d.source == 'austen')
+
+
+def test_split_is_deterministic_and_disjoint():
+  docs = corpus.load_documents('embedded')
+  tr, va = corpus.split_documents(docs, 0.04)
+  tr2, va2 = corpus.split_documents(list(reversed(docs)), 0.04)
+  assert {d.id for d in va} == {d.id for d in va2}
+  assert not {d.id for d in tr} & {d.id for d in va}
+  assert 0.02 < len(va) / len(docs) < 0.07
+
+
+@pytest.mark.parametrize('name', ['bpe', 'byte'])
+def test_tokenizer_roundtrip_and_specials(name):
+  tok = tokenizers.get_tokenizer(name)
+  text = 'It is a truth universally acknowledged, that a single man — café.'
+  ids = tok.encode_batch([text])[0]
+  assert ids.min() >= 4  # specials are never produced from text
+  assert tok.decode(ids) == text
+  assert tok.vocab_size == (8192 if name == 'bpe' else 260)
+
+
+def test_bad_corpora_give_clear_errors(tmp_path):
+  with pytest.raises(corpus.DataError, match='no such file'):
+    corpus.load_documents(str(tmp_path / 'missing.txt'))
+  (tmp_path / 'empty.txt').write_text('  \n\n ')
+  with pytest.raises(corpus.DataError, match='empty'):
+    corpus.load_documents(str(tmp_path / 'empty.txt'))
+  (tmp_path / 'latin1.txt').write_bytes('caf\xe9 au lait'.encode('latin-1'))
+  with pytest.raises(corpus.DataError, match='not valid UTF-8'):
+    corpus.load_documents(str(tmp_path / 'latin1.txt'))
+  (tmp_path / 'bad.jsonl').write_text('{"text": "ok"}\n{"text": \n')
+  with pytest.raises(corpus.DataError, match='bad.jsonl:2'):
+    corpus.load_documents(str(tmp_path / 'bad.jsonl'))
+
+
+def test_short_corpus_and_windows(tmp_path):
+  with pytest.raises(corpus.DataError, match='fewer than one window'):
+    pipeline.windows(np.arange(10, dtype=np.int32), 32, 'validation')
+  w = pipeline.windows(np.arange(100, dtype=np.int32), 32)
+  assert w.shape == (3, 32)
+  with pytest.raises(corpus.DataError, match='batch_size'):
+    pipeline.train_dataset(w, 8, 0)
+
+
+def test_local_jsonl_corpus_short_documents_are_packed(tmp_path):
+  from dlm_jax import config
+  docs = [dict(id=f'd{i}', text=f'doc {i} says hello.') for i in range(200)]
+  p = tmp_path / 'c.jsonl'
+  p.write_text('\n'.join(json.dumps(d) for d in docs))
+  c = config.base().data
+  c.corpus, c.tokenizer, c.val_fraction, c.cache_dir = str(p), 'byte', 0.1, str(tmp_path / 'cache')
+  tr, va, info = pipeline.token_streams(c)
+  assert info['train_docs'] + info['val_docs'] == 200
+  assert (tr == EOS).sum() == info['train_docs']  # one EOS closes every (short) document
+  w = pipeline.windows(tr, 16)
+  b = pipeline.make_batch(w[:4], segment_ids=True)
+  # the segment increments right after an EOS target (the EOS is the next document's first input)
+  for row_t, row_s in zip(b['targets'], b['segment_ids']):
+    for i in range(1, 16):
+      assert row_s[i] - row_s[i - 1] == int(row_t[i - 1] == EOS)
+
+
+def test_epochs_reshuffle_and_cover_every_window():
+  w = np.arange(40, dtype=np.int32).reshape(10, 4)
+  ds = pipeline.train_dataset(w, 5, seed=3)
+  e1 = np.concatenate([ds[0]['targets'][:, 0], ds[1]['targets'][:, 0]])
+  e2 = np.concatenate([ds[2]['targets'][:, 0], ds[3]['targets'][:, 0]])
+  assert sorted(e1) == sorted(e2) == list(range(0, 40, 4))
+  assert list(e1) != list(e2)

@@ -1,0 +1,135 @@
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm_jax import config, model as model_lib, objectives
+from dlm_jax.data.tokenizers import BOS, MASK, PAD
+
+
+def cfg_for(objective, rho=0.5, sampler='uniform', L=4, V=12):
+  c = config.base()
+  c.objective = objective
+  c.dual.mdm_fraction = rho
+  c.diffusion.time_sampler = sampler
+  c.model.update(dict(d_model=16, num_layers=1, num_heads=2, vocab_size=V, mlp_dim=32))
+  c.data.seq_len = L
+  return c
+
+
+def make(c, scale=1.0, seed=0):
+  model, params = model_lib.init_params(c.model, jax.random.PRNGKey(seed), c.data.seq_len)
+  # larger weights make predictions depend strongly on context (a sharper test)
+  params = jax.tree_util.tree_map(lambda p: p * scale, params)
+  return model, params
+
+
+def test_shift_inputs():
+  x = jnp.array([[5, 6, 7, 8]])
+  np.testing.assert_array_equal(objectives.shift_inputs(x), [[BOS, 5, 6, 7]])
+  m = jnp.array([[False, True, False, True]])
+  np.testing.assert_array_equal(objectives.shift_inputs(x, m), [[BOS, 5, MASK, 7]])
+
+
+@pytest.mark.parametrize('rho,ref', [(0.0, 'ar'), (1.0, 'mdm')])
+def test_dual_endpoints_equal_pure_objectives(rho, ref):
+  c = cfg_for('dual', rho, L=16, V=40)
+  model, params = make(c)
+  batch = {'targets': jax.random.randint(jax.random.PRNGKey(1), (8, 16), 4, 40)}
+  rng = jax.random.PRNGKey(2)
+  dual, dm = objectives.loss_fn(params, batch, rng, model=model, cfg=c)
+  pure, pm = objectives.loss_fn(params, batch, rng, model=model, cfg=cfg_for(ref, L=16, V=40))
+  np.testing.assert_allclose(dual, pure, rtol=1e-6)
+  gd = jax.grad(lambda p: objectives.loss_fn(p, batch, rng, model=model, cfg=c)[0])(params)
+  gp = jax.grad(lambda p: objectives.loss_fn(p, batch, rng, model=model,
+                                             cfg=cfg_for(ref, L=16, V=40))[0])(params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                         gd, gp)
+
+
+def test_dual_mixes_both_modes():
+  c = cfg_for('dual', 0.25, L=16, V=40)
+  model, params = make(c)
+  batch = {'targets': jax.random.randint(jax.random.PRNGKey(1), (8, 16), 4, 40)}
+  loss, m = objectives.loss_fn(params, batch, jax.random.PRNGKey(2), model=model, cfg=c)
+  assert 'ar_nll' in m and 'mdm_nelbo' in m
+  # 2 MDM + 6 AR sequences of equal length: loss is the token-weighted mix
+  np.testing.assert_allclose(loss, (6 * m['ar_nll'] + 2 * m['mdm_nelbo']) / 8, rtol=1e-5)
+
+
+def test_ar_loss_is_mean_next_token_ce():
+  c = cfg_for('ar', L=6, V=20)
+  model, params = make(c)
+  x = jax.random.randint(jax.random.PRNGKey(1), (3, 6), 4, 20)
+  x = x.at[2, 4:].set(PAD)  # padding is excluded
+  loss, _ = objectives.loss_fn(params, {'targets': x}, jax.random.PRNGKey(0), model=model, cfg=c)
+  lp = jax.nn.log_softmax(model.apply({'params': params}, objectives.shift_inputs(x), 'causal'))
+  manual = [-lp[b, i, x[b, i]] for b in range(3) for i in range(6) if x[b, i] != PAD]
+  np.testing.assert_allclose(loss, np.mean(manual), rtol=1e-6)
+
+
+def exact_nelbo(model, params, x_L, eps):
+  """E_{t~U(eps,1)} E_mask [w(t) sum_{i masked} -log p(x_i | x_t)] by enumerating all masks."""
+  L = len(x_L)
+  total = 0.0
+  for bits in itertools.product([0, 1], repeat=L):
+    k = sum(bits)
+    if k == 0:
+      continue
+    m = jnp.array([bits], bool)
+    lp = jax.nn.log_softmax(model.apply({'params': params},
+                                        objectives.shift_inputs(jnp.array([x_L]), m),
+                                        'bidirectional'))
+    s = float(sum(-lp[0, i, x_L[i]] for i in range(L) if bits[i]))
+    # (1/(1-eps)) * int_eps^1 (1/t) t^k (1-t)^(L-k) dt, expanded as a polynomial
+    integral = sum(math.comb(L - k, j) * (-1) ** j * (1 - eps ** (k + j)) / (k + j)
+                   for j in range(L - k + 1))
+    total += s * integral / (1 - eps)
+  return total / L
+
+
+@pytest.mark.parametrize('sampler', ['uniform', 'low_discrepancy'])
+def test_mdm_nelbo_is_unbiased_against_exact_enumeration(sampler):
+  c = cfg_for('mdm', sampler=sampler, L=4, V=12)
+  model, params = make(c, scale=8.0)
+  x_L = [5, 9, 7, 5]
+  exact = exact_nelbo(model, params, x_L, c.diffusion.eps)
+  batch = {'targets': jnp.tile(jnp.array([x_L]), (64, 1))}
+  per_batch = jax.jit(jax.vmap(
+      lambda r: objectives.loss_fn(params, batch, r, model=model, cfg=c)[0]))(
+          jax.random.split(jax.random.PRNGKey(0), 400))
+  # each batch of 64 is one draw of the (low-discrepancy or iid) estimator
+  mean, se = float(per_batch.mean()), float(per_batch.std() / np.sqrt(per_batch.size))
+  assert abs(mean - exact) < 3 * se, (mean, se, exact)
+  assert se < 0.05 * exact  # the check has power
+
+
+def test_mdm_nelbo_detects_a_wrong_weight():
+  """The exact-enumeration check can fail: w(t)=1 instead of 1/t is far outside 3 SE."""
+  c = cfg_for('mdm', L=4, V=12)
+  model, params = make(c, scale=8.0)
+  exact = exact_nelbo(model, params, [5, 9, 7, 5], c.diffusion.eps)
+  batch = {'targets': jnp.tile(jnp.array([[5, 9, 7, 5]]), (64, 1))}
+
+  def wrong(r):
+    t_B, m_BxL = objectives.mdm_noise(r, batch['targets'], c.diffusion)
+    class One:
+      weight = staticmethod(lambda t: jnp.ones_like(t))
+    s = objectives.mdm_terms(model, params, batch, t_B, m_BxL, r, One, train=False)
+    return s['loss_sum'] / s['tokens']
+  v = jax.jit(jax.vmap(wrong))(jax.random.split(jax.random.PRNGKey(0), 400))
+  assert abs(float(v.mean()) - exact) > 10 * float(v.std() / 20)
+
+
+def test_mdm_loss_counts_only_masked_targets():
+  c = cfg_for('mdm', L=8, V=20)
+  model, params = make(c)
+  x = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 4, 20)
+  t = jnp.array([0.5, 0.5])
+  none = jnp.zeros((2, 8), bool)
+  s = objectives.mdm_terms(model, params, {'targets': x}, t, none, None, __import__(
+      'dlm_jax.masking', fromlist=['Linear']).Linear, train=False)
+  assert float(s['loss_sum']) == 0.0

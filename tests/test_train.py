@@ -1,0 +1,112 @@
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import tiny_config
+from dlm_jax import train
+from dlm_jax.data import pipeline
+
+
+def rows(wd):
+  return [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+
+
+def final_params(wd, step):
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  r = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return r['state']['params']
+
+
+def test_run_directory_contract(tmp_path):
+  wd = str(tmp_path / 'run')
+  s = train.train_and_evaluate(tiny_config('dual'), wd)
+  for f in ('config.json', 'metrics.jsonl', 'samples.jsonl', 'summary.json',
+            'eval/validation.json'):
+    assert os.path.exists(os.path.join(wd, f)), f
+  summary = json.load(open(os.path.join(wd, 'summary.json')))
+  assert summary['status'] == 'done' and summary['steps'] == 20
+  assert summary['D'] == 20 * 8 * 32 and summary['C'] == summary['D'] * summary['flops_per_token']
+  assert {'ar_nll', 'mdm_nelbo'} <= set(summary['final'])
+  assert [r['step'] for r in rows(wd)] == list(range(1, 21))
+  samples = [json.loads(l) for l in open(os.path.join(wd, 'samples.jsonl'))]
+  assert {r['mode'] for r in samples} == {'ar', 'mdm'}
+  assert all(3 not in r['tokens'] for r in samples)  # no [MASK] left
+  assert s['final'] == summary['final']
+
+
+class Crash(Exception):
+  pass
+
+
+@pytest.mark.parametrize('objective', ['ar', 'mdm', 'dual'])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, objective):
+  cfg = tiny_config(objective, num_steps=20, checkpoint_every=5, eval_every=5)
+  ref = str(tmp_path / 'ref')
+  train.train_and_evaluate(cfg, ref)
+
+  real_save = train.save
+
+  def crashing_save(mngr, step, state, data_iter):
+    if step == 15:  # the process dies between checkpoints 10 and 15
+      raise Crash('simulated crash at step 15')
+    real_save(mngr, step, state, data_iter)
+  wd = str(tmp_path / 'resumed')
+  monkeypatch.setattr(train, 'save', crashing_save)
+  with pytest.raises(Crash):
+    train.train_and_evaluate(cfg, wd)
+  monkeypatch.setattr(train, 'save', real_save)
+  assert max(r['step'] for r in rows(wd)) == 15
+  train.train_and_evaluate(cfg, wd)  # the same command resumes from step 10
+  a = {r['step']: r['loss'] for r in rows(ref)}
+  assert [r['step'] for r in rows(wd)] == list(range(1, 21))  # rows 11-15 rewritten, not doubled
+  b = {r['step']: r['loss'] for r in rows(wd)}
+  for step in range(1, 21):
+    assert a[step] == b[step], (step, a[step], b[step])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, final_params(ref, 20),
+                         final_params(wd, 20))
+
+
+def test_workdir_of_another_run_is_refused(tmp_path):
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config('ar', num_steps=2), wd)
+  before = open(os.path.join(wd, 'metrics.jsonl')).read()
+  other = tiny_config('ar', num_steps=2)
+  other.model.d_model = 64
+  with pytest.raises(train.TrainingError, match='model.d_model'):
+    train.train_and_evaluate(other, wd)
+  assert open(os.path.join(wd, 'metrics.jsonl')).read() == before
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  cfg = tiny_config('ar', num_steps=40, checkpoint_every=1, eval_every=1000, warmup_steps=0,
+                    lr=1e30, grad_clip=0.0)
+  cfg.train.b1 = 0.0
+  wd = str(tmp_path / 'run')
+  with pytest.raises(train.TrainingError, match=r'non-finite loss or gradient at step \d+'):
+    train.train_and_evaluate(cfg, wd)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  assert mngr.latest_step() is not None
+  for step in mngr.all_steps():
+    p = final_params(wd, step)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(p)), step
+
+
+def test_default_config_loss_decreases(tmp_path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'default', os.path.join(os.path.dirname(__file__), '..', 'configs', 'default.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  cfg.train.num_steps, cfg.train.warmup_steps, cfg.train.log_every = 12, 4, 1
+  cfg.train.batch_size = 16
+  cfg.eval.num_batches = 1
+  cfg.sample.num_samples = 0
+  wd = str(tmp_path / 'default')
+  train.train_and_evaluate(cfg, wd)
+  losses = [r['loss'] for r in rows(wd)]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
