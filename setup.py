@@ -1,20 +1,23 @@
 """dlm_jax: autoregressive, masked-diffusion and dual language models in JAX/Flax."""
 import setuptools
 
+# Lower bounds are the versions the test suite was run with (CPU, Python 3.11, 2026-11-23).
 INSTALL = [
-    'jax>=0.7.0',
-    'flax>=0.11.0',
-    'optax>=0.2.4',
-    'orbax-checkpoint>=0.11.0',
-    'grain>=0.2.12',
-    'ml-collections>=1.0.0',
-    'tensorflow-datasets>=4.9.9',  # TensorFlow itself is not required.
-    'array-record>=0.8.1',
-    'tokenizers>=0.20.0',
-    'tensorboardX>=2.6',
+    'jax>=0.10.2',
+    'flax>=0.12.8',
+    'optax>=0.2.8',
+    'orbax-checkpoint>=0.12.8',
+    'grain>=0.2.18',
+    'ml-collections>=1.1.0',
+    'tensorflow-datasets>=4.9.10',  # TensorFlow itself is not required.
+    'array-record>=0.8.6',
+    'tokenizers>=0.23.3',
+    'tensorboardX>=2.6.5',
     'tqdm>=4.66',
-    'numpy>=1.26',
+    'numpy>=2.0',
     'absl-py>=2.1',
+    'matplotlib>=3.9',
+    'scipy>=1.13',
 ]
 
 setuptools.setup(
@@ -29,7 +32,7 @@ setuptools.setup(
     install_requires=INSTALL,
     extras_require={
         'test': ['pytest>=8.0', 'rdata>=0.11'],
-        'gpu': ['jax[cuda12]>=0.7.0'],
-        'tpu': ['jax[tpu]>=0.7.0'],
+        'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
+        'tpu': ['jax[tpu]>=0.10.2'],
     },
 )

@@ -53,9 +53,19 @@ def base() -> ml_collections.ConfigDict:
       prefetch=2,
   ))
   c.diffusion = ml_collections.ConfigDict(dict(
-      schedule='linear',
-      time_sampler='low_discrepancy',  # uniform | low_discrepancy
-      eps=1e-3,
+      schedule='linear',       # linear | cosine | polynomial | loglinear
+      poly_k=2.0,              # polynomial: alpha = 1 - t^k
+      eps=1e-3,                # t in [eps, 1]
+      time_sampler='uniform',  # uniform | beta | logit_normal | truncated_normal
+      low_discrepancy=True,    # u_i = (u + i/B) mod 1 across the batch, through the inverse CDF
+      sampler_params=ml_collections.ConfigDict(dict(
+          beta_a=2.0, beta_b=2.0,  # beta
+          mu=0.0, sigma=1.0,       # logit_normal: logit-space; truncated_normal: centre/width in t
+          uniform_mix=0.0,         # mix in U(eps,1) with this weight: bounded `elbo` weights
+      )),
+      weighting='elbo',        # elbo: w(t)/q(t), unbiased NELBO | plain: w(t), sampler reshapes
+      mask_pattern='bernoulli',  # bernoulli | exact_count
+      mask_eos=True,           # EOS is a real token to predict (AR pays for it too)
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32,
@@ -136,6 +146,7 @@ def _choice(cfg, key, options):
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys, types and values against the schema; returns cfg, raises ConfigError."""
   from dlm_jax import flops  # pylint: disable=g-import-not-at-top
+  from dlm_jax import masking  # pylint: disable=g-import-not-at-top
   _check_keys(cfg, base())
   m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
   _choice(cfg, 'objective', OBJECTIVES)
@@ -158,9 +169,21 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(d.seq_len >= 2, 'data.seq_len', f'must be >= 2, got {d.seq_len}')
   _need(0.0 < d.val_fraction < 1.0, 'data.val_fraction', f'{d.val_fraction} is outside (0, 1)')
   _need(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
-  _choice(cfg, 'diffusion.schedule', ('linear',))
-  _choice(cfg, 'diffusion.time_sampler', ('uniform', 'low_discrepancy'))
-  _need(0.0 < cfg.diffusion.eps < 1.0, 'diffusion.eps', f'{cfg.diffusion.eps} is outside (0, 1)')
+  dc, sp = cfg.diffusion, cfg.diffusion.sampler_params
+  _choice(cfg, 'diffusion.schedule', masking.SCHEDULES)
+  _choice(cfg, 'diffusion.time_sampler', masking.TIME_SAMPLERS)
+  _choice(cfg, 'diffusion.weighting', ('elbo', 'plain'))
+  _choice(cfg, 'diffusion.mask_pattern', tuple(masking.MASK_PATTERNS))
+  _need(0.0 < dc.eps < 1.0, 'diffusion.eps', f'{dc.eps} is outside (0, 1)')
+  _need(dc.poly_k > 0, 'diffusion.poly_k', f'must be positive, got {dc.poly_k}')
+  if dc.time_sampler == 'beta':
+    for k in ('beta_a', 'beta_b'):
+      _need(sp[k] > 0, f'diffusion.sampler_params.{k}', f'must be > 0, got {sp[k]}')
+  _need(0.0 <= sp.uniform_mix < 1.0, 'diffusion.sampler_params.uniform_mix',
+        f'{sp.uniform_mix} is outside [0, 1)')
+  if dc.time_sampler in ('logit_normal', 'truncated_normal'):
+    _need(sp.sigma > 0, 'diffusion.sampler_params.sigma',
+          f'must be > 0 (a width of {sp.sigma} makes the density improper)')
   _need(t.batch_size > 0, 'train.batch_size', f'must be positive, got {t.batch_size}')
   _need(t.num_steps >= 0, 'train.num_steps', f'must be >= 0, got {t.num_steps}')
   _need(t.lr > 0, 'train.lr', f'must be positive, got {t.lr}')

@@ -8,7 +8,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from dlm_jax import masking
 from dlm_jax import objectives
@@ -27,9 +26,7 @@ class Validator:
     self.modes = modes(cfg.objective)
     self.seed = cfg.eval.seed
     self.bytes_per_token = bytes_per_token
-    dcfg = ml_collections.ConfigDict(dict(schedule=cfg.diffusion.schedule,
-                                          time_sampler='low_discrepancy', eps=cfg.diffusion.eps))
-    schedule = masking.get_schedule(dcfg.schedule)
+    noise = masking.Noise.for_evaluation(cfg.diffusion)
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     self._bsh = bsh
 
@@ -39,8 +36,8 @@ class Validator:
         ar = objectives.ar_terms(model, params, batch, rng, train=False)
         out.update(ar_nll_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
       if 'mdm' in self.modes:
-        t_B, mask_BxL = objectives.mdm_noise(rng, batch['targets'], dcfg)
-        md = objectives.mdm_terms(model, params, batch, t_B, mask_BxL, rng, schedule, train=False)
+        _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'])
+        md = objectives.mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False)
         out.update(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
       return out
 

@@ -47,25 +47,17 @@ def ar_terms(model, params, batch, rng, train=True):
   return dict(loss_sum=nll_sum, nll_sum=nll_sum, tokens=jnp.sum(valid_BxL))
 
 
-def mdm_noise(rng, targets_BxL, dcfg):
-  """Noise levels t_B and the target mask for a batch (drawn in batch order, so subsets agree)."""
-  rng_t, rng_m = jax.random.split(rng)
-  t_B = masking.sample_times(rng_t, targets_BxL.shape[0], dcfg.time_sampler, dcfg.eps)
-  mask_BxL = masking.bernoulli_mask(rng_m, t_B, targets_BxL != PAD,
-                                    masking.get_schedule(dcfg.schedule))
-  return t_B, mask_BxL
-
-
-def mdm_terms(model, params, batch, t_B, mask_BxL, rng, schedule, train=True):
-  """Sums for the MDM NELBO given noise: loss_sum = sum_b w(t_b) sum_{i masked} CE_bi."""
+def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True):
+  """Sums given the noise: loss_sum = sum_b weight_b sum_{i masked} CE_bi (the training loss) and
+  nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting)."""
   targets_BxL = batch['targets']
   valid_BxL = (targets_BxL != PAD).astype(jnp.float32)
   logits_BxLxV = _apply(model, params, shift_inputs(targets_BxL, mask_BxL), 'bidirectional',
                         batch.get('segment_ids'), rng, train)
-  w_Bx1 = schedule.weight(t_B)[:, None]
-  nelbo_sum = jnp.sum(w_Bx1 * mask_BxL * token_ce(logits_BxLxV, targets_BxL))
-  return dict(loss_sum=nelbo_sum, nelbo_sum=nelbo_sum, tokens=jnp.sum(valid_BxL),
-              masked=jnp.sum(mask_BxL))
+  ce_BxL = token_ce(logits_BxLxV, targets_BxL) * mask_BxL
+  return dict(loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
+              nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL),
+              tokens=jnp.sum(valid_BxL), masked=jnp.sum(mask_BxL))
 
 
 def _take(batch, idx):
@@ -75,7 +67,7 @@ def _take(batch, idx):
 def loss_fn(params, batch, rng, *, model, cfg, train=True):
   """The configured objective; returns (loss, metrics) with per-mode NLL / NELBO per token."""
   rng_noise, rng_drop, rng_perm = jax.random.split(rng, 3)
-  schedule = masking.get_schedule(cfg.diffusion.schedule)
+  noise = masking.Noise(cfg.diffusion)
   B = batch['targets'].shape[0]
   rho = {'ar': 0.0, 'mdm': 1.0, 'dual': cfg.dual.mdm_fraction}[cfg.objective]
   n_mdm = int(round(rho * B))
@@ -91,11 +83,12 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True):
     loss_sum, tokens = loss_sum + ar['loss_sum'], tokens + ar['tokens']
     metrics['ar_nll'] = ar['nll_sum'] / ar['tokens']
   if n_mdm > 0:
-    t_B, mask_BxL = mdm_noise(rng_noise, batch['targets'], cfg.diffusion)
+    _, mask_BxL, w_B, elbo_B = noise.sample(rng_noise, batch['targets'])
     sub = batch
     if idx_mdm is not None:
-      sub, t_B, mask_BxL = _take(batch, idx_mdm), t_B[idx_mdm], mask_BxL[idx_mdm]
-    md = mdm_terms(model, params, sub, t_B, mask_BxL, jax.random.fold_in(rng_drop, 1), schedule,
+      sub, mask_BxL, w_B, elbo_B = (_take(batch, idx_mdm), mask_BxL[idx_mdm], w_B[idx_mdm],
+                                    elbo_B[idx_mdm])
+    md = mdm_terms(model, params, sub, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng_drop, 1),
                    train)
     loss_sum, tokens = loss_sum + md['loss_sum'], tokens + md['tokens']
     metrics['mdm_nelbo'] = md['nelbo_sum'] / md['tokens']

@@ -30,10 +30,10 @@ def ar_sample(model, params, rng, num, length, temperature=1.0):
   return jax.lax.fori_loop(0, length, body, (x0, rng))[0]
 
 
-def mdm_sample(model, params, rng, num, length, steps, temperature=1.0, schedule='linear'):
+def mdm_sample(model, params, rng, num, length, steps, temperature=1.0, schedule=None):
   """Ancestral sampling from t=1 to 0 over `steps` uniform steps: a masked token is revealed
   between t and s < t with probability (alpha_s - alpha_t) / (1 - alpha_t); at s=0 all are."""
-  sch = masking.get_schedule(schedule)
+  sch = schedule or masking.Linear()
 
   def body(k, carry):
     x_BxL, rng = carry
@@ -68,7 +68,9 @@ def write_samples(setup, params, workdir):
       settings = dict(mode='ar', temperature=sc.temperature, length=length)
     else:
       fn = jax.jit(lambda p, r: mdm_sample(setup.model, p, r, sc.num_samples, length, sc.steps,
-                                           sc.temperature, cfg.diffusion.schedule))
+                                           sc.temperature,
+                                           masking.get_schedule(cfg.diffusion.schedule,
+                                                                cfg.diffusion)))
       settings = dict(mode='mdm', steps=sc.steps, temperature=sc.temperature, length=length)
     toks = jax.device_get(fn(params, rng))
     for row in toks:

@@ -1,30 +1,206 @@
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
+from scipy import integrate, stats
 
-from dlm_jax import masking
+from dlm_jax import config, masking
+from dlm_jax.data.tokenizers import BOS, EOS, PAD
+
+EPS = 1e-3
+SAMPLERS = [
+    ('uniform', {}),
+    ('beta', dict(beta_a=2.0, beta_b=2.0)),
+    ('beta', dict(beta_a=5.0, beta_b=3.0)),
+    ('logit_normal', dict(mu=0.0, sigma=1.0)),
+    ('logit_normal', dict(mu=0.5, sigma=0.5)),
+    ('truncated_normal', dict(mu=0.5, sigma=0.15)),
+]
 
 
-def test_linear_weight_matches_finite_difference():
-  t = jnp.linspace(0.01, 0.99, 50)
-  s = masking.Linear
+def dcfg(name, params=None, **kw):
+  d = config.base().diffusion
+  d.time_sampler = name
+  for k, v in (params or {}).items():
+    d.sampler_params[k] = v
+  for k, v in kw.items():
+    d[k] = v
+  return d
+
+
+def reference_pdf(name, p):
+  """Independent (scipy) density of the untruncated law."""
+  if name == 'uniform':
+    return lambda t: 1.0
+  if name == 'beta':
+    return stats.beta(p['beta_a'], p['beta_b']).pdf
+  if name == 'logit_normal':
+    return lambda t: stats.norm(p['mu'], p['sigma']).pdf(np.log(t / (1 - t))) / (t * (1 - t))
+  return stats.norm(p['mu'], p['sigma']).pdf
+
+
+def truncated_moments(name, p):
+  f = reference_pdf(name, p)
+  z = integrate.quad(f, EPS, 1, limit=200)[0]
+  m1 = integrate.quad(lambda t: t * f(t), EPS, 1, limit=200)[0] / z
+  m2 = integrate.quad(lambda t: t * t * f(t), EPS, 1, limit=200)[0] / z
+  return m1, m2 - m1 * m1
+
+
+@pytest.mark.parametrize('name,params', SAMPLERS)
+@pytest.mark.parametrize('ld', [False, True])
+def test_sampler_mean_and_variance_match_analytic(name, params, ld):
+  dist = masking.get_time_dist(dcfg(name, params))
+  n = 200_000
+  t = np.asarray(masking.sample_times(jax.random.PRNGKey(0), n, dist, ld))
+  assert t.min() >= EPS and t.max() <= 1.0
+  mean, var = truncated_moments(name, params)
+  assert abs(t.mean() - mean) < 4 * np.sqrt(var / n) + 1e-4
+  assert abs(t.var() - var) < 0.02 * var
+
+
+@pytest.mark.parametrize('name,params', SAMPLERS)
+def test_density_integrates_to_one_and_matches_histogram(name, params):
+  dist = masking.get_time_dist(dcfg(name, params))
+  q = lambda t: float(dist.density(jnp.float32(t)))
+  assert abs(integrate.quad(q, EPS, 1, limit=200)[0] - 1) < 1e-3
+  ref = reference_pdf(name, params)
+  z = integrate.quad(ref, EPS, 1, limit=200)[0]
+  grid = np.linspace(0.05, 0.95, 19)
+  np.testing.assert_allclose([q(g) for g in grid], [ref(g) / z for g in grid], rtol=2e-3)
+  t = np.asarray(masking.sample_times(jax.random.PRNGKey(1), 400_000, dist, False))
+  hist, edges = np.histogram(t, bins=20, range=(EPS, 1.0), density=True)
+  mid = 0.5 * (edges[1:] + edges[:-1])
+  dens = np.array([q(m) for m in mid])
+  # bin-averaged density vs midpoint density: loose, but catches a wrong sampler or density
+  np.testing.assert_allclose(hist, dens, rtol=0.08, atol=0.02)
+
+
+@pytest.mark.parametrize('schedule', masking.SCHEDULES)
+def test_weight_matches_finite_difference(schedule):
+  s = masking.get_schedule(schedule, config.base().diffusion)
+  t = jnp.linspace(0.02, 0.98, 49, dtype=jnp.float32)
   h = 1e-3
   fd = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
-  np.testing.assert_allclose(s.dalpha(t), fd, rtol=1e-3)
-  np.testing.assert_allclose(s.weight(t), -fd / (1 - s.alpha(t)), rtol=1e-3)
-  np.testing.assert_allclose(s.weight(t), 1 / t, rtol=1e-5)
+  np.testing.assert_allclose(s.dalpha(t), fd, rtol=2e-3, atol=1e-4)
+  np.testing.assert_allclose(s.weight(t), -fd / (1 - s.alpha(t)), rtol=2e-3)
+  assert float(s.alpha(jnp.float32(0.0))) == pytest.approx(1.0, abs=1e-6)
+  assert float(s.alpha(jnp.float32(1.0))) == pytest.approx(0.0, abs=1e-3)
+
+
+# logit-normal tails vanish faster than any power of t, so w/q is astronomically heavy-tailed near
+# eps; the mixture with uniform (defensive importance sampling) is what makes `elbo` usable there.
+UNBIASED = [(n, p) for n, p in SAMPLERS if n != 'logit_normal'] + [
+    ('logit_normal', dict(mu=0.0, sigma=1.0, uniform_mix=0.05)),
+    ('logit_normal', dict(mu=0.5, sigma=0.5, uniform_mix=0.1)),
+    ('beta', dict(beta_a=3.0, beta_b=3.0, uniform_mix=0.2))]
+
+
+@pytest.mark.parametrize('name,params', UNBIASED)
+@pytest.mark.parametrize('ld', [False, True])
+def test_elbo_weighting_is_unbiased_under_every_sampler(name, params, ld):
+  """E_q[w(t) u(t)/q(t) f(t)] = E_{U(eps,1)}[w(t) f(t)] for f(t) = t (1-t)^2 (so w f = (1-t)^2)."""
+  d = dcfg(name, params)
+  dist, sch = masking.get_time_dist(d), masking.Linear()
+  f = lambda t: t * (1 - t) ** 2
+  exact = integrate.quad(lambda t: (1 - t) ** 2, EPS, 1)[0] / (1 - EPS)
+  B, reps = 64, 3000
+  keys = jax.random.split(jax.random.PRNGKey(2), reps)
+
+  def one(k):
+    t = masking.sample_times(k, B, dist, ld)
+    w, elbo = masking.time_weights(t, sch, dist, 'elbo')
+    return jnp.mean(w * f(t))
+  est = np.asarray(jax.jit(jax.vmap(one))(keys), np.float64)
+  se = est.std() / np.sqrt(reps)
+  assert abs(est.mean() - exact) < 4 * se + 1e-5, (est.mean(), exact, se)
+
+
+def test_logit_normal_elbo_weights_are_heavy_tailed_without_a_uniform_mix():
+  pure = masking.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5)))
+  mixed = masking.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5, uniform_mix=0.1)))
+  t = jnp.array([EPS, 0.01, 0.5], jnp.float32)
+  w_pure = masking.time_weights(t, masking.Linear(), pure, 'elbo')[1]
+  w_mix = masking.time_weights(t, masking.Linear(), mixed, 'elbo')[1]
+  assert float(w_pure[0]) > 1e20
+  np.testing.assert_array_less(w_mix, masking.Linear().weight(t) / 0.1 + 1e-3)
+
+
+def test_uniform_mixture_density_and_sampler_agree():
+  d = masking.get_time_dist(dcfg('beta', dict(beta_a=4.0, beta_b=4.0, uniform_mix=0.3)))
+  assert abs(integrate.quad(lambda s: float(d.density(jnp.float32(s))), EPS, 1)[0] - 1) < 1e-3
+  t = np.asarray(masking.sample_times(jax.random.PRNGKey(5), 200_000, d, True))
+  hist, edges = np.histogram(t, bins=10, range=(EPS, 1.0), density=True)
+  mid = 0.5 * (edges[1:] + edges[:-1])
+  np.testing.assert_allclose(hist, [float(d.density(jnp.float32(m))) for m in mid], rtol=0.1)
+
+
+def test_plain_weighting_is_biased_for_bell_samplers():
+  dist = masking.get_time_dist(dcfg('truncated_normal', dict(mu=0.5, sigma=0.2)))
+  t = masking.sample_times(jax.random.PRNGKey(0), 100_000, dist, True)
+  w, elbo = masking.time_weights(t, masking.Linear(), dist, 'plain')
+  f = t * (1 - t) ** 2
+  exact = integrate.quad(lambda s: (1 - s) ** 2, EPS, 1)[0] / (1 - EPS)
+  assert abs(float(jnp.mean(elbo * f)) - exact) < 0.01 * exact
+  assert abs(float(jnp.mean(w * f)) - exact) > 0.1 * exact
+
+
+@pytest.mark.parametrize('name,params', [('uniform', {}),
+                                         ('truncated_normal', dict(mu=0.5, sigma=0.2)),
+                                         ('beta', dict(beta_a=2.0, beta_b=2.0))])
+def test_low_discrepancy_has_lower_variance_than_iid(name, params):
+  dist = masking.get_time_dist(dcfg(name, params))
+  keys = jax.random.split(jax.random.PRNGKey(3), 2000)
+
+  def est(k, ld):
+    t = masking.sample_times(k, 32, dist, ld)
+    _, elbo = masking.time_weights(t, masking.Linear(), dist, 'elbo')
+    return jnp.mean(elbo * jnp.sin(3 * t) * t * (1 - t))  # smooth after weighting
+  v_iid = float(jnp.var(jax.vmap(lambda k: est(k, False))(keys)))
+  v_ld = float(jnp.var(jax.vmap(lambda k: est(k, True))(keys)))
+  assert v_ld < 0.2 * v_iid, (v_ld, v_iid)
 
 
 def test_low_discrepancy_times_are_evenly_spread():
-  t = np.sort(np.asarray(masking.sample_times(jax.random.PRNGKey(0), 16, 'low_discrepancy', 0.0)))
-  np.testing.assert_allclose(np.diff(t), 1 / 16, atol=1e-6)
-  t = masking.sample_times(jax.random.PRNGKey(1), 1000, 'uniform', 0.1)
-  assert float(t.min()) >= 0.1 and float(t.max()) <= 1.0
+  u = np.sort(np.asarray(masking.uniforms(jax.random.PRNGKey(0), 16, True)))
+  np.testing.assert_allclose(np.diff(u), 1 / 16, atol=1e-6)
 
 
-def test_bernoulli_mask_rate_and_maskable():
-  t = jnp.full((4000,), 0.3)
-  maskable = jnp.ones((4000, 16), bool).at[:, 0].set(False)
-  m = masking.bernoulli_mask(jax.random.PRNGKey(0), t, maskable)
-  assert not bool(m[:, 0].any())
-  assert abs(float(m[:, 1:].mean()) - 0.3) < 0.01
+@pytest.mark.parametrize('pattern', ['bernoulli', 'exact_count'])
+@pytest.mark.parametrize('mask_eos', [True, False])
+def test_masks_never_touch_pad_or_specials(pattern, mask_eos):
+  noise = masking.Noise(dcfg('uniform', mask_pattern=pattern, mask_eos=mask_eos))
+  x = jax.random.randint(jax.random.PRNGKey(0), (512, 32), 4, 100)
+  x = x.at[:, 5].set(EOS).at[:, 9].set(BOS).at[:, 20:].set(PAD)
+  t, m, _, _ = noise.sample(jax.random.PRNGKey(1), x)
+  assert not bool(m[:, 20:].any()) and not bool(m[:, 9].any())
+  assert bool(m[:, 5].any()) == mask_eos
+  # per-token masking rate equals 1 - alpha(t) on average
+  rate = np.asarray(m[:, :5].mean(1))
+  assert abs(rate.mean() - float(jnp.mean(t))) < 0.02
+
+
+def test_exact_count_masks_stochastic_round_of_expected_count():
+  noise = masking.Noise(dcfg('uniform', mask_pattern='exact_count'))
+  x = jnp.full((2000, 10), 7)
+  t, m, _, _ = noise.sample(jax.random.PRNGKey(4), x)
+  k = np.asarray(m.sum(1))
+  expect = 10 * np.asarray(t)
+  assert np.all((k == np.floor(expect)) | (k == np.ceil(expect)))
+  assert abs(k.mean() - expect.mean()) < 0.05
+
+
+@pytest.mark.parametrize('key,value,needle', [
+    ('eps', 0.0, 'diffusion.eps'), ('eps', 1.0, 'diffusion.eps'),
+    ('sigma', 0.0, 'sampler_params.sigma'), ('beta_a', -1.0, 'sampler_params.beta_a'),
+    ('beta_b', 0.0, 'sampler_params.beta_b')])
+def test_improper_densities_are_rejected(key, value, needle):
+  c = config.base()
+  if key == 'eps':
+    c.diffusion.eps = value
+  else:
+    c.diffusion.time_sampler = 'beta' if key.startswith('beta') else 'logit_normal'
+    c.diffusion.sampler_params[key] = value
+  with pytest.raises(config.ConfigError, match=needle):
+    config.validate(c)

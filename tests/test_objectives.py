@@ -6,15 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlm_jax import config, model as model_lib, objectives
+from dlm_jax import config, masking, model as model_lib, objectives
 from dlm_jax.data.tokenizers import BOS, MASK, PAD
 
 
-def cfg_for(objective, rho=0.5, sampler='uniform', L=4, V=12):
+def cfg_for(objective, rho=0.5, low_discrepancy=False, L=4, V=12, **diffusion):
   c = config.base()
   c.objective = objective
   c.dual.mdm_fraction = rho
-  c.diffusion.time_sampler = sampler
+  c.diffusion.low_discrepancy = low_discrepancy
+  for k, v in diffusion.items():
+    if k in ('beta_a', 'beta_b', 'mu', 'sigma'):
+      c.diffusion.sampler_params[k] = v
+    else:
+      c.diffusion[k] = v
   c.model.update(dict(d_model=16, num_layers=1, num_heads=2, vocab_size=V, mlp_dim=32))
   c.data.seq_len = L
   return c
@@ -91,9 +96,16 @@ def exact_nelbo(model, params, x_L, eps):
   return total / L
 
 
-@pytest.mark.parametrize('sampler', ['uniform', 'low_discrepancy'])
-def test_mdm_nelbo_is_unbiased_against_exact_enumeration(sampler):
-  c = cfg_for('mdm', sampler=sampler, L=4, V=12)
+@pytest.mark.parametrize('ld,diffusion', [
+    (False, {}),
+    (True, {}),
+    (True, dict(time_sampler='logit_normal', mu=0.0, sigma=1.0)),
+    (False, dict(time_sampler='beta', beta_a=3.0, beta_b=2.0)),
+    (True, dict(time_sampler='truncated_normal', mu=0.5, sigma=0.2)),
+])
+def test_mdm_nelbo_is_unbiased_against_exact_enumeration(ld, diffusion):
+  """Under every time sampler the `elbo`-weighted training loss is the exact NELBO on average."""
+  c = cfg_for('mdm', low_discrepancy=ld, L=4, V=12, **diffusion)
   model, params = make(c, scale=8.0)
   x_L = [5, 9, 7, 5]
   exact = exact_nelbo(model, params, x_L, c.diffusion.eps)
@@ -115,10 +127,9 @@ def test_mdm_nelbo_detects_a_wrong_weight():
   batch = {'targets': jnp.tile(jnp.array([[5, 9, 7, 5]]), (64, 1))}
 
   def wrong(r):
-    t_B, m_BxL = objectives.mdm_noise(r, batch['targets'], c.diffusion)
-    class One:
-      weight = staticmethod(lambda t: jnp.ones_like(t))
-    s = objectives.mdm_terms(model, params, batch, t_B, m_BxL, r, One, train=False)
+    _, m_BxL, w_B, _ = masking.Noise(c.diffusion).sample(r, batch['targets'])
+    one_B = jnp.ones_like(w_B)
+    s = objectives.mdm_terms(model, params, batch, m_BxL, one_B, one_B, r, train=False)
     return s['loss_sum'] / s['tokens']
   v = jax.jit(jax.vmap(wrong))(jax.random.split(jax.random.PRNGKey(0), 400))
   assert abs(float(v.mean()) - exact) > 10 * float(v.std() / 20)
@@ -128,8 +139,19 @@ def test_mdm_loss_counts_only_masked_targets():
   c = cfg_for('mdm', L=8, V=20)
   model, params = make(c)
   x = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 4, 20)
-  t = jnp.array([0.5, 0.5])
+  w = jnp.array([2.0, 2.0])
   none = jnp.zeros((2, 8), bool)
-  s = objectives.mdm_terms(model, params, {'targets': x}, t, none, None, __import__(
-      'dlm_jax.masking', fromlist=['Linear']).Linear, train=False)
+  s = objectives.mdm_terms(model, params, {'targets': x}, none, w, w, None, train=False)
   assert float(s['loss_sum']) == 0.0
+
+
+def test_plain_weighting_trains_a_different_objective_but_reports_the_nelbo():
+  c_plain = cfg_for('mdm', L=16, V=40, time_sampler='logit_normal', weighting='plain')
+  c_elbo = cfg_for('mdm', L=16, V=40, time_sampler='logit_normal', weighting='elbo')
+  model, params = make(c_plain)
+  batch = {'targets': jax.random.randint(jax.random.PRNGKey(1), (8, 16), 4, 40)}
+  lp, mp = objectives.loss_fn(params, batch, jax.random.PRNGKey(3), model=model, cfg=c_plain)
+  le, me = objectives.loss_fn(params, batch, jax.random.PRNGKey(3), model=model, cfg=c_elbo)
+  np.testing.assert_allclose(mp['mdm_nelbo'], me['mdm_nelbo'], rtol=1e-6)
+  np.testing.assert_allclose(le, me['mdm_nelbo'], rtol=1e-6)
+  assert abs(float(lp) - float(le)) > 1e-3

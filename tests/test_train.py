@@ -110,3 +110,38 @@ def test_default_config_loss_decreases(tmp_path):
   train.train_and_evaluate(cfg, wd)
   losses = [r['loss'] for r in rows(wd)]
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+def test_lr_schedules_and_weight_decay_mask():
+  from conftest import tiny_config as tc
+  t = tc('ar', num_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1).train
+  cos = train.lr_schedule(t)
+  assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(1.0)
+  assert float(cos(100)) == pytest.approx(0.1, abs=1e-6)
+  t.lr_schedule, t.decay_fraction = 'wsd', 0.2
+  wsd = train.lr_schedule(t)
+  assert float(wsd(50)) == pytest.approx(1.0) and float(wsd(80)) == pytest.approx(1.0)
+  assert float(wsd(90)) == pytest.approx(0.55) and float(wsd(100)) == pytest.approx(0.1)
+  from dlm_jax import model as model_lib
+  _, params = model_lib.init_params(_resolved_model(), jax.random.PRNGKey(0), 8)
+  mask = train.weight_decay_mask(params)
+  assert mask['layers']['q']['kernel'] and mask['layers']['down']['kernel']
+  assert not mask['layers']['attn_norm']['scale'] and not mask['final_norm']['scale']
+  assert not mask['embed']['embedding']
+  assert train.weight_decay_mask(params, decay_embeddings=True)['embed']['embedding']
+
+
+def _resolved_model():
+  from dlm_jax import config
+  return config.resolve(tiny_config('ar'), 260).model
+
+
+def test_ema_tracks_params(tmp_path):
+  cfg = tiny_config('ar', num_steps=4, ema_decay=0.5, checkpoint_every=4, eval_every=4)
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(cfg, wd)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  st = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), st['params'],
+                                st['ema_params'])
+  assert max(jax.tree_util.tree_leaves(diff)) > 0
