@@ -233,6 +233,12 @@ def train_and_evaluate(cfg, workdir) -> dict:
   setup = build(cfg)
   cfg = setup.cfg
   resuming = check_workdir(workdir, cfg)
+  summary_path = os.path.join(workdir, 'summary.json')
+  if resuming and os.path.exists(summary_path):
+    done = json.load(open(summary_path, encoding='utf-8'))
+    if done.get('status') == 'done' and done.get('steps') == cfg.train.num_steps:
+      print(f'{workdir} is already done ({done["steps"]} steps); nothing to do')
+      return done
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
 
@@ -328,10 +334,14 @@ def train_and_evaluate(cfg, workdir) -> dict:
     if mngr.latest_step() != cfg.train.num_steps and cfg.train.num_steps > start:
       save(mngr, cfg.train.num_steps, state, data_iter)
     mngr.wait_until_finished()
-  except BaseException:
+  except BaseException as e:
     mngr.wait_until_finished()
     bar.close()
     writer.close()
+    status = 'interrupted' if isinstance(e, KeyboardInterrupt) else f'failed: {e}'
+    _atomic_json(summary_path, make_summary(setup, int(mngr.latest_step() or 0), history,
+                                            history[-1] if history else {},
+                                            time.time() - t_start, status))
     raise
   bar.close()
   final_step = int(state.step)
@@ -345,7 +355,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   summary = make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
   summary['samples'] = len(samples)
-  _atomic_json(os.path.join(workdir, 'summary.json'), summary)
+  _atomic_json(summary_path, summary)
   return summary
 
 

@@ -36,6 +36,11 @@ def test_run_directory_contract(tmp_path):
   assert {r['mode'] for r in samples} == {'ar', 'mdm'}
   assert all(3 not in r['tokens'] for r in samples)  # no [MASK] left
   assert s['final'] == summary['final']
+  # rerunning a finished run does no work and appends nothing
+  n_samples = len(samples)
+  again = train.train_and_evaluate(tiny_config('dual'), wd)
+  assert again == summary
+  assert len(open(os.path.join(wd, 'samples.jsonl')).readlines()) == n_samples
 
 
 class Crash(Exception):
@@ -90,6 +95,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     train.train_and_evaluate(cfg, wd)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
   assert mngr.latest_step() is not None
+  summary = json.load(open(os.path.join(wd, 'summary.json')))
+  assert summary['status'].startswith('failed: non-finite loss')
   for step in mngr.all_steps():
     p = final_params(wd, step)
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(p)), step
