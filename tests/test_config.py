@@ -67,3 +67,20 @@ def test_resume_diff_allows_only_harmless_changes():
   assert config.diff_for_resume(a, b.to_dict()) == []
   b.model.d_model = 512
   assert config.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
+
+
+def test_missing_corpus_is_a_clear_error_and_writes_nothing(tmp_path):
+  wd = tmp_path / 'run'
+  r = run_main('--config.data.corpus=/nonexistent/corpus.txt', workdir=wd)
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1].startswith("error: corpus '/nonexistent/corpus.txt'")
+  assert not wd.exists()
+
+
+def test_cli_requires_workdir_and_rejects_unknown_mode(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config',
+                      os.path.join(ROOT, 'configs', 'default.py')],
+                     capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert r.returncode == 2 and 'workdir' in r.stderr
+  r = run_main('--mode=dance', workdir=tmp_path / 'x')
+  assert r.returncode == 2 and 'mode' in r.stderr
