@@ -6,7 +6,7 @@ from dlm_jax import config
 def get_config():
   c = config.base()
   c.objective = 'dual'
-  c.dual.mdm_fraction = 0.5
+  c.dual.ar_weight = '1/2'
   c.model.d_model = 192
   c.model.num_layers = 4
   c.model.num_heads = 4

@@ -5,11 +5,12 @@ key was added or misspelled, every value has the schema's type and every value i
 are `ConfigError`s whose one-line message names the key (main.py prints it and exits 2).
 """
 import difflib
+import fractions
 import json
 
 import ml_collections
 
-OBJECTIVES = ('ar', 'mdm', 'dual')
+OBJECTIVES = ('ar', 'mdm', 'dual', 'prefix')
 ATTENTION = ('causal', 'bidirectional', 'prefix')
 
 
@@ -21,9 +22,11 @@ def base() -> ml_collections.ConfigDict:
   """Every key a config may set, with defaults suited to a small CPU run."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = 'mdm'          # ar | mdm | dual
+  c.init_from = ''             # AR2Diff: start from this run directory's latest params
+  c.objective = 'mdm'          # ar | mdm | dual | prefix (prefix-LM)
   c.dual = ml_collections.ConfigDict(dict(
-      mdm_fraction=0.5,        # rho: share of each batch's sequences trained as MDM
+      ar_weight='1/2',         # AR share of each batch's sequences, as in the paper: '63/64', '0.75'
+      ar_attention='causal',   # causal | prefix: attention (and loss) of the AR share
   ))
   c.model = ml_collections.ConfigDict(dict(
       size='',                 # a name from flops.SIZES overrides d_model/num_layers/num_heads/mlp_dim
@@ -45,10 +48,12 @@ def base() -> ml_collections.ConfigDict:
   ))
   c.data = ml_collections.ConfigDict(dict(
       corpus='embedded',       # embedded | path to .txt/.jsonl(.xz) file or directory
+      task='',                 # prompt->target fine-tuning: cloze | dir with train/validation.jsonl
       tokenizer='bpe',         # bpe | byte | path to a HF tokenizers .json
       seq_len=128,
       val_fraction=0.04,
       segment_ids=False,       # True: packed documents never attend across EOS boundaries
+      unique_tokens=0,         # U: train on the first U tokens of the split only (0: all of it)
       cache_dir='',            # '' : ~/.cache/dlm_jax
       prefetch=2,
   ))
@@ -70,6 +75,7 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32,
       num_steps=1000,
+      epochs=0.0,              # R > 0: num_steps = R * (U / seq_len windows) / batch_size
       lr=3e-3,
       lr_schedule='cosine',    # cosine | wsd | constant
       warmup_steps=100,
@@ -81,6 +87,7 @@ def base() -> ml_collections.ConfigDict:
       weight_decay=0.1,
       decay_embeddings=False,  # weight-decay mask: never norms/biases; embeddings only if True
       grad_clip=1.0,
+      token_dropout=0.0,       # AR/prefix inputs replaced by [MASK] at this rate (targets kept)
       ema_decay=0.0,           # 0: no EMA
       log_every=10,
       eval_every=200,
@@ -101,6 +108,18 @@ def base() -> ml_collections.ConfigDict:
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   return c
+
+
+def parse_fraction(s) -> fractions.Fraction:
+  """'63/64' -> Fraction(63, 64); '0.75' -> Fraction(3, 4)."""
+  return fractions.Fraction(str(s).strip())
+
+
+def mdm_fraction(cfg) -> fractions.Fraction:
+  """Share of sequences trained as MDM under the configured objective."""
+  return {'ar': fractions.Fraction(0), 'prefix': fractions.Fraction(0),
+          'mdm': fractions.Fraction(1)}.get(cfg.objective,
+                                             1 - parse_fraction(cfg.dual.ar_weight))
 
 
 def _walk(d, prefix=''):
@@ -150,8 +169,16 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_keys(cfg, base())
   m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
   _choice(cfg, 'objective', OBJECTIVES)
-  _need(0.0 <= cfg.dual.mdm_fraction <= 1.0, 'dual.mdm_fraction',
-        f'{cfg.dual.mdm_fraction} is outside [0, 1]')
+  try:
+    w = parse_fraction(cfg.dual.ar_weight)
+  except (ValueError, ZeroDivisionError):
+    raise ConfigError(f'config.dual.ar_weight: {cfg.dual.ar_weight!r} is not a fraction like '
+                      "'63/64' or a number") from None
+  _need(0 <= w <= 1, 'dual.ar_weight', f'{cfg.dual.ar_weight} is outside [0, 1]')
+  _choice(cfg, 'dual.ar_attention', ('causal', 'prefix'))
+  _need(d.unique_tokens >= 0, 'data.unique_tokens', f'must be >= 0, got {d.unique_tokens}')
+  _need(t.epochs >= 0, 'train.epochs', f'must be >= 0, got {t.epochs}')
+  _need(0.0 <= t.token_dropout < 1.0, 'train.token_dropout', f'{t.token_dropout} is outside [0, 1)')
   _need(m.size == '' or m.size in flops.SIZES, 'model.size',
         f'{m.size!r} is not a size name ({", ".join(flops.SIZES)})')
   for k in ('d_model', 'num_layers', 'num_heads'):

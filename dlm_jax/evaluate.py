@@ -14,8 +14,14 @@ from dlm_jax import objectives
 from dlm_jax import sharding
 
 
-def modes(objective):
-  return {'ar': ('ar',), 'mdm': ('mdm',), 'dual': ('ar', 'mdm')}[objective]
+def modes(cfg):
+  """What validation measures for a run: AR NLL for anything with an AR share, the MDM NELBO for
+  anything with an MDM share, and the prefix-LM NLL (prompt = first half) for prefix-LM training."""
+  m = {'ar': ('ar',), 'mdm': ('mdm',), 'dual': ('ar', 'mdm'), 'prefix': ('ar', 'prefix')}
+  out = m[cfg.objective]
+  if cfg.objective == 'dual' and cfg.dual.ar_attention == 'prefix':
+    out = out + ('prefix',)
+  return out
 
 
 class Validator:
@@ -23,7 +29,7 @@ class Validator:
 
   def __init__(self, model, cfg, batches, mesh, bytes_per_token=None):
     self.batches = batches
-    self.modes = modes(cfg.objective)
+    self.modes = modes(cfg)
     self.seed = cfg.eval.seed
     self.bytes_per_token = bytes_per_token
     noise = masking.Noise.for_evaluation(cfg.diffusion)
@@ -35,6 +41,11 @@ class Validator:
       if 'ar' in self.modes:
         ar = objectives.ar_terms(model, params, batch, rng, train=False)
         out.update(ar_nll_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
+      if 'prefix' in self.modes:
+        B, L = batch['targets'].shape
+        pre = objectives.ar_terms(model, params, batch, rng, False,
+                                  jnp.full((B,), L // 2, jnp.int32))
+        out.update(prefix_nll_sum=pre['nll_sum'], prefix_tokens=pre['tokens'])
       if 'mdm' in self.modes:
         _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'])
         md = objectives.mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False)
@@ -55,6 +66,8 @@ class Validator:
     if 'ar' in self.modes:
       nll = float(tot['ar_nll_sum'] / tot['ar_tokens'])
       out.update(ar_nll=nll, ar_ppl=math.exp(min(nll, 700)))
+    if 'prefix' in self.modes:
+      out['prefix_nll'] = float(tot['prefix_nll_sum'] / tot['prefix_tokens'])
     if 'mdm' in self.modes:
       nelbo = float(tot['mdm_nelbo_sum'] / tot['mdm_tokens'])
       out.update(mdm_nelbo=nelbo, mdm_ppl=math.exp(min(nelbo, 700)))

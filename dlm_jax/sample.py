@@ -60,7 +60,8 @@ def write_samples(setup, params, workdir):
   length = sc.length or cfg.data.seq_len
   rows = []
   rng = jax.random.PRNGKey(cfg.seed + 7)
-  modes = {'ar': ('ar',), 'mdm': ('mdm',), 'dual': ('ar', 'mdm')}[cfg.objective]
+  modes = {'ar': ('ar',), 'prefix': ('ar',), 'mdm': ('mdm',),
+           'dual': ('ar', 'mdm')}[cfg.objective]
   for mode in modes:
     if mode == 'ar':
       fn = jax.jit(lambda p, r: ar_sample(setup.model, p, r, sc.num_samples, length,

@@ -5,6 +5,7 @@ tb/ (TensorBoard), eval/validation.json, checkpoints/ (orbax: state + grain iter
 samples.jsonl, summary.json. Rerunning the same command resumes from the latest checkpoint.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from dlm_jax import model as model_lib
 from dlm_jax import objectives
 from dlm_jax import sharding
 from dlm_jax.data import pipeline
+from dlm_jax.data import tasks
 from dlm_jax.data import tokenizers
 
 
@@ -79,9 +81,10 @@ def make_optimizer(tcfg, params):
 def make_train_step(loss_fn, tx, sched, ema_decay):
   """The pure step. A non-finite loss or gradient leaves params/optimizer unchanged (the loop
   then stops with an error), so the state that can be checkpointed is always the last good one."""
-  def train_step(state, batch):
+  def train_step(state, batch, n_mdm=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    (loss, metrics), grads = jax.value_and_grad(
+        functools.partial(loss_fn, n_mdm=n_mdm), has_aux=True)(state.params, batch, rng)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -108,6 +111,8 @@ class Setup:
   val_windows: np.ndarray
   data_info: dict
   counts: dict
+  train_prefix: Any = None   # prompt lengths of task examples (data.task), else None
+  val_prefix: Any = None
 
 
 def build(cfg) -> Setup:
@@ -116,18 +121,37 @@ def build(cfg) -> Setup:
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_batch(mesh, cfg.train.batch_size)
   train_s, val_s, info = pipeline.token_streams(cfg.data)
+  full_train = train_s
+  train_s = pipeline.take_unique(train_s, cfg.data.unique_tokens)
   train_w = pipeline.windows(train_s, cfg.data.seq_len, 'train')
+  info = dict(info, unique_tokens=int(train_w.size), train_windows=int(train_w.shape[0]))
+  if cfg.train.epochs > 0:  # R epochs of the U unique tokens
+    cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
   val_w = pipeline.windows(val_s, cfg.data.seq_len, 'validation')
-  info = dict(info, unigram_entropy=pipeline.unigram_entropy(val_s, train_s, cfg.model.vocab_size))
+  info = dict(info, unigram_entropy=pipeline.unigram_entropy(val_s, full_train,
+                                                              cfg.model.vocab_size))
+  train_p = val_p = None
+  if cfg.data.task:  # prompt -> target fine-tuning replaces the LM windows
+    tr, va = tasks.load_task(cfg.data.task, cfg.data.val_fraction)
+    train_w, train_p, dropped_tr = tasks.encode(tr, tok, cfg.data.seq_len, 'train')
+    val_w, val_p, dropped_va = tasks.encode(va, tok, cfg.data.seq_len, 'validation')
+    info = dict(info, task=cfg.data.task, task_train=len(train_p), task_val=len(val_p),
+                task_dropped_too_long=dropped_tr + dropped_va,
+                unique_tokens=int((train_w != tokenizers.PAD).sum()),
+                train_windows=int(train_w.shape[0]))
+    if cfg.train.epochs > 0:
+      cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
   return Setup(cfg, tok, model_lib.Transformer(cfg.model), mesh, train_w, val_w, info,
-               flops.from_config(cfg.model, cfg.data.seq_len))
+               flops.from_config(cfg.model, cfg.data.seq_len), train_p, val_p)
 
 
-def init_state(setup, tx):
+def init_state(setup, tx, params=None):
+  """A fresh state; `params` (e.g. from init_from) replace the random initialisation."""
   cfg = setup.cfg
   rng = jax.random.PRNGKey(cfg.seed)
   init_rng, train_rng = jax.random.split(rng)
-  _, params = model_lib.init_params(cfg.model, init_rng, cfg.data.seq_len)
+  if params is None:
+    _, params = model_lib.init_params(cfg.model, init_rng, cfg.data.seq_len)
   ema = jax.tree_util.tree_map(jnp.copy, params) if cfg.train.ema_decay > 0 else None
   return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
                     rng=train_rng, ema_params=ema)
@@ -203,6 +227,46 @@ def check_workdir(workdir, cfg):
   return True
 
 
+ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size', 'tie_embeddings',
+             'scan_layers')
+
+
+def load_init_params(run_dir, cfg):
+  """AR2Diff: the latest parameters (EMA if the run kept one) of another run with the same
+  architecture; objective, attention, data and optimizer may differ."""
+  cfg_path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(cfg_path):
+    raise TrainingError(f'config.init_from={run_dir!r}: no run there (no config.json)')
+  other = json.load(open(cfg_path, encoding='utf-8'))['model']
+  for k in ARCH_KEYS:
+    if other.get(k) != cfg.model[k]:
+      raise TrainingError(f'config.init_from={run_dir!r}: architecture differs: model.{k} is '
+                          f'{other.get(k)!r} there and {cfg.model[k]!r} here')
+  ckpt = os.path.join(os.path.abspath(run_dir), 'checkpoints')
+  mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True,
+                                                                          create=False))
+  step = mngr.latest_step() if os.path.isdir(ckpt) else None
+  if step is None:
+    raise TrainingError(f'config.init_from={run_dir!r}: the run has no checkpoint')
+  try:
+    st = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  except Exception as e:  # pylint: disable=broad-except
+    raise TrainingError(f'config.init_from={run_dir!r}: checkpoint step {step} could not be '
+                        f'read ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+  params = st.get('ema_params') or st['params']
+  want = jax.eval_shape(lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0),
+                                                      cfg.data.seq_len)[1])
+  got_paths = {jax.tree_util.keystr(p): np.shape(x)
+               for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  for p, x in jax.tree_util.tree_leaves_with_path(want):
+    k = jax.tree_util.keystr(p)
+    if got_paths.get(k) != x.shape:
+      raise TrainingError(f'config.init_from={run_dir!r}: parameter {k} has shape '
+                          f'{got_paths.get(k)} there, {x.shape} here')
+  print(f'initialised from {run_dir} step {step} (fresh optimizer)')
+  return jax.tree_util.tree_map(lambda w, x: np.asarray(x, w.dtype), want, params)
+
+
 def checkpoint_manager(workdir, tcfg):
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
@@ -239,6 +303,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
     if done.get('status') == 'done' and done.get('steps') == cfg.train.num_steps:
       print(f'{workdir} is already done ({done["steps"]} steps); nothing to do')
       return done
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  init_params = load_init_params(cfg.init_from, cfg) if cfg.init_from and not has_ckpt else None
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
 
@@ -250,13 +317,14 @@ def train_and_evaluate(cfg, workdir) -> dict:
   state_sharding = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh),
                                           jax.eval_shape(lambda: init_state(setup, tx)))
   batch_sh = sharding.batch_sharding(mesh)
+  # one compiled step per distinct MDM count (at most two: floor and ceil of rho * B)
   step_fn = jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay),
                     in_shardings=(state_sharding, batch_sh),
                     out_shardings=(state_sharding, sharding.replicated(mesh)),
-                    donate_argnums=0)
+                    static_argnums=2, donate_argnums=0)
 
   ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
-                              cfg.data.segment_ids)
+                              cfg.data.segment_ids, setup.train_prefix)
   data_iter = pipeline.train_iterator(ds, cfg.data.prefetch)
   mngr = checkpoint_manager(workdir, cfg.train)
   latest = mngr.latest_step()
@@ -267,11 +335,12 @@ def train_and_evaluate(cfg, workdir) -> dict:
     state = restore(mngr, latest, abstract, data_iter)
     print(f'resumed {workdir} from step {latest}')
   else:
-    state = jax.jit(lambda: init_state(setup, tx), out_shardings=state_sharding)()
+    state = jax.jit(lambda p: init_state(setup, tx, p), out_shardings=state_sharding)(init_params)
   start = int(state.step)
 
   val_batches = pipeline.eval_batches(setup.val_windows, cfg.eval.batch_size,
-                                      cfg.eval.num_batches, cfg.data.segment_ids)
+                                      cfg.eval.num_batches, cfg.data.segment_ids,
+                                      setup.val_prefix)
   evaluator = evaluate.Validator(
       setup.model, cfg, val_batches, mesh,
       bytes_per_token=setup.data_info["val_bytes"] / setup.data_info["val_tokens"])
@@ -307,7 +376,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
       dt = time.time() - t_last
       steps = step + 1 - last_logged
       avg = {k: float(np.mean([w[k] for w in window])) for k in window[-1] if k in window[0]}
-      row = dict(avg, tokens=(step + 1) * tokens_per_step, tokens_per_s=steps * tokens_per_step / dt,
+      row = dict(avg, tokens=(step + 1) * tokens_per_step,
+                 epochs=(step + 1) * tokens_per_step / setup.data_info['unique_tokens'],
+                 tokens_per_s=steps * tokens_per_step / dt,
                  flops_per_s=steps * tokens_per_step * setup.counts['flops_per_token'] / dt)
       writer.write(step + 1, row)
       bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
@@ -316,7 +387,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
   try:
     for step in range(start, cfg.train.num_steps):
       batch = jax.device_put(next(data_iter), batch_sh)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch,
+                               objectives.mdm_count(cfg, step, cfg.train.batch_size))
       if pending is not None:
         consume(*pending)
       pending = (step, metrics)
@@ -362,12 +434,13 @@ def train_and_evaluate(cfg, workdir) -> dict:
 def make_summary(setup, step, history, final, wall, status):
   cfg = setup.cfg
   D = step * cfg.train.batch_size * cfg.data.seq_len
-  U = int(setup.data_info['train_tokens'])
+  U = int(setup.data_info['unique_tokens'])
   metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb'))]
   best = {k: min(h[k] for h in history if k in h) for k in metric_keys}
   return dict(
       objective=cfg.objective,
-      ratio={'ar': 0.0, 'mdm': 1.0, 'dual': cfg.dual.mdm_fraction}[cfg.objective],
+      ratio=float(1 - config_lib.mdm_fraction(cfg)),  # the AR weight, as in the dual-LM sweep
+      mdm_fraction=float(config_lib.mdm_fraction(cfg)),
       size=cfg.model.size or f'd{cfg.model.d_model}_l{cfg.model.num_layers}',
       N_total=setup.counts['N_total'], N_nonembed=setup.counts['N_nonembed'],
       flops_per_token=setup.counts['flops_per_token'],

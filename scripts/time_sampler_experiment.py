@@ -20,11 +20,13 @@ SETTINGS = {
     'logitnormal_s1_elbo': dict(time_sampler='logit_normal', sigma=1.0, weighting='elbo'),
     'logitnormal_s1_plain': dict(time_sampler='logit_normal', sigma=1.0, weighting='plain'),
     'logitnormal_s0.5_plain': dict(time_sampler='logit_normal', sigma=0.5, weighting='plain'),
+    'logitnormal_s1_mix0.1_elbo': dict(time_sampler='logit_normal', sigma=1.0, uniform_mix=0.1,
+                                       weighting='elbo'),
     'beta_3_3_elbo': dict(time_sampler='beta', beta_a=3.0, beta_b=3.0, weighting='elbo'),
     'truncnormal_0.5_0.15_plain': dict(time_sampler='truncated_normal', mu=0.5, sigma=0.15,
                                        weighting='plain'),
 }
-SAMPLER_KEYS = ('beta_a', 'beta_b', 'mu', 'sigma')
+SAMPLER_KEYS = ('beta_a', 'beta_b', 'mu', 'sigma', 'uniform_mix')
 
 
 def overrides(setting, steps):

@@ -82,3 +82,34 @@ def test_epochs_reshuffle_and_cover_every_window():
   e2 = np.concatenate([ds[2]['targets'][:, 0], ds[3]['targets'][:, 0]])
   assert sorted(e1) == sorted(e2) == list(range(0, 40, 4))
   assert list(e1) != list(e2)
+
+
+def test_repetition_uses_exactly_U_unique_tokens_for_R_epochs():
+  from conftest import tiny_config
+  from dlm_jax import train
+  cfg = tiny_config('ar')
+  cfg.data.unique_tokens = 32 * 24   # 24 windows of 32
+  cfg.train.epochs = 4.0             # -> 4 * 24 / 8 = 12 steps
+  setup = train.build(cfg)
+  assert setup.cfg.train.num_steps == 12
+  assert setup.data_info['unique_tokens'] == 32 * 24
+  train_s, _, _ = pipeline.token_streams(setup.cfg.data)
+  np.testing.assert_array_equal(setup.train_windows.reshape(-1), train_s[:32 * 24])
+  ds = pipeline.train_dataset(setup.train_windows, 8, cfg.seed)
+  seen = np.concatenate([ds[i]['targets'] for i in range(12)])
+  rows = [tuple(r) for r in seen]
+  from collections import Counter
+  counts = Counter(rows)
+  assert len(counts) == 24 and set(counts.values()) == {4}
+  # each epoch is a permutation of the same windows, in a different order
+  epochs = [rows[24 * e:24 * (e + 1)] for e in range(4)]
+  assert all(sorted(e) == sorted(epochs[0]) for e in epochs) and epochs[0] != epochs[1]
+
+
+def test_unique_tokens_larger_than_split_is_a_clear_error():
+  from conftest import tiny_config
+  from dlm_jax import train
+  cfg = tiny_config('ar')
+  cfg.data.unique_tokens = 10**9
+  with pytest.raises(corpus.DataError, match='exceeds the training split, which has'):
+    train.build(cfg)

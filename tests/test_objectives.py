@@ -13,7 +13,7 @@ from dlm_jax.data.tokenizers import BOS, MASK, PAD
 def cfg_for(objective, rho=0.5, low_discrepancy=False, L=4, V=12, **diffusion):
   c = config.base()
   c.objective = objective
-  c.dual.mdm_fraction = rho
+  c.dual.ar_weight = str(1 - rho)
   c.diffusion.low_discrepancy = low_discrepancy
   for k, v in diffusion.items():
     if k in ('beta_a', 'beta_b', 'mu', 'sigma'):
@@ -155,3 +155,75 @@ def test_plain_weighting_trains_a_different_objective_but_reports_the_nelbo():
   np.testing.assert_allclose(mp['mdm_nelbo'], me['mdm_nelbo'], rtol=1e-6)
   np.testing.assert_allclose(le, me['mdm_nelbo'], rtol=1e-6)
   assert abs(float(lp) - float(le)) > 1e-3
+
+
+def test_mdm_count_honours_small_fractions_exactly():
+  c = cfg_for('dual')
+  c.dual.ar_weight = '255/256'
+  counts = [objectives.mdm_count(c, s, 32) for s in range(256)]
+  assert sum(counts) == 32 and set(counts) == {0, 1}
+  c.dual.ar_weight = '63/64'
+  assert [objectives.mdm_count(c, s, 64) for s in range(5)] == [1] * 5
+  c.dual.ar_weight = '1/4'
+  assert [objectives.mdm_count(c, s, 8) for s in range(3)] == [6] * 3
+  assert objectives.mdm_count(cfg_for('ar'), 3, 8) == 0
+  assert objectives.mdm_count(cfg_for('mdm'), 3, 8) == 8
+
+
+def test_token_dropout_masks_only_inputs_at_the_rate():
+  c = cfg_for('ar', L=64, V=40)
+  model, params = make(c)
+  seen = {}
+
+  class Spy:
+    def apply(self, variables, inputs, *a, **k):
+      seen['inputs'] = inputs
+      return model.apply(variables, inputs, *a, **k)
+  x = jax.random.randint(jax.random.PRNGKey(1), (64, 64), 4, 40)
+  objectives.ar_terms(Spy(), params, {'targets': x}, jax.random.PRNGKey(0), True,
+                      token_dropout=0.25)
+  u = seen['inputs']
+  dropped = np.asarray(u == MASK)
+  assert not dropped[:, 0].any()  # BOS is never dropped
+  assert abs(dropped[:, 1:].mean() - 0.25) < 0.02
+  kept = ~dropped[:, 1:]
+  np.testing.assert_array_equal(np.asarray(u)[:, 1:][kept], np.asarray(x)[:, :-1][kept])
+  # evaluation never drops
+  objectives.ar_terms(Spy(), params, {'targets': x}, jax.random.PRNGKey(0), False,
+                      token_dropout=0.25)
+  assert not bool((seen['inputs'] == MASK).any())
+
+
+def test_prefix_lm_loss_is_only_on_targets_after_the_prompt_and_never_leaks():
+  c = cfg_for('prefix', L=12, V=40)
+  model, params = make(c, scale=3.0)
+  x = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (2, 12), 4, 40))
+  P = jnp.array([5, 0])
+  s = objectives.ar_terms(model, params, {'targets': jnp.asarray(x)}, None, False, P)
+  assert float(s['tokens']) == (12 - 5) + 12
+  logits = model.apply({'params': params}, objectives.shift_inputs(jnp.asarray(x)), 'prefix',
+                       P + 1)
+  lp = jax.nn.log_softmax(logits)
+  manual = sum(-float(lp[b, i, x[b, i]]) for b in range(2) for i in range(12) if i >= int(P[b]))
+  np.testing.assert_allclose(float(s['nll_sum']), manual, rtol=1e-5)
+  # no position with loss can see the target it predicts: changing x_i leaves logits at i unchanged
+  for i in range(5, 12):
+    x2 = x.copy()
+    x2[0, i] = 4 + (x2[0, i] - 3) % 36
+    l2 = model.apply({'params': params}, objectives.shift_inputs(jnp.asarray(x2)), 'prefix',
+                     P + 1)
+    np.testing.assert_allclose(l2[0, i], logits[0, i], atol=1e-5)
+  # the prompt is bidirectional: a late prompt token changes an early prompt position
+  x3 = x.copy()
+  x3[0, 3] = 4 + (x3[0, 3] - 3) % 36
+  l3 = model.apply({'params': params}, objectives.shift_inputs(jnp.asarray(x3)), 'prefix', P + 1)
+  assert float(jnp.abs(l3[0, 1] - logits[0, 1]).max()) > 1e-4
+
+
+def test_dual_with_prefix_ar_share():
+  c = cfg_for('dual', 0.5, L=16, V=40)
+  c.dual.ar_attention = 'prefix'
+  model, params = make(c)
+  batch = {'targets': jax.random.randint(jax.random.PRNGKey(1), (8, 16), 4, 40)}
+  loss, m = objectives.loss_fn(params, batch, jax.random.PRNGKey(2), model=model, cfg=c)
+  assert 'prefix_nll' in m and 'mdm_nelbo' in m and np.isfinite(float(loss))

@@ -78,6 +78,16 @@ def token_streams(dcfg):
   return streams['train'], streams['validation'], info
 
 
+def take_unique(stream, unique_tokens):
+  """The first U tokens of the training split (data-constrained runs repeat exactly these)."""
+  if unique_tokens == 0:
+    return stream
+  if unique_tokens > stream.size:
+    raise DataError(f'data.unique_tokens={unique_tokens:,} exceeds the training split, which has '
+                    f'{stream.size:,} tokens')
+  return stream[:unique_tokens]
+
+
 def windows(stream, seq_len, split='train'):
   n = stream.size // seq_len
   if n == 0:
@@ -86,10 +96,14 @@ def windows(stream, seq_len, split='train'):
   return stream[:n * seq_len].reshape(n, seq_len)
 
 
-def make_batch(targets_BxL, segment_ids: bool):
-  """A batch dict; segment ids count EOS tokens among the (shifted) inputs."""
+def make_batch(targets_BxL, segment_ids: bool, prefix_column: bool = False):
+  """A batch dict; segment ids count EOS tokens among the (shifted) inputs. With prefix_column,
+  the last column of each row is the prompt length of a task example."""
   targets_BxL = np.asarray(targets_BxL, np.int32)
-  out = {'targets': targets_BxL}
+  out = {}
+  if prefix_column:
+    targets_BxL, out['prefix_len'] = targets_BxL[:, :-1], targets_BxL[:, -1]
+  out['targets'] = targets_BxL
   if segment_ids:
     eos = (targets_BxL[:, :-1] == EOS).astype(np.int32)
     out['segment_ids'] = np.concatenate(
@@ -97,14 +111,23 @@ def make_batch(targets_BxL, segment_ids: bool):
   return out
 
 
-def train_dataset(windows_NxL, batch_size, seed, segment_ids=False):
+def with_prefix(windows_NxL, prefix_len_N):
+  """Task rows carry their prompt length as an extra last column (one array, one grain source)."""
+  if prefix_len_N is None:
+    return windows_NxL
+  return np.concatenate([windows_NxL, prefix_len_N[:, None]], axis=1)
+
+
+def train_dataset(windows_NxL, batch_size, seed, segment_ids=False, prefix_len_N=None):
   """Shuffled, reshuffled-every-epoch, infinitely repeated batches (a grain MapDataset)."""
   if windows_NxL.shape[0] < batch_size:
     raise DataError(f'the training split has {windows_NxL.shape[0]} windows, fewer than '
                     f'train.batch_size={batch_size}')
-  ds = grain.MapDataset.source(windows_NxL).shuffle(seed=seed).repeat(None)
+  rows = with_prefix(windows_NxL, prefix_len_N)
+  has_prefix = prefix_len_N is not None
+  ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
   ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.map(lambda w: make_batch(w, segment_ids))
+  return ds.map(lambda w: make_batch(w, segment_ids, has_prefix))
 
 
 def train_iterator(ds, prefetch: int):
@@ -112,13 +135,14 @@ def train_iterator(ds, prefetch: int):
   return iter(ds.to_iter_dataset(opts))
 
 
-def eval_batches(windows_NxL, batch_size, num_batches, segment_ids=False):
+def eval_batches(windows_NxL, batch_size, num_batches, segment_ids=False, prefix_len_N=None):
   """The first num_batches x batch_size validation windows, in order (fixed across runs)."""
-  n = min(num_batches, windows_NxL.shape[0] // batch_size)
+  rows = with_prefix(windows_NxL, prefix_len_N)
+  has_prefix = prefix_len_N is not None
+  n = min(num_batches, rows.shape[0] // batch_size)
   if n == 0:
-    bs = windows_NxL.shape[0]
-    return [make_batch(windows_NxL[:bs], segment_ids)]
-  return [make_batch(windows_NxL[i * batch_size:(i + 1) * batch_size], segment_ids)
+    return [make_batch(rows, segment_ids, has_prefix)]
+  return [make_batch(rows[i * batch_size:(i + 1) * batch_size], segment_ids, has_prefix)
           for i in range(n)]
 
 

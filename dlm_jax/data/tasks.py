@@ -1,0 +1,92 @@
+"""Prompt -> target tasks (JSONL: {"prompt": str, "target": str}) for fine-tuning and AR2Diff.
+
+An example is [prompt tokens, target tokens, EOS] padded with PAD to seq_len; `prefix_len` is the
+prompt length. AR loss is on the target (and EOS) only; in MDM the prompt is never masked and the
+target is noised. `cloze` is a task built from the embedded corpus: the prompt is a passage (the
+previous sentence and the current one) without its last word, the target is that word (LAMBADA-
+style); train examples come from training documents, validation from validation documents.
+"""
+import json
+import lzma
+import os
+import re
+
+import numpy as np
+
+from dlm_jax.data import corpus as corpus_lib
+from dlm_jax.data.corpus import DataError
+from dlm_jax.data.tokenizers import EOS, PAD
+
+BUILTIN = ('cloze',)
+
+
+def read_jsonl(path):
+  out = []
+  opener = lzma.open if path.endswith('.xz') else open
+  if not os.path.exists(path):
+    raise DataError(f'task file not found: {path}')
+  with opener(path, 'rt', encoding='utf-8') as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f'{path}:{i}: malformed JSON ({e.msg})') from None
+      if not isinstance(rec, dict) or not isinstance(rec.get('prompt'), str) or not isinstance(
+          rec.get('target'), str):
+        raise DataError(f'{path}:{i}: expected {{"prompt": str, "target": str}}')
+      if not rec['target'].strip():
+        raise DataError(f'{path}:{i}: empty target')
+      out.append(rec)
+  if not out:
+    raise DataError(f'task file {path} has no examples')
+  return out
+
+
+_SENT = re.compile(r'(?<=[.!?])\s+')
+
+
+def cloze_examples(docs, max_chars=400):
+  """Deterministic last-word cloze items from documents."""
+  out = []
+  for d in docs:
+    sents = [s.strip().replace('\n', ' ') for s in _SENT.split(d.text) if s.strip()]
+    for prev, cur in zip(sents, sents[1:]):
+      m = re.match(r'^(.*\S)\s+([A-Za-z]{3,})([.!?])$', cur)
+      if not m or len(cur.split()) < 8:
+        continue
+      prompt = f'{prev} {m.group(1)}'
+      if len(prompt) > max_chars:
+        continue
+      out.append(dict(prompt=prompt, target=' ' + m.group(2)))
+  return out
+
+
+def load_task(source, val_fraction):
+  """(train, validation) example lists for 'cloze' or a directory with train/validation.jsonl."""
+  if source == 'cloze':
+    tr, va = corpus_lib.split_documents(corpus_lib.load_documents('embedded'), val_fraction)
+    return cloze_examples(tr), cloze_examples(va)
+  path = os.path.expanduser(source)
+  if os.path.isdir(path):
+    return (read_jsonl(os.path.join(path, 'train.jsonl')),
+            read_jsonl(os.path.join(path, 'validation.jsonl')))
+  raise DataError(f'task {source!r}: use cloze or a directory holding train.jsonl and '
+                  'validation.jsonl')
+
+
+def encode(examples, tok, seq_len, split):
+  """(targets_NxL, prefix_len_N); examples longer than seq_len are dropped and counted."""
+  prompts = tok.encode_batch([e['prompt'] for e in examples])
+  targets = tok.encode_batch([e['target'] for e in examples])
+  rows, prefix = [], []
+  for p, t in zip(prompts, targets):
+    ids = np.concatenate([p, t, [EOS]]).astype(np.int32)
+    if ids.size > seq_len or p.size == 0:
+      continue
+    rows.append(np.pad(ids, (0, seq_len - ids.size), constant_values=PAD))
+    prefix.append(p.size)
+  if not rows:
+    raise DataError(f'no {split} task example fits data.seq_len={seq_len}')
+  return np.stack(rows), np.asarray(prefix, np.int32), len(examples) - len(rows)
