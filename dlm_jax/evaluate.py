@@ -4,14 +4,17 @@
        training samplers are comparable) and its perplexity bound exp(NELBO).
 Both also in bits per byte when the split's bytes/token ratio is known.
 """
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlm_jax import masking
 from dlm_jax import objectives
 from dlm_jax import sharding
+from dlm_jax.data.tokenizers import PAD
 
 
 def modes(cfg):
@@ -53,6 +56,10 @@ class Validator:
       return out
 
     self._sums = jax.jit(sums, in_shardings=(rep, bsh, rep), out_shardings=rep)
+    self.task = bool(batches) and 'prefix_len' in batches[0]
+    if self.task:
+      self._exact = {m: jax.jit(functools.partial(task_exact_match, model, mode=m))
+                     for m in self.modes if m in ('ar', 'mdm')}
 
   def __call__(self, params):
     tot = {}
@@ -76,4 +83,26 @@ class Validator:
         if k in out:
           out[k.split('_')[0] + '_bpb'] = out[k] / self.bytes_per_token / math.log(2)
     out['eval_tokens'] = int(sum(jnp.size(b['targets']) for b in self.batches))
+    if self.task:
+      for m, fn in self._exact.items():
+        hits = [fn(params, jax.device_put(b, self._bsh)) for b in self.batches]
+        out[f'{m}_exact_match'] = float(np.mean(np.concatenate(jax.device_get(hits))))
     return out
+
+
+def task_exact_match(model, params, batch, mode):
+  """Per example: does greedy decoding reproduce the target (and its EOS) exactly?
+  AR: greedy decoding yields the target iff every target token is the argmax given the gold
+  prefix, so one teacher-forced pass is exact. MDM: the target span (its gold length, an oracle
+  the padding already reveals in training) is filled most-confident-first, one token per step."""
+  targets_BxL, P_B = batch['targets'], batch['prefix_len']
+  L = targets_BxL.shape[1]
+  span_BxL = (jnp.arange(L)[None] >= P_B[:, None]) & (targets_BxL != PAD)
+  if mode == 'ar':
+    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(targets_BxL), 'causal')
+    pred_BxL = jnp.argmax(logits_BxLxV, -1)
+  else:
+    from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+    steps = jnp.max(jnp.sum(span_BxL, -1))  # a while-loop bound: only as many passes as needed
+    pred_BxL = sample.mdm_infill_greedy(model, params, targets_BxL, span_BxL, steps)
+  return jnp.all(jnp.where(span_BxL, pred_BxL == targets_BxL, True), axis=-1)

@@ -51,6 +51,26 @@ def mdm_sample(model, params, rng, num, length, steps, temperature=1.0, schedule
   return jax.lax.fori_loop(0, steps, body, (x0, rng))[0]
 
 
+def mdm_infill_greedy(model, params, x_BxL, fill_BxL, steps: int):
+  """Fills the `fill` positions of x one per step, most confident first (argmax), keeping every
+  other position fixed; `steps` >= the largest number of positions to fill in a row."""
+  x_BxL = jnp.where(fill_BxL, MASK, x_BxL)
+
+  def body(_, x_BxL):
+    masked_BxL = x_BxL == MASK
+    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(x_BxL, masked_BxL),
+                               'bidirectional')
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV)
+    best_BxL = jnp.argmax(logp_BxLxV, -1).astype(jnp.int32)
+    conf_BxL = jnp.where(masked_BxL, jnp.max(logp_BxLxV, -1), -jnp.inf)
+    pos_B = jnp.argmax(conf_BxL, -1)
+    any_B = masked_BxL.any(-1)
+    rows = jnp.arange(x_BxL.shape[0])
+    new = jnp.where(any_B, best_BxL[rows, pos_B], x_BxL[rows, pos_B])
+    return x_BxL.at[rows, pos_B].set(new)
+  return jax.lax.fori_loop(0, steps, body, x_BxL)
+
+
 def write_samples(setup, params, workdir):
   """Unconditional samples in each mode the run trains, appended to samples.jsonl."""
   cfg = setup.cfg

@@ -8,12 +8,12 @@ table: final NELBO and the ratio  tokens(uniform, final) / tokens(this run reach
 run's final NELBO)  (> 1 means faster than uniform; '-' means never reached).
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+from dlm_jax import sweep
 
 SETTINGS = {
     'uniform': {},
@@ -29,17 +29,16 @@ SETTINGS = {
 SAMPLER_KEYS = ('beta_a', 'beta_b', 'mu', 'sigma', 'uniform_mix')
 
 
-def overrides(setting, steps):
-  out = [f'--config.train.num_steps={steps}']
+def dotted(setting, steps):
+  out = {'train.num_steps': steps}
   for k, v in setting.items():
-    key = f'diffusion.sampler_params.{k}' if k in SAMPLER_KEYS else f'diffusion.{k}'
-    out.append(f'--config.{key}={v}')
+    out[f'diffusion.sampler_params.{k}' if k in SAMPLER_KEYS else f'diffusion.{k}'] = v
   return out
 
 
 def curve(workdir):
-  rows = json.load(open(os.path.join(workdir, 'eval', 'validation.json')))
-  return np.array([r['tokens'] for r in rows]), np.array([r['mdm_nelbo'] for r in rows])
+  tokens, nelbo = sweep.validation_curve(workdir, 'mdm_nelbo')
+  return np.array(tokens), np.array(nelbo)
 
 
 def tokens_to_reach(tokens, nelbo, target):
@@ -61,15 +60,11 @@ def main():
   p.add_argument('--plot', default='docs/time_sampler.png')
   args = p.parse_args()
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for name, setting in SETTINGS.items():
-    wd = os.path.join(args.root, name)
-    if os.path.exists(os.path.join(wd, 'summary.json')):
-      continue
-    cmd = [sys.executable, '-m', 'dlm_jax.main', '--config',
-           os.path.join(here, 'configs', 'experiments', 'time_sampler.py'), '--workdir', wd,
-           *overrides(setting, args.steps)]
-    print(' '.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+  status = sweep.run_local(os.path.join(here, 'configs', 'experiments', 'time_sampler.py'),
+                           args.root, {n: dotted(s, args.steps) for n, s in SETTINGS.items()})
+  failed = {n: s for n, s in status.items() if s != 'done'}
+  if failed:
+    sys.exit(f'runs failed: {failed}')
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -85,9 +80,7 @@ def main():
     reach = tokens_to_reach(tok, nel, target)
     ratio = f'{tok_u[-1] / reach:.2f}x' if reach else '-'
     reach_s = f'{reach / 1e6:.3f} M' if reach else 'not reached'
-    wall = json.load(open(os.path.join(args.root, n, 'summary.json')))['wall_time_s']
     lines.append(f'| {n} | {nel[-1]:.4f} | {reach_s} | {ratio} |')
-    del wall
   ax.axhline(target, color='gray', ls=':', lw=1)
   ax.set_xlabel('training tokens (M)')
   ax.set_ylabel('validation NELBO (nats/token, unbiased)')

@@ -30,3 +30,28 @@ def test_mdm_sample_unmasks_everything():
     x = np.asarray(sample.mdm_sample(model, params, jax.random.PRNGKey(2), 3, 8, steps))
     assert not (x == MASK).any()
     assert x.min() >= 0
+
+
+def test_mdm_infill_fills_only_the_span_and_keeps_the_rest():
+  model, params = setup()
+  x = jax.random.randint(jax.random.PRNGKey(3), (3, 8), 4, 30)
+  fill = jnp.zeros((3, 8), bool).at[0, 5:].set(True).at[1, 2].set(True)
+  out = np.asarray(sample.mdm_infill_greedy(model, params, x, fill, 3))
+  assert not (out == MASK).any()
+  np.testing.assert_array_equal(out[~np.asarray(fill)], np.asarray(x)[~np.asarray(fill)])
+
+
+def test_ar_exact_match_equals_greedy_decoding():
+  from dlm_jax import evaluate
+  model, params = setup()
+  # targets whose continuation is the model's own greedy output -> exact match 1
+  prompt = jnp.array([[5, 6, 7, 0, 0, 0, 0, 0]])
+  x = prompt
+  for i in range(3, 8):
+    logits = model.apply({'params': params}, objectives.shift_inputs(x), 'causal')
+    x = x.at[0, i].set(jnp.argmax(logits[0, i]))
+  batch = {'targets': x, 'prefix_len': jnp.array([3])}
+  assert bool(evaluate.task_exact_match(model, params, batch, 'ar')[0])
+  wrong = {'targets': x.at[0, 6].set((x[0, 6] + 1) % 26 + 4), 'prefix_len': jnp.array([3])}
+  assert not bool(evaluate.task_exact_match(model, params, wrong, 'ar')[0])
+  assert evaluate.task_exact_match(model, params, batch, 'mdm').shape == (1,)
