@@ -46,8 +46,8 @@ class Validator:
         out.update(ar_nll_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
       if 'prefix' in self.modes:
         B, L = batch['targets'].shape
-        pre = objectives.ar_terms(model, params, batch, rng, False,
-                                  jnp.full((B,), L // 2, jnp.int32))
+        P_B = batch['prefix_len'] if 'prefix_len' in batch else jnp.full((B,), L // 2, jnp.int32)
+        pre = objectives.ar_terms(model, params, batch, rng, False, P_B)
         out.update(prefix_nll_sum=pre['nll_sum'], prefix_tokens=pre['tokens'])
       if 'mdm' in self.modes:
         _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'])
@@ -59,7 +59,7 @@ class Validator:
     self.task = bool(batches) and 'prefix_len' in batches[0]
     if self.task:
       self._exact = {m: jax.jit(functools.partial(task_exact_match, model, mode=m))
-                     for m in self.modes if m in ('ar', 'mdm')}
+                     for m in self.modes}
 
   def __call__(self, params):
     tot = {}
@@ -98,8 +98,9 @@ def task_exact_match(model, params, batch, mode):
   targets_BxL, P_B = batch['targets'], batch['prefix_len']
   L = targets_BxL.shape[1]
   span_BxL = (jnp.arange(L)[None] >= P_B[:, None]) & (targets_BxL != PAD)
-  if mode == 'ar':
-    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(targets_BxL), 'causal')
+  if mode in ('ar', 'prefix'):  # prefix-LM: the prompt is read bidirectionally, then causal
+    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(targets_BxL),
+                               'causal' if mode == 'ar' else 'prefix', P_B + 1)
     pred_BxL = jnp.argmax(logits_BxLxV, -1)
   else:
     from dlm_jax import sample  # pylint: disable=g-import-not-at-top

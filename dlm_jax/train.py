@@ -435,8 +435,9 @@ def make_summary(setup, step, history, final, wall, status):
   cfg = setup.cfg
   D = step * cfg.train.batch_size * cfg.data.seq_len
   U = int(setup.data_info['unique_tokens'])
-  metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb'))]
-  best = {k: min(h[k] for h in history if k in h) for k in metric_keys}
+  metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb', 'exact_match'))]
+  best = {k: (max if k.endswith('exact_match') else min)(h[k] for h in history if k in h)
+          for k in metric_keys}
   return dict(
       objective=cfg.objective,
       ratio=float(1 - config_lib.mdm_fraction(cfg)),  # the AR weight, as in the dual-LM sweep

@@ -52,8 +52,9 @@ def main():
           'ft_ar2diff': (f'AR, then {a.cpt} steps MDM', 'MDM')}
   for name, (pre, fine) in desc.items():
     f = sweep.summary(run(name))['final']
-    em = f.get('ar_exact_match', f.get('mdm_exact_match'))
-    nll = f.get('ar_nll', f.get('mdm_nelbo'))
+    mode = {'ft_ar': 'ar', 'ft_prefix': 'prefix'}.get(name, 'mdm')
+    em = f[f'{mode}_exact_match']
+    nll = f['mdm_nelbo' if mode == 'mdm' else f'{mode}_nll']
     lines.append(f'| {name} | {pre} | {fine} | {em:.3f} | {nll:.3f} |')
   for name in ('pre_ar', 'pre_mdm', 'cpt_ar2diff'):
     f = sweep.summary(run(name))['final']

@@ -123,3 +123,16 @@ def test_task_fine_tuning_runs_end_to_end(tmp_path):
   (d / 'validation.jsonl').write_text('{"prompt": "x", "target": ""}\n')
   with pytest.raises(DataError, match='validation.jsonl:1: empty target'):
     train.build(cfg)
+
+
+def test_prefix_task_run_reports_prefix_metrics(tmp_path):
+  d = tmp_path / 'task'
+  d.mkdir()
+  rows = [dict(prompt=f'After {i} comes', target=f' {i + 1}') for i in range(100)]
+  (d / 'train.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[:80]))
+  (d / 'validation.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[80:]))
+  cfg = tiny_config('prefix', num_steps=2, checkpoint_every=2, eval_every=2)
+  cfg.data.task, cfg.data.tokenizer = str(d), 'byte'
+  s = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  assert {'ar_nll', 'prefix_nll', 'ar_exact_match', 'prefix_exact_match'} <= set(s['final'])
+  assert 0.0 <= s['best']['prefix_exact_match'] <= 1.0
