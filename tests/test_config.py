@@ -54,7 +54,7 @@ def test_validate_rejects_wrong_types():
 def test_all_shipped_configs_validate():
   import importlib.util
   import glob
-  for path in glob.glob(os.path.join(ROOT, 'configs', '*.py')):
+  for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True):
     spec = importlib.util.spec_from_file_location('c', path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
