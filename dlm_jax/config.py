@@ -122,6 +122,26 @@ def mdm_fraction(cfg) -> fractions.Fraction:
                                              1 - parse_fraction(cfg.dual.ar_weight))
 
 
+def cpu_experiment(objective: str, d_model: int, num_layers: int, num_steps: int,
+                   eval_every: int) -> ml_collections.ConfigDict:
+  """The shared base of the CPU-scale experiment configs (configs/experiments/): BPE-8192,
+  L=128, batch 32, AdamW 3e-3 with 10% warmup, one checkpoint at the end, no samples."""
+  c = base()
+  c.objective = objective
+  c.model.d_model, c.model.num_layers = d_model, num_layers
+  c.model.num_heads = d_model // 32
+  c.data.seq_len = 128
+  c.train.batch_size = 32
+  c.train.num_steps = num_steps
+  c.train.lr = 3e-3
+  c.train.warmup_steps = num_steps // 10
+  c.train.eval_every = eval_every
+  c.train.checkpoint_every = num_steps
+  c.eval.num_batches = 8
+  c.sample.num_samples = 0
+  return c
+
+
 def _walk(d, prefix=''):
   for k, v in d.items():
     key = f'{prefix}{k}'

@@ -5,18 +5,5 @@ from dlm_jax import config
 
 
 def get_config():
-  c = config.base()
-  c.objective = 'ar'
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.num_steps = 125          # 125 * 32 * 128 = 512,000 tokens
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 12
-  c.train.eval_every = 25
-  c.train.checkpoint_every = 125
-  c.eval.num_batches = 8
-  c.sample.num_samples = 0
-  return c
+  # 125 steps * 32 * 128 = 512,000 tokens
+  return config.cpu_experiment('ar', d_model=64, num_layers=2, num_steps=125, eval_every=25)
