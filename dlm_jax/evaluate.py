@@ -50,7 +50,7 @@ class Validator:
         pre = objectives.ar_terms(model, params, batch, rng, False, P_B)
         out.update(prefix_nll_sum=pre['nll_sum'], prefix_tokens=pre['tokens'])
       if 'mdm' in self.modes:
-        _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'])
+        _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'], batch.get('prefix_len'))
         md = objectives.mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False)
         out.update(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
       return out

@@ -347,17 +347,20 @@ class Noise:
         'uniform', True, 'bernoulli', 'elbo')
     return cls(d)
 
-  def maskable(self, targets_BxL):
+  def maskable(self, targets_BxL, prefix_len_B=None):
+    """Never PAD or BOS (nor EOS unless mask_eos), nor a task's prompt (its first prefix_len)."""
     from dlm_jax.data.tokenizers import BOS, EOS, PAD  # pylint: disable=g-import-not-at-top
     m = (targets_BxL != PAD) & (targets_BxL != BOS)
     if not self.cfg.mask_eos:
       m &= targets_BxL != EOS
+    if prefix_len_B is not None:
+      m &= jnp.arange(targets_BxL.shape[1])[None] >= prefix_len_B[:, None]
     return m
 
-  def sample(self, rng, targets_BxL):
+  def sample(self, rng, targets_BxL, prefix_len_B=None):
     """t_B, mask_BxL, training weight_B, unbiased-NELBO weight_B (drawn in batch order)."""
     rng_t, rng_m = jax.random.split(rng)
     t_B = sample_times(rng_t, targets_BxL.shape[0], self.dist, self.low_discrepancy)
-    mask_BxL = self.pattern(rng_m, t_B, self.maskable(targets_BxL), self.schedule)
+    mask_BxL = self.pattern(rng_m, t_B, self.maskable(targets_BxL, prefix_len_B), self.schedule)
     w_B, elbo_B = time_weights(t_B, self.schedule, self.dist, self.weighting)
     return t_B, mask_BxL, w_B, elbo_B

@@ -128,14 +128,11 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
     metrics['prefix_nll' if prefix_ar else 'ar_nll'] = ar['nll_sum'] / ar['tokens']
   if n_mdm > 0:
     noise = masking.Noise(cfg.diffusion)
-    _, mask_BxL, w_B, elbo_B = noise.sample(rng_noise, batch['targets'])
+    _, mask_BxL, w_B, elbo_B = noise.sample(rng_noise, batch['targets'], batch.get('prefix_len'))
     sub = batch
     if idx_mdm is not None:
       sub, mask_BxL, w_B, elbo_B = (_take(batch, idx_mdm), mask_BxL[idx_mdm], w_B[idx_mdm],
                                     elbo_B[idx_mdm])
-    if 'prefix_len' in sub:  # task data: the prompt is never noised
-      prompt_BxL = jnp.arange(sub['targets'].shape[1])[None] < sub['prefix_len'][:, None]
-      mask_BxL = mask_BxL & ~prompt_BxL
     md = mdm_terms(model, params, sub, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng_drop, 1),
                    train)
     loss_sum, tokens = loss_sum + md['loss_sum'], tokens + md['tokens']

@@ -28,3 +28,25 @@ def test_validator_matches_hand_computation_and_is_deterministic():
   cfg2.diffusion.time_sampler = 'beta'
   cfg2.diffusion.weighting = 'plain'
   assert evaluate.Validator(model, cfg2, batches, mesh, bytes_per_token=4.0)(params) == out
+
+
+def test_validator_on_task_batches_never_masks_the_prompt():
+  """Regression: the MDM NELBO of a task counts only target tokens and never noises the prompt."""
+  from dlm_jax import masking
+  cfg = config.resolve(tiny_config('mdm'), 50)
+  model, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(0), 32)
+  x = np.array(jax.random.randint(jax.random.PRNGKey(1), (8, 32), 4, 50))
+  x[:, 28:] = 0  # PAD after a short target
+  P = np.array([20, 22, 24, 25, 26, 21, 23, 27], np.int32)
+  batch = {'targets': x, 'prefix_len': P}
+  out = evaluate.Validator(model, cfg, [batch], sharding.make_mesh(cfg.mesh))(params)
+  noise = masking.Noise.for_evaluation(cfg.diffusion)
+  _, m, _, e = noise.sample(jax.random.fold_in(jax.random.PRNGKey(cfg.eval.seed), 0),
+                            jnp.asarray(x), jnp.asarray(P))
+  assert not bool(jnp.any(m & (jnp.arange(32)[None] < P[:, None])))
+  lp = jax.nn.log_softmax(model.apply({'params': params},
+                                      objectives.shift_inputs(jnp.asarray(x), m), 'bidirectional'))
+  ce = -jnp.take_along_axis(lp, jnp.asarray(x)[..., None], -1)[..., 0]
+  manual = float(jnp.sum(e[:, None] * m * ce)) / float(np.sum((np.arange(32)[None] >= P[:, None])
+                                                              & (x != 0)))
+  np.testing.assert_allclose(out['mdm_nelbo'], manual, rtol=1e-5)
