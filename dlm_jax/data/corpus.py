@@ -42,15 +42,22 @@ def _read_text(path):
                     're-encode the file as UTF-8') from None
 
 
-def _jsonl_documents(path):
-  out = []
+def jsonl_records(path):
+  """(line number, object) for every non-blank line; a malformed line names file and line."""
+  if not os.path.exists(path):
+    raise DataError(f'file not found: {path}')
   for i, line in enumerate(_read_text(path).splitlines(), 1):
     if not line.strip():
       continue
     try:
-      rec = json.loads(line)
+      yield i, json.loads(line)
     except json.JSONDecodeError as e:
       raise DataError(f'{path}:{i}: malformed JSON line ({e.msg})') from None
+
+
+def _jsonl_documents(path):
+  out = []
+  for i, rec in jsonl_records(path):
     if not isinstance(rec, dict) or not isinstance(rec.get('text'), str):
       raise DataError(f'{path}:{i}: expected an object with a string "text" field')
     out.append(Document(id=str(rec.get('id', f'{os.path.basename(path)}/{i}')), text=rec['text'],

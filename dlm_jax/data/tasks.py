@@ -6,8 +6,6 @@ target is noised. `cloze` is a task built from the embedded corpus: the prompt i
 previous sentence and the current one) without its last word, the target is that word (LAMBADA-
 style); train examples come from training documents, validation from validation documents.
 """
-import json
-import lzma
 import os
 import re
 
@@ -22,23 +20,13 @@ BUILTIN = ('cloze',)
 
 def read_jsonl(path):
   out = []
-  opener = lzma.open if path.endswith('.xz') else open
-  if not os.path.exists(path):
-    raise DataError(f'task file not found: {path}')
-  with opener(path, 'rt', encoding='utf-8') as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{path}:{i}: malformed JSON ({e.msg})') from None
-      if not isinstance(rec, dict) or not isinstance(rec.get('prompt'), str) or not isinstance(
-          rec.get('target'), str):
-        raise DataError(f'{path}:{i}: expected {{"prompt": str, "target": str}}')
-      if not rec['target'].strip():
-        raise DataError(f'{path}:{i}: empty target')
-      out.append(rec)
+  for i, rec in corpus_lib.jsonl_records(path):
+    if not isinstance(rec, dict) or not isinstance(rec.get('prompt'), str) or not isinstance(
+        rec.get('target'), str):
+      raise DataError(f'{path}:{i}: expected {{"prompt": str, "target": str}}')
+    if not rec['target'].strip():
+      raise DataError(f'{path}:{i}: empty target')
+    out.append(rec)
   if not out:
     raise DataError(f'task file {path} has no examples')
   return out
