@@ -109,12 +109,18 @@ def test_task_losses_skip_the_prompt_and_mdm_never_masks_it():
   assert (u == tokenizers.MASK).any()
 
 
-def test_task_fine_tuning_runs_end_to_end(tmp_path):
+def write_task(tmp_path, prompt, n, n_train):
+  """A task directory of n counting items (prompt.format(i) -> ' i+1'), n_train for training."""
   d = tmp_path / 'task'
   d.mkdir()
-  rows = [dict(prompt=f'The number after {i} is', target=f' {i + 1}') for i in range(200)]
-  (d / 'train.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[:160]))
-  (d / 'validation.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[160:]))
+  rows = [dict(prompt=prompt.format(i), target=f' {i + 1}') for i in range(n)]
+  (d / 'train.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[:n_train]))
+  (d / 'validation.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[n_train:]))
+  return d
+
+
+def test_task_fine_tuning_runs_end_to_end(tmp_path):
+  d = write_task(tmp_path, 'The number after {} is', 200, 160)
   cfg = tiny_config('dual', num_steps=3, checkpoint_every=3, eval_every=3)
   cfg.data.task = str(d)
   cfg.data.tokenizer = 'byte'
@@ -126,11 +132,7 @@ def test_task_fine_tuning_runs_end_to_end(tmp_path):
 
 
 def test_prefix_task_run_reports_prefix_metrics(tmp_path):
-  d = tmp_path / 'task'
-  d.mkdir()
-  rows = [dict(prompt=f'After {i} comes', target=f' {i + 1}') for i in range(100)]
-  (d / 'train.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[:80]))
-  (d / 'validation.jsonl').write_text('\n'.join(json.dumps(r) for r in rows[80:]))
+  d = write_task(tmp_path, 'After {} comes', 100, 80)
   cfg = tiny_config('prefix', num_steps=2, checkpoint_every=2, eval_every=2)
   cfg.data.task, cfg.data.tokenizer = str(d), 'byte'
   s = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
