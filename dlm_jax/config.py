@@ -87,6 +87,7 @@ def base() -> ml_collections.ConfigDict:
       weight_decay=0.1,
       decay_embeddings=False,  # weight-decay mask: never norms/biases; embeddings only if True
       grad_clip=1.0,
+      grad_accum=1,            # microbatches per step (same update, 1/k of the activations)
       token_dropout=0.0,       # AR/prefix inputs replaced by [MASK] at this rate (targets kept)
       ema_decay=0.0,           # 0: no EMA
       log_every=10,
@@ -106,7 +107,11 @@ def base() -> ml_collections.ConfigDict:
       steps=64,
       temperature=1.0,
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.mesh = ml_collections.ConfigDict(dict(  # device mesh; -1: the remaining devices
+      data=-1,                 # pure data parallelism (replicated parameters)
+      fsdp=1,                  # data parallelism with parameters/optimizer split (ZeRO-3)
+      tensor=1,                # heads / MLP width / vocabulary split (Megatron-style)
+  ))
   return c
 
 
@@ -250,8 +255,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(cfg.sample.steps >= 1, 'sample.steps', f'must be >= 1, got {cfg.sample.steps}')
   _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', f'must be in [0, data.seq_len]')
   _need(cfg.sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
-  for k in ('data', 'fsdp'):
+  for k in ('data', 'fsdp', 'tensor'):
     _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')
+  _need(t.grad_accum >= 1, 'train.grad_accum', f'must be >= 1, got {t.grad_accum}')
   return cfg
 
 
@@ -281,7 +287,7 @@ def to_json(cfg) -> str:
 # Keys that may differ between a run's config.json and the command resuming it.
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
-                     'data.cache_dir', 'data.prefetch')
+                     'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum')
 
 
 def diff_for_resume(old: dict, new: dict) -> list[str]:

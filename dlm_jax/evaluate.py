@@ -55,17 +55,17 @@ class Validator:
         out.update(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
       return out
 
-    self._sums = jax.jit(sums, in_shardings=(rep, bsh, rep), out_shardings=rep)
+    self._sums = jax.jit(sums, out_shardings=rep)  # params keep their (sharded) layout
     self.task = bool(batches) and 'prefix_len' in batches[0]
     if self.task:
-      self._exact = {m: jax.jit(functools.partial(task_exact_match, model, mode=m))
-                     for m in self.modes}
+      self._exact = {m: jax.jit(functools.partial(task_exact_match, model, mode=m),
+                                out_shardings=rep) for m in self.modes}
 
   def __call__(self, params):
     tot = {}
     for i, b in enumerate(self.batches):
       rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), i)
-      s = self._sums(params, jax.device_put(b, self._bsh), rng)
+      s = self._sums(params, sharding.put_global(b, self._bsh), rng)
       for k, v in s.items():
         tot[k] = tot.get(k, 0.0) + v
     tot = jax.device_get(tot)
@@ -85,7 +85,7 @@ class Validator:
     out['eval_tokens'] = int(sum(jnp.size(b['targets']) for b in self.batches))
     if self.task:
       for m, fn in self._exact.items():
-        hits = [fn(params, jax.device_put(b, self._bsh)) for b in self.batches]
+        hits = [fn(params, sharding.put_global(b, self._bsh)) for b in self.batches]
         out[f'{m}_exact_match'] = float(np.mean(np.concatenate(jax.device_get(hits))))
     return out
 

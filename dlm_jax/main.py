@@ -12,6 +12,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_conf
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; rerun resumes).')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the run.')
+_COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
+                             '(automatic on TPU pods and under SLURM srun).')
+_NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
+_PID = flags.DEFINE_integer('process_id', -1, 'Multi-process: this process (0 = coordinator).')
+_DIST_TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
+                                     'Seconds to wait for the coordinator and the other '
+                                     'processes.')
 
 
 def fail(msg, code=2):
@@ -41,6 +48,10 @@ def main(argv=None):
     cfg = config_lib.validate(_CONFIG.value)
   except config_lib.ConfigError as e:
     fail(str(e))
+  try:  # before any other JAX call
+    sharding.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST_TIMEOUT.value)
+  except sharding.DistributedError as e:
+    fail(str(e), 1)
   try:
     summary = train.train_and_evaluate(cfg, _WORKDIR.value)
   except (config_lib.ConfigError, sharding.MeshError) as e:
@@ -50,6 +61,9 @@ def main(argv=None):
   except train.TrainingError as e:
     fail(str(e), 1)
   workdir = os.path.abspath(_WORKDIR.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
   print('\nfinal validation (nats/token):')
   for k, v in summary['final'].items():
     print(f'  {k:12s} {v:8.4f}')

@@ -60,7 +60,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD):
-    scale_D = self.param('scale', nn.initializers.ones, (x_BxLxD.shape[-1],), self.param_dtype)
+    scale_D = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
+                         (x_BxLxD.shape[-1],), self.param_dtype)
     x = x_BxLxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (x * scale_D.astype(jnp.float32)).astype(self.dtype)
@@ -75,14 +76,17 @@ class Block(nn.Module):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     N, H = c.num_heads, c.d_model // c.num_heads
-    init = nn.initializers.normal(0.02)
-    out_init = nn.initializers.normal(0.02 / (2 * c.num_layers) ** 0.5)
+    normal = nn.initializers.normal(0.02)
+    out_normal = nn.initializers.normal(0.02 / (2 * c.num_layers) ** 0.5)
+    init = lambda *axes: nn.with_logical_partitioning(normal, axes)
+    out_init = lambda *axes: nn.with_logical_partitioning(out_normal, axes)
     dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dt, param_dtype=pdt)
+    qkv = lambda name: dense((N, H), kernel_init=init('embed', 'heads', 'head_dim'), name=name)
 
     h_BxLxD = RMSNorm(dt, pdt, name='attn_norm')(x_BxLxD)
-    q_BxLxNxH = rope(dense((N, H), kernel_init=init, name='q')(h_BxLxD), c.rope_base)
-    k_BxLxNxH = rope(dense((N, H), kernel_init=init, name='k')(h_BxLxD), c.rope_base)
-    v_BxLxNxH = dense((N, H), kernel_init=init, name='v')(h_BxLxD)
+    q_BxLxNxH = rope(qkv('q')(h_BxLxD), c.rope_base)
+    k_BxLxNxH = rope(qkv('k')(h_BxLxD), c.rope_base)
+    v_BxLxNxH = qkv('v')(h_BxLxD)
     if c.attn_dropout > 0 and not deterministic:
       # Explicit softmax so probabilities can be dropped out; same maths as the fused kernel.
       s_BxNxLxL = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxLxNxH).astype(jnp.float32)
@@ -97,15 +101,16 @@ class Block(nn.Module):
     else:
       o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
                                                is_causal=is_causal)
-    o_BxLxD = dense(c.d_model, axis=(-2, -1), kernel_init=out_init, name='o')(o_BxLxNxH)
+    o_BxLxD = dense(c.d_model, axis=(-2, -1), kernel_init=out_init('heads', 'head_dim', 'embed'),
+                    name='o')(o_BxLxNxH)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(o_BxLxD, deterministic=deterministic)
 
     h_BxLxD = RMSNorm(dt, pdt, name='mlp_norm')(x_BxLxD)
-    gate_BxLxF = dense(c.mlp_dim, kernel_init=init, name='gate')(h_BxLxD)
-    up_BxLxF = dense(c.mlp_dim, kernel_init=init, name='up')(h_BxLxD)
+    gate_BxLxF = dense(c.mlp_dim, kernel_init=init('embed', 'mlp'), name='gate')(h_BxLxD)
+    up_BxLxF = dense(c.mlp_dim, kernel_init=init('embed', 'mlp'), name='up')(h_BxLxD)
     a_BxLxF = nn.Dropout(c.mlp_dropout)(nn.silu(gate_BxLxF) * up_BxLxF,
                                         deterministic=deterministic)
-    y_BxLxD = dense(c.d_model, kernel_init=out_init, name='down')(a_BxLxF)
+    y_BxLxD = dense(c.d_model, kernel_init=out_init('mlp', 'embed'), name='down')(a_BxLxF)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(y_BxLxD, deterministic=deterministic)
     return x_BxLxD, None
 
@@ -119,7 +124,9 @@ class Transformer(nn.Module):
                segment_ids_BxL=None, deterministic: bool = True):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
-    embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02),
+    embed = nn.Embed(c.vocab_size, c.d_model,
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                 ('vocab', 'embed')),
                      dtype=dt, param_dtype=pdt, name='embed')
     x_BxLxD = embed(tokens_BxL)
     x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
@@ -133,6 +140,7 @@ class Transformer(nn.Module):
       x_BxLxD, _ = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                             'dropout': True},
                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                           metadata_params={nn.PARTITION_NAME: 'layers'},
                            length=c.num_layers)(c, name='layers')(x_BxLxD, mask, is_causal,
                                                                   deterministic)
     else:
@@ -143,12 +151,24 @@ class Transformer(nn.Module):
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
       logits_BxLxV = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt,
-                              kernel_init=nn.initializers.normal(0.02), name='head')(x_BxLxD)
+                              kernel_init=nn.with_logical_partitioning(
+                                  nn.initializers.normal(0.02), ('embed', 'vocab')),
+                              name='head')(x_BxLxD)
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     return logits_BxLxV.at[..., MASK].set(NEG_INF)
 
 
+def _init_boxed(cfg, rng, seq_len):
+  return Transformer(cfg).init({'params': rng}, jnp.zeros((1, seq_len), jnp.int32))['params']
+
+
 def init_params(cfg, rng, seq_len: int):
-  model = Transformer(cfg)
-  tokens = jnp.zeros((1, seq_len), jnp.int32)
-  return model, model.init({'params': rng}, tokens)['params']
+  """(model, params) with plain arrays (the logical-axis boxes are stripped)."""
+  return Transformer(cfg), nn.meta.unbox(_init_boxed(cfg, rng, seq_len))
+
+
+def logical_axes(cfg, seq_len: int):
+  """The params tree with a PartitionSpec of logical axis names per leaf ('layers', 'embed',
+  'heads', 'head_dim', 'mlp', 'vocab', 'norm'); sharding.py maps them onto mesh axes."""
+  boxed = jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0), seq_len))
+  return nn.get_partition_spec(boxed)

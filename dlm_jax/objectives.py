@@ -140,6 +140,7 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
     metrics['mask_rate'] = md['masked'] / md['tokens']
   loss = loss_sum / tokens
   metrics['loss'] = loss
+  metrics['tokens'] = tokens  # the loss's denominator: gradient accumulation weights by it
   return loss, metrics
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from dlm_jax import masking
 from dlm_jax import objectives
+from dlm_jax import sharding
 from dlm_jax.data.tokenizers import MASK
 
 
@@ -82,16 +83,18 @@ def write_samples(setup, params, workdir):
   rng = jax.random.PRNGKey(cfg.seed + 7)
   modes = {'ar': ('ar',), 'prefix': ('ar',), 'mdm': ('mdm',),
            'dual': ('ar', 'mdm')}[cfg.objective]
+  rep = sharding.replicated(setup.mesh)  # every process gets every sample
   for mode in modes:
     if mode == 'ar':
       fn = jax.jit(lambda p, r: ar_sample(setup.model, p, r, sc.num_samples, length,
-                                          sc.temperature))
+                                          sc.temperature), out_shardings=rep)
       settings = dict(mode='ar', temperature=sc.temperature, length=length)
     else:
       fn = jax.jit(lambda p, r: mdm_sample(setup.model, p, r, sc.num_samples, length, sc.steps,
                                            sc.temperature,
                                            masking.get_schedule(cfg.diffusion.schedule,
-                                                                cfg.diffusion)))
+                                                                cfg.diffusion)),
+                   out_shardings=rep)
       settings = dict(mode='mdm', steps=sc.steps, temperature=sc.temperature, length=length)
     toks = jax.device_get(fn(params, rng))
     for row in toks:

@@ -78,13 +78,60 @@ def make_optimizer(tcfg, params):
   return optax.chain(*parts), sched
 
 
-def make_train_step(loss_fn, tx, sched, ema_decay):
+def split_count(n, k):
+  """n MDM sequences over k microbatches, as evenly as possible (static ints)."""
+  return [(m + 1) * n // k - m * n // k for m in range(k)]
+
+
+def microbatches(batch, k):
+  """B rows -> k microbatches of B/k rows; microbatch m takes rows m, m+k, ... so that every
+  device holds an equal share of each microbatch (a contiguous split would idle devices)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k):
+  """(loss, metrics, grads) of the whole batch from k microbatches. The loss is a token mean,
+  so each microbatch's loss and gradient are weighted by its token count: for AR this equals the
+  single-pass gradient exactly (up to float summation order)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if k == 1:
+    (loss, metrics), grads = grad_fn(params, batch, rng, n_mdm=n_mdm)
+    return loss, metrics, grads
+  mbs = microbatches(batch, k)
+  counts = split_count(n_mdm, k) if n_mdm is not None else [None] * k
+
+  def one(m, n_m):
+    mb = jax.tree_util.tree_map(lambda x: x[m], mbs)
+    (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, m), n_mdm=n_m)
+    w = metrics['tokens']
+    return w, loss * w, metrics, jax.tree_util.tree_map(lambda g: g * w, grads)
+
+  def add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+  if len(set(counts)) == 1:  # one compiled body, scanned
+    def body(carry, m):
+      return add(carry, one(m, counts[0])), None
+    init = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: one(0, counts[0])))
+    tot, _ = jax.lax.scan(body, init, jnp.arange(k))
+  else:  # different static MDM counts per microbatch: unrolled
+    tot = one(0, counts[0])
+    for m in range(1, k):
+      tot = add(tot, one(m, counts[m]))
+  w, loss_w, metrics, grads_w = tot
+  metrics = {key: v / k for key, v in metrics.items()}  # per-mode metrics: mean of microbatches
+  metrics.update(loss=loss_w / w, tokens=w)
+  return loss_w / w, metrics, jax.tree_util.tree_map(lambda g: g / w, grads_w)
+
+
+def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1):
   """The pure step. A non-finite loss or gradient leaves params/optimizer unchanged (the loop
   then stops with an error), so the state that can be checkpointed is always the last good one."""
   def train_step(state, batch, n_mdm=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(
-        functools.partial(loss_fn, n_mdm=n_mdm), has_aux=True)(state.params, batch, rng)
+    loss, metrics, grads = accumulate_grads(loss_fn, state.params, batch, rng, n_mdm, grad_accum)
+    metrics.pop('tokens')
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -119,7 +166,10 @@ def build(cfg) -> Setup:
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   cfg = config_lib.resolve(cfg, tok.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
-  sharding.check_batch(mesh, cfg.train.batch_size)
+  sharding.check_batch(mesh, cfg.train.batch_size, grad_accum=cfg.train.grad_accum)
+  if cfg.train.batch_size % jax.process_count():
+    raise sharding.MeshError(f'config.train.batch_size: {cfg.train.batch_size} is not divisible '
+                             f'by the {jax.process_count()} processes')
   train_s, val_s, info = pipeline.token_streams(cfg.data)
   full_train = train_s
   train_s = pipeline.take_unique(train_s, cfg.data.unique_tokens)
@@ -155,6 +205,25 @@ def init_state(setup, tx, params=None):
   ema = jax.tree_util.tree_map(jnp.copy, params) if cfg.train.ema_decay > 0 else None
   return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
                     rng=train_rng, ema_params=ema)
+
+
+def state_layout(setup):
+  """(optimizer, lr schedule, TrainState shardings) for the configured model and mesh."""
+  cfg = setup.cfg
+  params_shape = jax.eval_shape(
+      lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)[1])
+  tx, sched = make_optimizer(cfg.train, params_shape)
+  params_sh = sharding.param_shardings(model_lib.logical_axes(cfg.model, cfg.data.seq_len),
+                                       params_shape, setup.mesh)
+  state_sh = sharding.state_shardings(jax.eval_shape(lambda: init_state(setup, tx)), params_sh,
+                                      tx, setup.mesh)
+  return tx, sched, state_sh
+
+
+def abstract_state(setup, tx, state_sh):
+  """ShapeDtypeStructs with shardings: what orbax restores onto (any mesh shape)."""
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                jax.eval_shape(lambda: init_state(setup, tx)), state_sh)
 
 
 class MetricWriter:
@@ -311,32 +380,34 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   mesh = setup.mesh
   loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True)
-  params_shape = jax.eval_shape(
-      lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)[1])
-  tx, sched = make_optimizer(cfg.train, params_shape)
-  state_sharding = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh),
-                                          jax.eval_shape(lambda: init_state(setup, tx)))
+  tx, sched, state_sharding = state_layout(setup)
   batch_sh = sharding.batch_sharding(mesh)
   # one compiled step per distinct MDM count (at most two: floor and ceil of rho * B)
-  step_fn = jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay),
+  step_fn = jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay,
+                                    cfg.train.grad_accum),
                     in_shardings=(state_sharding, batch_sh),
                     out_shardings=(state_sharding, sharding.replicated(mesh)),
                     static_argnums=2, donate_argnums=0)
 
   ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
-                              cfg.data.segment_ids, setup.train_prefix)
+                              cfg.data.segment_ids, setup.train_prefix,
+                              rows=sharding.local_rows(mesh, cfg.train.batch_size))
   data_iter = pipeline.train_iterator(ds, cfg.data.prefetch)
   mngr = checkpoint_manager(workdir, cfg.train)
   latest = mngr.latest_step()
   if latest is not None:
-    abstract = jax.eval_shape(lambda: init_state(setup, tx))
-    abstract = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-    state = restore(mngr, latest, abstract, data_iter)
+    state = restore(mngr, latest, abstract_state(setup, tx, state_sharding), data_iter)
     print(f'resumed {workdir} from step {latest}')
   else:
     state = jax.jit(lambda p: init_state(setup, tx, p), out_shardings=state_sharding)(init_params)
   start = int(state.step)
+  layout = dict(mesh=dict(mesh.shape), processes=jax.process_count(),
+                param_bytes=int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state.params))),
+                param_bytes_per_device=int(sharding.bytes_per_device(state.params)))
+  if jax.process_index() == 0:
+    print(f'mesh {layout["mesh"]} over {layout["processes"]} process(es); parameters '
+          f'{layout["param_bytes"] / 2**20:.2f} MiB, {layout["param_bytes_per_device"] / 2**20:.2f}'
+          ' MiB on the fullest device')
 
   val_batches = pipeline.eval_batches(setup.val_windows, cfg.eval.batch_size,
                                       cfg.eval.num_batches, cfg.data.segment_ids,
@@ -386,7 +457,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   try:
     for step in range(start, cfg.train.num_steps):
-      batch = jax.device_put(next(data_iter), batch_sh)
+      batch = sharding.global_batch(next(data_iter), mesh)
       state, metrics = step_fn(state, batch,
                                objectives.mdm_count(cfg, step, cfg.train.batch_size))
       if pending is not None:
@@ -427,6 +498,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   summary = make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
   summary['samples'] = len(samples)
+  summary.update(layout)
   _atomic_json(summary_path, summary)
   return summary
 

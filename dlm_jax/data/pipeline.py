@@ -118,15 +118,26 @@ def with_prefix(windows_NxL, prefix_len_N):
   return np.concatenate([windows_NxL, prefix_len_N[:, None]], axis=1)
 
 
-def train_dataset(windows_NxL, batch_size, seed, segment_ids=False, prefix_len_N=None):
-  """Shuffled, reshuffled-every-epoch, infinitely repeated batches (a grain MapDataset)."""
-  if windows_NxL.shape[0] < batch_size:
-    raise DataError(f'the training split has {windows_NxL.shape[0]} windows, fewer than '
+def train_dataset(windows_NxL, batch_size, seed, segment_ids=False, prefix_len_N=None,
+                  rows=None):
+  """Shuffled, reshuffled-every-epoch, infinitely repeated batches (a grain MapDataset).
+
+  `rows` = [start, stop): the rows of every global batch this process reads (multi-host); the
+  global batch is the same whatever the number of processes, and each process touches only the
+  windows of its own rows."""
+  if len(windows_NxL) < batch_size:
+    raise DataError(f'the training split has {len(windows_NxL)} windows, fewer than '
                     f'train.batch_size={batch_size}')
-  rows = with_prefix(windows_NxL, prefix_len_N)
+  start, stop = rows or (0, batch_size)
+  local = stop - start
+  if batch_size % local or start % local:
+    raise DataError(f'process rows [{start}, {stop}) do not tile train.batch_size={batch_size}')
+  src = with_prefix(windows_NxL, prefix_len_N)
   has_prefix = prefix_len_N is not None
-  ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = grain.MapDataset.source(src).shuffle(seed=seed).repeat(None)
+  ds = ds.batch(local, drop_remainder=True)
+  if local != batch_size:  # global batch s = local blocks s*P ... s*P + P-1; this process's one
+    ds = ds[start // local::batch_size // local]
   return ds.map(lambda w: make_batch(w, segment_ids, has_prefix))
 
 
