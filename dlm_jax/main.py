@@ -16,6 +16,9 @@ _COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:por
                              '(automatic on TPU pods and under SLURM srun).')
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
 _PID = flags.DEFINE_integer('process_id', -1, 'Multi-process: this process (0 = coordinator).')
+_DIST = flags.DEFINE_bool('distributed', False, 'Multi-process: jax.distributed.initialize() '
+                          'with the cluster detected from the environment (TPU VM slices, SLURM); '
+                          'the launch scripts pass it.')
 _DIST_TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
                                      'Seconds to wait for the coordinator and the other '
                                      'processes.')
@@ -49,7 +52,8 @@ def main(argv=None):
   except config_lib.ConfigError as e:
     fail(str(e))
   try:  # before any other JAX call
-    sharding.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST_TIMEOUT.value)
+    sharding.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST_TIMEOUT.value,
+                                    force=_DIST.value)
   except sharding.DistributedError as e:
     fail(str(e), 1)
   try:

@@ -171,13 +171,14 @@ def _auto_cluster():
   return 'JAX_COORDINATOR_ADDRESS' in env
 
 
-def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeout_s=300):
+def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeout_s=300,
+                           force=False):
   """jax.distributed.initialize() for multi-process runs: from explicit flags, or automatically
   on TPU pods and SLURM; a no-op for a single process. Must run before any other JAX call.
 
   JAX aborts the whole process when the coordinator never answers, so non-coordinator
   processes first wait for its port themselves and fail with a message that names it."""
-  if not coordinator and not _auto_cluster():
+  if not coordinator and not force and not _auto_cluster():
     return False
   if coordinator:
     if ':' not in coordinator:
@@ -194,7 +195,6 @@ def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeo
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout_s)
   else:
-    print('multi-process environment detected (SLURM/TPU); jax.distributed.initialize()',
-          flush=True)
+    print('jax.distributed.initialize() from the environment (TPU slice / SLURM)', flush=True)
     jax.distributed.initialize(initialization_timeout=timeout_s)
   return True

