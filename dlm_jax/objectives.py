@@ -94,8 +94,9 @@ def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, trai
               tokens=jnp.sum(valid_BxL), masked=jnp.sum(mask_BxL))
 
 
-def _take(batch, idx):
-  return {k: jnp.take(v, idx, axis=0) for k, v in batch.items()}
+def _take(batch, idx, spread=None):
+  out = {k: jnp.take(v, idx, axis=0) for k, v in batch.items()}
+  return out if spread is None else jax.tree_util.tree_map(spread, out)
 
 
 def mdm_count(cfg, step: int, batch_size: int) -> int:
@@ -105,9 +106,12 @@ def mdm_count(cfg, step: int, batch_size: int) -> int:
   return math.floor((step + 1) * rho) - math.floor(step * rho)
 
 
-def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
+def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=None):
   """The configured objective; returns (loss, metrics) with per-mode NLL / NELBO per token.
-  n_mdm (static): MDM sequences in this batch; None -> round(rho * B)."""
+  n_mdm (static): MDM sequences in this batch; None -> round(rho * B).
+  spread: lays a row-subset back out over the data-parallel devices (a sharding constraint);
+  without it a dual batch's random AR/MDM split would leave XLA to replicate both halves on
+  every device (measured: 8x the work on 8 devices)."""
   rng_noise, rng_drop, rng_perm = jax.random.split(rng, 3)
   B = batch['targets'].shape[0]
   if n_mdm is None:
@@ -121,7 +125,7 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
     idx_mdm = idx_ar = None
   metrics, loss_sum, tokens = {}, 0.0, 0.0
   if n_mdm < B:
-    sub = batch if idx_ar is None else _take(batch, idx_ar)
+    sub = batch if idx_ar is None else _take(batch, idx_ar, spread)
     prefix_P_B = sample_prefix(jax.random.fold_in(rng_perm, 1), sub) if prefix_ar else None
     ar = ar_terms(model, params, sub, rng_drop, train, prefix_P_B, cfg.train.token_dropout)
     loss_sum, tokens = loss_sum + ar['loss_sum'], tokens + ar['tokens']
@@ -131,8 +135,8 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
     _, mask_BxL, w_B, elbo_B = noise.sample(rng_noise, batch['targets'], batch.get('prefix_len'))
     sub = batch
     if idx_mdm is not None:
-      sub, mask_BxL, w_B, elbo_B = (_take(batch, idx_mdm), mask_BxL[idx_mdm], w_B[idx_mdm],
-                                    elbo_B[idx_mdm])
+      sub = _take(dict(batch, mask=mask_BxL, w=w_B, elbo=elbo_B), idx_mdm, spread)
+      mask_BxL, w_B, elbo_B = sub.pop('mask'), sub.pop('w'), sub.pop('elbo')
     md = mdm_terms(model, params, sub, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng_drop, 1),
                    train)
     loss_sum, tokens = loss_sum + md['loss_sum'], tokens + md['tokens']
@@ -144,5 +148,10 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None):
   return loss, metrics
 
 
-def make_loss_fn(model, cfg, train=True):
-  return functools.partial(loss_fn, model=model, cfg=cfg, train=train)
+def make_loss_fn(model, cfg, train=True, mesh=None):
+  spread = None
+  if mesh is not None:
+    from dlm_jax import sharding  # pylint: disable=g-import-not-at-top
+    sh = sharding.batch_sharding(mesh)
+    spread = lambda x: jax.lax.with_sharding_constraint(x, sh)
+  return functools.partial(loss_fn, model=model, cfg=cfg, train=train, spread=spread)

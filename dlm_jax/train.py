@@ -373,7 +373,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
 
   mesh = setup.mesh
-  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True)
+  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=setup.mesh)
   tx, sched, state_sharding = state_layout(setup)
   batch_sh = sharding.batch_sharding(mesh)
   # one compiled step per distinct MDM count (at most two: floor and ceil of rho * B)

@@ -1,0 +1,102 @@
+"""Benchmarks (no test asserts a time; results go to BENCHMARKS.md).
+
+  python -m dlm_jax.bench step --config configs/default.py [--config.mesh.fsdp=4] [--steps 20]
+
+`step`: the compiled train step of the configured run on its mesh, fed real batches from the
+run's pipeline; reports compile time, median step time, tokens/s, model FLOP/s and, when the
+device's peak is known, MFU. Prints one JSON line (append it to a results file with --out).
+"""
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from dlm_jax import objectives
+from dlm_jax import sharding
+from dlm_jax import train
+from dlm_jax.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
+_OUT = flags.DEFINE_string('out', '', 'Append the JSON result to this file.')
+
+# Dense bf16 peak FLOP/s per device (vendor figures) for MFU; unknown devices report none.
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
+              'TPU v5 lite': 197e12, 'TPU v5p': 459e12}
+
+
+def peak_flops(device):
+  kind = getattr(device, 'device_kind', '')
+  for k, v in PEAK_FLOPS.items():
+    if k.lower() in kind.lower():
+      return v
+  return None
+
+
+def bench_step(cfg, steps):
+  setup = train.build(cfg)
+  cfg, mesh = setup.cfg, setup.mesh
+  tx, sched, state_sh = train.state_layout(setup)
+  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=setup.mesh)
+  step_fn = jax.jit(train.make_train_step(loss_fn, tx, sched, cfg.train.ema_decay,
+                                          cfg.train.grad_accum),
+                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_sh, sharding.replicated(mesh)),
+                    static_argnums=2, donate_argnums=0)
+  state = jax.jit(lambda: train.init_state(setup, tx), out_shardings=state_sh)()
+  ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
+                              cfg.data.segment_ids, setup.train_prefix,
+                              rows=sharding.local_rows(mesh, cfg.train.batch_size))
+  it = pipeline.train_iterator(ds, cfg.data.prefetch)
+  batches = [sharding.global_batch(next(it), mesh) for _ in range(4)]
+  n_mdm = objectives.mdm_count(cfg, 0, cfg.train.batch_size)
+  t0 = time.time()
+  state, m = step_fn(state, batches[0], n_mdm)
+  jax.block_until_ready(m)
+  compile_s = time.time() - t0
+  state, m = step_fn(state, batches[1], n_mdm)
+  jax.block_until_ready(m)
+  times = []
+  for i in range(steps):
+    t = time.perf_counter()
+    state, m = step_fn(state, batches[i % len(batches)], n_mdm)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  dt = float(np.median(times))
+  tokens = cfg.train.batch_size * cfg.data.seq_len
+  flops_s = tokens * setup.counts['flops_per_token'] / dt
+  peak = peak_flops(jax.devices()[0])
+  return dict(
+      device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
+      devices=jax.device_count(), processes=jax.process_count(), mesh=dict(mesh.shape),
+      objective=cfg.objective, d_model=cfg.model.d_model, num_layers=cfg.model.num_layers,
+      N_total=setup.counts['N_total'], batch_size=cfg.train.batch_size,
+      seq_len=cfg.data.seq_len, grad_accum=cfg.train.grad_accum, dtype=cfg.model.dtype,
+      compile_s=round(compile_s, 2), step_s_median=dt, step_s_p90=float(np.percentile(times, 90)),
+      tokens_per_s=tokens / dt, model_flops_per_s=flops_s,
+      mfu=flops_s / (peak * jax.device_count()) if peak else None,
+      param_bytes_per_device=sharding.bytes_per_device(state.params),
+      loss=float(m['loss']), date=time.strftime('%Y-%m-%d'))
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ('step',):
+    print('usage: python -m dlm_jax.bench step --config <file> [--steps N] [--out F]',
+          file=sys.stderr)
+    sys.exit(2)
+  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  res = bench_step(config_lib.validate(_CONFIG.value), _STEPS.value)
+  line = json.dumps(res)
+  print(line)
+  if _OUT.value:
+    with open(_OUT.value, 'a', encoding='utf-8') as f:
+      f.write(line + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
