@@ -9,7 +9,7 @@ and optional segment ids, so packed documents never attend across boundaries. Th
 never predicted (set to -1e9): MDM and AR share one output distribution over real tokens.
 """
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,16 @@ import jax.numpy as jnp
 from dlm_jax.data.tokenizers import MASK
 
 NEG_INF = -1e9
+BATCH = ('data', 'fsdp')  # the mesh axes a batch is split over (sharding.BATCH_AXES)
+
+
+def constrain(x, mesh, *spec):
+  """Pins an activation's layout (batch over data x fsdp, heads / MLP width over tensor), so
+  that with sharded weights XLA gathers the weights instead of re-sharding activations."""
+  if mesh is None:
+    return x
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -70,6 +80,7 @@ class RMSNorm(nn.Module):
 class Block(nn.Module):
   """Pre-norm attention + SwiGLU MLP; returns (x, None) so it can run under nn.scan."""
   cfg: object  # a resolved config.model (ConfigDict)
+  mesh: Any = None  # activation sharding constraints when set
 
   @nn.compact
   def __call__(self, x_BxLxD, mask, is_causal, deterministic):
@@ -84,9 +95,10 @@ class Block(nn.Module):
     qkv = lambda name: dense((N, H), kernel_init=init('embed', 'heads', 'head_dim'), name=name)
 
     h_BxLxD = RMSNorm(dt, pdt, name='attn_norm')(x_BxLxD)
-    q_BxLxNxH = rope(qkv('q')(h_BxLxD), c.rope_base)
-    k_BxLxNxH = rope(qkv('k')(h_BxLxD), c.rope_base)
-    v_BxLxNxH = qkv('v')(h_BxLxD)
+    heads = lambda y: constrain(y, self.mesh, BATCH, None, 'tensor', None)
+    q_BxLxNxH = heads(rope(qkv('q')(h_BxLxD), c.rope_base))
+    k_BxLxNxH = heads(rope(qkv('k')(h_BxLxD), c.rope_base))
+    v_BxLxNxH = heads(qkv('v')(h_BxLxD))
     if c.attn_dropout > 0 and not deterministic:
       # Explicit softmax so probabilities can be dropped out; same maths as the fused kernel.
       s_BxNxLxL = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxLxNxH).astype(jnp.float32)
@@ -110,14 +122,16 @@ class Block(nn.Module):
     up_BxLxF = dense(c.mlp_dim, kernel_init=init('embed', 'mlp'), name='up')(h_BxLxD)
     a_BxLxF = nn.Dropout(c.mlp_dropout)(nn.silu(gate_BxLxF) * up_BxLxF,
                                         deterministic=deterministic)
+    a_BxLxF = constrain(a_BxLxF, self.mesh, BATCH, None, 'tensor')
     y_BxLxD = dense(c.d_model, kernel_init=out_init('mlp', 'embed'), name='down')(a_BxLxF)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(y_BxLxD, deterministic=deterministic)
-    return x_BxLxD, None
+    return constrain(x_BxLxD, self.mesh, BATCH, None, None), None
 
 
 class Transformer(nn.Module):
   """tokens_BxL -> logits_BxLxV (float32). `attention` is static; prefix/segments are arrays."""
   cfg: object
+  mesh: Any = None  # a jax Mesh: pin activation layouts (sharding.py); None: let XLA choose
 
   @nn.compact
   def __call__(self, tokens_BxL, attention: str = 'causal', prefix_len_B=None,
@@ -128,7 +142,7 @@ class Transformer(nn.Module):
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                  ('vocab', 'embed')),
                      dtype=dt, param_dtype=pdt, name='embed')
-    x_BxLxD = embed(tokens_BxL)
+    x_BxLxD = constrain(embed(tokens_BxL), self.mesh, BATCH, None, None)
     x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
     mask, is_causal = attention_mask(attention, tokens_BxL.shape[1], prefix_len_B,
                                      segment_ids_BxL)
@@ -141,11 +155,12 @@ class Transformer(nn.Module):
                                                                             'dropout': True},
                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                            metadata_params={nn.PARTITION_NAME: 'layers'},
-                           length=c.num_layers)(c, name='layers')(x_BxLxD, mask, is_causal,
-                                                                  deterministic)
+                           length=c.num_layers)(c, self.mesh, name='layers')(
+                               x_BxLxD, mask, is_causal, deterministic)
     else:
       for i in range(c.num_layers):
-        x_BxLxD, _ = block(c, name=f'layers_{i}')(x_BxLxD, mask, is_causal, deterministic)
+        x_BxLxD, _ = block(c, self.mesh, name=f'layers_{i}')(x_BxLxD, mask, is_causal,
+                                                             deterministic)
     x_BxLxD = RMSNorm(dt, pdt, name='final_norm')(x_BxLxD)
     if c.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)

@@ -185,7 +185,7 @@ def build(cfg) -> Setup:
                 train_windows=int(train_w.shape[0]))
     if cfg.train.epochs > 0:
       cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
-  return Setup(cfg, tok, model_lib.Transformer(cfg.model), mesh, train_w, val_w, info,
+  return Setup(cfg, tok, model_lib.Transformer(cfg.model, mesh), mesh, train_w, val_w, info,
                flops.from_config(cfg.model, cfg.data.seq_len), train_p, val_p)
 
 

@@ -92,8 +92,9 @@ FAKE8 = textwrap.dedent('''
     out['mu_spec'] = list(sh.opt_state[1][0].mu['layers']['q']['kernel'].spec)
     # per-device FLOPs of the compiled dual step: 8-way data parallelism must split the work
     from dlm_jax import objectives
-    def step_flops(devices):
-      setup.mesh = sharding.make_mesh(dict(data=len(devices), fsdp=1, tensor=1), devices)
+    def step_flops(devices, fsdp=1):
+      setup.mesh = sharding.make_mesh(dict(data=-1, fsdp=fsdp, tensor=1), devices)
+      setup.model = setup.model.clone(mesh=setup.mesh)
       tx, sched, sh = train.state_layout(setup)
       loss = objectives.make_loss_fn(setup.model, setup.cfg, True, setup.mesh)
       f = jax.jit(train.make_train_step(loss, tx, sched, 0.0), static_argnums=2,
@@ -102,7 +103,8 @@ FAKE8 = textwrap.dedent('''
       ca = f.lower(st, {{'targets': jax.ShapeDtypeStruct((8, 32), 'int32')}}, 4).compile()
       ca = ca.cost_analysis()
       return (ca[0] if isinstance(ca, list) else ca)['flops']
-    out['flops'] = [step_flops(jax.devices()[:1]), step_flops(jax.devices())]
+    out['flops'] = [step_flops(jax.devices()[:1]), step_flops(jax.devices()),
+                    step_flops(jax.devices(), fsdp=8)]
     # interrupted on data=8, resumed on data=2 x fsdp=4: orbax reshards the checkpoint
     train.train_and_evaluate(cfg(10, 8, 1), {work!r} + '/moved')
     train.train_and_evaluate(cfg(20, 2, 4), {work!r} + '/moved')
@@ -130,8 +132,10 @@ def test_fsdp_mesh_matches_single_device(tmp_path, objective):
   assert out['mu_spec'] == out['q_spec']
   total, per_device = out['bytes']
   assert per_device < total / 3  # embedding/kernels split 4 ways, only norm scales replicated
-  one, eight = out['flops']  # without spreading the AR/MDM rows, eight == one (all replicated)
-  assert eight < one / 3, out['flops']
+  # per-device work: without spreading the dual batch's AR/MDM rows over the devices, XLA
+  # replicated the computation and each of the 8 devices did all of it
+  one, data8, fsdp8 = out['flops']
+  assert data8 < one / 3 and fsdp8 < one / 3, out['flops']
   single = _losses(str(tmp_path / 'single'))
   for name in ('sharded', 'moved'):
     got = _losses(str(tmp_path / name))
