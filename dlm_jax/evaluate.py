@@ -30,7 +30,9 @@ def modes(cfg):
 class Validator:
   """Callable params -> metrics over a fixed list of validation batches."""
 
-  def __init__(self, model, cfg, batches, mesh, bytes_per_token=None):
+  def __init__(self, model, cfg, batches, mesh, bytes_per_token=None, params_sharding=None):
+    """params_sharding: the parameters' NamedShardings (train.state_layout); None: whatever
+    layout the parameters arrive in."""
     self.batches = batches
     self.modes = modes(cfg)
     self.seed = cfg.eval.seed
@@ -55,11 +57,13 @@ class Validator:
         out.update(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
       return out
 
-    self._sums = jax.jit(sums, out_shardings=rep)  # params keep their (sharded) layout
+    in_sh = None if params_sharding is None else (params_sharding, bsh, rep)
+    self._sums = jax.jit(sums, in_shardings=in_sh, out_shardings=rep)
     self.task = bool(batches) and 'prefix_len' in batches[0]
     if self.task:
+      in_sh = None if params_sharding is None else (params_sharding, bsh)
       self._exact = {m: jax.jit(functools.partial(task_exact_match, model, mode=m),
-                                out_shardings=rep) for m in self.modes}
+                                in_shardings=in_sh, out_shardings=rep) for m in self.modes}
 
   def __call__(self, params):
     tot = {}

@@ -1,10 +1,17 @@
-"""Tokenise a corpus into array_record shards + manifest (see dlm_jax/data/prepared.py).
+r"""Tokenise a corpus into array_record shards + manifest (see dlm_jax/data/prepared.py).
 
   python -m dlm_jax.prepare --source tfds:lm1b --tfds_data_dir ~/tensorflow_datasets \
       --split train=train --split validation=test --tokenizer gpt2 --out data/lm1b_gpt2
   python -m dlm_jax.prepare --source tfds:openwebtext --split 'train=train[:-100000]' \
       --split 'validation=train[-100000:]' --tokenizer gpt2 --out data/owt_gpt2
+  python -m dlm_jax.prepare --source tfds:c4/en --tokenizer gpt2 --out data/c4_gpt2
+  python -m dlm_jax.prepare --source tfds:wikitext/wikitext-103-raw-v1 --tokenizer gpt2 \
+      --out data/wt103_gpt2          # (its records are lines: one "document" per line)
   python -m dlm_jax.prepare --source my_texts/ --tokenizer bpe --out data/mine
+
+tfds sources must be built in array_record format where you have the files
+(`tfds build <name> --file_format=array_record`, or tfds_text.py for local text); they are read
+with tfds.data_source, without TensorFlow.
 
 Then train with data.corpus=<out> (and data.tokenizer matching --tokenizer).
 """

@@ -167,6 +167,7 @@ def build(cfg) -> Setup:
   cfg = config_lib.resolve(cfg, tok.vocab_size)
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_batch(mesh, cfg.train.batch_size, grad_accum=cfg.train.grad_accum)
+  sharding.check_batch(mesh, cfg.eval.batch_size, 'eval.batch_size')
   if cfg.train.batch_size % jax.process_count():
     raise sharding.MeshError(f'config.train.batch_size: {cfg.train.batch_size} is not divisible '
                              f'by the {jax.process_count()} processes')
@@ -294,7 +295,7 @@ ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size', 'tie
              'scan_layers')
 
 
-def load_init_params(run_dir, cfg):
+def load_init_params(run_dir, cfg, mesh=None):
   """AR2Diff: the latest parameters (EMA if the run kept one) of another run with the same
   architecture; objective, attention, data and optimizer may differ."""
   cfg_path = os.path.join(run_dir, 'config.json')
@@ -312,7 +313,9 @@ def load_init_params(run_dir, cfg):
   if step is None:
     raise TrainingError(f'config.init_from={run_dir!r}: the run has no checkpoint')
   try:
-    st = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+    fallback = sharding.replicated(mesh) if mesh is not None else None  # every process: all
+    st = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=fallback)))['state']
   except Exception as e:  # pylint: disable=broad-except
     raise TrainingError(f'config.init_from={run_dir!r}: checkpoint step {step} could not be '
                         f'read ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
@@ -368,7 +371,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
       return done
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  init_params = load_init_params(cfg.init_from, cfg) if cfg.init_from and not has_ckpt else None
+  init_params = (load_init_params(cfg.init_from, cfg, setup.mesh)
+                 if cfg.init_from and not has_ckpt else None)
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
 
@@ -408,7 +412,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
                                       setup.val_prefix)
   evaluator = evaluate.Validator(
       setup.model, cfg, val_batches, mesh,
-      bytes_per_token=setup.data_info["val_bytes"] / setup.data_info["val_tokens"])
+      bytes_per_token=setup.data_info["val_bytes"] / setup.data_info["val_tokens"],
+      params_sharding=state_sharding.params)
   truncate_metrics(workdir, start)
   writer = MetricWriter(workdir)
   tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
