@@ -1,0 +1,31 @@
+"""Micro IsoFLOP sweep (the issue-6 demo): AR and MDM byte-level models of 7 sizes at 4 compute
+budgets on the embedded corpus, 56 runs, about half an hour on 2 CPU cores with 2 workers.
+Tokens per run D = C / FLOPs-per-token (flops.py, 6N + attention), rounded to whole batches.
+
+  python -m dlm_jax.sweep local configs/sweeps/isoflop_micro.py --workers 2
+  python -m dlm_jax.sweep collect configs/sweeps/isoflop_micro.py
+"""
+from dlm_jax import flops
+from dlm_jax.sweep import Sweep, fmt_num
+
+BUDGETS = (5e10, 2e11, 6e11, 1.5e12)
+SIZES = ((16, 2), (24, 2), (32, 2), (48, 2), (64, 2), (96, 3), (128, 3))  # (d_model, layers)
+OBJECTIVES = ('ar', 'mdm')
+VOCAB, L, B = 260, 128, 16
+
+
+def steps_for(C, d, layers):
+  fpt = flops.flops_per_token(d, layers, flops.default_mlp_dim(d), VOCAB, L)
+  return max(int(round(C / (fpt * B * L))), 10)
+
+
+def get_sweep():
+  runs = {}
+  for obj in OBJECTIVES:
+    for C in BUDGETS:
+      for d, layers in SIZES:
+        runs[f'{obj}_C{fmt_num(C)}_d{d}_l{layers}'] = {
+            'objective': obj, 'model.d_model': d, 'model.num_layers': layers,
+            'model.num_heads': max(d // 16, 1), 'train.num_steps': steps_for(C, d, layers),
+            'train.warmup_steps': max(steps_for(C, d, layers) // 10, 1)}
+  return Sweep('isoflop_micro', 'configs/sweeps/micro_base.py', runs, __doc__)
