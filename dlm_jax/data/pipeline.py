@@ -73,12 +73,15 @@ def token_streams(dcfg):
               train_bytes=sum(len(x.text.encode()) + 1 for x in train_docs),
               val_bytes=sum(len(x.text.encode()) + 1 for x in val_docs))
   os.makedirs(d, exist_ok=True)
-  for s, f in files.items():  # atomic: write then rename, so a crash never leaves half a file
-    np.save(f + '.tmp.npy', streams[s])
-    os.replace(f + '.tmp.npy', f)
-  with open(meta_path + '.tmp', 'w') as f:
+  # atomic: write then rename, so a crash never leaves half a file; per-process temporary names,
+  # so concurrent runs (a sweep's workers) tokenising the same corpus never collide
+  tag = f'.tmp{os.getpid()}'
+  for s, f in files.items():
+    np.save(f + tag + '.npy', streams[s])
+    os.replace(f + tag + '.npy', f)
+  with open(meta_path + tag, 'w') as f:
     json.dump(info, f)
-  os.replace(meta_path + '.tmp', meta_path)
+  os.replace(meta_path + tag, meta_path)
   return streams['train'], streams['validation'], info
 
 
