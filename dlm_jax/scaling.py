@@ -153,6 +153,9 @@ def fit_chinchilla(N, D, loss, fix=None, starts=None, delta=DELTA):
   if starts is None:
     starts = [np.array([a, b, e, al, be]) for a, b, e, al, be in itertools.product(
         GRID['a'], GRID['b'], GRID['e'], GRID['alpha'], GRID['beta'])]
+  # a fixed coordinate makes its grid dimension redundant: start once per distinct point
+  starts = list({tuple(np.where(free, np.asarray(x0, float), fixed_vals)): x0
+                 for x0 in starts}.keys())
   results = []
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', RuntimeWarning)

@@ -1,0 +1,141 @@
+"""Scaling-law fits recover the laws they are simulated from; intervals cover; bad input named."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dlm_jax import scaling
+
+TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
+
+
+def simulate(n=40, noise=0.003, seed=0, law=TRUE):
+  rng = np.random.default_rng(seed)
+  N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+  D = np.exp(rng.uniform(np.log(1e9), np.log(1e12), n))
+  L = scaling.chinchilla_loss(law, N, D) * np.exp(rng.normal(0, noise, n))
+  return N, D, L
+
+
+def test_chinchilla_full_grid_recovers_the_law():
+  N, D, L = simulate()
+  f = scaling.fit_chinchilla(N, D, L)
+  p = f.params
+  assert f.converged and f.grad_norm < 1e-4
+  assert p['alpha'] == pytest.approx(TRUE['alpha'], abs=0.03)
+  assert p['beta'] == pytest.approx(TRUE['beta'], abs=0.03)
+  assert p['E'] == pytest.approx(TRUE['E'], rel=0.03)
+  n_opt, _ = scaling.compute_optimal(p, 1e21)
+  assert n_opt == pytest.approx(scaling.compute_optimal(TRUE, 1e21)[0], rel=0.5)
+  # the objective is the published one: summed Huber(1e-3) of log residuals
+  r = np.log(scaling.chinchilla_loss(p, N, D)) - np.log(L)
+  from scipy import special
+  assert f.objective == pytest.approx(special.huber(1e-3, r).sum(), rel=1e-6)
+  # fixing a parameter holds it exactly
+  g = scaling.fit_chinchilla(N, D, L, fix={'alpha': 0.34}, starts=f.starts)
+  assert g.params['alpha'] == 0.34
+
+
+def test_isoflop_recovers_the_exponent():
+  rows = []
+  for C in (1e18, 1e19, 1e20, 1e21):
+    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    for k in np.linspace(-1.2, 1.2, 7):
+      N = n_opt * np.exp(k)
+      rows.append((N, C, scaling.chinchilla_loss(TRUE, N, C / (6 * N))))
+  N, C, L = map(np.array, zip(*rows))
+  f = scaling.fit_isoflop(N, C, L)
+  assert f.params['a'] == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']), abs=0.02)
+  assert not f.extra['warnings']
+
+
+def test_isoflop_needs_three_sizes_and_warns_outside():
+  with pytest.raises(scaling.FitError, match='budget C=1e\\+18 has 2 distinct sizes.*r1, r2'):
+    scaling.fit_isoflop([1e8, 2e8], [1e18, 1e18], [3.0, 2.9], runs=['r1', 'r2'])
+  N = np.array([1e7, 2e7, 4e7] * 2)
+  C = np.array([1e18] * 3 + [1e19] * 3)
+  L = np.array([3.0, 2.9, 2.85, 2.8, 2.7, 2.65])  # still decreasing: vertex beyond the grid
+  f = scaling.fit_isoflop(N, C, L)
+  assert any('outside the sampled sizes' in w for w in f.extra['warnings'])
+
+
+def test_power_law_and_compute_multiplier():
+  C = np.logspace(15, 19, 12)
+  ar = 30 * C ** -0.05
+  mdm = 30 * (C / 16) ** -0.05  # needs 16x the compute for the same loss
+  f = scaling.fit_power(np.r_[C, C], np.r_[ar, mdm], ['ar'] * 12 + ['mdm'] * 12)
+  assert f.params['ar']['gamma'] == pytest.approx(-0.05, abs=1e-9)
+  assert f.extra['compute_multiplier'] == pytest.approx(16, rel=1e-6)
+
+
+def test_data_constrained_recovers_r_star():
+  rng = np.random.default_rng(1)
+  law = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
+  rows = []
+  for U in (1e9, 3e9, 1e10):
+    for N in (1e8, 3e8, 1e9, 3e9):
+      for R in (1, 2, 4, 8, 16, 40, 100):
+        rows.append((N, U * R, U))
+  N, D, U = map(np.array, zip(*rows))
+  L = scaling.data_constrained_loss(law, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
+  f = scaling.fit_data_constrained(N, D, U, L, fix={k: TRUE[k] for k in scaling.CHINCHILLA})
+  assert f.params['R_D_star'] == pytest.approx(15, rel=0.3)
+  assert f.params['R_N_star'] == pytest.approx(5, rel=0.5)
+  prof = f.extra['profile_R_D_star']
+  i = int(np.argmin(prof['objective']))
+  assert 5 < prof['R_D_star'][i] < 45  # the profile's minimum sits near the truth
+
+
+def test_bootstrap_intervals_cover_at_nominal_rate():
+  """95% percentile intervals of gamma over 60 simulated datasets: coverage ~0.95."""
+  rng = np.random.default_rng(0)
+  hits = 0
+  for s in range(60):
+    C = np.logspace(15, 19, 15)
+    L = 30 * C ** -0.05 * np.exp(rng.normal(0, 0.01, 15))
+    out = scaling.fit('power', dict(N=np.ones(15), D=C / 6, C=C, loss=L), bootstrap=200, seed=s)
+    lo, hi = out['ci']['all.gamma']
+    hits += lo <= -0.05 <= hi
+  assert 0.8 <= hits / 60 <= 1.0
+
+
+def _write(path, rows, cols):
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(cols)
+    w.writerows(rows)
+
+
+def test_cli_contract(tmp_path):
+  N, D, L = simulate(n=30)
+  _write(tmp_path / 'runs.csv', zip(N, D, L, [f'r{i}' for i in range(30)]),
+         ['N', 'D', 'loss', 'run'])
+  p = subprocess.run([sys.executable, '-m', 'dlm_jax.scaling', 'fit', '--runs',
+                      str(tmp_path / 'runs.csv'), '--law', 'chinchilla', '--fix', 'E=1.69',
+                      '--bootstrap', '4', '--seed', '3', '--out', str(tmp_path / 'fit.json')],
+                     cwd=ROOT, capture_output=True, text=True, check=False)
+  assert p.returncode == 0, p.stderr
+  fit = json.load(open(tmp_path / 'fit.json'))
+  assert fit['law'] == 'chinchilla' and fit['n_runs'] == 30 and fit['converged']
+  assert set(fit['params']) == {'E', 'A', 'B', 'alpha', 'beta'} and fit['params']['E'] == 1.69
+  assert set(fit['ci']) >= {'A', 'B', 'alpha', 'beta'}
+  assert fit['ci']['alpha'][0] <= fit['ci']['alpha'][1]
+
+
+@pytest.mark.parametrize('rows,law,msg', [
+    ([(1e8, 1e9, 3.0)] * 4, 'chinchilla', '4 runs cannot determine 5 parameters'),
+    ([(1e8, 1e9, 3.0), (-1, 1e9, 3.0)] * 5, 'chinchilla', 'column N: non-positive or NaN values '
+                                                          'in runs row 3'),
+    ([(1e8, 1e9, float('nan'))] * 8, 'power', 'column loss'),
+])
+def test_bad_input_is_named(tmp_path, rows, law, msg):
+  _write(tmp_path / 'r.csv', rows, ['N', 'D', 'loss'])
+  p = subprocess.run([sys.executable, '-m', 'dlm_jax.scaling', 'fit', '--runs',
+                      str(tmp_path / 'r.csv'), '--law', law, '--out', str(tmp_path / 'f.json')],
+                     cwd=ROOT, capture_output=True, text=True, check=False)
+  assert p.returncode == 2 and msg in p.stderr, p.stderr
+  assert not (tmp_path / 'f.json').exists()
