@@ -200,6 +200,7 @@ def _last_error(wd):
 
 
 def write_csv(rows, path):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   keys = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
   with open(path, 'w', newline='', encoding='utf-8') as f:
     w = csv.DictWriter(f, keys)

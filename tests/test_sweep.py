@@ -1,0 +1,82 @@
+"""Sweep launcher and collector on a real 3-run sweep: a crash is reported, a rerun does no work."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+from dlm_jax import sweep
+
+BASE = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, os.path.join({root!r}, 'tests'))
+    from conftest import tiny_config
+    def get_config():
+      c = tiny_config('ar', num_steps=4, eval_every=100, checkpoint_every=100)
+      c.sample.num_samples = 0
+      return c
+''')
+
+SWEEP = textwrap.dedent('''
+    from dlm_jax.sweep import Sweep
+    def get_sweep():
+      return Sweep('t', {base!r}, {{
+          'ar_d32': {{'objective': 'ar'}},
+          'mdm_d32': {{'objective': 'mdm'}},
+          'broken': {{'model.num_heads': 5}},   # 5 heads do not divide d_model=32
+      }})
+''')
+
+
+def _sweep(tmp_path):
+  (tmp_path / 'base.py').write_text(BASE.format(root=ROOT))
+  (tmp_path / 'sweep.py').write_text(SWEEP.format(base=str(tmp_path / 'base.py')))
+  return str(tmp_path / 'sweep.py')
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', *args], cwd=ROOT,
+                        capture_output=True, text=True, check=False,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_local_sweep_collect_and_rerun(tmp_path):
+  sw, root = _sweep(tmp_path), str(tmp_path / 'runs')
+  p = _cli('local', sw, '--root', root, '--workers', '2')
+  assert p.returncode == 1  # one run failed; the others still ran
+  assert '2 done, 1 failed (broken)' in p.stdout
+  rows = list(csv.DictReader(open(os.path.join(root, 'runs.csv'))))
+  by = {r['run']: r for r in rows}
+  assert [r['run'] for r in rows] == ['ar_d32', 'mdm_d32', 'broken']
+  assert by['ar_d32']['status'] == 'done' and by['ar_d32']['loss_metric'] == 'ar_nll'
+  assert by['mdm_d32']['loss_metric'] == 'mdm_nelbo' and float(by['mdm_d32']['loss']) > 0
+  assert by['broken']['status'] == 'failed'
+  assert 'config.model.num_heads: 5 heads do not divide d_model=32' in by['broken']['error']
+  for k in ('N', 'N_total', 'D', 'U', 'C', 'epochs'):
+    assert float(by['ar_d32'][k]) > 0
+  assert os.path.isdir(os.path.join(root, '.xla_cache'))  # the shared compilation cache
+  mtime = os.path.getmtime(os.path.join(root, 'ar_d32', 'summary.json'))
+  again = _cli('local', sw, '--root', root, '--workers', '2', '--only', 'ar_d32,mdm_d32')
+  assert again.returncode == 0 and '2 runs already done, 0 to run' in again.stdout
+  assert os.path.getmtime(os.path.join(root, 'ar_d32', 'summary.json')) == mtime
+
+
+def test_collect_lists_missing_runs_and_dry_runs(tmp_path):
+  sw, root = _sweep(tmp_path), str(tmp_path / 'empty')
+  p = _cli('collect', sw, '--root', root)
+  assert p.returncode == 0 and p.stdout.count('  missing  ') == 3
+  d = _cli('local', sw, '--root', root, '--dry-run')
+  assert d.returncode == 0 and d.stdout.count('-m dlm_jax.main') == 3
+  assert not os.path.exists(os.path.join(root, 'ar_d32'))
+  s = _cli('slurm', sw, '--root', root, '--dry-run')
+  assert '#SBATCH --array=0-2' in s.stdout and "2) exec" in s.stdout
+  t = _cli('tpu', sw, '--root', root, '--zone', 'z', '--bucket', 'b')
+  assert t.stdout.count('launch/tpu_pod.sh') == 3
+
+
+def test_sweep_files_expand_deterministically():
+  a = sweep.load_sweep(os.path.join(ROOT, 'configs', 'sweeps', 'isoflop_micro.py'))
+  b = sweep.load_sweep(os.path.join(ROOT, 'configs', 'sweeps', 'isoflop_micro.py'))
+  assert a.runs == b.runs and len(a.runs) >= 50
+  assert sweep.fmt_num(1.5e11) == '1.5e11' and sweep.fmt_num(0.25) == '0.25'
