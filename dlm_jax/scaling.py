@@ -126,7 +126,8 @@ def _lbfgs(fun, x0, free, fixed_vals, options=None):
     x[free] = z
     o, g = fun(x)
     return o, g[free]
-  res = optimize.minimize(f, x0[free], jac=True, method='L-BFGS-B', options=options)
+  res = optimize.minimize(f, x0[free], jac=True, method='L-BFGS-B',
+                          options=options or dict(maxiter=1000))
   x = x0.copy()
   x[free] = res.x
   return x, float(res.fun), bool(res.success), float(np.linalg.norm(res.jac))
@@ -293,8 +294,9 @@ def compute_multiplier(params, fams, L):
 
 # ---------------------------------------------------------------------------------- isoflop
 
-def group_budgets(C, rel=0.05):
-  """Budget labels: runs whose C agree within rel share a budget."""
+def group_budgets(C, rel=0.25):
+  """Budget labels: runs whose C agree within a factor 1 + rel share a budget (sweeps space
+  budgets by 2x or more; rounding D to whole batches moves C by a few percent)."""
   order = np.argsort(C)
   labels, cur, ref = np.zeros(len(C), int), -1, None
   for i in order:
@@ -454,3 +456,45 @@ def main(argv=None):
 
 if __name__ == '__main__':
   main()
+
+
+# ---------------------------------------------------------------------------------- dual ratio
+
+def _logit(p):
+  p = np.clip(np.asarray(p, float), 1 / 256, 255 / 256)  # 0 and 1 sit one grid step outside
+  return np.log(p / (1 - p))
+
+
+def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
+  """The loss-minimising AR weight per repetition level R: the grid argmin, and the vertex of a
+  parabola in logit(weight) through the argmin and its neighbours (up to 5 points), with a 95%
+  interval from a residual bootstrap of that parabola. Returns {R: {...}}."""
+  ratio, epochs, loss = (np.asarray(x, float) for x in (ratio, epochs, loss))
+  rng = np.random.default_rng(seed)
+  out = {}
+  for R in sorted(set(np.round(epochs).tolist())):
+    m = np.round(epochs) == R
+    order = np.argsort(ratio[m])
+    w, L = ratio[m][order], loss[m][order]
+    if len(w) < 3:
+      raise FitError(f'optimal_ratio: R={R:g} has {len(w)} ratios; need at least 3')
+    i = int(np.argmin(L))
+    lo, hi = max(0, min(i - 2, len(w) - 5)), min(len(w), max(i + 3, 5))
+    x, y = _logit(w[lo:hi]), L[lo:hi]
+    res = dict(grid_best=float(w[i]), grid_loss=float(L[i]))
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 > 0:
+      vertex = float(np.clip(-c1 / (2 * c2), x.min(), x.max()))
+      fitted = np.polyval([c2, c1, c0], x)
+      resid = y - fitted
+      boots = []
+      for _ in range(n_boot):
+        yb = fitted + rng.choice(resid, len(resid))
+        b2, b1, _ = np.polyfit(x, yb, 2)
+        if b2 > 0:
+          boots.append(float(np.clip(-b1 / (2 * b2), x.min(), x.max())))
+      sig = lambda z: float(1 / (1 + np.exp(-z)))
+      res.update(vertex=sig(vertex), ci=[sig(np.percentile(boots, 2.5)),
+                                         sig(np.percentile(boots, 97.5))] if boots else None)
+    out[float(R)] = res
+  return out

@@ -1,0 +1,195 @@
+"""Plots (PNG and SVG) of runs and sweeps; the analysis logic lives in scaling.py / sweep.py.
+
+  python -m dlm_jax.plot curves RUN_DIR... [--metric mdm_nelbo] --out curves
+  python -m dlm_jax.plot sweep RUNS.csv --out-dir docs/isoflop_micro [--bootstrap 100]
+
+`sweep` draws, per objective family: loss vs compute with the fitted power law, IsoFLOP curves
+with their vertices, N_opt(C), fitted-vs-observed (Chinchilla), and the dual-ratio heat map when
+the table has ratio x epochs runs; it writes the fits it drew as fits.json next to them.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from dlm_jax import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dlm_jax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def save(fig, out):
+  """out without extension -> out.png and out.svg."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.tight_layout()
+  for ext in ('png', 'svg'):
+    fig.savefig(f'{out}.{ext}', dpi=130)
+  plt.close(fig)
+  return [f'{out}.png', f'{out}.svg']
+
+
+def loss_curves(run_dirs, metric=None, out='curves'):
+  """Validation loss vs tokens for any set of runs."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for wd in run_dirs:
+    rows = json.load(open(os.path.join(wd, 'eval', 'validation.json')))
+    keys = [metric] if metric else [k for k in ('ar_nll', 'mdm_nelbo', 'prefix_nll') if k in rows[-1]]
+    for k in keys:
+      pts = [(r['tokens'], r[k]) for r in rows if k in r]
+      ax.plot(*zip(*pts), marker='o', ms=3, label=f'{os.path.basename(wd.rstrip("/"))} {k}')
+  ax.set_xscale('log')
+  ax.set_xlabel('tokens')
+  ax.set_ylabel('validation loss (nats/token)')
+  ax.legend(fontsize=7)
+  return save(fig, out)
+
+
+def _families(rows):
+  fams = {}
+  for r in rows:
+    if r.get('status') == 'done' and r.get('loss') not in (None, '') and np.isfinite(float(r['loss'])):
+      fams.setdefault(r['objective'], []).append(r)
+  return fams
+
+
+def _arr(rows, k):
+  return np.array([float(r[k]) for r in rows])
+
+
+def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
+  """All sweep plots for a collected table (list of dicts); returns (files, fits)."""
+  fams = _families(rows)
+  files, fits = [], {}
+  colors = dict(zip(sorted(fams), plt.rcParams['axes.prop_cycle'].by_key()['color']))
+  # loss vs compute, with the per-family power law on the lower envelope (frontier)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  fr = {}
+  for f, rs in sorted(fams.items()):
+    C, L = _arr(rs, 'C'), _arr(rs, 'loss')
+    ax.scatter(C, L, s=12, color=colors[f], alpha=0.6, label=f'{f} runs')
+    budgets = scaling.group_budgets(C)
+    best = [int(np.flatnonzero(budgets == g)[np.argmin(L[budgets == g])])
+            for g in sorted(set(budgets.tolist()))]
+    fr[f] = (C[best], L[best])
+    ax.plot(C[best], L[best], color=colors[f], lw=1.5, label=f'{f} frontier')
+  if len(fr) >= 1 and all(len(v[0]) >= 2 for v in fr.values()):
+    fam = sorted(fr)
+    res = scaling.fit('power', dict(N=np.ones(sum(len(fr[f][0]) for f in fam)),
+                                    D=np.concatenate([fr[f][0] for f in fam]) / 6,
+                                    C=np.concatenate([fr[f][0] for f in fam]),
+                                    loss=np.concatenate([fr[f][1] for f in fam]),
+                                    family=np.array(sum([[f] * len(fr[f][0]) for f in fam], []),
+                                                    dtype=object)),
+                      bootstrap=bootstrap, seed=seed)
+    fits['power_frontier'] = res
+    for f in fam:
+      cs = np.logspace(np.log10(fr[f][0].min()), np.log10(fr[f][0].max()), 50)
+      p = res['params'][f]
+      ax.plot(cs, p['k'] * cs ** p['gamma'], '--', color=colors[f], lw=1,
+              label=f'{f}: {p["k"]:.3g} C^{p["gamma"]:.3f}')
+  ax.set_xscale('log')
+  ax.set_xlabel('compute C (FLOPs)')
+  ax.set_ylabel('validation loss (nats/token)')
+  ax.legend(fontsize=7)
+  files += save(fig, os.path.join(out_dir, 'loss_vs_compute'))
+  # IsoFLOP curves and N_opt(C)
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  for f, rs in sorted(fams.items()):
+    N, C, L = _arr(rs, 'N'), _arr(rs, 'C'), _arr(rs, 'loss')
+    try:
+      iso = scaling.fit('isoflop', dict(N=N, D=_arr(rs, 'D'), C=C, loss=L,
+                                         run=np.array([r['run'] for r in rs], dtype=object)),
+                        bootstrap=bootstrap, seed=seed)
+    except scaling.FitError as e:
+      print(f'isoflop ({f}): {e}')
+      continue
+    fits[f'isoflop_{f}'] = iso
+    lab = scaling.group_budgets(C)
+    for g in sorted(set(lab.tolist())):
+      m = lab == g
+      o = np.argsort(N[m])
+      ax.plot(N[m][o], L[m][o], marker='o', ms=3, color=colors[f], alpha=0.4 + 0.6 * g / max(lab))
+    for b in iso['budgets']:
+      ax.plot(b['N_opt'], b['loss_opt'], '*', ms=9, color=colors[f])
+    cb = np.array([b['C'] for b in iso['budgets']])
+    ax2.scatter(cb, [b['N_opt'] for b in iso['budgets']], color=colors[f], label=f)
+    ax2.plot(cb, iso['params']['G'] * cb ** iso['params']['a'], '--', color=colors[f],
+             label=f'{f}: N_opt ~ C^{iso["params"]["a"]:.2f}')
+  ax.set_xscale('log')
+  ax.set_xlabel('non-embedding parameters N')
+  ax.set_ylabel('validation loss')
+  ax.set_title('IsoFLOP curves (darker = more compute; * vertex)')
+  ax2.set_xscale('log')
+  ax2.set_yscale('log')
+  ax2.set_xlabel('compute C')
+  ax2.set_ylabel('N_opt')
+  ax2.legend(fontsize=7)
+  files += save(fig, os.path.join(out_dir, 'isoflop'))
+  # Chinchilla fit per family: fitted vs observed
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for f, rs in sorted(fams.items()):
+    if len(rs) < 8:
+      continue
+    N, D, L = _arr(rs, 'N'), _arr(rs, 'D'), _arr(rs, 'loss')
+    ch = scaling.fit('chinchilla', dict(N=N, D=D, loss=L), bootstrap=bootstrap, seed=seed)
+    fits[f'chinchilla_{f}'] = ch
+    ax.scatter(L, scaling.chinchilla_loss(ch['params'], N, D), s=12, color=colors[f],
+               label=f'{f}: alpha={ch["params"]["alpha"]:.2f} beta={ch["params"]["beta"]:.2f}')
+  lo, hi = ax.get_xlim()
+  ax.plot([lo, hi], [lo, hi], 'k:', lw=1)
+  ax.set_xlabel('observed loss')
+  ax.set_ylabel('fitted L(N, D)')
+  ax.legend(fontsize=7)
+  files += save(fig, os.path.join(out_dir, 'fitted_vs_observed'))
+  # dual ratio x repetition heat map
+  dual = [r for r in rows if r.get('status') == 'done' and r.get('ratio') not in (None, '')
+          and r.get('epochs') not in (None, '')]
+  ratios = sorted({float(r['ratio']) for r in dual})
+  reps = sorted({round(float(r['epochs'])) for r in dual})
+  if len(ratios) >= 3 and len(reps) >= 2:
+    grid = np.full((len(reps), len(ratios)), np.nan)
+    for r in dual:
+      grid[reps.index(round(float(r['epochs']))), ratios.index(float(r['ratio']))] = float(
+          r.get('final_ar_nll') or r['loss'])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    im = ax.imshow(grid, aspect='auto', cmap='viridis_r')
+    ax.set_xticks(range(len(ratios)), [f'{x:g}' for x in ratios])
+    ax.set_yticks(range(len(reps)), [str(x) for x in reps])
+    ax.set_xlabel('AR weight')
+    ax.set_ylabel('epochs R')
+    fig.colorbar(im, label='validation AR NLL')
+    files += save(fig, os.path.join(out_dir, 'dual_ratio'))
+  with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
+    json.dump(fits, fo, indent=2, default=float)
+  return files, fits
+
+
+def read_table(path):
+  import csv  # pylint: disable=g-import-not-at-top
+  return list(csv.DictReader(open(path, encoding='utf-8')))
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog='python -m dlm_jax.plot', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest='cmd', required=True)
+  c = sub.add_parser('curves')
+  c.add_argument('runs', nargs='+')
+  c.add_argument('--metric', default=None)
+  c.add_argument('--out', default='curves')
+  s = sub.add_parser('sweep')
+  s.add_argument('table')
+  s.add_argument('--out-dir', required=True)
+  s.add_argument('--bootstrap', type=int, default=0)
+  a = ap.parse_args(argv)
+  if a.cmd == 'curves':
+    print('\n'.join(loss_curves(a.runs, a.metric, a.out)))
+  else:
+    files, _ = sweep_plots(read_table(a.table), a.out_dir, a.bootstrap)
+    print('\n'.join(files))
+
+
+if __name__ == '__main__':
+  main()
