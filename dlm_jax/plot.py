@@ -58,12 +58,30 @@ def _arr(rows, k):
   return np.array([float(r[k]) for r in rows])
 
 
-def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
-  """All sweep plots for a collected table (list of dicts); returns (files, fits)."""
+PLOTS = ('compute', 'isoflop', 'chinchilla', 'dual')
+
+
+def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS):
+  """Sweep plots for a collected table (list of dicts); returns (files, fits)."""
   fams = _families(rows)
   files, fits = [], {}
+  os.makedirs(out_dir, exist_ok=True)
   colors = dict(zip(sorted(fams), plt.rcParams['axes.prop_cycle'].by_key()['color']))
-  # loss vs compute, with the per-family power law on the lower envelope (frontier)
+  if 'compute' in which:
+    files += _compute_plot(fams, colors, fits, out_dir, bootstrap, seed)
+  if 'isoflop' in which:
+    files += _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed)
+  if 'chinchilla' in which:
+    files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed)
+  if 'dual' in which:
+    files += _dual_plot(rows, fits, out_dir)
+  with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
+    json.dump(fits, fo, indent=2, default=float)
+  return files, fits
+
+
+def _compute_plot(fams, colors, fits, out_dir, bootstrap, seed):
+  """Loss vs compute, with the per-family power law on the lower envelope (frontier)."""
   fig, ax = plt.subplots(figsize=(6, 4))
   fr = {}
   for f, rs in sorted(fams.items()):
@@ -93,8 +111,11 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
   ax.set_xlabel('compute C (FLOPs)')
   ax.set_ylabel('validation loss (nats/token)')
   ax.legend(fontsize=7)
-  files += save(fig, os.path.join(out_dir, 'loss_vs_compute'))
-  # IsoFLOP curves and N_opt(C)
+  return save(fig, os.path.join(out_dir, 'loss_vs_compute'))
+
+
+def _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed):
+  """IsoFLOP curves with their vertices, and N_opt(C)."""
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
   for f, rs in sorted(fams.items()):
     N, C, L = _arr(rs, 'N'), _arr(rs, 'C'), _arr(rs, 'loss')
@@ -126,8 +147,11 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
   ax2.set_xlabel('compute C')
   ax2.set_ylabel('N_opt')
   ax2.legend(fontsize=7)
-  files += save(fig, os.path.join(out_dir, 'isoflop'))
-  # Chinchilla fit per family: fitted vs observed
+  return save(fig, os.path.join(out_dir, 'isoflop'))
+
+
+def _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed):
+  """Chinchilla fit per family: fitted vs observed."""
   fig, ax = plt.subplots(figsize=(5, 4))
   for f, rs in sorted(fams.items()):
     if len(rs) < 8:
@@ -142,8 +166,11 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
   ax.set_xlabel('observed loss')
   ax.set_ylabel('fitted L(N, D)')
   ax.legend(fontsize=7)
-  files += save(fig, os.path.join(out_dir, 'fitted_vs_observed'))
-  # dual ratio x repetition heat map
+  return save(fig, os.path.join(out_dir, 'fitted_vs_observed'))
+
+
+def _dual_plot(rows, fits, out_dir):
+  """Validation AR NLL over AR weight x repetition, with the optimal weight per R."""
   dual = [r for r in rows if r.get('status') == 'done' and r.get('ratio') not in (None, '')
           and r.get('epochs') not in (None, '')]
   ratios = sorted({float(r['ratio']) for r in dual})
@@ -160,10 +187,16 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0):
     ax.set_xlabel('AR weight')
     ax.set_ylabel('epochs R')
     fig.colorbar(im, label='validation AR NLL')
-    files += save(fig, os.path.join(out_dir, 'dual_ratio'))
-  with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
-    json.dump(fits, fo, indent=2, default=float)
-  return files, fits
+    opt = scaling.optimal_ratio([float(r['ratio']) for r in dual],
+                                [float(r['epochs']) for r in dual],
+                                [float(r.get('final_ar_nll') or r['loss']) for r in dual])
+    fits['optimal_ratio'] = opt
+    for j, R in enumerate(reps):
+      best = opt[float(R)]['grid_best']
+      ax.plot(ratios.index(best), j, 'r*', ms=12)
+    ax.set_title('validation AR NLL (red star: best AR weight per R)')
+    return save(fig, os.path.join(out_dir, 'dual_ratio'))
+  return []
 
 
 def read_table(path):

@@ -337,7 +337,7 @@ def fit_isoflop(N, C, loss, runs=None):
   a, logG = np.polyfit(lc, np.log([b['N_opt'] for b in budgets]), 1)
   for w in warn:
     print(f'warning: {w}', file=sys.stderr)
-  return Fit('isoflop', dict(a=float(a), G=float(math.exp(logG)), b=float(1 - a)), 0.0, len(N),
+  return Fit('isoflop', dict(a=float(a), G=float(np.exp(logG)), b=float(1 - a)), 0.0, len(N),
              True, extra=dict(budgets=budgets, warnings=warn))
 
 

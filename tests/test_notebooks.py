@@ -1,0 +1,27 @@
+"""The analysis notebooks run headless, top to bottom, on real sweep tables shipped in docs/."""
+import os
+
+import pytest
+
+from conftest import ROOT
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+
+
+@pytest.mark.parametrize('name,table,plot', [
+    ('scaling_analysis.ipynb', 'docs/isoflop_micro/runs.csv', 'isoflop.png'),
+    ('dual_ratio_analysis.ipynb', 'docs/dual_ratio_micro/runs.csv', 'dual_ratio.png'),
+])
+def test_notebook_executes(tmp_path, monkeypatch, name, table, plot):
+  monkeypatch.setenv('DLM_JAX_RUNS_CSV', os.path.join(ROOT, table))
+  monkeypatch.setenv('DLM_JAX_NB_OUT', str(tmp_path))
+  monkeypatch.setenv('DLM_JAX_NB_BOOTSTRAP', '3')
+  monkeypatch.setenv('PYTHONPATH', ROOT)
+  nb = nbformat.read(os.path.join(ROOT, 'notebooks', name), as_version=4)
+  nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': ROOT}}).execute()
+  errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])
+            if o.get('output_type') == 'error']
+  assert not errors
+  assert (tmp_path / plot).exists() and (tmp_path / 'fits.json').exists()
