@@ -210,8 +210,14 @@ def write_csv(rows, path):
 
 
 def dataframe(rows):
+  """A pandas DataFrame of collected rows (dicts or CSV strings), numeric columns as numbers."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  return pd.DataFrame(rows)
+  df = pd.DataFrame(rows)
+  for c in df.columns:
+    conv = pd.to_numeric(df[c].replace('', float('nan')), errors='coerce')
+    if conv.notna().sum() == (df[c].astype(str) != '').sum() and conv.notna().any():
+      df[c] = conv
+  return df
 
 
 def validation_curve(workdir, key):

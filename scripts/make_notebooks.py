@@ -42,14 +42,16 @@ def scaling_nb():
       v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV', "
                        "'docs/isoflop_micro/runs.csv')\nOUT_DIR = os.environ.get("
                        "'DLM_JAX_NB_OUT', 'notebook_out/scaling')\nBOOTSTRAP = int("
-                       "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '20'))"),
+                       "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '20'))\n"
+                       "# the Chinchilla fit runs L-BFGS from 4,500 grid points per family (minutes)\n"
+                       "CHINCHILLA = os.environ.get('DLM_JAX_NB_CHINCHILLA', '1') == '1'"),
       v4.new_markdown_cell('## The runs (missing and failed runs stay in the table)'),
       v4.new_code_cell("rows = plot.read_table(RUNS_CSV)\ndf = sweep.dataframe(rows)\n"
                        "print(df['status'].value_counts().to_string())\n"
                        "df[['run', 'status', 'objective', 'N', 'D', 'C', 'loss']].head(12)"),
       v4.new_markdown_cell('## Fits and plots'),
       v4.new_code_cell("files, fits = plot.sweep_plots(rows, OUT_DIR, bootstrap=BOOTSTRAP, "
-                       "which=('compute', 'isoflop', 'chinchilla'))\n"
+                       "which=('compute', 'isoflop') + (('chinchilla',) if CHINCHILLA else ()))\n"
                        "for f in files:\n  if f.endswith('.png'):\n    display(Image(f))"),
       v4.new_code_cell("for name, fit in fits.items():\n"
                        "  print(name, json.dumps(fit['params'], default=float)[:300])\n"

@@ -9,11 +9,14 @@ nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 
 
-@pytest.mark.parametrize('name,table,plot', [
-    ('scaling_analysis.ipynb', 'docs/isoflop_micro/runs.csv', 'isoflop.png'),
-    ('dual_ratio_analysis.ipynb', 'docs/dual_ratio_micro/runs.csv', 'dual_ratio.png'),
+@pytest.mark.parametrize('name,table,plot,chinchilla', [
+    ('scaling_analysis.ipynb', 'docs/isoflop_micro/runs.csv', 'isoflop.png', '0'),
+    ('dual_ratio_analysis.ipynb', 'docs/dual_ratio_micro/runs.csv', 'dual_ratio.png', '0'),
+    pytest.param('scaling_analysis.ipynb', 'docs/isoflop_micro/runs.csv', 'fitted_vs_observed.png',
+                 '1', marks=pytest.mark.slow),  # + the full-grid Chinchilla fits (minutes)
 ])
-def test_notebook_executes(tmp_path, monkeypatch, name, table, plot):
+def test_notebook_executes(tmp_path, monkeypatch, name, table, plot, chinchilla):
+  monkeypatch.setenv('DLM_JAX_NB_CHINCHILLA', chinchilla)
   monkeypatch.setenv('DLM_JAX_RUNS_CSV', os.path.join(ROOT, table))
   monkeypatch.setenv('DLM_JAX_NB_OUT', str(tmp_path))
   monkeypatch.setenv('DLM_JAX_NB_BOOTSTRAP', '3')
