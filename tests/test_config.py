@@ -52,13 +52,33 @@ def test_validate_rejects_wrong_types():
 
 
 def test_all_shipped_configs_validate():
+  """Every config file, and every run of every sweep file (base config + its overrides)."""
   import importlib.util
   import glob
+  from dlm_jax import sweep
+  n_runs = 0
   for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True):
     spec = importlib.util.spec_from_file_location('c', path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    config.validate(mod.get_config())
+    if hasattr(mod, 'get_sweep'):
+      sw = mod.get_sweep()
+      for name, setting in sw.runs.items():
+        base = importlib.util.spec_from_file_location('b', os.path.join(ROOT, sw.base_config))
+        bmod = importlib.util.module_from_spec(base)
+        base.loader.exec_module(bmod)
+        c = bmod.get_config()
+        for key, value in setting.items():
+          *parents, leaf = key.split('.')
+          node = c
+          for part in parents:
+            node = node[part]
+          node[leaf] = value
+        config.validate(c)
+        n_runs += 1
+    else:
+      config.validate(mod.get_config())
+  assert n_runs >= 100
 
 
 def test_resume_diff_allows_only_harmless_changes():
