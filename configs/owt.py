@@ -13,27 +13,7 @@ from dlm_jax import config
 
 
 def get_config():
-  c = config.base()
-  c.objective = 'mdm'
-  c.model.size = 'base'
-  c.model.dtype = 'bfloat16'
-  c.model.resid_dropout = 0.1
-  c.diffusion.schedule = 'loglinear'
-  c.data.corpus = '~/dlm_data/owt_gpt2'
-  c.data.tokenizer = 'gpt2'
-  c.data.packing = 'wrap'
-  c.data.seq_len = 1024
-  c.train.batch_size = 512
-  c.train.num_steps = 500_000
-  c.train.lr = 3e-4
-  c.train.lr_schedule = 'constant'
-  c.train.warmup_steps = 2500
-  c.train.weight_decay = 0.0
-  c.train.ema_decay = 0.9999
-  c.train.log_every = 100
-  c.train.eval_every = 10_000
-  c.train.checkpoint_every = 5_000
+  c = config.published_recipe('~/dlm_data/owt_gpt2', 'wrap', seq_len=1024, num_steps=500_000)
   c.eval.batch_size = 64
-  c.eval.num_batches = 64
   c.mesh.data, c.mesh.fsdp = 1, -1
   return c

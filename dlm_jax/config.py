@@ -150,6 +150,32 @@ def cpu_experiment(objective: str, d_model: int, num_layers: int, num_steps: int
   return c
 
 
+def published_recipe(corpus: str, packing: str, seq_len: int, num_steps: int):
+  """The MDLM / MD4 training recipe shared by configs/lm1b.py and configs/owt.py: 12 x 768 model,
+  GPT-2 tokens, batch 512, AdamW 3e-4 with 2.5k warmup then constant, no weight decay, dropout
+  0.1, EMA 0.9999, log-linear schedule, bfloat16 compute."""
+  c = base()
+  c.objective = 'mdm'
+  c.model.size = 'base'
+  c.model.dtype = 'bfloat16'
+  c.model.resid_dropout = 0.1
+  c.diffusion.schedule = 'loglinear'
+  c.data.corpus, c.data.packing, c.data.seq_len = corpus, packing, seq_len
+  c.data.tokenizer = 'gpt2'
+  c.train.batch_size = 512
+  c.train.num_steps = num_steps
+  c.train.lr = 3e-4
+  c.train.lr_schedule = 'constant'
+  c.train.warmup_steps = 2500
+  c.train.weight_decay = 0.0
+  c.train.ema_decay = 0.9999
+  c.train.log_every = 100
+  c.train.eval_every = 10_000
+  c.train.checkpoint_every = 5_000
+  c.eval.num_batches = 64
+  return c
+
+
 def _walk(d, prefix=''):
   for k, v in d.items():
     key = f'{prefix}{k}'
