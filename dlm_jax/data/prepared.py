@@ -98,13 +98,15 @@ def write_split(docs, tok, out, split, docs_per_shard=250_000, chunk=1024):
 
   def flush():
     nonlocal writer, shard_docs, shard_tokens, n_bytes
-    for text, ids in zip(buf, tok.encode_batch(buf)):
+    encoded = tok.encode_batch(buf)
+    if encoded:  # one bincount per chunk, not per document (O(V) each)
+      counts[:] += np.bincount(np.concatenate(encoded), minlength=tok.vocab_size)
+    for text, ids in zip(buf, encoded):
       if writer is None:
         tmp_names.append(f'{split}-{len(tmp_names):05d}.array_record')
         writer = ArrayRecordWriter(os.path.join(out, tmp_names[-1]), 'group_size:1')
         shard_docs = shard_tokens = 0
       writer.write(np.asarray(ids, dtype).tobytes())
-      counts[:] += np.bincount(ids, minlength=tok.vocab_size)
       lengths.append(len(ids))
       n_bytes += len(text.encode('utf-8')) + 1
       shard_docs += 1
