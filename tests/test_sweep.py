@@ -60,6 +60,12 @@ def test_local_sweep_collect_and_rerun(tmp_path):
   again = _cli('local', sw, '--root', root, '--workers', '2', '--only', 'ar_d32,mdm_d32')
   assert again.returncode == 0 and '2 runs already done, 0 to run' in again.stdout
   assert os.path.getmtime(os.path.join(root, 'ar_d32', 'summary.json')) == mtime
+  # validation curves of any set of runs
+  c = subprocess.run([sys.executable, '-m', 'dlm_jax.plot', 'curves', os.path.join(root, 'ar_d32'),
+                      os.path.join(root, 'mdm_d32'), '--out', str(tmp_path / 'curves')], cwd=ROOT,
+                     capture_output=True, text=True, check=False)
+  assert c.returncode == 0, c.stderr
+  assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'curves.svg').exists()
 
 
 def test_collect_lists_missing_runs_and_dry_runs(tmp_path):
