@@ -486,7 +486,7 @@ def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
     if c2 > 0:
       vertex = float(np.clip(-c1 / (2 * c2), x.min(), x.max()))
       fitted = np.polyval([c2, c1, c0], x)
-      resid = y - fitted
+      resid = (y - fitted) * math.sqrt(len(y) / max(len(y) - 3, 1))  # df-corrected residuals
       boots = []
       for _ in range(n_boot):
         yb = fitted + rng.choice(resid, len(resid))

@@ -139,3 +139,21 @@ def test_bad_input_is_named(tmp_path, rows, law, msg):
                      cwd=ROOT, capture_output=True, text=True, check=False)
   assert p.returncode == 2 and msg in p.stderr, p.stderr
   assert not (tmp_path / 'f.json').exists()
+
+
+def test_optimal_ratio_finds_the_vertex_and_covers():
+  w = np.array([0, 1/64, 1/16, 1/4, 1/2, 3/4, 15/16, 63/64, 1] * 2)
+  R = np.array([1] * 9 + [16] * 9)
+  x = scaling._logit(w)
+  truth = {1.0: 1 / (1 + np.exp(-1.5)), 16.0: 1 / (1 + np.exp(0.5))}
+  rng = np.random.default_rng(0)
+  hits, n = 0, 100
+  for s in range(n):
+    L = 3 + 0.02 * (x - np.where(R == 1, 1.5, -0.5)) ** 2 + rng.normal(0, 1e-3, len(w))
+    opt = scaling.optimal_ratio(w, R, L, n_boot=200, seed=s)
+    for r, t in truth.items():
+      assert opt[r]['vertex'] == pytest.approx(t, abs=0.02)
+      hits += opt[r]['ci'][0] <= t <= opt[r]['ci'][1]
+  assert 0.75 <= hits / (2 * n) <= 1.0
+  with pytest.raises(scaling.FitError, match='R=4 has 2 ratios'):
+    scaling.optimal_ratio([0.5, 1.0], [4, 4], [3.0, 3.1])
