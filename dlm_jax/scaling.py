@@ -307,8 +307,9 @@ def group_budgets(C, rel=0.25):
 
 
 def fit_isoflop(N, C, loss, runs=None):
-  """Approach 2: per budget a parabola of loss in log N, its vertex N_opt(C); then
-  log N_opt = log G + a log C by least squares. A budget needs >= 3 sizes."""
+  """Approach 2: per budget a parabola of loss in log N, its vertex N_opt(C) with a 95% residual
+  bootstrap interval (budgets with > 3 sizes); then log N_opt = log G + a log C by least squares.
+  A budget needs >= 3 sizes."""
   N, C, loss = (np.asarray(x, float) for x in (N, C, loss))
   lab = group_budgets(C)
   budgets, warn = [], []
@@ -328,8 +329,10 @@ def fit_isoflop(N, C, loss, runs=None):
     if not x.min() <= xv <= x.max():
       warn.append(f'budget C={cb:.3g}: vertex N={math.exp(xv):.3g} lies outside the sampled '
                   f'sizes [{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]')
+    ci = vertex_interval(x, loss[m], (c2, c1, c0), 500, np.random.default_rng(0))
     budgets.append(dict(C=cb, N_opt=float(math.exp(xv)), loss_opt=float(c0 + c1 * xv + c2 * xv**2),
-                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(m.sum())))
+                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(m.sum()),
+                        N_opt_ci=[float(np.exp(v)) for v in ci] if ci else None))
   if len(budgets) < 2:
     raise FitError(f'isoflop: {len(budgets)} budgets with a vertex; need at least 2 to fit '
                    'N_opt ~ C^a')
@@ -465,6 +468,25 @@ def _logit(p):
   return np.log(p / (1 - p))
 
 
+def vertex_interval(x, y, coeffs, n_boot, rng, clip=False, level=95):
+  """Percentile interval of a fitted parabola's vertex by residual bootstrap (residuals scaled
+  by sqrt(n / (n - 3)) for the three fitted coefficients); None without residual freedom."""
+  if len(x) <= 3:
+    return None
+  fitted = np.polyval(coeffs, x)
+  resid = (y - fitted) * math.sqrt(len(y) / (len(y) - 3))
+  boots = []
+  for _ in range(n_boot):
+    b2, b1, _ = np.polyfit(x, fitted + rng.choice(resid, len(resid)), 2)
+    if b2 > 0:
+      v = -b1 / (2 * b2)
+      boots.append(float(np.clip(v, x.min(), x.max())) if clip else float(v))
+  if not boots:
+    return None
+  a = (100 - level) / 2
+  return [float(np.percentile(boots, a)), float(np.percentile(boots, 100 - a))]
+
+
 def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
   """The loss-minimising AR weight per repetition level R: the grid argmin, and the vertex of a
   parabola in logit(weight) through the argmin and its neighbours (up to 5 points), with a 95%
@@ -486,16 +508,8 @@ def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
     c2, c1, c0 = np.polyfit(x, y, 2)
     if c2 > 0:
       vertex = float(np.clip(-c1 / (2 * c2), x.min(), x.max()))
-      fitted = np.polyval([c2, c1, c0], x)
-      resid = (y - fitted) * math.sqrt(len(y) / max(len(y) - 3, 1))  # df-corrected residuals
-      boots = []
-      for _ in range(n_boot):
-        yb = fitted + rng.choice(resid, len(resid))
-        b2, b1, _ = np.polyfit(x, yb, 2)
-        if b2 > 0:
-          boots.append(float(np.clip(-b1 / (2 * b2), x.min(), x.max())))
+      ci = vertex_interval(x, y, (c2, c1, c0), n_boot, rng, clip=True)
       sig = lambda z: float(1 / (1 + np.exp(-z)))
-      res.update(vertex=sig(vertex), ci=[sig(np.percentile(boots, 2.5)),
-                                         sig(np.percentile(boots, 97.5))] if boots else None)
+      res.update(vertex=sig(vertex), ci=[sig(z) for z in ci] if ci else None)
     out[float(R)] = res
   return out

@@ -51,6 +51,8 @@ def test_isoflop_recovers_the_exponent():
   f = scaling.fit_isoflop(N, C, L)
   assert f.params['a'] == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']), abs=0.02)
   assert not f.extra['warnings']
+  for b in f.extra['budgets']:  # 7 sizes per budget: a vertex interval around the vertex
+    assert b['N_opt_ci'][0] <= b['N_opt'] <= b['N_opt_ci'][1]
 
 
 def test_isoflop_needs_three_sizes_and_warns_outside():
