@@ -42,12 +42,7 @@ def bench_step(cfg, steps):
   setup = train.build(cfg)
   cfg, mesh = setup.cfg, setup.mesh
   tx, sched, state_sh = train.state_layout(setup)
-  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=setup.mesh)
-  step_fn = jax.jit(train.make_train_step(loss_fn, tx, sched, cfg.train.ema_decay,
-                                          cfg.train.grad_accum),
-                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_sh, sharding.replicated(mesh)),
-                    static_argnums=2, donate_argnums=0)
+  step_fn = train.compile_step(setup, tx, sched, state_sh)
   state = jax.jit(lambda: train.init_state(setup, tx), out_shardings=state_sh)()
   ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
                               cfg.data.segment_ids, setup.train_prefix,

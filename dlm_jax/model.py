@@ -9,7 +9,7 @@ and optional segment ids, so packed documents never attend across boundaries. Th
 never predicted (set to -1e9): MDM and AR share one output distribution over real tokens.
 """
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dlm_jax import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dlm_jax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def save(fig, out):

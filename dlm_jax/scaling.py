@@ -279,8 +279,7 @@ def fit_power(C, loss, family=None):
   extra = {}
   if len(fams) == 2:
     L_ref = float(math.exp(np.mean(np.log(loss))))
-    c = [(L_ref / params[f]['k']) ** (1 / params[f]['gamma']) for f in fams]
-    extra = dict(compute_multiplier=c[1] / c[0], multiplier_of=f'{fams[1]} / {fams[0]}',
+    extra = dict(compute_multiplier=compute_multiplier(params, fams, L_ref), multiplier_of=f'{fams[1]} / {fams[0]}',
                  at_loss=L_ref)
   resid = sum(float(((np.log(loss[family == f]) - np.log(params[f]['k']) -
                       params[f]['gamma'] * np.log(C[family == f])) ** 2).sum()) for f in fams)
@@ -288,6 +287,7 @@ def fit_power(C, loss, family=None):
 
 
 def compute_multiplier(params, fams, L):
+  """C_2 / C_1: compute family fams[1] needs to reach loss L, relative to fams[0]."""
   c = [(L / params[f]['k']) ** (1 / params[f]['gamma']) for f in fams]
   return c[1] / c[0]
 

@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import shlex
 import subprocess

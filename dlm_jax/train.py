@@ -5,7 +5,6 @@ tb/ (TensorBoard), eval/validation.json, checkpoints/ (orbax: state + grain iter
 samples.jsonl, summary.json. Rerunning the same command resumes from the latest checkpoint.
 """
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -215,6 +214,17 @@ def state_layout(setup):
   return tx, sched, state_sh
 
 
+def compile_step(setup, tx, sched, state_sh):
+  """The jitted train step with explicit shardings in and out and donated state; the MDM count
+  is static (at most two compiled variants: floor and ceil of rho * B)."""
+  cfg, mesh = setup.cfg, setup.mesh
+  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=mesh)
+  return jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay, cfg.train.grad_accum),
+                 in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sh, sharding.replicated(mesh)),
+                 static_argnums=2, donate_argnums=0)
+
+
 def abstract_state(setup, tx, state_sh):
   """ShapeDtypeStructs with shardings: what orbax restores onto (any mesh shape)."""
   return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -377,15 +387,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
   _atomic_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
 
   mesh = setup.mesh
-  loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=setup.mesh)
   tx, sched, state_sharding = state_layout(setup)
-  batch_sh = sharding.batch_sharding(mesh)
   # one compiled step per distinct MDM count (at most two: floor and ceil of rho * B)
-  step_fn = jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay,
-                                    cfg.train.grad_accum),
-                    in_shardings=(state_sharding, batch_sh),
-                    out_shardings=(state_sharding, sharding.replicated(mesh)),
-                    static_argnums=2, donate_argnums=0)
+  step_fn = compile_step(setup, tx, sched, state_sharding)
 
   ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
                               cfg.data.segment_ids, setup.train_prefix,
