@@ -1,6 +1,7 @@
-"""Micro IsoFLOP sweep (the issue-6 demo): AR and MDM byte-level models of 7 sizes at 4 compute
-budgets on the embedded corpus, 54 runs (the largest size is skipped at the smallest budget,
-where it would get fewer than 10 steps), about half an hour on 2 CPU cores with 2 workers.
+"""Micro IsoFLOP sweep (the issue-6 demo): AR and MDM byte-level models of 7 sizes at 5 compute
+budgets on the embedded corpus (70 runs), about half an hour on 2 CPU cores with 2 workers.
+The sizes bracket the loss minimum of every budget for both objectives (a first grid of
+d_model 16..128 put the minima at or past its small end).
 Tokens per run D = C / FLOPs-per-token (flops.py, 6N + attention), rounded to whole batches.
 
   python -m dlm_jax.sweep local configs/sweeps/isoflop_micro.py --workers 2
@@ -9,8 +10,8 @@ Tokens per run D = C / FLOPs-per-token (flops.py, 6N + attention), rounded to wh
 from dlm_jax import flops
 from dlm_jax.sweep import Sweep, fmt_num
 
-BUDGETS = (5e10, 2e11, 6e11, 1.5e12)
-SIZES = ((16, 2), (24, 2), (32, 2), (48, 2), (64, 2), (96, 3), (128, 3))  # (d_model, layers)
+BUDGETS = (5e10, 1e11, 2e11, 4e11, 8e11)
+SIZES = ((8, 2), (12, 2), (16, 2), (24, 2), (32, 2), (48, 2), (64, 2))  # (d_model, layers)
 OBJECTIVES = ('ar', 'mdm')
 VOCAB, L, B = 260, 128, 16
 
