@@ -115,3 +115,28 @@ def train_bpe(texts, vocab_size=8192, out=BPE_FILE):
   tok.train_from_iterator(texts, trainer=trainer)
   tok.save(out)
   return out
+
+
+def _alnum_edges(tok):
+  """(first char alphanumeric, last char alphanumeric) per vocabulary id, cached on the tokenizer;
+  specials are neither."""
+  if getattr(tok, '_alnum_edges', None) is None:
+    first = np.zeros(tok.vocab_size, bool)
+    last = np.zeros(tok.vocab_size, bool)
+    for v in range(len(SPECIALS), tok.vocab_size):
+      s = tok.decode([v])
+      first[v], last[v] = s[:1].isalnum(), s[-1:].isalnum()
+    tok._alnum_edges = (first, last)  # pylint: disable=protected-access
+  return tok._alnum_edges  # pylint: disable=protected-access
+
+
+def word_starts(tok, ids_NxL):
+  """Does token i start a word? A word is a run of tokens in which every token after the first
+  begins with a letter or digit and follows one that ends with one: ' inter' 'national' is one
+  word; a leading space, punctuation or a special starts a new one. Used by the word-level PLL."""
+  first, last = _alnum_edges(tok)
+  ids_NxL = np.asarray(ids_NxL)
+  cont_NxL = first[ids_NxL]
+  cont_NxL[:, 1:] &= last[ids_NxL[:, :-1]]
+  cont_NxL[:, 0] = False
+  return ~cont_NxL

@@ -1,0 +1,224 @@
+"""Likelihood estimators over padded token rows, shared by `--mode eval`, zero-shot scoring and
+the lm-eval adapter.
+
+A row is targets x_0..x_{L-1} (PAD after the text) with a boolean `score` marking the tokens to
+score; the unscored rest (a prompt, a passage, a question) is context that stays visible. Every
+estimator returns per row an estimate of log p(scored tokens | context) in nats:
+
+  ar            sum_i log p(x_i | x_<i): causal attention, one pass per row.
+  nelbo         the continuous-time ELBO (a lower bound): K samples per row with low-discrepancy
+                t_k = eps + (1 - eps) ((u + k/K) mod 1), scored tokens masked w.p. 1 - alpha(t_k),
+                weight w(t_k) = -alpha'(t_k) / (1 - alpha(t_k)); mean and standard error over k.
+  chain         the MDM's left-to-right chain rule: for scored token i, it and every scored token
+                after it are masked; sum_i log p(x_i | x_<i). `order=` gives any other ordering
+                (the any-order chain rule; its average over orderings equals the NELBO's mean).
+  pll           pseudo-log-likelihood, one token masked per pass (Salazar et al., 2020).
+  pll_word_l2r  the token and the rest of its word to the right masked (Kauf & Ivanova, 2023).
+  pll_word      the whole word masked; each of its tokens read from that one pass.
+  pll_span      the token and the next span-1 scored tokens masked.
+  pll_mix       the mean of pll and pll_word_l2r (single- and multi-token masks combined).
+  fused         the mean of pll and ar (bidirectional and causal evidence; same units).
+
+Masked-variant estimators (chain and the pll family) build one (row, input mask, read positions)
+variant per forward pass on the host and run them in fixed-size chunks through one compiled
+function, so a row's L variants cost L / chunk large passes, never L small ones. Words come from
+`tokenizers.word_starts`.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm_jax import masking
+from dlm_jax import objectives
+from dlm_jax.data import tokenizers
+
+MASKED = ('chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span')
+ESTIMATORS = ('ar', 'nelbo') + MASKED + ('pll_mix', 'fused')
+WORD_ESTIMATORS = ('pll_word_l2r', 'pll_word', 'pll_mix')
+
+
+def _word_ids(starts_L, score_L):
+  """Word index per position (-1 where unscored); a word is a run of scored tokens with no start
+  inside it."""
+  wid = np.cumsum(starts_L | ~score_L) - 1
+  return np.where(score_L, wid, -1)
+
+
+def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
+  """(row_V, mask_VxL, read_VxL): one forward pass per variant. order_NxL: per row, the rank of
+  each scored position in the chain-rule ordering (default: left to right)."""
+  N, L = score_NxL.shape
+  rows, masks, reads = [], [], []
+  for n in range(N):
+    pos = np.flatnonzero(score_NxL[n])
+    if pos.size == 0:
+      continue
+    if estimator == 'chain':
+      rank = np.arange(pos.size) if order_NxL is None else np.argsort(np.argsort(
+          order_NxL[n, pos]))
+      m = np.zeros((pos.size, L), bool)
+      m[:, pos] = rank[None, :] >= rank[:, None]
+      r = np.zeros((pos.size, L), bool)
+      r[np.arange(pos.size), pos] = True
+    elif estimator == 'pll_word':
+      wid = _word_ids(word_start_NxL[n], score_NxL[n])
+      words = np.unique(wid[pos])
+      m = wid[None, :] == words[:, None]
+      r = m
+    else:
+      r = np.zeros((pos.size, L), bool)
+      r[np.arange(pos.size), pos] = True
+      if estimator == 'pll':
+        m = r
+      elif estimator == 'pll_span':
+        idx = np.arange(L)[None, :]
+        m = (idx >= pos[:, None]) & (idx < pos[:, None] + span) & score_NxL[n][None]
+      elif estimator == 'pll_word_l2r':
+        wid = _word_ids(word_start_NxL[n], score_NxL[n])
+        m = (wid[None, :] == wid[pos][:, None]) & (np.arange(L)[None, :] >= pos[:, None])
+      else:
+        raise ValueError(f'unknown masked estimator {estimator!r}')
+    rows.append(np.full(len(m), n))
+    masks.append(m)
+    reads.append(r)
+  if not rows:
+    return np.zeros(0, int), np.zeros((0, L), bool), np.zeros((0, L), bool)
+  return np.concatenate(rows), np.concatenate(masks), np.concatenate(reads)
+
+
+class Scorer:
+  """Per-row log-likelihoods of scored tokens under any estimator, for one model and params.
+
+  chunk: rows per compiled forward pass (the last chunk is padded, so one shape compiles).
+  dcfg: the diffusion config (schedule, eps) for `nelbo`; None: linear, eps 1e-3.
+  tokenizer: needed by the word-level estimators."""
+
+  def __init__(self, model, params, *, chunk=64, dcfg=None, nelbo_samples=16, span=2, seed=0,
+               tokenizer=None):
+    self.params, self.chunk, self.K, self.span, self.seed = params, chunk, nelbo_samples, span, seed
+    self.tokenizer = tokenizer
+    self.schedule = masking.get_schedule(dcfg.schedule, dcfg) if dcfg else masking.Linear()
+    self.eps = float(dcfg.eps) if dcfg else 1e-3
+
+    def causal(params, targets_BxL, read_BxL):
+      logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(targets_BxL),
+                                 'causal')
+      lp_BxL = -objectives.token_ce(logits_BxLxV, targets_BxL)
+      greedy_BxL = jnp.argmax(logits_BxLxV, -1) == targets_BxL
+      return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1), jnp.all(greedy_BxL | ~read_BxL, -1)
+
+    def masked(params, targets_BxL, mask_BxL, read_BxL):
+      logits_BxLxV = model.apply({'params': params},
+                                 objectives.shift_inputs(targets_BxL, mask_BxL), 'bidirectional')
+      lp_BxL = -objectives.token_ce(logits_BxLxV, targets_BxL)
+      return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1)
+
+    self._causal = jax.jit(causal)
+    self._masked = jax.jit(masked)
+    self._model = model
+
+  # -- the passes
+  def _chunks(self, fn, *arrays):
+    """fn over fixed-size chunks of the leading axis; outputs concatenated (padding dropped)."""
+    V = arrays[0].shape[0]
+    outs = []
+    for s in range(0, V, self.chunk):
+      part = [a[s:s + self.chunk] for a in arrays]
+      n = part[0].shape[0]
+      if n < self.chunk:
+        part = [np.concatenate([p, np.repeat(p[:1], self.chunk - n, 0)]) for p in part]
+      out = jax.device_get(fn(self.params, *part))
+      outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:n], out))
+    if not outs:
+      return None
+    return jax.tree_util.tree_map(lambda *o: np.concatenate(o), *outs)
+
+  def _variant_sum(self, targets_NxL, row_V, mask_VxL, read_VxL):
+    N = targets_NxL.shape[0]
+    lp = np.zeros(N)
+    if row_V.size:
+      lp_V = self._chunks(self._masked, targets_NxL[row_V], mask_VxL, read_VxL)
+      np.add.at(lp, row_V, lp_V)
+    return lp
+
+  # -- the estimators
+  def ar(self, targets_NxL, score_NxL):
+    """(log p per row, greedy per row: every scored token is the causal argmax)."""
+    out = self._chunks(self._causal, targets_NxL, score_NxL)
+    if out is None:
+      return np.zeros(0), np.zeros(0, bool)
+    return out[0].astype(np.float64), out[1]
+
+  def nelbo(self, targets_NxL, score_NxL):
+    """(mean over K samples of -NELBO per row, its standard error)."""
+    N, L = targets_NxL.shape
+    K = self.K
+    rng = np.random.default_rng(self.seed)
+    u_N = rng.uniform(size=N)
+    u_NxK = np.mod(u_N[:, None] + np.arange(K)[None] / K, 1.0)
+    t_NxK = self.eps + (1.0 - self.eps) * u_NxK
+    p_NxK = 1.0 - np.asarray(self.schedule.alpha(jnp.asarray(t_NxK, jnp.float32)), np.float64)
+    w_NxK = np.asarray(self.schedule.weight(jnp.asarray(t_NxK, jnp.float32)), np.float64)
+    mask_NxKxL = (rng.uniform(size=(N, K, L)) < p_NxK[..., None]) & score_NxL[:, None]
+    row_V = np.repeat(np.arange(N), K)
+    mask_VxL = mask_NxKxL.reshape(N * K, L)
+    lp_V = self._chunks(self._masked, targets_NxL[row_V], mask_VxL, mask_VxL)
+    elbo_NxK = w_NxK * lp_V.reshape(N, K)
+    se = elbo_NxK.std(1, ddof=1) / math.sqrt(K) if K > 1 else np.full(N, np.nan)
+    return elbo_NxK.mean(1), se
+
+  def masked(self, estimator, targets_NxL, score_NxL, order_NxL=None):
+    starts = None
+    if estimator in WORD_ESTIMATORS:
+      if self.tokenizer is None:
+        raise ValueError(f'estimator {estimator!r} needs the tokenizer (word boundaries)')
+      starts = tokenizers.word_starts(self.tokenizer, targets_NxL)
+    v = variants(estimator, score_NxL, starts, self.span, order_NxL)
+    return self._variant_sum(targets_NxL, *v)
+
+  def __call__(self, estimator, targets_NxL, score_NxL, **kw):
+    """dict(logp=N, se=N (nelbo only; else 0), tokens=N) for rows of ids and score masks."""
+    targets_NxL = np.asarray(targets_NxL, np.int32)
+    score_NxL = np.asarray(score_NxL, bool) & (targets_NxL != tokenizers.PAD)
+    se = np.zeros(targets_NxL.shape[0])
+    if estimator == 'ar':
+      lp = self.ar(targets_NxL, score_NxL)[0]
+    elif estimator == 'nelbo':
+      lp, se = self.nelbo(targets_NxL, score_NxL)
+    elif estimator in MASKED:
+      lp = self.masked(estimator, targets_NxL, score_NxL, **kw)
+    elif estimator == 'pll_mix':
+      lp = 0.5 * (self.masked('pll', targets_NxL, score_NxL) +
+                  self.masked('pll_word_l2r', targets_NxL, score_NxL))
+    elif estimator == 'fused':
+      lp = 0.5 * (self.masked('pll', targets_NxL, score_NxL) + self.ar(targets_NxL, score_NxL)[0])
+    else:
+      raise ValueError(f'unknown estimator {estimator!r} (one of {", ".join(ESTIMATORS)})')
+    return dict(logp=np.asarray(lp, np.float64), se=se, tokens=score_NxL.sum(1))
+
+  def greedy(self, mode, targets_NxL, score_NxL):
+    """Per row: does greedy decoding reproduce the scored tokens? 'ar': teacher-forced argmax
+    (exact for greedy decoding); 'mdm': the span filled most-confident-first, one per pass."""
+    targets_NxL = np.asarray(targets_NxL, np.int32)
+    score_NxL = np.asarray(score_NxL, bool)
+    if mode == 'ar':
+      return self.ar(targets_NxL, score_NxL)[1]
+    from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+    steps = int(score_NxL.sum(1).max()) if score_NxL.size else 0
+
+    def fill(params, x_BxL, fill_BxL):
+      pred_BxL = sample.mdm_infill_greedy(self._model, params, x_BxL, fill_BxL, steps)
+      return jnp.all((pred_BxL == x_BxL) | ~fill_BxL, -1)
+    out = self._chunks(jax.jit(fill), targets_NxL, score_NxL)
+    return np.zeros(0, bool) if out is None else out
+
+
+def per_token(logp_N, tokens_N):
+  """Nats per token over rows (a corpus-level average: total nats / total tokens)."""
+  return float(-np.sum(logp_N) / max(np.sum(tokens_N), 1))
+
+
+def bits_per_byte(logp_N, n_bytes):
+  return float(-np.sum(logp_N) / max(n_bytes, 1) / math.log(2))
