@@ -100,9 +100,20 @@ def base() -> ml_collections.ConfigDict:
       nan_policy='stop',
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      num_batches=8,
+      num_batches=8,           # validation during training: batches x batch_size windows
       batch_size=32,
       seed=1234,
+      # --mode eval (evaluate.py): likelihood estimators on validation windows + zero-shot tasks
+      name='scores',           # writes <workdir>/eval/<name>.json
+      estimators='auto',       # comma list of likelihood.ESTIMATORS; auto: by objective
+      likelihood_rows=32,      # validation windows scored by each estimator (0: none)
+      nelbo_samples=16,        # K Monte Carlo samples per row for `nelbo`
+      pll_span=2,              # masked span of `pll_span`
+      chunk=64,                # rows per compiled forward pass of the estimators
+      tasks='',                # comma list: benchmark names (files in tasks_dir) or .jsonl paths
+      tasks_dir='data/zeroshot',  # python -m dlm_jax.prepare --tasks all --out data/zeroshot
+      task_estimator='auto',   # log-likelihood of an option; auto: ar for AR runs, else nelbo
+      task_limit=0,            # the first N items of each task (0: all)
   ))
   c.sample = ml_collections.ConfigDict(dict(
       num_samples=4,
@@ -281,6 +292,18 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(t[k] > 0, f'train.{k}', f'must be positive, got {t[k]}')
   _choice(cfg, 'train.nan_policy', ('stop',))
   _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
+  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  for est in [x.strip() for x in e.estimators.split(',') if x.strip()]:
+    _need(est == 'auto' or est in likelihood.ESTIMATORS, 'eval.estimators',
+          f'{est!r} is not one of auto, {", ".join(likelihood.ESTIMATORS)}')
+  _need(e.task_estimator == 'auto' or e.task_estimator in likelihood.ESTIMATORS,
+        'eval.task_estimator',
+        f'{e.task_estimator!r} is not one of auto, {", ".join(likelihood.ESTIMATORS)}')
+  for k in ('likelihood_rows', 'task_limit'):
+    _need(e[k] >= 0, f'eval.{k}', f'must be >= 0, got {e[k]}')
+  for k in ('nelbo_samples', 'pll_span', 'chunk'):
+    _need(e[k] >= 1, f'eval.{k}', f'must be >= 1, got {e[k]}')
+  _need(bool(e.name) and '/' not in e.name, 'eval.name', f'{e.name!r} is not a file name')
   _need(cfg.sample.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
   _need(cfg.sample.steps >= 1, 'sample.steps', f'must be >= 1, got {cfg.sample.steps}')
   _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', f'must be in [0, data.seq_len]')
@@ -317,7 +340,9 @@ def to_json(cfg) -> str:
 # Keys that may differ between a run's config.json and the command resuming it.
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
-                     'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum')
+                     'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
+                     'eval.name', 'eval.estimators', 'eval.likelihood_rows',
+                     'eval.nelbo_samples', 'eval.pll_span', 'eval.chunk', 'eval.task')
 
 
 def diff_for_resume(old: dict, new: dict) -> list[str]:

@@ -111,3 +111,115 @@ def task_exact_match(model, params, batch, mode):
     steps = jnp.max(jnp.sum(span_BxL, -1))  # a while-loop bound: only as many passes as needed
     pred_BxL = sample.mdm_infill_greedy(model, params, targets_BxL, span_BxL, steps)
   return jnp.all(jnp.where(span_BxL, pred_BxL == targets_BxL, True), axis=-1)
+
+
+# ----------------------------------------------------------------------------- --mode eval
+
+AUTO_ESTIMATORS = {'ar': ('ar',), 'prefix': ('ar',),
+                   'mdm': ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_mix'),
+                   'dual': ('ar', 'nelbo', 'chain', 'pll', 'pll_mix', 'fused')}
+
+
+def estimators(cfg):
+  names = [x.strip() for x in cfg.eval.estimators.split(',') if x.strip()]
+  out = []
+  for n in names:
+    for e in (AUTO_ESTIMATORS[cfg.objective] if n == 'auto' else (n,)):
+      if e not in out:
+        out.append(e)
+  return out
+
+
+def task_estimator(cfg):
+  if cfg.eval.task_estimator != 'auto':
+    return cfg.eval.task_estimator
+  return 'ar' if cfg.objective in ('ar', 'prefix') else 'nelbo'
+
+
+def likelihood_table(scorer, names, rows_NxL, bytes_per_token=None):
+  """{estimator: nats/token (and bits/byte, NELBO standard error, rows/s)} on full windows."""
+  import time  # pylint: disable=g-import-not-at-top
+  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  out = {}
+  for est in names:
+    t0 = time.time()
+    r = scorer(est, rows_NxL, rows_NxL != PAD)
+    dt = time.time() - t0
+    tok = int(r['tokens'].sum())
+    res = dict(nats_per_token=likelihood.per_token(r['logp'], r['tokens']), tokens=tok,
+               rows=int(len(rows_NxL)), seconds=round(dt, 3),
+               rows_per_s=round(len(rows_NxL) / dt, 3))
+    if est == 'nelbo':
+      res['stderr'] = float(np.sqrt(np.sum(r['se'] ** 2)) / tok)
+      res['samples'] = scorer.K
+    if bytes_per_token:
+      res['bits_per_byte'] = res['nats_per_token'] / bytes_per_token / math.log(2)
+    out[est] = res
+  return out
+
+
+def run(cfg, workdir):
+  """--mode eval: the estimators on the first eval.likelihood_rows validation windows and the
+  zero-shot tasks, for the latest checkpoint of `workdir` (EMA parameters if it kept them).
+  Writes eval/<name>.json (and per-item predictions under eval/<name>/) and returns the dict."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  from dlm_jax import train  # pylint: disable=g-import-not-at-top
+  from dlm_jax import zeroshot  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
+  e = cfg.eval
+  if not os.path.isdir(workdir):
+    raise train.TrainingError(f'--workdir {workdir}: no such run directory')
+  tasks = [zeroshot.resolve_task(t.strip(), e.tasks_dir) for t in e.tasks.split(',') if t.strip()]
+  items = {name: benchmarks.read(path, e.task_limit) for name, path in tasks}  # fail early
+  setup = train.build(cfg)
+  cfg = setup.cfg
+  params, step = train.load_params(workdir, cfg, what=f'--workdir {workdir}')
+  scorer = likelihood.Scorer(setup.model, params, chunk=e.chunk, dcfg=cfg.diffusion,
+                             nelbo_samples=e.nelbo_samples, span=e.pll_span, seed=e.seed,
+                             tokenizer=setup.tokenizer)
+  info = setup.data_info
+  bpt = info['val_bytes'] / info['val_tokens'] if info.get('val_tokens') else None
+  t0 = time.time()
+  out = dict(run=os.path.abspath(workdir), step=int(step), objective=cfg.objective,
+             date=time.strftime('%Y-%m-%d'), likelihood={}, tasks={})
+  rows = setup.val_windows[:e.likelihood_rows]
+  if len(rows):
+    out['likelihood'] = likelihood_table(scorer, estimators(cfg), rows, bpt)
+  est = task_estimator(cfg)
+  pred_dir = os.path.join(workdir, 'eval', e.name)
+  for name, path in tasks:
+    t1 = time.time()
+    res = zeroshot.score_items(scorer, est, items[name], setup.tokenizer, cfg.data.seq_len, path)
+    preds = res.pop('predictions')
+    res['seconds'] = round(time.time() - t1, 3)
+    out['tasks'][name] = res
+    os.makedirs(pred_dir, exist_ok=True)
+    with open(os.path.join(pred_dir, f'{name}.jsonl'), 'w', encoding='utf-8') as f:
+      for p in preds:
+        f.write(json.dumps(p) + '\n')
+  out['seconds'] = round(time.time() - t0, 3)
+  train._atomic_json(os.path.join(workdir, 'eval', f'{e.name}.json'), out)  # pylint: disable=protected-access
+  return out
+
+
+def format_table(res):
+  lines = [f'{res["run"]} (step {res["step"]}, {res["objective"]})']
+  if res['likelihood']:
+    lines.append(f'  {"estimator":14s} {"nats/token":>10s} {"bits/byte":>9s} {"rows/s":>8s}')
+    for k, v in res['likelihood'].items():
+      se = f' +- {v["stderr"]:.4f}' if 'stderr' in v else ''
+      bpb = f'{v["bits_per_byte"]:9.4f}' if 'bits_per_byte' in v else f'{"":9s}'
+      lines.append(f'  {k:14s} {v["nats_per_token"]:10.4f} {bpb} {v["rows_per_s"]:8.2f}{se}')
+  if res['tasks']:
+    lines.append(f'  {"task":14s} {"items":>6s} {"acc":>7s} {"acc_norm":>8s} {"chance":>7s} '
+                 f'{"ppl":>9s}  estimator')
+    for k, v in res['tasks'].items():
+      norm = f'{v["acc_norm"]:8.4f}' if 'acc_norm' in v else f'{"":8s}'
+      chance = f'{v["chance"]:7.4f}' if 'chance' in v else f'{"":7s}'
+      ppl = f'{v["ppl"]:9.1f}' if 'ppl' in v else f'{"":9s}'
+      lines.append(f'  {k:14s} {v["items"]:6d} {v["acc"]:7.4f} {norm} {chance} {ppl}  '
+                   f'{v["estimator"]}')
+  return '\n'.join(lines)

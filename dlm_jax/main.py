@@ -1,4 +1,4 @@
-"""Entry point: python -m dlm_jax.main --config configs/default.py --workdir runs/x [--mode train].
+"""Entry point: python -m dlm_jax.main --config configs/default.py --workdir runs/x [--mode train|eval].
 
 Config errors print one line naming the key and exit with status 2 before anything is written.
 """
@@ -11,7 +11,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; rerun resumes).')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train: train (or resume) the run; '
+                          'eval: likelihood estimators and zero-shot tasks (config.eval) on the '
+                          "run's latest checkpoint, written to eval/<eval.name>.json.")
 _COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                              '(automatic on TPU pods and under SLURM srun).')
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
@@ -56,6 +58,8 @@ def main(argv=None):
                                     force=_DIST.value)
   except sharding.DistributedError as e:
     fail(str(e), 1)
+  if _MODE.value == 'eval':
+    return _eval(cfg, DataError)
   try:
     summary = train.train_and_evaluate(cfg, _WORKDIR.value)
   except (config_lib.ConfigError, sharding.MeshError) as e:
@@ -76,6 +80,17 @@ def main(argv=None):
   print(f'trained {summary["D"]:,} tokens ({summary["epochs"]:.2f} epochs) in '
         f'{summary["wall_time_s"]:.0f} s; N_total={summary["N_total"]:,}')
   print(f'outputs: {workdir}')
+
+
+def _eval(cfg, data_error):
+  from dlm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dlm_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    res = evaluate.run(cfg, _WORKDIR.value)
+  except (data_error, FileNotFoundError, train.TrainingError) as e:
+    fail(str(e), 1)
+  print(evaluate.format_table(res))
+  print(f'wrote {os.path.join(os.path.abspath(_WORKDIR.value), "eval", cfg.eval.name + ".json")}')
 
 
 if __name__ == '__main__':

