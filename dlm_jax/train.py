@@ -343,6 +343,26 @@ def load_params(run_dir, cfg, mesh=None, what=None):
   return jax.tree_util.tree_map(lambda w, x: np.asarray(x, w.dtype), want, params), step
 
 
+def load_run(run_dir, overrides=None):
+  """(cfg, tokenizer, model, params, step) of a trained run, from its config.json and latest
+  checkpoint, without loading its data: what a sampler, a notebook or lm-eval needs.
+  overrides: {dotted key: value} applied to the run's config (e.g. {'eval.nelbo_samples': 64})."""
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(path):
+    raise TrainingError(f'{run_dir}: not a run directory (no config.json)')
+  cfg = config_lib.from_run(json.load(open(path, encoding='utf-8')))
+  for k, v in (overrides or {}).items():
+    *parents, leaf = k.split('.')
+    node = cfg
+    for part in parents:
+      node = node[part]
+    node[leaf] = v
+  cfg = config_lib.validate(cfg)
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  params, step = load_params(run_dir, cfg, what=run_dir)
+  return cfg, tok, model_lib.Transformer(cfg.model), params, step
+
+
 def load_init_params(run_dir, cfg, mesh=None):
   """AR2Diff: another run's latest parameters; objective, attention, data and optimizer may
   differ, the architecture may not."""

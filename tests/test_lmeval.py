@@ -1,0 +1,145 @@
+"""The lm-eval-harness adapter, run through lm_eval itself on local tasks (extra [lmeval])."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+lm_eval = pytest.importorskip('lm_eval', reason='optional extra: pip install -e ".[lmeval]"')
+
+from conftest import ROOT  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ITEMS = [dict(question='The cat sat on the', choices=['mat', 'moon', 'idea'], gold=0),
+         dict(question='Once upon a', choices=['time', 'dog'], gold=0),
+         dict(question='She opened the', choices=['door', 'sky', 'was'], gold=0),
+         dict(question='It was a dark and stormy', choices=['night', 'blue'], gold=0)]
+
+
+@pytest.fixture(scope='module')
+def run_and_tasks(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('lmeval')
+  cfg = tmp / 'c.py'
+  cfg.write_text('import sys\nsys.path.insert(0, %r)\nfrom conftest import tiny_config\n'
+                 'def get_config():\n  c = tiny_config("dual")\n  c.train.num_steps = 6\n'
+                 '  c.sample.num_samples = 0\n  c.data.tokenizer = "byte"\n  return c\n'
+                 % os.path.join(ROOT, 'tests'))
+  run = str(tmp / 'run')
+  subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config', str(cfg), '--workdir', run],
+                 check=True, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
+  data = tmp / 'mc.jsonl'
+  data.write_text(''.join(json.dumps(x) + '\n' for x in ITEMS))
+  texts = tmp / 'docs.jsonl'
+  texts.write_text(''.join(json.dumps(dict(text=t)) + '\n' for t in (
+      'It is a truth universally acknowledged. ' * 4, 'Call me Ishmael.')))
+  tasks = tmp / 'tasks'
+  tasks.mkdir()
+  (tasks / 'dlm_mc.yaml').write_text(f"""task: dlm_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{gold}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+  (tasks / 'dlm_ppl.yaml').write_text(f"""task: dlm_ppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {texts}
+validation_split: validation
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: bits_per_byte
+""")
+  (tasks / 'dlm_gen.yaml').write_text(f"""task: dlm_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{choices[0]}}}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+""")
+  return run, str(tasks), str(data), str(texts)
+
+
+def _evaluate(lm, tasks_dir, names):
+  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(
+      include_path=tasks_dir), log_samples=True, bootstrap_iters=0)
+
+
+@pytest.mark.parametrize('estimator', ['ar', 'pll'])
+def test_harness_multiple_choice_equals_our_scoring(run_and_tasks, estimator, tmp_path):
+  """lm-eval's acc/acc_norm and per-option log-likelihoods equal zeroshot.score_items on the
+  same items (the harness joins question and choice with a space, as our schema does)."""
+  from dlm_jax import lmeval, zeroshot  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
+  run, tasks, _, _ = run_and_tasks
+  lm = lmeval.DlmJaxLM(run, estimator=estimator, batch_size=3)
+  out = _evaluate(lm, tasks, ['dlm_mc'])
+  res = out['results']['dlm_mc']
+  ours_file = tmp_path / 'ours.jsonl'
+  ours_file.write_text(''.join(json.dumps(dict(context=x['question'], choices=x['choices'],
+                                               gold=x['gold'])) + '\n' for x in ITEMS))
+  ours = zeroshot.score_items(lm.scorer, estimator, benchmarks.read(str(ours_file)), lm.tok,
+                              lm.L)
+  assert res['acc,none'] == pytest.approx(ours['acc'])
+  assert res['acc_norm,none'] == pytest.approx(ours['acc_norm'])
+  samples = sorted(out['samples']['dlm_mc'], key=lambda s: s['doc_id'])
+  for s, p in zip(samples, ours['predictions']):
+    harness_ll = [r[0][0] if isinstance(r[0], (list, tuple)) else r[0] for r in s['resps']]
+    np.testing.assert_allclose(harness_ll, p['ll'], rtol=1e-5)
+
+
+def test_harness_rolling_and_generation(run_and_tasks):
+  from dlm_jax import lmeval, likelihood  # pylint: disable=g-import-not-at-top
+  run, tasks, _, texts = run_and_tasks
+  lm = lmeval.DlmJaxLM(run, estimator='ar')
+  out = _evaluate(lm, tasks, ['dlm_ppl', 'dlm_gen'])
+  assert out['results']['dlm_ppl']['bits_per_byte,none'] > 0
+  assert 'exact_match,none' in out['results']['dlm_gen']
+  # rolling log-likelihood of a document longer than seq_len: every token scored exactly once
+  doc = json.loads(open(texts).readline())['text']
+  ids = lm.tok.encode_batch([doc])[0]
+  assert len(ids) > 2 * lm.L
+  total = lm.loglikelihood_rolling([_Req((doc,))])[0]
+  x = np.zeros((1, len(ids)), np.int32)
+  x[0] = ids
+  # the first window equals the AR log-likelihood of the first L tokens
+  first = likelihood.Scorer(lm.model, lm.params)('ar', x[:, :lm.L], np.ones((1, lm.L), bool))
+  assert total < first['logp'][0] < 0
+
+
+class _Req:
+  def __init__(self, args):
+    self.args = args
+
+
+def test_cli_registers_the_model(run_and_tasks, tmp_path):
+  run, tasks, _, _ = run_and_tasks
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.lmeval', '--model_args',
+                      f'workdir={run},estimator=nelbo,nelbo_samples=2', '--tasks', 'dlm_mc',
+                      '--include_path', tasks, '--output_path', str(tmp_path / 'o')],
+                     env=dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_OFFLINE='1'),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'dlm_mc' in r.stdout and 'acc' in r.stdout
