@@ -107,6 +107,7 @@ def base() -> ml_collections.ConfigDict:
       name='scores',           # writes <workdir>/eval/<name>.json
       estimators='auto',       # comma list of likelihood.ESTIMATORS; auto: by objective
       likelihood_rows=32,      # validation windows scored by each estimator (0: none)
+      corpus='',               # score another source's validation windows ('' : the run's own)
       nelbo_samples=16,        # K Monte Carlo samples per row for `nelbo`
       pll_span=2,              # masked span of `pll_span`
       chunk=64,                # rows per compiled forward pass of the estimators
@@ -357,7 +358,7 @@ def to_json(cfg) -> str:
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
                      'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
-                     'eval.name', 'eval.estimators', 'eval.likelihood_rows',
+                     'eval.name', 'eval.estimators', 'eval.likelihood_rows', 'eval.corpus',
                      'eval.nelbo_samples', 'eval.pll_span', 'eval.chunk', 'eval.task')
 
 

@@ -158,41 +158,59 @@ def likelihood_table(scorer, names, rows_NxL, bytes_per_token=None):
   return out
 
 
+def validation_windows(cfg, corpus, n):
+  """(the first n validation windows, bytes per token) of a text source packed as the run's data
+  (corpus '' = the run's own; else any data.corpus value: embedded, a file, a directory or a
+  prepared dataset)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  d = ml_collections.ConfigDict(cfg.data.to_dict())
+  if corpus:
+    d.corpus, d.unique_tokens = corpus, 0
+  _, val, info = pipeline.load_splits(d, n, cfg.model.vocab_size)
+  bpt = info['val_bytes'] / info['val_tokens'] if info.get('val_tokens') else None
+  return np.asarray(val)[:n], bpt
+
+
 def run(cfg, workdir):
-  """--mode eval: the estimators on the first eval.likelihood_rows validation windows and the
-  zero-shot tasks, for the latest checkpoint of `workdir` (EMA parameters if it kept them).
-  Writes eval/<name>.json (and per-item predictions under eval/<name>/) and returns the dict."""
+  """--mode eval: the estimators on the first eval.likelihood_rows validation windows (of the
+  run's data, or of eval.corpus) and the zero-shot tasks, for the latest checkpoint of `workdir`
+  (EMA parameters if it kept them). Writes eval/<name>.json (per-item predictions under
+  eval/<name>/) and returns the dict."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
+  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  from dlm_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from dlm_jax import train  # pylint: disable=g-import-not-at-top
   from dlm_jax import zeroshot  # pylint: disable=g-import-not-at-top
   from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
   e = cfg.eval
   if not os.path.isdir(workdir):
     raise train.TrainingError(f'--workdir {workdir}: no such run directory')
   tasks = [zeroshot.resolve_task(t.strip(), e.tasks_dir) for t in e.tasks.split(',') if t.strip()]
   items = {name: benchmarks.read(path, e.task_limit) for name, path in tasks}  # fail early
-  setup = train.build(cfg)
-  cfg = setup.cfg
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  cfg = config_lib.resolve(cfg, tok.vocab_size)
   params, step = train.load_params(workdir, cfg, what=f'--workdir {workdir}')
-  scorer = likelihood.Scorer(setup.model, params, chunk=e.chunk, dcfg=cfg.diffusion,
+  model = model_lib.Transformer(cfg.model)
+  scorer = likelihood.Scorer(model, params, chunk=e.chunk, dcfg=cfg.diffusion,
                              nelbo_samples=e.nelbo_samples, span=e.pll_span, seed=e.seed,
-                             tokenizer=setup.tokenizer)
-  info = setup.data_info
-  bpt = info['val_bytes'] / info['val_tokens'] if info.get('val_tokens') else None
+                             tokenizer=tok)
   t0 = time.time()
   out = dict(run=os.path.abspath(workdir), step=int(step), objective=cfg.objective,
-             date=time.strftime('%Y-%m-%d'), likelihood={}, tasks={})
-  rows = setup.val_windows[:e.likelihood_rows]
-  if len(rows):
+             corpus=e.corpus or cfg.data.corpus, date=time.strftime('%Y-%m-%d'), likelihood={},
+             tasks={})
+  if e.likelihood_rows:
+    rows, bpt = validation_windows(cfg, e.corpus, e.likelihood_rows)
     out['likelihood'] = likelihood_table(scorer, estimators(cfg), rows, bpt)
   est = task_estimator(cfg)
   pred_dir = os.path.join(workdir, 'eval', e.name)
   for name, path in tasks:
     t1 = time.time()
-    res = zeroshot.score_items(scorer, est, items[name], setup.tokenizer, cfg.data.seq_len, path)
+    res = zeroshot.score_items(scorer, est, items[name], tok, cfg.data.seq_len, path)
     preds = res.pop('predictions')
     res['seconds'] = round(time.time() - t1, 3)
     out['tasks'][name] = res

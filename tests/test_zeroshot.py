@@ -214,6 +214,17 @@ def test_mode_eval_end_to_end(tmp_path, tiny):
   assert res['tasks']['mc']['items'] == 3 and res['tasks']['mc']['estimator'] == 'nelbo'
   assert 'mc' in r.stdout and 'nelbo' in r.stdout
   assert len(open(os.path.join(run, 'eval', 'scores', 'mc.jsonl')).readlines()) == 3
+  # likelihoods on another text source
+  other = _write(tmp_path / 'other.jsonl', [{'id': f'd{i}', 'text': 'Brown fox jumps. ' * 40}
+                                            for i in range(60)])
+  r = subprocess.run(main + ['--mode', 'eval', f'--config.eval.corpus={other}',
+                             '--config.eval.name=other', '--config.eval.estimators=ar',
+                             '--config.eval.likelihood_rows=2'], env=env, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stderr
+  res2 = json.load(open(os.path.join(run, 'eval', 'other.json')))
+  assert res2['corpus'] == other and res2['likelihood']['ar']['tokens'] > 0
+  assert res2['likelihood']['ar']['nats_per_token'] != res['likelihood']['ar']['nats_per_token']
   # bad input: a missing task file names the problem, exits non-zero, keeps the run intact
   r = subprocess.run(main + ['--mode', 'eval', '--config.eval.tasks=piqa',
                              f'--config.eval.tasks_dir={tmp_path}/none'],
