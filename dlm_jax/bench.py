@@ -2,9 +2,13 @@
 
   python -m dlm_jax.bench step --config configs/default.py [--config.mesh.fsdp=4] [--steps 20]
 
+  python -m dlm_jax.bench eval --config configs/default.py [--rows 32] [--estimators ar,nelbo,pll]
+
 `step`: the compiled train step of the configured run on its mesh, fed real batches from the
 run's pipeline; reports compile time, median step time, tokens/s, model FLOP/s and, when the
-device's peak is known, MFU. Prints one JSON line (append it to a results file with --out).
+device's peak is known, MFU. `eval`: sequences (validation windows of data.seq_len tokens) per
+second of each likelihood estimator at eval.chunk rows per pass, after a warm-up call that
+compiles. Each prints JSON lines (append them to a results file with --out).
 """
 import json
 import sys
@@ -24,6 +28,9 @@ from dlm_jax.data import pipeline
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
 _OUT = flags.DEFINE_string('out', '', 'Append the JSON result to this file.')
+_ROWS = flags.DEFINE_integer('rows', 32, 'eval: validation windows scored per estimator.')
+_EST = flags.DEFINE_string('estimators', 'ar,nelbo,chain,pll,pll_word_l2r,pll_mix,fused',
+                           'eval: comma list of likelihood estimators.')
 
 # Dense bf16 peak FLOP/s per device (vendor figures) for MFU; unknown devices report none.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
@@ -79,18 +86,51 @@ def bench_step(cfg, steps):
       loss=float(m['loss']), date=time.strftime('%Y-%m-%d'))
 
 
+def bench_eval(cfg, rows, names):
+  """Throughput of each estimator on real validation windows (random weights: the cost does not
+  depend on them). One warm-up call per estimator compiles; the second is timed."""
+  from dlm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  from dlm_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  setup = train.build(cfg)
+  cfg = setup.cfg
+  _, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)
+  e = cfg.eval
+  sc = likelihood.Scorer(setup.model, params, chunk=e.chunk, dcfg=cfg.diffusion,
+                         nelbo_samples=e.nelbo_samples, span=e.pll_span, tokenizer=setup.tokenizer)
+  x, _ = evaluate.validation_windows(cfg, '', rows)
+  out = []
+  for est in names:
+    sc(est, x[:1], x[:1] != 0)  # compile
+    t = time.perf_counter()
+    sc(est, x, x != 0)
+    dt = time.perf_counter() - t
+    out.append(dict(bench='eval', estimator=est, device=jax.devices()[0].device_kind,
+                    d_model=cfg.model.d_model, num_layers=cfg.model.num_layers,
+                    N_total=setup.counts['N_total'], seq_len=cfg.data.seq_len, rows=int(len(x)),
+                    chunk=e.chunk, nelbo_samples=e.nelbo_samples if est == 'nelbo' else None,
+                    seconds=round(dt, 3), seqs_per_s=round(len(x) / dt, 3),
+                    date=time.strftime('%Y-%m-%d')))
+  return out
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('step',):
-    print('usage: python -m dlm_jax.bench step --config <file> [--steps N] [--out F]',
-          file=sys.stderr)
+  if len(argv) != 2 or argv[1] not in ('step', 'eval'):
+    print('usage: python -m dlm_jax.bench step|eval --config <file> [--steps N] [--rows R] '
+          '[--estimators E] [--out F]', file=sys.stderr)
     sys.exit(2)
   from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  res = bench_step(config_lib.validate(_CONFIG.value), _STEPS.value)
-  line = json.dumps(res)
-  print(line)
-  if _OUT.value:
-    with open(_OUT.value, 'a', encoding='utf-8') as f:
-      f.write(line + '\n')
+  cfg = config_lib.validate(_CONFIG.value)
+  if argv[1] == 'step':
+    results = [bench_step(cfg, _STEPS.value)]
+  else:
+    results = bench_eval(cfg, _ROWS.value, [x.strip() for x in _EST.value.split(',') if x.strip()])
+  for res in results:
+    line = json.dumps(res)
+    print(line)
+    if _OUT.value:
+      with open(_OUT.value, 'a', encoding='utf-8') as f:
+        f.write(line + '\n')
 
 
 if __name__ == '__main__':

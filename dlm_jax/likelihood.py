@@ -91,7 +91,8 @@ def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
 class Scorer:
   """Per-row log-likelihoods of scored tokens under any estimator, for one model and params.
 
-  chunk: rows per compiled forward pass (the last chunk is padded, so one shape compiles).
+  chunk: rows per compiled forward pass (a shorter tail is padded to a power of two, so at most
+  log2(chunk) + 1 shapes compile).
   dcfg: the diffusion config (schedule, eps) for `nelbo`; None: linear, eps 1e-3.
   tokenizer: needed by the word-level estimators."""
 
@@ -127,8 +128,9 @@ class Scorer:
     for s in range(0, V, self.chunk):
       part = [a[s:s + self.chunk] for a in arrays]
       n = part[0].shape[0]
-      if n < self.chunk:
-        part = [np.concatenate([p, np.repeat(p[:1], self.chunk - n, 0)]) for p in part]
+      size = min(self.chunk, 1 << (n - 1).bit_length())  # a short tail: next power of two
+      if n < size:
+        part = [np.concatenate([p, np.repeat(p[:1], size - n, 0)]) for p in part]
       out = jax.device_get(fn(self.params, *part))
       outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:n], out))
     if not outs:
