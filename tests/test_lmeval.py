@@ -134,6 +134,7 @@ class _Req:
     self.args = args
 
 
+@pytest.mark.slow
 def test_cli_registers_the_model(run_and_tasks, tmp_path):
   run, tasks, _, _ = run_and_tasks
   r = subprocess.run([sys.executable, '-m', 'dlm_jax.lmeval', '--model_args',
