@@ -2,6 +2,7 @@
 
   python -m dlm_jax.plot curves RUN_DIR... [--metric mdm_nelbo] --out curves
   python -m dlm_jax.plot sweep RUNS.csv --out-dir docs/isoflop_micro [--bootstrap 100]
+      [--isoflop-window 3]
 
 `sweep` draws, per objective family: loss vs compute with the fitted power law, IsoFLOP curves
 with their vertices, N_opt(C), fitted-vs-observed (Chinchilla), and the dual-ratio heat map when
@@ -60,8 +61,9 @@ def _arr(rows, k):
 PLOTS = ('compute', 'isoflop', 'chinchilla', 'dual')
 
 
-def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS):
-  """Sweep plots for a collected table (list of dicts); returns (files, fits)."""
+def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=0):
+  """Sweep plots for a collected table (list of dicts); returns (files, fits). isoflop_window:
+  sizes around each budget's minimum the IsoFLOP parabolas use (0: all; scaling.fit_isoflop)."""
   fams = _families(rows)
   files, fits = [], {}
   os.makedirs(out_dir, exist_ok=True)
@@ -69,7 +71,7 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS):
   if 'compute' in which:
     files += _compute_plot(fams, colors, fits, out_dir, bootstrap, seed)
   if 'isoflop' in which:
-    files += _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed)
+    files += _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed, isoflop_window)
   if 'chinchilla' in which:
     files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed)
   if 'dual' in which:
@@ -113,7 +115,7 @@ def _compute_plot(fams, colors, fits, out_dir, bootstrap, seed):
   return save(fig, os.path.join(out_dir, 'loss_vs_compute'))
 
 
-def _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed):
+def _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed, window=0):
   """IsoFLOP curves with their vertices, and N_opt(C)."""
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
   for f, rs in sorted(fams.items()):
@@ -121,7 +123,7 @@ def _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed):
     try:
       iso = scaling.fit('isoflop', dict(N=N, D=_arr(rs, 'D'), C=C, loss=L,
                                          run=np.array([r['run'] for r in rs], dtype=object)),
-                        bootstrap=bootstrap, seed=seed)
+                        bootstrap=bootstrap, seed=seed, window=window)
     except scaling.FitError as e:
       print(f'isoflop ({f}): {e}')
       continue
@@ -140,7 +142,8 @@ def _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed):
   ax.set_xscale('log')
   ax.set_xlabel('non-embedding parameters N')
   ax.set_ylabel('validation loss')
-  ax.set_title('IsoFLOP curves (darker = more compute; * vertex)')
+  ax.set_title('IsoFLOP curves (darker = more compute; * vertex' +
+               (f' of the {window} sizes around the minimum)' if window else ')'), fontsize=9)
   ax2.set_xscale('log')
   ax2.set_yscale('log')
   ax2.set_xlabel('compute C')
@@ -215,11 +218,14 @@ def main(argv=None):
   s.add_argument('table')
   s.add_argument('--out-dir', required=True)
   s.add_argument('--bootstrap', type=int, default=0)
+  s.add_argument('--isoflop-window', type=int, default=0,
+                 help='fit each IsoFLOP parabola to the K sizes around the budget minimum')
   a = ap.parse_args(argv)
   if a.cmd == 'curves':
     print('\n'.join(loss_curves(a.runs, a.metric, a.out)))
   else:
-    files, _ = sweep_plots(read_table(a.table), a.out_dir, a.bootstrap)
+    files, _ = sweep_plots(read_table(a.table), a.out_dir, a.bootstrap,
+                           isoflop_window=a.isoflop_window)
     print('\n'.join(files))
 
 

@@ -306,10 +306,23 @@ def group_budgets(C, rel=0.25):
   return labels
 
 
-def fit_isoflop(N, C, loss, runs=None):
+def window_around_min(x, loss, window):
+  """Indices of the `window` sizes nearest (in rank) to the smallest loss, shifted to stay inside
+  the grid; all of them when window is 0 or covers the grid."""
+  order = np.argsort(x)
+  if not window or window >= len(x):
+    return order
+  k = int(np.argmin(loss[order]))
+  lo = min(max(k - window // 2, 0), len(x) - window)
+  return order[lo:lo + window]
+
+
+def fit_isoflop(N, C, loss, runs=None, window=0):
   """Approach 2: per budget a parabola of loss in log N, its vertex N_opt(C) with a 95% residual
   bootstrap interval (budgets with > 3 sizes); then log N_opt = log G + a log C by least squares.
-  A budget needs >= 3 sizes."""
+  A budget needs >= 3 sizes. window > 0 fits each parabola to the `window` sizes around the
+  budget's smallest loss only (for grids reaching far past the optimum, where undertrained large
+  models flatten the profile into a non-parabolic plateau); 0 uses every size, as published."""
   N, C, loss = (np.asarray(x, float) for x in (N, C, loss))
   lab = group_budgets(C)
   budgets, warn = [], []
@@ -320,8 +333,10 @@ def fit_isoflop(N, C, loss, runs=None):
       names = ', '.join(str(r) for r in (np.asarray(runs)[m] if runs is not None else N[m]))
       raise FitError(f'isoflop: budget C={cb:.3g} has {len(set(N[m].tolist()))} distinct sizes '
                      f'(runs: {names}); a parabola needs at least 3')
-    x = np.log(N[m])
-    c2, c1, c0 = np.polyfit(x, loss[m], 2)
+    idx = np.flatnonzero(m)
+    idx = idx[window_around_min(np.log(N[idx]), loss[idx], window)]
+    x, y = np.log(N[idx]), loss[idx]
+    c2, c1, c0 = np.polyfit(x, y, 2)
     if c2 <= 0:
       warn.append(f'budget C={cb:.3g}: loss is not convex in log N; vertex undefined')
       continue
@@ -329,9 +344,9 @@ def fit_isoflop(N, C, loss, runs=None):
     if not x.min() <= xv <= x.max():
       warn.append(f'budget C={cb:.3g}: vertex N={math.exp(xv):.3g} lies outside the sampled '
                   f'sizes [{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]')
-    ci = vertex_interval(x, loss[m], (c2, c1, c0), 500, np.random.default_rng(0))
+    ci = vertex_interval(x, y, (c2, c1, c0), 500, np.random.default_rng(0))
     budgets.append(dict(C=cb, N_opt=float(math.exp(xv)), loss_opt=float(c0 + c1 * xv + c2 * xv**2),
-                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(m.sum()),
+                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(len(idx)),
                         N_opt_ci=[float(np.exp(v)) for v in ci] if ci else None))
   if len(budgets) < 2:
     raise FitError(f'isoflop: {len(budgets)} budgets with a vertex; need at least 2 to fit '
@@ -341,13 +356,14 @@ def fit_isoflop(N, C, loss, runs=None):
   for w in warn:
     print(f'warning: {w}', file=sys.stderr)
   return Fit('isoflop', dict(a=float(a), G=float(np.exp(logG)), b=float(1 - a)), 0.0, len(N),
-             True, extra=dict(budgets=budgets, warnings=warn))
+             True, extra=dict(budgets=budgets, warnings=warn, window=int(window)))
 
 
 # ---------------------------------------------------------------------------------- driver
 
-def fit(law, runs, fix=None, seed=0, bootstrap=0):
-  """Fits `law` to the runs table (dict of columns); returns the FIT.json dict."""
+def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0):
+  """Fits `law` to the runs table (dict of columns); returns the FIT.json dict. window: isoflop
+  only, the sizes around each budget's minimum its parabola uses (0: all, as published)."""
   fix = fix or {}
   if law not in LAWS:
     raise FitError(f'unknown law {law!r}: use {", ".join(LAWS)}')
@@ -370,7 +386,7 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0):
       return fit_data_constrained(r['N'], r['D'], r['U'], r['loss'], fix)
     if law == 'power':
       return fit_power(r['C'], r['loss'], r.get('family'))
-    return fit_isoflop(r['N'], r['C'], r['loss'], r.get('run'))
+    return fit_isoflop(r['N'], r['C'], r['loss'], r.get('run'), window)
 
   n = len(runs['loss'])
   main = one(np.arange(n))
@@ -441,10 +457,13 @@ def main(argv=None):
   f.add_argument('--bootstrap', type=int, default=0)
   f.add_argument('--fix', default='')
   f.add_argument('--seed', type=int, default=0)
+  f.add_argument('--window', type=int, default=0,
+                 help='isoflop: fit each parabola to the K sizes around the budget minimum '
+                 '(0: every size, the published procedure)')
   f.add_argument('--out', required=True)
   a = ap.parse_args(argv)
   try:
-    res = fit(a.law, read_runs(a.runs), parse_fix(a.fix), a.seed, a.bootstrap)
+    res = fit(a.law, read_runs(a.runs), parse_fix(a.fix), a.seed, a.bootstrap, a.window)
   except FitError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -55,6 +55,31 @@ def test_isoflop_recovers_the_exponent():
     assert b['N_opt_ci'][0] <= b['N_opt'] <= b['N_opt_ci'][1]
 
 
+def test_isoflop_window_ignores_a_plateau_past_the_optimum():
+  """Undertrained large models flatten each profile into a plateau: a parabola through all sizes
+  misplaces (or loses) the vertex; one through the sizes around the minimum recovers it."""
+  rows = []
+  for i, C in enumerate((1e18, 1e19, 1e20, 1e21)):
+    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    n_cap = n_opt * np.exp(0.8 + 0.6 * i)  # smaller budgets saturate closer to their optimum
+    cap = scaling.chinchilla_loss(TRUE, n_cap, C / (6 * n_cap))
+    for k in np.linspace(-1.0, 3.0, 9):
+      N = n_opt * np.exp(k)
+      rows.append((N, C, min(scaling.chinchilla_loss(TRUE, N, C / (6 * N)), cap)))
+  N, C, L = map(np.array, zip(*rows))
+  a_true = TRUE['beta'] / (TRUE['alpha'] + TRUE['beta'])
+  f = scaling.fit_isoflop(N, C, L, window=3)
+  assert f.params['a'] == pytest.approx(a_true, abs=0.03) and f.extra['window'] == 3
+  for b in f.extra['budgets']:
+    assert b['n_runs'] == 3
+  g = scaling.fit_isoflop(N, C, L)  # every size: the plateau drags the vertex away
+  assert abs(g.params['a'] - a_true) > 0.02
+  np.testing.assert_array_equal(scaling.window_around_min(np.arange(5.0), np.array([1, 0, 2, 3, 4.]), 3),
+                                [0, 1, 2])
+  np.testing.assert_array_equal(scaling.window_around_min(np.arange(5.0), np.array([4, 3, 2, 1, 0.]), 3),
+                                [2, 3, 4])
+
+
 def test_isoflop_needs_three_sizes_and_warns_outside():
   with pytest.raises(scaling.FitError, match='budget C=1e\\+18 has 2 distinct sizes.*r1, r2'):
     scaling.fit_isoflop([1e8, 2e8], [1e18, 1e18], [3.0, 2.9], runs=['r1', 'r2'])
