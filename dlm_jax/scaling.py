@@ -353,8 +353,6 @@ def fit_isoflop(N, C, loss, runs=None, window=0):
                    'N_opt ~ C^a')
   lc = np.log([b['C'] for b in budgets])
   a, logG = np.polyfit(lc, np.log([b['N_opt'] for b in budgets]), 1)
-  for w in warn:
-    print(f'warning: {w}', file=sys.stderr)
   return Fit('isoflop', dict(a=float(a), G=float(np.exp(logG)), b=float(1 - a)), 0.0, len(N),
              True, extra=dict(budgets=budgets, warnings=warn, window=int(window)))
 
@@ -390,6 +388,8 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0):
 
   n = len(runs['loss'])
   main = one(np.arange(n))
+  for w in main.extra.get('warnings', []):  # the main fit's only, not every bootstrap draw's
+    print(f'warning: {law}: {w}', file=sys.stderr)
   out = main.to_json()
   out['fixed'] = fix
   if law == 'chinchilla':
