@@ -1,17 +1,18 @@
-"""Base of the temporal/domain-shift probe (python -m dlm_jax.probes shift): the default small
-model trained on one era of the embedded corpus (the probe sets data.corpus to a file holding only
-that era's documents and the objective per run), then scored on both eras' validation windows."""
+"""Base of the temporal/domain-shift probe (python -m dlm_jax.probes shift): a small byte-level
+model (bytes, so no tokenizer fitted to either era) trained on one era of the embedded corpus (the
+probe sets data.corpus to a file holding only that era's documents and the objective per run),
+then scored on both eras' validation windows."""
 from dlm_jax import config
 
 
 def get_config():
   c = config.base()
   c.objective = 'ar'
-  c.data.tokenizer = 'bpe'
+  c.data.tokenizer = 'byte'
   c.data.seq_len = 128
-  c.model.d_model, c.model.num_layers, c.model.num_heads = 128, 4, 4
+  c.model.d_model, c.model.num_layers, c.model.num_heads = 64, 4, 4
   c.train.batch_size = 16
-  c.train.num_steps = 1500
+  c.train.num_steps = 2000
   c.train.lr = 3e-3
   c.train.warmup_steps = 100
   c.train.eval_every = 500
