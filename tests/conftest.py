@@ -34,3 +34,18 @@ def tiny_config(objective='dual', **train):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def train_tiny_run(tmp_dir, objective='dual', steps=4, tokenizer='byte'):
+  """Trains a tiny run through the real CLI; returns (config file, run dir, main command)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  cfg_path = os.path.join(str(tmp_dir), 'tiny_config.py')
+  with open(cfg_path, 'w', encoding='utf-8') as f:
+    f.write(f'import sys\nsys.path.insert(0, {os.path.join(ROOT, "tests")!r})\n'
+            'from conftest import tiny_config\n'
+            f'def get_config():\n  c = tiny_config({objective!r})\n  c.train.num_steps = {steps}\n'
+            f'  c.sample.num_samples = 0\n  c.data.tokenizer = {tokenizer!r}\n  return c\n')
+  run = os.path.join(str(tmp_dir), 'run')
+  main = [sys.executable, '-m', 'dlm_jax.main', '--config', cfg_path, '--workdir', run]
+  subprocess.run(main, check=True, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
+  return cfg_path, run, main

@@ -9,7 +9,7 @@ import pytest
 
 lm_eval = pytest.importorskip('lm_eval', reason='optional extra: pip install -e ".[lmeval]"')
 
-from conftest import ROOT  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import ROOT, train_tiny_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ITEMS = [dict(question='The cat sat on the', choices=['mat', 'moon', 'idea'], gold=0),
          dict(question='Once upon a', choices=['time', 'dog'], gold=0),
@@ -20,14 +20,7 @@ ITEMS = [dict(question='The cat sat on the', choices=['mat', 'moon', 'idea'], go
 @pytest.fixture(scope='module')
 def run_and_tasks(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('lmeval')
-  cfg = tmp / 'c.py'
-  cfg.write_text('import sys\nsys.path.insert(0, %r)\nfrom conftest import tiny_config\n'
-                 'def get_config():\n  c = tiny_config("dual")\n  c.train.num_steps = 6\n'
-                 '  c.sample.num_samples = 0\n  c.data.tokenizer = "byte"\n  return c\n'
-                 % os.path.join(ROOT, 'tests'))
-  run = str(tmp / 'run')
-  subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config', str(cfg), '--workdir', run],
-                 check=True, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
+  _, run, _ = train_tiny_run(tmp, 'dual', steps=6)
   data = tmp / 'mc.jsonl'
   data.write_text(''.join(json.dumps(x) + '\n' for x in ITEMS))
   texts = tmp / 'docs.jsonl'

@@ -3,7 +3,6 @@ computation, benchmark files built from Arrow data, and --mode eval end to end."
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from dlm_jax.data import benchmarks
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
 
-from conftest import ROOT
+from conftest import ROOT, train_tiny_run
 
 
 def _write(path, recs):
@@ -190,17 +189,10 @@ def test_build_from_the_real_package(tmp_path):
   assert counts == dict(piqa=1838, copa=100, lambada=5153, hellaswag=10042)
 
 
-def test_mode_eval_end_to_end(tmp_path, tiny):
+def test_mode_eval_end_to_end(tmp_path):
   """Train a tiny dual model, then --mode eval: likelihood table and a task, through main."""
-  cfg_path = tmp_path / 'c.py'
-  cfg_path.write_text('import sys\nsys.path.insert(0, %r)\nfrom conftest import tiny_config\n'
-                      'def get_config():\n  c = tiny_config("dual")\n  c.train.num_steps = 4\n'
-                      '  c.sample.num_samples = 0\n  c.data.tokenizer = "byte"\n  return c\n'
-                      % os.path.join(ROOT, 'tests'))
-  run = str(tmp_path / 'run')
+  _, run, main = train_tiny_run(tmp_path, 'dual', steps=4)
   env = dict(os.environ, PYTHONPATH=ROOT)
-  main = [sys.executable, '-m', 'dlm_jax.main', '--config', str(cfg_path), '--workdir', run]
-  subprocess.run(main, check=True, env=env, capture_output=True)
   task = _write(tmp_path / 'mc.jsonl', [{'context': 'The', 'choices': [' cat', ' dog'],
                                          'gold': 0}] * 3)
   r = subprocess.run(main + ['--mode', 'eval', f'--config.eval.tasks={task}',
