@@ -2,7 +2,7 @@
 
   python -m dlm_jax.plot curves RUN_DIR... [--metric mdm_nelbo] --out curves
   python -m dlm_jax.plot sweep RUNS.csv --out-dir docs/isoflop_micro [--bootstrap 100]
-      [--isoflop-window 3]
+      [--isoflop-window 3] [--chinchilla-bootstrap 0]
 
 `sweep` draws, per objective family: loss vs compute with the fitted power law, IsoFLOP curves
 with their vertices, N_opt(C), fitted-vs-observed (Chinchilla), and the dual-ratio heat map when
@@ -61,9 +61,12 @@ def _arr(rows, k):
 PLOTS = ('compute', 'isoflop', 'chinchilla', 'dual')
 
 
-def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=0):
+def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=0,
+                chinchilla_bootstrap=None):
   """Sweep plots for a collected table (list of dicts); returns (files, fits). isoflop_window:
-  sizes around each budget's minimum the IsoFLOP parabolas use (0: all; scaling.fit_isoflop)."""
+  sizes around each budget's minimum the IsoFLOP parabolas use (0: all; scaling.fit_isoflop).
+  chinchilla_bootstrap: resamples for the Chinchilla fits (each a multi-start L-BFGS fit, by far
+  the slowest); None: `bootstrap`."""
   fams = _families(rows)
   files, fits = [], {}
   os.makedirs(out_dir, exist_ok=True)
@@ -73,7 +76,8 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=
   if 'isoflop' in which:
     files += _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed, isoflop_window)
   if 'chinchilla' in which:
-    files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed)
+    files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap if chinchilla_bootstrap is None
+                              else chinchilla_bootstrap, seed)
   if 'dual' in which:
     files += _dual_plot(rows, fits, out_dir)
   with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
@@ -220,12 +224,15 @@ def main(argv=None):
   s.add_argument('--bootstrap', type=int, default=0)
   s.add_argument('--isoflop-window', type=int, default=0,
                  help='fit each IsoFLOP parabola to the K sizes around the budget minimum')
+  s.add_argument('--chinchilla-bootstrap', type=int, default=None,
+                 help='resamples for the Chinchilla fits (default: --bootstrap)')
   a = ap.parse_args(argv)
   if a.cmd == 'curves':
     print('\n'.join(loss_curves(a.runs, a.metric, a.out)))
   else:
     files, _ = sweep_plots(read_table(a.table), a.out_dir, a.bootstrap,
-                           isoflop_window=a.isoflop_window)
+                           isoflop_window=a.isoflop_window,
+                           chinchilla_bootstrap=a.chinchilla_bootstrap)
     print('\n'.join(files))
 
 
