@@ -210,7 +210,7 @@ def run(cfg, workdir):
   pred_dir = os.path.join(workdir, 'eval', e.name)
   for name, path in tasks:
     t1 = time.time()
-    res = zeroshot.score_items(scorer, est, items[name], tok, cfg.data.seq_len, path)
+    res = zeroshot.score_items(scorer, est, items[name], tok, cfg.data.seq_len)
     preds = res.pop('predictions')
     res['seconds'] = round(time.time() - t1, 3)
     out['tasks'][name] = res

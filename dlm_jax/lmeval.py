@@ -58,7 +58,7 @@ class DlmJaxLM(LM):
   def _score(self, pairs, greedy=False):
     lls, hits = [], []
     for s in range(0, len(pairs), self.batch):
-      x, score, _ = zeroshot.rows(pairs[s:s + self.batch], self.L)
+      x, score, _, _ = zeroshot.rows(pairs[s:s + self.batch], self.L)
       lls.append(self.scorer(self.estimator, x, score)['logp'])
       if greedy:
         hits.append(self.scorer.greedy(self.greedy_mode, x, score))

@@ -8,8 +8,9 @@ byte of the targets.
 
 Contexts are tokenised as lm-eval does (trailing spaces of the context move to the continuation;
 the continuation's ids are the tail of the encoded whole). A context that does not fit is cut
-from the left so that the continuation and the end of the context fill data.seq_len; a
-continuation longer than data.seq_len is an error naming the file and line.
+from the left so that the continuation and the end of the context fill data.seq_len; an option
+longer than data.seq_len by itself keeps (and is scored on) its last data.seq_len tokens. Both
+cuts are counted in the result (`truncated`, `continuation_truncated`).
 """
 import math
 
@@ -30,23 +31,25 @@ def encode_pair(tok, context, continuation):
   return whole[:len(ctx)], whole[len(ctx):]
 
 
-def rows(pairs, seq_len, where=None):
-  """(targets_NxL, score_NxL, truncated count) for (context ids, continuation ids) pairs."""
+def rows(pairs, seq_len):
+  """(targets_NxL, score_NxL, rows cut, rows whose continuation was cut) for (context ids,
+  continuation ids) pairs. A row longer than seq_len keeps its last seq_len tokens (as
+  lm-eval-harness keeps the last max_length + 1): the context is cut from the left first; a
+  continuation longer than seq_len keeps only its last seq_len tokens, and only those are scored."""
   N = len(pairs)
   x = np.full((N, seq_len), PAD, np.int32)
   score = np.zeros((N, seq_len), bool)
-  cut = 0
+  cut = cut_cont = 0
   for n, (c, t) in enumerate(pairs):
-    if len(t) > seq_len:
-      loc = where[n] if where else f'item {n}'
-      raise DataError(f'{loc}: the continuation is {len(t)} tokens, longer than data.seq_len='
-                      f'{seq_len}')
     ids = np.concatenate([c, t])
+    n_t = len(t)
     if len(ids) > seq_len:
       ids, cut = ids[-seq_len:], cut + 1
+      if n_t > seq_len:
+        n_t, cut_cont = seq_len, cut_cont + 1
     x[n, :len(ids)] = ids
-    score[n, len(ids) - len(t):len(ids)] = True
-  return x, score, cut
+    score[n, len(ids) - n_t:len(ids)] = True
+  return x, score, cut, cut_cont
 
 
 def _stderr(hits):
@@ -54,9 +57,9 @@ def _stderr(hits):
   return float(np.std(hits, ddof=1) / math.sqrt(n)) if n > 1 else float('nan')
 
 
-def score_items(scorer, estimator, items, tok, seq_len, path='<items>', batch_rows=256):
+def score_items(scorer, estimator, items, tok, seq_len, batch_rows=256):
   """Metrics and per-item predictions for one task's items under one estimator."""
-  where, pairs, owner = [], [], []
+  pairs, owner = [], []
   for k, it in enumerate(items):
     if it['kind'] == 'target':
       opts = [(it['context'], it['target'])]
@@ -65,12 +68,12 @@ def score_items(scorer, estimator, items, tok, seq_len, path='<items>', batch_ro
     for c, t in opts:
       pairs.append(encode_pair(tok, c, t))
       owner.append(k)
-      where.append(f'{path} item {k + 1}')
-  x, score, cut = rows(pairs, seq_len, where)
+  x, score, cut, cut_cont = rows(pairs, seq_len)
   ll = np.zeros(len(pairs))
   for s in range(0, len(pairs), batch_rows):
     ll[s:s + batch_rows] = scorer(estimator, x[s:s + batch_rows], score[s:s + batch_rows])['logp']
-  out = dict(estimator=estimator, items=len(items), truncated=int(cut))
+  out = dict(estimator=estimator, items=len(items), truncated=int(cut),
+             continuation_truncated=int(cut_cont))
   if items[0]['kind'] == 'target':
     mode = 'ar' if estimator == 'ar' else 'mdm'
     hits = np.concatenate([scorer.greedy(mode, x[s:s + batch_rows], score[s:s + batch_rows])

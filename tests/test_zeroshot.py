@@ -62,13 +62,15 @@ def test_encode_pair_moves_trailing_space_like_lm_eval():
   assert list(t) == list(tok.encode_batch([' sat'])[0])
 
 
-def test_context_truncated_from_the_left_and_long_continuation_rejected():
-  pairs = [(np.arange(10, 20), np.arange(30, 33))]
-  x, score, cut = zeroshot.rows(pairs, 8)
-  assert cut == 1 and list(x[0]) == [15, 16, 17, 18, 19, 30, 31, 32]
+def test_rows_cut_from_the_left_as_documented():
+  x, score, cut, cut_cont = zeroshot.rows([(np.arange(10, 20), np.arange(30, 33)),
+                                           (np.arange(10, 12), np.arange(40, 43))], 8)
+  assert (cut, cut_cont) == (1, 0) and list(x[0]) == [15, 16, 17, 18, 19, 30, 31, 32]
   assert list(np.flatnonzero(score[0])) == [5, 6, 7]
-  with pytest.raises(DataError, match='f.jsonl item 1: the continuation is 9 tokens'):
-    zeroshot.rows([(np.arange(2), np.arange(9))], 8, ['f.jsonl item 1'])
+  assert list(x[1][:5]) == [10, 11, 40, 41, 42] and list(np.flatnonzero(score[1])) == [2, 3, 4]
+  # an option longer than the model's length keeps, and is scored on, its last seq_len tokens
+  x, score, cut, cut_cont = zeroshot.rows([(np.arange(2), np.arange(50, 59))], 8)
+  assert (cut, cut_cont) == (1, 1) and list(x[0]) == list(range(51, 59)) and score[0].all()
 
 
 @pytest.fixture(scope='module')
@@ -87,7 +89,7 @@ def test_multiple_choice_scoring_equals_hand_computation(tiny_model, tmp_path):
       {'contexts': ['ab', 'cd'], 'continuation': 'ef', 'gold': 0}])
   items = benchmarks.read(p)
   sc = likelihood.Scorer(model, params, chunk=3)
-  res = zeroshot.score_items(sc, 'ar', items, tok, 32, p)
+  res = zeroshot.score_items(sc, 'ar', items, tok, 32)
 
   def hand(ctx, cont):  # log p(cont | ctx) from one causal pass
     ids = np.concatenate([tok.encode_batch([ctx])[0], tok.encode_batch([cont])[0]])
@@ -121,7 +123,7 @@ def test_target_items_accuracy_and_perplexity(tiny_model, tmp_path):
   p = _write(tmp_path / 'lam.jsonl', [{'context': 'hello', 'target': greedy_char},
                                       {'context': 'hello', 'target': 'zzzz'}])
   items = benchmarks.read(p)
-  res = zeroshot.score_items(sc, 'ar', items, tok, 32, p)
+  res = zeroshot.score_items(sc, 'ar', items, tok, 32)
   hits = [q['hit'] for q in res['predictions']]
   assert hits[0] is True
   lls = [q['ll'] for q in res['predictions']]
