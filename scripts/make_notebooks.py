@@ -43,6 +43,8 @@ def scaling_nb():
                        "'docs/isoflop_micro/runs.csv')\nOUT_DIR = os.environ.get("
                        "'DLM_JAX_NB_OUT', 'notebook_out/scaling')\nBOOTSTRAP = int("
                        "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '20'))\n"
+                       "# IsoFLOP parabolas through the K sizes around each budget's minimum (0: all)\n"
+                       "ISOFLOP_WINDOW = int(os.environ.get('DLM_JAX_NB_ISOFLOP_WINDOW', '3'))\n"
                        "# the Chinchilla fit runs L-BFGS from 4,500 grid points per family (minutes)\n"
                        "CHINCHILLA = os.environ.get('DLM_JAX_NB_CHINCHILLA', '1') == '1'"),
       v4.new_markdown_cell('## The runs (missing and failed runs stay in the table)'),
@@ -51,7 +53,8 @@ def scaling_nb():
                        "df[['run', 'status', 'objective', 'N', 'D', 'C', 'loss']].head(12)"),
       v4.new_markdown_cell('## Fits and plots'),
       v4.new_code_cell("files, fits = plot.sweep_plots(rows, OUT_DIR, bootstrap=BOOTSTRAP, "
-                       "which=('compute', 'isoflop') + (('chinchilla',) if CHINCHILLA else ()))\n"
+                       "which=('compute', 'isoflop') + (('chinchilla',) if CHINCHILLA else ()), "
+                       "isoflop_window=ISOFLOP_WINDOW, chinchilla_bootstrap=0)\n"
                        "for f in files:\n  if f.endswith('.png'):\n    display(Image(f))"),
       v4.new_code_cell("for name, fit in fits.items():\n"
                        "  print(name, json.dumps(fit['params'], default=float)[:300])\n"
