@@ -307,7 +307,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(bool(e.name) and '/' not in e.name, 'eval.name', f'{e.name!r} is not a file name')
   _need(cfg.sample.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
   _need(cfg.sample.steps >= 1, 'sample.steps', f'must be >= 1, got {cfg.sample.steps}')
-  _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', f'must be in [0, data.seq_len]')
+  _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
   _need(cfg.sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
   for k in ('data', 'fsdp', 'tensor'):
     _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')

@@ -55,7 +55,6 @@ def test_all_shipped_configs_validate():
   """Every config file, and every run of every sweep file (base config + its overrides)."""
   import importlib.util
   import glob
-  from dlm_jax import sweep
   n_runs = 0
   for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True):
     spec = importlib.util.spec_from_file_location('c', path)

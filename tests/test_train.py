@@ -8,7 +8,6 @@ import pytest
 
 from conftest import tiny_config
 from dlm_jax import train
-from dlm_jax.data import pipeline
 
 
 def rows(wd):
