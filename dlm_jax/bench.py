@@ -96,8 +96,7 @@ def bench_eval(cfg, rows, names):
   cfg = setup.cfg
   _, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)
   e = cfg.eval
-  sc = likelihood.Scorer(setup.model, params, chunk=e.chunk, dcfg=cfg.diffusion,
-                         nelbo_samples=e.nelbo_samples, span=e.pll_span, tokenizer=setup.tokenizer)
+  sc = likelihood.Scorer.from_config(setup.model, params, cfg, setup.tokenizer)
   x, _ = evaluate.validation_windows(cfg, '', rows)
   out = []
   for est in names:

@@ -196,9 +196,7 @@ def run(cfg, workdir):
   cfg = config_lib.resolve(cfg, tok.vocab_size)
   params, step = train.load_params(workdir, cfg, what=f'--workdir {workdir}')
   model = model_lib.Transformer(cfg.model)
-  scorer = likelihood.Scorer(model, params, chunk=e.chunk, dcfg=cfg.diffusion,
-                             nelbo_samples=e.nelbo_samples, span=e.pll_span, seed=e.seed,
-                             tokenizer=tok)
+  scorer = likelihood.Scorer.from_config(model, params, cfg, tok)
   t0 = time.time()
   out = dict(run=os.path.abspath(workdir), step=int(step), objective=cfg.objective,
              corpus=e.corpus or cfg.data.corpus, date=time.strftime('%Y-%m-%d'), likelihood={},

@@ -120,6 +120,14 @@ class Scorer:
     self._masked = jax.jit(masked)
     self._model = model
 
+  @classmethod
+  def from_config(cls, model, params, cfg, tokenizer=None):
+    """A Scorer with the run config's eval.* settings (chunk, NELBO samples, span, seed) and
+    diffusion schedule."""
+    e = cfg.eval
+    return cls(model, params, chunk=e.chunk, dcfg=cfg.diffusion, nelbo_samples=e.nelbo_samples,
+               span=e.pll_span, seed=e.seed, tokenizer=tokenizer)
+
   # -- the passes
   def _chunks(self, fn, *arrays):
     """fn over fixed-size chunks of the leading axis; outputs concatenated (padding dropped)."""

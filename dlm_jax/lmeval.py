@@ -50,10 +50,7 @@ class DlmJaxLM(LM):
     self.greedy_mode = greedy or ('ar' if estimator == 'ar' else 'mdm')
     self.L = self.cfg.data.seq_len
     self.batch = int(batch_size)
-    e = self.cfg.eval
-    self.scorer = likelihood.Scorer(self.model, self.params, chunk=e.chunk, dcfg=self.cfg.diffusion,
-                                    nelbo_samples=e.nelbo_samples, span=e.pll_span, seed=e.seed,
-                                    tokenizer=self.tok)
+    self.scorer = likelihood.Scorer.from_config(self.model, self.params, self.cfg, self.tok)
 
   def _score(self, pairs, greedy=False):
     lls, hits = [], []
