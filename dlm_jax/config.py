@@ -116,11 +116,27 @@ def base() -> ml_collections.ConfigDict:
       task_estimator='auto',   # log-likelihood of an option; auto: ar for AR runs, else nelbo
       task_limit=0,            # the first N items of each task (0: all)
   ))
-  c.sample = ml_collections.ConfigDict(dict(
-      num_samples=4,
-      length=0,                # 0: data.seq_len
-      steps=64,
-      temperature=1.0,
+  c.sample = ml_collections.ConfigDict(dict(  # sample.py; at the end of training and --mode sample
+      num_samples=4,           # samples per mode (with prompts: the first N prompts; 0: all)
+      mode='auto',             # auto: every mode the objective trains | ar | mdm | both
+      length=0,                # new tokens per sample; 0: data.seq_len
+      prompts='',              # '' unconditional | data:N (first N tokens of validation windows)
+                               # | a .txt (a prompt per line) | a .jsonl ({"prompt", "suffix"})
+      steps=64,                # MDM: T denoising steps
+      grid='uniform',          # MDM time grid: uniform | cosine
+      strategy='ancestral',    # MDM: ancestral | confidence (most confident first)
+      block_size=0,            # MDM: semi-autoregressive block length (0: one block)
+      temperature=1.0,         # 0: greedy
+      top_k=0,                 # 0: off
+      top_p=1.0,               # nucleus mass in (0, 1]; 1: off
+      guidance=0.0,            # MDM: unsupervised classifier-free guidance weight w
+      reuse_logits=True,       # MDM: reuse a step's logits when the previous step revealed nothing
+      kv_cache=True,           # AR: KV cache (False: recompute the prefix per token)
+      stop_at_eos=True,        # AR stops at EOS; MDM text is cut there
+      batch_size=16,           # prompts per compiled sampling call
+      scorer='',               # generative perplexity: an AR-capable run dir; '': this run unless
+                               # it is MDM-only; 'none': off (--mode sample only)
+      seed=0,                  # --mode sample
   ))
   c.mesh = ml_collections.ConfigDict(dict(  # device mesh; -1: the remaining devices
       data=-1,                 # pure data parallelism (replicated parameters)
@@ -306,9 +322,15 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(e[k] >= 1, f'eval.{k}', f'must be >= 1, got {e[k]}')
   _need(bool(e.name) and '/' not in e.name, 'eval.name', f'{e.name!r} is not a file name')
   _need(cfg.sample.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
-  _need(cfg.sample.steps >= 1, 'sample.steps', f'must be >= 1, got {cfg.sample.steps}')
+  _need(cfg.sample.batch_size >= 1, 'sample.batch_size', 'must be >= 1')
   _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
-  _need(cfg.sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
+  _choice(cfg, 'sample.mode', ('auto', 'ar', 'mdm', 'both'))
+  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+  try:
+    for mode in sample.modes_for(cfg):
+      sample.settings_from_config(cfg, mode).check()
+  except sample.SampleError as err:
+    raise ConfigError(f'config.{err}') from None
   for k in ('data', 'fsdp', 'tensor'):
     _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')
   _need(t.grad_accum >= 1, 'train.grad_accum', f'must be >= 1, got {t.grad_accum}')

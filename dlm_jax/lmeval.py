@@ -11,14 +11,14 @@ Importing this module registers the model name `dlm_jax`, so `lm_eval --model dl
                          (AR teacher-forced argmax; MDM most-confident-first infilling).
   loglikelihood_rolling  the harness's disjoint rolling windows of data.seq_len tokens, each
                          window's tokens scored given the previous window's tail.
-  generate_until         greedy: AR token by token (causal); MDM fills max_gen_toks masked
-                         positions after the context most-confident-first; cut at `until`/EOS.
+  generate_until         greedy (sample.py): AR with the KV cache; MDM fills max_gen_toks
+                         masked positions after the context most-confident-first, one per step;
+                         cut at `until`/EOS.
 Contexts are tokenised as the harness does (zeroshot.encode_pair) and cut from the left to fit.
 """
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -26,7 +26,6 @@ from lm_eval import utils as lm_utils
 
 from dlm_jax import evaluate
 from dlm_jax import likelihood
-from dlm_jax import objectives
 from dlm_jax import sample
 from dlm_jax import train
 from dlm_jax import zeroshot
@@ -51,6 +50,7 @@ class DlmJaxLM(LM):
     self.L = self.cfg.data.seq_len
     self.batch = int(batch_size)
     self.scorer = likelihood.Scorer.from_config(self.model, self.params, self.cfg, self.tok)
+    self.sampler = sample.Sampler(self.model, self.params, context=self.L)
 
   def _score(self, pairs, greedy=False):
     lls, hits = [], []
@@ -100,27 +100,10 @@ class DlmJaxLM(LM):
     return outs
 
   def _greedy_generate(self, ctx_ids, n):
-    x = np.full((1, self.L), PAD, np.int32)
-    x[0, :len(ctx_ids)] = ctx_ids
-    c = len(ctx_ids)
-    if self.greedy_mode == 'mdm':
-      fill = np.zeros((1, self.L), bool)
-      fill[0, c:c + n] = True
-      out = jax.jit(lambda p, a, f: sample.mdm_infill_greedy(self.model, p, a, f, n))(
-          self.params, jnp.asarray(x), jnp.asarray(fill))
-      return np.asarray(out)[0, c:c + n]
-
-    @jax.jit
-    def step(params, x_1xL, i):
-      logits = self.model.apply({'params': params}, objectives.shift_inputs(x_1xL), 'causal')
-      return jnp.argmax(logits[0, i]).astype(jnp.int32)
-    x = jnp.asarray(x)
-    for i in range(c, c + n):
-      t = step(self.params, x, i)
-      x = x.at[0, i].set(t)
-      if int(t) == EOS:
-        break
-    return np.asarray(x)[0, c:c + n]
+    st = sample.Settings(mode=self.greedy_mode if self.greedy_mode == 'ar' else 'mdm', length=n,
+                         steps=n, strategy='confidence', temperature=0.0)
+    out = self.sampler.generate(jax.random.PRNGKey(0), [ctx_ids], st)['tokens'][0]
+    return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
-"""Entry point: python -m dlm_jax.main --config configs/default.py --workdir runs/x [--mode train|eval].
+"""Entry point: python -m dlm_jax.main --config configs/default.py --workdir runs/x
+[--mode train|eval|sample].
 
 Config errors print one line naming the key and exit with status 2 before anything is written.
 """
@@ -11,9 +12,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; rerun resumes).')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train: train (or resume) the run; '
-                          'eval: likelihood estimators and zero-shot tasks (config.eval) on the '
-                          "run's latest checkpoint, written to eval/<eval.name>.json.")
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'],
+                          'train: train (or resume) the run; eval: likelihood estimators and '
+                          "zero-shot tasks (config.eval) on the run's latest checkpoint, written "
+                          'to eval/<eval.name>.json; sample: samples (config.sample) from it, '
+                          'with generative perplexity, appended to samples.jsonl.')
 _COORD = flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                              '(automatic on TPU pods and under SLURM srun).')
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
@@ -60,6 +63,8 @@ def main(argv=None):
     fail(str(e), 1)
   if _MODE.value == 'eval':
     return _eval(cfg, DataError)
+  if _MODE.value == 'sample':
+    return _sample(cfg, DataError)
   try:
     summary = train.train_and_evaluate(cfg, _WORKDIR.value)
   except (config_lib.ConfigError, sharding.MeshError) as e:
@@ -91,6 +96,20 @@ def _eval(cfg, data_error):
     fail(str(e), 1)
   print(evaluate.format_table(res))
   print(f'wrote {os.path.join(os.path.abspath(_WORKDIR.value), "eval", cfg.eval.name + ".json")}')
+
+
+def _sample(cfg, data_error):
+  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+  from dlm_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    rows, summary = sample.run(cfg, _WORKDIR.value)
+  except sample.SampleError as e:
+    fail(str(e))
+  except (data_error, FileNotFoundError, train.TrainingError) as e:
+    fail(str(e), 1)
+  print(sample.format_summary(summary))
+  print(f'wrote {len(rows)} samples to '
+        f'{os.path.join(os.path.abspath(_WORKDIR.value), "samples.jsonl")}')
 
 
 if __name__ == '__main__':

@@ -52,11 +52,13 @@ def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
   return allowed_BxLxL[:, None], False
 
 
-def rope(x_BxLxNxH, base: float):
-  """Rotary position embedding on the last axis (half-split convention)."""
+def rope(x_BxLxNxH, base: float, offset=0):
+  """Rotary position embedding on the last axis (half-split convention); the first row is at
+  position `offset` (a decode step)."""
   L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
   inv_freq_K = 1.0 / (base ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
-  ang_LxK = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq_K[None]
+  pos_L = jnp.arange(L, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
+  ang_LxK = pos_L[:, None] * inv_freq_K[None]
   sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]
   x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -78,12 +80,15 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm attention + SwiGLU MLP; returns (x, None) so it can run under nn.scan."""
+  """Pre-norm attention + SwiGLU MLP; returns (x, kv) so it can run under nn.scan. With a KV
+  cache (k_BxSxNxH, v_BxSxNxH) the T inputs sit at positions pos..pos+T-1: their keys and values
+  are written into the cache at pos and the queries attend over the whole cache under `mask`;
+  kv is then the updated cache (else None)."""
   cfg: object  # a resolved config.model (ConfigDict)
   mesh: Any = None  # activation sharding constraints when set
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask, is_causal, deterministic):
+  def __call__(self, x_BxLxD, mask, is_causal, deterministic, kv=None, pos=None):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     N, H = c.num_heads, c.d_model // c.num_heads
@@ -96,10 +101,21 @@ class Block(nn.Module):
 
     h_BxLxD = RMSNorm(dt, pdt, name='attn_norm')(x_BxLxD)
     heads = lambda y: constrain(y, self.mesh, BATCH, None, 'tensor', None)
-    q_BxLxNxH = heads(rope(qkv('q')(h_BxLxD), c.rope_base))
-    k_BxLxNxH = heads(rope(qkv('k')(h_BxLxD), c.rope_base))
+    offset = 0 if kv is None else pos
+    q_BxLxNxH = heads(rope(qkv('q')(h_BxLxD), c.rope_base, offset))
+    k_BxLxNxH = heads(rope(qkv('k')(h_BxLxD), c.rope_base, offset))
     v_BxLxNxH = heads(qkv('v')(h_BxLxD))
-    if c.attn_dropout > 0 and not deterministic:
+    if kv is not None:
+      k_cache_BxSxNxH, v_cache_BxSxNxH = kv
+      start = (0, pos, 0, 0)
+      k_cache_BxSxNxH = jax.lax.dynamic_update_slice(
+          k_cache_BxSxNxH, k_BxLxNxH.astype(k_cache_BxSxNxH.dtype), start)
+      v_cache_BxSxNxH = jax.lax.dynamic_update_slice(
+          v_cache_BxSxNxH, v_BxLxNxH.astype(v_cache_BxSxNxH.dtype), start)
+      kv = (k_cache_BxSxNxH, v_cache_BxSxNxH)
+      o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_cache_BxSxNxH, v_cache_BxSxNxH,
+                                               mask=mask)
+    elif c.attn_dropout > 0 and not deterministic:
       # Explicit softmax so probabilities can be dropped out; same maths as the fused kernel.
       s_BxNxLxL = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxLxNxH).astype(jnp.float32)
       s_BxNxLxL = s_BxNxLxL / jnp.sqrt(H).astype(jnp.float32)
@@ -125,17 +141,21 @@ class Block(nn.Module):
     a_BxLxF = constrain(a_BxLxF, self.mesh, BATCH, None, 'tensor')
     y_BxLxD = dense(c.d_model, kernel_init=out_init('mlp', 'embed'), name='down')(a_BxLxF)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(y_BxLxD, deterministic=deterministic)
-    return constrain(x_BxLxD, self.mesh, BATCH, None, None), None
+    return constrain(x_BxLxD, self.mesh, BATCH, None, None), kv
 
 
 class Transformer(nn.Module):
-  """tokens_BxL -> logits_BxLxV (float32). `attention` is static; prefix/segments are arrays."""
+  """tokens_BxL -> logits_BxLxV (float32). `attention` is static; prefix/segments are arrays.
+
+  Incremental causal decoding: with cache=init_cache(...) and cache_pos=p, tokens_BxT are the
+  inputs at positions p..p+T-1 (causal over everything before them in the cache) and the call
+  returns (logits_BxTxV, updated cache)."""
   cfg: object
   mesh: Any = None  # a jax Mesh: pin activation layouts (sharding.py); None: let XLA choose
 
   @nn.compact
   def __call__(self, tokens_BxL, attention: str = 'causal', prefix_len_B=None,
-               segment_ids_BxL=None, deterministic: bool = True):
+               segment_ids_BxL=None, deterministic: bool = True, cache=None, cache_pos=None):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     embed = nn.Embed(c.vocab_size, c.d_model,
@@ -144,23 +164,37 @@ class Transformer(nn.Module):
                      dtype=dt, param_dtype=pdt, name='embed')
     x_BxLxD = constrain(embed(tokens_BxL), self.mesh, BATCH, None, None)
     x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
-    mask, is_causal = attention_mask(attention, tokens_BxL.shape[1], prefix_len_B,
-                                     segment_ids_BxL)
+    if cache is None:
+      mask, is_causal = attention_mask(attention, tokens_BxL.shape[1], prefix_len_B,
+                                       segment_ids_BxL)
+      kv = None
+    else:
+      if attention != 'causal' or segment_ids_BxL is not None or prefix_len_B is not None:
+        raise ValueError('a KV cache decodes causally, without segments or prefixes')
+      T, S = tokens_BxL.shape[1], cache['k'].shape[2]
+      q_pos_T = cache_pos + jnp.arange(T)
+      mask, is_causal = (jnp.arange(S)[None, :] <= q_pos_T[:, None])[None, None], False
+      kv = (cache['k'], cache['v'])
     block = Block
-    if c.remat != 'none':
+    if c.remat != 'none' and cache is None:
       policy = (jax.checkpoint_policies.checkpoint_dots if c.remat == 'dots' else None)
       block = nn.remat(Block, static_argnums=(2, 3), policy=policy, prevent_cse=not c.scan_layers)
     if c.scan_layers:
-      x_BxLxD, _ = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
+      x_BxLxD, kv = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                             'dropout': True},
-                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
                            metadata_params={nn.PARTITION_NAME: 'layers'},
                            length=c.num_layers)(c, self.mesh, name='layers')(
-                               x_BxLxD, mask, is_causal, deterministic)
+                               x_BxLxD, mask, is_causal, deterministic, kv, cache_pos)
     else:
+      new_kv = []
       for i in range(c.num_layers):
-        x_BxLxD, _ = block(c, self.mesh, name=f'layers_{i}')(x_BxLxD, mask, is_causal,
-                                                             deterministic)
+        kv_i = None if kv is None else (kv[0][i], kv[1][i])
+        x_BxLxD, kv_i = block(c, self.mesh, name=f'layers_{i}')(x_BxLxD, mask, is_causal,
+                                                                deterministic, kv_i, cache_pos)
+        new_kv.append(kv_i)
+      if kv is not None:
+        kv = tuple(jnp.stack([layer[j] for layer in new_kv]) for j in (0, 1))
     x_BxLxD = RMSNorm(dt, pdt, name='final_norm')(x_BxLxD)
     if c.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
@@ -169,8 +203,17 @@ class Transformer(nn.Module):
                               kernel_init=nn.with_logical_partitioning(
                                   nn.initializers.normal(0.02), ('embed', 'vocab')),
                               name='head')(x_BxLxD)
-    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-    return logits_BxLxV.at[..., MASK].set(NEG_INF)
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32).at[..., MASK].set(NEG_INF)
+    if cache is None:
+      return logits_BxLxV
+    return logits_BxLxV, dict(k=kv[0], v=kv[1])
+
+
+def init_cache(cfg, batch: int, length: int):
+  """An empty KV cache for `length` positions: k, v of shape layers x B x S x heads x head_dim in
+  the compute dtype."""
+  shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+  return dict(k=jnp.zeros(shape, DTYPES[cfg.dtype]), v=jnp.zeros(shape, DTYPES[cfg.dtype]))
 
 
 def _init_boxed(cfg, rng, seq_len):

@@ -1,107 +1,562 @@
-"""Samplers. For now: AR ancestral sampling (full recompute per token) and the MDM ancestral
-sampler on a uniform time grid. KV caching, confidence-based unmasking and guidance: issue 8.
+"""Samplers for every mode one set of weights trains, and generative perplexity.
+
+Shifted parameterisation: the model reads u = [BOS, x_0..x_{L-2}] and its logits at position i
+predict x_i, in both attention modes.
+
+  AR   x_i ~ p(x_i | x_<i), causal; a KV cache (model.init_cache) holds the keys and values of
+       earlier positions, so each token costs one single-position pass. Prompts of different
+       lengths share a batch: the prompts are prefilled in one pass, then every row steps in
+       lockstep from the shortest prompt, copying its own prompt tokens until it reaches its own
+       end; a row stops at EOS. The whole loop is one compiled lax.while_loop.
+  MDM  a canvas of [MASK]s (with any positions fixed: a prompt, a suffix, any infilling pattern)
+       is revealed from t=1 to t=0 over a grid of T steps (uniform, or cosine: more reveals late):
+         ancestral   a masked token is revealed between t and s < t w.p.
+                     (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from p(x | z_t)
+         confidence  exactly as many tokens as the schedule expects, the most confident first
+                     (MaskGIT / LLaDA low-confidence remasking; T = L and temperature 0: one
+                     greedy token per step)
+       semi-autoregressive blocks (block_size > 0) reveal the canvas block by block, T / blocks
+       steps each, later blocks staying masked (but visible) meanwhile. A step that revealed
+       nothing leaves the input unchanged, so the next step reuses its logits (MDLM's caching;
+       `nfe` counts the passes actually run). A final pass fills any [MASK] left.
+  CFG  unsupervised classifier-free guidance (Nie et al., SMDM): log-probabilities
+       l = l_u + (1 + w) (l_c - l_u), l_u from the same model with the prompt (every fixed
+       position) replaced by [MASK]; w = 0 is plain conditional sampling.
+
+Generative perplexity: the samples scored by an AR model trained by this codebase
+(`GenerativeScorer`), with each sample's unigram entropy (repetitive text has low perplexity and
+low entropy).
 """
+import dataclasses
+import functools
 import json
+import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlm_jax import masking
+from dlm_jax import model as model_lib
 from dlm_jax import objectives
-from dlm_jax import sharding
-from dlm_jax.data.tokenizers import MASK
+from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+
+MODES = ('ar', 'mdm')
+GRIDS = ('uniform', 'cosine')
+STRATEGIES = ('ancestral', 'confidence')
 
 
-def _draw(rng, logits_BxLxV, temperature):
-  if temperature == 0:
+class SampleError(ValueError):
+  """Bad sampling arguments or prompts; the message names the argument."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What to sample; the names are the config's sample.* keys."""
+  mode: str = 'mdm'              # ar | mdm
+  length: int = 128              # new tokens per sample (MDM: the masked span)
+  steps: int = 64                # MDM: T, denoising steps
+  grid: str = 'uniform'          # MDM time grid: uniform | cosine
+  strategy: str = 'ancestral'    # MDM: ancestral | confidence
+  block_size: int = 0            # MDM semi-autoregressive block length (0: one block)
+  temperature: float = 1.0       # 0: greedy (argmax)
+  top_k: int = 0                 # 0: off
+  top_p: float = 1.0             # nucleus; 1: off
+  guidance: float = 0.0          # MDM: unsupervised CFG weight w
+  reuse_logits: bool = True      # MDM: skip the pass when the previous step revealed nothing
+  kv_cache: bool = True          # AR: False recomputes the whole prefix per token (reference)
+  stop_at_eos: bool = True       # AR stops at EOS; MDM text is cut at the first EOS
+
+  def check(self):
+    def need(ok, name, msg):
+      if not ok:
+        raise SampleError(f'sample.{name}: {msg}')
+    need(self.mode in MODES, 'mode', f'must be one of {", ".join(MODES)}, got {self.mode!r}')
+    need(self.length >= 1, 'length', f'must be >= 1 new tokens, got {self.length}')
+    need(self.steps >= 1, 'steps', f'T must be >= 1, got {self.steps}')
+    need(self.grid in GRIDS, 'grid', f'must be one of {", ".join(GRIDS)}, got {self.grid!r}')
+    need(self.strategy in STRATEGIES, 'strategy',
+         f'must be one of {", ".join(STRATEGIES)}, got {self.strategy!r}')
+    need(self.block_size >= 0, 'block_size', f'must be >= 0, got {self.block_size}')
+    need(self.temperature >= 0, 'temperature', f'must be >= 0, got {self.temperature}')
+    need(self.top_k >= 0, 'top_k', f'must be >= 0, got {self.top_k}')
+    need(0 < self.top_p <= 1, 'top_p', f'must be in (0, 1], got {self.top_p}')
+    need(self.mode == 'mdm' or self.guidance == 0, 'guidance',
+         'classifier-free guidance is an MDM sampler option (mode=mdm)')
+    return self
+
+
+def sampleable(logits_BxLxV):
+  """PAD and BOS are never generated (nor is [MASK], which the model never predicts)."""
+  return logits_BxLxV.at[..., jnp.array([PAD, BOS])].set(model_lib.NEG_INF)
+
+
+def filter_logits(logits_BxLxV, top_k=0, top_p=1.0):
+  """-inf outside the top_k tokens and outside the nucleus: the smallest set of most likely
+  tokens whose probability reaches top_p."""
+  if top_k > 0:
+    kth_BxLx1 = jax.lax.top_k(logits_BxLxV, top_k)[0][..., -1:]
+    logits_BxLxV = jnp.where(logits_BxLxV < kth_BxLx1, -jnp.inf, logits_BxLxV)
+  if top_p < 1.0:
+    sorted_BxLxV = -jnp.sort(-logits_BxLxV, axis=-1)
+    p_BxLxV = jax.nn.softmax(sorted_BxLxV, -1)
+    keep_BxLxV = jnp.cumsum(p_BxLxV, -1) - p_BxLxV < top_p  # mass before it is short of top_p
+    thresh_BxLx1 = jnp.min(jnp.where(keep_BxLxV, sorted_BxLxV, jnp.inf), -1, keepdims=True)
+    logits_BxLxV = jnp.where(logits_BxLxV < thresh_BxLx1, -jnp.inf, logits_BxLxV)
+  return logits_BxLxV
+
+
+def draw(rng, logits_BxLxV, st: Settings):
+  """Token ids from logits under temperature / top-k / top-p (temperature 0: argmax)."""
+  if st.temperature == 0:
     return jnp.argmax(logits_BxLxV, -1).astype(jnp.int32)
-  return jax.random.categorical(rng, logits_BxLxV / temperature).astype(jnp.int32)
+  logits_BxLxV = filter_logits(logits_BxLxV / st.temperature, st.top_k, st.top_p)
+  return jax.random.categorical(rng, logits_BxLxV).astype(jnp.int32)
 
 
-def ar_sample(model, params, rng, num, length, temperature=1.0):
-  """x_i ~ p(x_i | x_<i), one full causal forward per token (lax.fori_loop, jit-compiled)."""
-  def body(i, carry):
-    x_BxL, rng = carry
+def time_grid(grid: str, steps: int):
+  """t_0 = 1 > t_1 > ... > t_T = 0."""
+  r = np.arange(steps + 1) / steps
+  t = 1.0 - r if grid == 'uniform' else np.cos(0.5 * np.pi * r)
+  t[-1] = 0.0
+  return t.astype(np.float32)
+
+
+# -- AR ----------------------------------------------------------------------------------------
+
+
+def ar_loop(model, params, rng, x_BxS, plen_B, n, st: Settings):
+  """x_BxS: row b's prompt in its first plen_B[b] positions (PAD after). Generates n tokens per
+  row at plen_B[b]..plen_B[b]+n-1 (PAD after an EOS); returns (x_BxS, passes)."""
+  B, S = x_BxS.shape
+  W = S - n  # the prompt buffer
+  end_B = plen_B + n
+  use_cache = st.kv_cache
+  cache = model_lib.init_cache(model.cfg, B, S) if use_cache else None
+  if use_cache and W > 0:  # prefill: keys / values of positions 0..W-1 (garbage past a row's
+    # prompt is overwritten before any query reads it)
+    _, cache = model.apply({'params': params}, objectives.shift_inputs(x_BxS)[:, :W], 'causal',
+                           cache=cache, cache_pos=0)
+
+  def logits_at(x_BxS, cache, i):
+    if use_cache:
+      prev_B = jnp.where(i == 0, BOS, jax.lax.dynamic_index_in_dim(x_BxS, jnp.maximum(i - 1, 0),
+                                                                   1, keepdims=False))
+      logits_Bx1xV, cache = model.apply({'params': params}, prev_B[:, None], 'causal',
+                                        cache=cache, cache_pos=i)
+      return sampleable(logits_Bx1xV[:, 0]), cache
+    logits_BxSxV = model.apply({'params': params}, objectives.shift_inputs(x_BxS), 'causal')
+    return sampleable(jax.lax.dynamic_index_in_dim(logits_BxSxV, i, 1, keepdims=False)), cache
+
+  def cond(carry):
+    i, _, _, done_B, _, _ = carry
+    return (i < jnp.max(end_B)) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, x_BxS, cache, done_B, rng, passes = carry
     rng, sub = jax.random.split(rng)
-    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(x_BxL), 'causal')
-    tok_B = _draw(sub, logits_BxLxV[:, i], temperature)
-    return x_BxL.at[:, i].set(tok_B), rng
-  x0 = jnp.full((num, length), MASK, jnp.int32)
-  return jax.lax.fori_loop(0, length, body, (x0, rng))[0]
+    logits_BxV, cache = logits_at(x_BxS, cache, i)
+    tok_B = draw(sub, logits_BxV[:, None], st)[:, 0]
+    gen_B = (i >= plen_B) & (i < end_B) & ~done_B
+    old_B = jax.lax.dynamic_index_in_dim(x_BxS, i, 1, keepdims=False)
+    x_BxS = jax.lax.dynamic_update_index_in_dim(x_BxS, jnp.where(gen_B, tok_B, old_B), i, 1)
+    if st.stop_at_eos:
+      done_B = done_B | (gen_B & (tok_B == EOS))
+    done_B = done_B | (i + 1 >= end_B)
+    return i + 1, x_BxS, cache, done_B, rng, passes + 1
+
+  init = (jnp.min(plen_B), x_BxS, cache, jnp.zeros(B, bool), rng, jnp.int32(1 if W else 0))
+  _, x_BxS, _, _, _, passes = jax.lax.while_loop(cond, body, init)
+  return x_BxS, passes
 
 
-def mdm_sample(model, params, rng, num, length, steps, temperature=1.0, schedule=None):
-  """Ancestral sampling from t=1 to 0 over `steps` uniform steps: a masked token is revealed
-  between t and s < t with probability (alpha_s - alpha_t) / (1 - alpha_t); at s=0 all are."""
-  sch = schedule or masking.Linear()
+# -- MDM ---------------------------------------------------------------------------------------
+
+
+def mdm_loop(model, params, rng, x_BxL, fill_BxL, block_BxL, st: Settings, schedule,
+             n_blocks: int, segments: bool, guided: bool):
+  """Fills the `fill` positions of x_BxL (others fixed; PAD = outside the sequence when
+  `segments`). block_BxL: the semi-AR block of each fill position. Returns (x_BxL, passes)."""
+  B, L = x_BxL.shape
+  cond_BxL = ~fill_BxL & (x_BxL != PAD)  # the prompt: what guidance removes
+  seg_BxL = ((x_BxL != PAD) | fill_BxL).astype(jnp.int32) if segments else None
+  x_BxL = jnp.where(fill_BxL, MASK, x_BxL)
+  spb = st.steps // n_blocks  # steps per block
+  t_G = jnp.asarray(time_grid(st.grid, spb))
+  a1 = schedule.alpha(jnp.float32(1.0))
+  w = st.guidance
+  blocks_J = jnp.arange(n_blocks)
+  size_BxJ = jnp.sum(fill_BxL[:, :, None] & (block_BxL[:, :, None] == blocks_J), 1)
+
+  def forward(x_BxL):
+    u_BxL = objectives.shift_inputs(x_BxL)  # [MASK] stays [MASK]
+    if not guided:
+      return jax.nn.log_softmax(sampleable(model.apply({'params': params}, u_BxL,
+                                                       'bidirectional', None, seg_BxL)))
+    u0_BxL = objectives.shift_inputs(jnp.where(cond_BxL, MASK, x_BxL))
+    seg = None if seg_BxL is None else jnp.concatenate([seg_BxL, seg_BxL])
+    lp = jax.nn.log_softmax(sampleable(model.apply(
+        {'params': params}, jnp.concatenate([u_BxL, u0_BxL]), 'bidirectional', None, seg)))
+    lc_BxLxV, lu_BxLxV = lp[:B], lp[B:]
+    return lu_BxLxV + (1.0 + w) * (lc_BxLxV - lu_BxLxV)
+
+  def refresh(x_BxL, lp_BxLxV, stale, passes):
+    if not st.reuse_logits:
+      return forward(x_BxL), passes + 1
+    return jax.lax.cond(stale, lambda: (forward(x_BxL), passes + 1), lambda: (lp_BxLxV, passes))
 
   def body(k, carry):
-    x_BxL, rng = carry
+    x_BxL, lp_BxLxV, stale, rng, passes = carry
     rng, r_tok, r_rev = jax.random.split(rng, 3)
-    t = 1.0 - k / steps
-    s = 1.0 - (k + 1) / steps
+    j, kk = k // spb, k % spb
+    t, s = t_G[kk], t_G[kk + 1]
+    lp_BxLxV, passes = refresh(x_BxL, lp_BxLxV, stale, passes)
     masked_BxL = x_BxL == MASK
-    logits_BxLxV = model.apply({'params': params},
-                               objectives.shift_inputs(x_BxL, masked_BxL), 'bidirectional')
-    cand_BxL = _draw(r_tok, logits_BxLxV, temperature)
-    p_reveal = (sch.alpha(s) - sch.alpha(t)) / (1.0 - sch.alpha(t))
-    reveal_BxL = masked_BxL & (jax.random.uniform(r_rev, x_BxL.shape) < p_reveal)
-    return jnp.where(reveal_BxL, cand_BxL, x_BxL), rng
-  x0 = jnp.full((num, length), MASK, jnp.int32)
-  return jax.lax.fori_loop(0, steps, body, (x0, rng))[0]
+    elig_BxL = masked_BxL & (block_BxL == j)
+    cand_BxL = draw(r_tok, lp_BxLxV, st)
+    if st.strategy == 'ancestral':
+      at, as_ = schedule.alpha(t), schedule.alpha(s)
+      p_reveal = jnp.where(s <= 0, 1.0, (as_ - at) / (1.0 - at))
+      reveal_BxL = elig_BxL & (jax.random.uniform(r_rev, (B, L)) < p_reveal)
+    else:
+      conf_BxL = jnp.take_along_axis(lp_BxLxV, cand_BxL[..., None], -1)[..., 0]
+      conf_BxL = jnp.where(elig_BxL, conf_BxL, -jnp.inf)
+      frac = jnp.where(s <= 0, 0.0, (1.0 - schedule.alpha(s)) / (1.0 - a1))
+      # still masked after this step; floor(x + 1/2) (not round-half-even) so that T >= the span
+      # reveals at most one token per step
+      keep_B = jnp.floor(size_BxJ[:, j] * frac + 0.5).astype(jnp.int32)
+      n_B = jnp.maximum(jnp.sum(elig_BxL, 1) - keep_B, 0)
+      rank_BxL = jnp.argsort(jnp.argsort(-conf_BxL, axis=1, stable=True), axis=1)
+      reveal_BxL = elig_BxL & (rank_BxL < n_B[:, None])
+    x_BxL = jnp.where(reveal_BxL, cand_BxL, x_BxL)
+    return x_BxL, lp_BxLxV, jnp.any(reveal_BxL), rng, passes
+
+  V = model.cfg.vocab_size
+  init = (x_BxL, jnp.zeros((B, L, V), jnp.float32), jnp.bool_(True), rng, jnp.int32(0))
+  x_BxL, lp_BxLxV, stale, rng, passes = jax.lax.fori_loop(0, n_blocks * spb, body, init)
+
+  def cleanup():  # the grid reveals everything by t=0; this only guards: never leave a [MASK]
+    lp, n = refresh(x_BxL, lp_BxLxV, stale, passes)
+    return jnp.where(fill_BxL & (x_BxL == MASK), jnp.argmax(lp, -1).astype(jnp.int32), x_BxL), n
+  return jax.lax.cond(jnp.any(fill_BxL & (x_BxL == MASK)), cleanup, lambda: (x_BxL, passes))
 
 
 def mdm_infill_greedy(model, params, x_BxL, fill_BxL, steps: int):
-  """Fills the `fill` positions of x one per step, most confident first (argmax), keeping every
-  other position fixed; `steps` >= the largest number of positions to fill in a row."""
-  x_BxL = jnp.where(fill_BxL, MASK, x_BxL)
+  """Greedy infilling inside jit: the fill positions revealed most-confident-first at temperature
+  0, at most one per step when steps >= the largest span (zero-shot targets, lm-eval)."""
+  st = Settings(mode='mdm', length=1, steps=steps, strategy='confidence', temperature=0.0)
+  block_BxL = jnp.where(fill_BxL, 0, -1)
+  return mdm_loop(model, params, jax.random.PRNGKey(0), x_BxL, fill_BxL, block_BxL, st,
+                  masking.Linear(), 1, False, False)[0]
 
-  def body(_, x_BxL):
-    masked_BxL = x_BxL == MASK
-    logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(x_BxL, masked_BxL),
-                               'bidirectional')
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV)
-    best_BxL = jnp.argmax(logp_BxLxV, -1).astype(jnp.int32)
-    conf_BxL = jnp.where(masked_BxL, jnp.max(logp_BxLxV, -1), -jnp.inf)
-    pos_B = jnp.argmax(conf_BxL, -1)
-    any_B = masked_BxL.any(-1)
-    rows = jnp.arange(x_BxL.shape[0])
-    new = jnp.where(any_B, best_BxL[rows, pos_B], x_BxL[rows, pos_B])
-    return x_BxL.at[rows, pos_B].set(new)
-  return jax.lax.fori_loop(0, steps, body, x_BxL)
+
+# -- host-side API -----------------------------------------------------------------------------
+
+
+class Sampler:
+  """Compiles each sampler once per settings and shape for one model; `schedule` is the MDM
+  masking schedule (the run's diffusion.schedule); `context` the longest sequence allowed."""
+
+  def __init__(self, model, params, *, context: int, schedule=None, mesh=None):
+    self.model, self.params, self.context = model, params, context
+    self.schedule = schedule or masking.Linear()
+    self.mesh = mesh
+    self._fns = {}
+
+  def _jit(self, key, fn):
+    if key not in self._fns:
+      kw = {}
+      if self.mesh is not None:
+        from dlm_jax import sharding  # pylint: disable=g-import-not-at-top
+        kw['out_shardings'] = sharding.replicated(self.mesh)  # every process gets every sample
+      self._fns[key] = jax.jit(fn, **kw)
+    return self._fns[key]
+
+  def generate(self, rng, prompts, st: Settings, suffixes=None, guided=None):
+    """Samples for a batch of prompts (lists of token ids; [] for unconditional).
+    suffixes: MDM only, tokens after the generated span (infilling). Returns dict(tokens=[ids
+    per row: the generated span], passes=model passes, seconds)."""
+    st.check()
+    B = len(prompts)
+    prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+    suffixes = [np.zeros(0, np.int32)] * B if suffixes is None else [
+        np.asarray(s, np.int32).reshape(-1) for s in suffixes]
+    if st.mode == 'ar' and any(len(s) for s in suffixes):
+      raise SampleError('suffix (infilling) needs sample.mode=mdm: an AR model only continues')
+    for p, s in zip(prompts, suffixes):
+      if len(p) + st.length + len(s) > self.context:
+        raise SampleError(f'prompt ({len(p)} tokens) + sample.length ({st.length})'
+                          f'{f" + suffix ({len(s)})" if len(s) else ""} exceeds the model '
+                          f'context of {self.context} tokens')
+    plen_B = np.asarray([len(p) for p in prompts], np.int32)
+    t0 = time.time()
+    if st.mode == 'ar':
+      W = int(plen_B.max()) if B else 0
+      x_BxS = np.full((B, W + st.length), PAD, np.int32)
+      for b, p in enumerate(prompts):
+        x_BxS[b, :len(p)] = p
+      fn = self._jit(('ar', st), functools.partial(ar_loop, self.model, n=st.length, st=st))
+      x, passes = jax.device_get(fn(self.params, rng, x_BxS, plen_B))
+      out = [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)]
+      out = [o[:np.flatnonzero(o == PAD)[0]] if (o == PAD).any() else o for o in out]
+    else:
+      tot = [len(p) + st.length + len(s) for p, s in zip(prompts, suffixes)]
+      L = max(tot)
+      x_BxL = np.full((B, L), PAD, np.int32)
+      fill_BxL = np.zeros((B, L), bool)
+      for b, (p, s) in enumerate(zip(prompts, suffixes)):
+        x_BxL[b, :len(p)] = p
+        fill_BxL[b, len(p):len(p) + st.length] = True
+        x_BxL[b, len(p) + st.length:tot[b]] = s
+      x, passes = self.infill(rng, x_BxL, fill_BxL, st, guided)
+      out = [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)]
+    return dict(tokens=out, passes=int(passes), seconds=time.time() - t0)
+
+  def infill(self, rng, x_BxL, fill_BxL, st: Settings, guided=None):
+    """MDM: (x with the fill positions sampled, passes). Rows are x_BxL's (PAD marks the end of
+    a shorter row); every position outside fill_BxL is kept."""
+    x_BxL, fill_BxL = np.asarray(x_BxL, np.int32), np.asarray(fill_BxL, bool)
+    sizes = fill_BxL.sum(1)
+    if st.block_size:
+      n_blocks = max(1, math.ceil(int(sizes.max(initial=0)) / st.block_size))
+      rank_BxL = np.cumsum(fill_BxL, 1) - 1
+      block_BxL = np.where(fill_BxL, rank_BxL // st.block_size, -1)
+    else:
+      n_blocks, block_BxL = 1, np.where(fill_BxL, 0, -1)
+    if st.steps % n_blocks:
+      raise SampleError(f'sample.steps: T={st.steps} must be a multiple of the number of '
+                        f'semi-autoregressive blocks ({n_blocks} = ceil({int(sizes.max())} / '
+                        f'block_size {st.block_size}))')
+    guided = st.guidance != 0 if guided is None else guided
+    segments = bool(((x_BxL == PAD) & ~fill_BxL).any())
+    fn = self._jit(('mdm', st, n_blocks, segments, guided), functools.partial(
+        mdm_loop, self.model, st=st, schedule=self.schedule, n_blocks=n_blocks,
+        segments=segments, guided=guided))
+    x, passes = jax.device_get(fn(self.params, rng, x_BxL, fill_BxL, block_BxL.astype(np.int32)))
+    return np.asarray(x), int(passes)
+
+
+def cut_at_eos(ids):
+  ids = np.asarray(ids)
+  stop = np.flatnonzero(ids == EOS)
+  return ids[:stop[0]] if stop.size else ids
+
+
+def unigram_entropy(ids) -> float:
+  """Entropy (nats) of the token frequencies within one sample."""
+  _, counts = np.unique(np.asarray(ids), return_counts=True)
+  if counts.size == 0:
+    return 0.0
+  p = counts / counts.sum()
+  return float(-np.sum(p * np.log(p)))
+
+
+class GenerativeScorer:
+  """Generative perplexity: samples scored (given their prompts) by an AR-capable run of this
+  codebase, in causal mode, with its own tokenizer (text is re-tokenised when it differs)."""
+
+  def __init__(self, run_dir):
+    from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+    from dlm_jax import train  # pylint: disable=g-import-not-at-top
+    cfg, self.tok, model, params, self.step = train.load_run(run_dir)
+    if cfg.objective == 'mdm':
+      raise SampleError(f'sample.scorer={run_dir!r} is an MDM run; generative perplexity needs '
+                        'an AR-capable run (objective ar, prefix or dual)')
+    self.run_dir, self.context = os.path.abspath(run_dir), cfg.data.seq_len
+    self.scorer = likelihood.Scorer(model, params, chunk=cfg.eval.chunk)
+
+  def score(self, prompts, samples, tok):
+    """Per sample (nats, tokens) of the generated text given its prompt, both as this scorer
+    tokenises them. prompts / samples: token ids under `tok`, the sampler's tokenizer."""
+    from dlm_jax import zeroshot  # pylint: disable=g-import-not-at-top
+    same = getattr(tok, 'name', None) == getattr(self.tok, 'name', '') and (
+        tok.vocab_size == self.tok.vocab_size)
+    pairs = []
+    for p, s in zip(prompts, samples):
+      if same:
+        pairs.append((np.asarray(p, np.int32), np.asarray(s, np.int32)))
+      else:
+        pairs.append(zeroshot.encode_pair(self.tok, tok.decode(p), tok.decode(s)))
+    x, score, _, _ = zeroshot.rows(pairs, self.context)
+    r = self.scorer('ar', x, score)
+    return -r['logp'], r['tokens']
+
+
+def summarize(rows):
+  """Per mode: samples, generated tokens, tokens/s, passes, generative perplexity (total nats /
+  total tokens), mean unigram entropy."""
+  out = {}
+  for mode in dict.fromkeys(r['mode'] for r in rows):
+    rs = [r for r in rows if r['mode'] == mode]
+    toks = sum(r['num_tokens'] for r in rs)
+    secs = sum(r['batch_seconds'] / r['batch_size'] for r in rs)
+    d = dict(samples=len(rs), tokens=toks, tokens_per_s=toks / secs if secs else float('nan'),
+             passes=float(np.mean([r['passes'] for r in rs])),
+             entropy=float(np.mean([r['entropy'] for r in rs])))
+    if all('gen_nll' in r for r in rs):
+      scored = sum(r['gen_tokens_scored'] for r in rs)
+      d['gen_ppl'] = math.exp(sum(r['gen_nll'] for r in rs) / max(scored, 1))
+    out[mode] = d
+  return out
+
+
+def run_samples(sampler, tok, st_list, prompts, rng, *, batch_size, suffixes=None, scorer=None,
+                extra=None):
+  """Samples every prompt under each Settings; returns the rows samples.jsonl holds."""
+  rows = []
+  for st in st_list:
+    for start in range(0, len(prompts), batch_size):
+      ps = prompts[start:start + batch_size]
+      sx = None if suffixes is None else suffixes[start:start + batch_size]
+      rng, sub = jax.random.split(rng)
+      res = sampler.generate(sub, ps, st, sx)
+      gens = [cut_at_eos(g) if st.stop_at_eos else np.asarray(g) for g in res['tokens']]
+      for i, g in enumerate(gens):
+        row = dict(extra or {}, **dataclasses.asdict(st))
+        row.update(prompt=tok.decode(ps[i]), text=tok.decode(g),
+                   tokens=[int(t) for t in g], num_tokens=len(g), passes=res['passes'],
+                   batch_seconds=round(res['seconds'], 4), batch_size=len(ps),
+                   entropy=unigram_entropy(g))
+        if sx is not None:
+          row['suffix'] = tok.decode(sx[i])
+        rows.append(row)
+      if scorer is not None:
+        nll, n = scorer.score(ps, gens, tok)
+        for row, a, b in zip(rows[-len(ps):], nll, n):
+          row.update(gen_nll=float(a), gen_tokens_scored=int(b),
+                     gen_ppl=float(math.exp(a / b)) if b else float('nan'),
+                     scorer=scorer.run_dir)
+  return rows
+
+
+def settings_from_config(cfg, mode):
+  """Settings for `mode` from sample.*; guidance applies to MDM (and is an error for sample.mode
+  ar, not silently dropped)."""
+  sc = cfg.sample
+  guidance = sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0
+  return Settings(mode=mode, length=sc.length or cfg.data.seq_len, steps=sc.steps, grid=sc.grid,
+                  strategy=sc.strategy, block_size=sc.block_size, temperature=sc.temperature,
+                  top_k=sc.top_k, top_p=sc.top_p, guidance=guidance,
+                  reuse_logits=sc.reuse_logits, kv_cache=sc.kv_cache,
+                  stop_at_eos=sc.stop_at_eos)
+
+
+def modes_for(cfg):
+  """The modes sample.mode asks for; auto: every mode the objective trains."""
+  if cfg.sample.mode != 'auto':
+    return ('ar', 'mdm') if cfg.sample.mode == 'both' else (cfg.sample.mode,)
+  return {'ar': ('ar',), 'prefix': ('ar',), 'mdm': ('mdm',), 'dual': ('ar', 'mdm')}[cfg.objective]
+
+
+def read_prompts(cfg, tok):
+  """(prompts, suffixes or None) from sample.prompts: '' -> num_samples unconditional;
+  'data:N' -> the first N tokens of num_samples validation windows; a .txt file (one prompt per
+  line) or a .jsonl file ({"prompt": ..., optional "suffix": ...} per line)."""
+  sc = cfg.sample
+  spec = sc.prompts.strip()
+  if not spec:
+    return [np.zeros(0, np.int32)] * sc.num_samples, None
+  if spec.startswith('data:'):
+    from dlm_jax import evaluate  # pylint: disable=g-import-not-at-top
+    n = int(spec[5:])
+    windows, _ = evaluate.validation_windows(cfg, '', sc.num_samples)
+    return [np.asarray(w[:n], np.int32) for w in windows], None
+  if not os.path.exists(spec):
+    raise SampleError(f'sample.prompts: file not found: {spec}')
+  texts, suffix_texts = [], []
+  with open(spec, encoding='utf-8') as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      if spec.endswith('.jsonl'):
+        try:
+          d = json.loads(line)
+          texts.append(d['prompt'])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+          raise SampleError(f'{spec}:{lineno}: expected {{"prompt": ..., "suffix": ...}}: '
+                            f'{e}') from None
+        suffix_texts.append(d.get('suffix', ''))
+      else:
+        texts.append(line.rstrip('\n'))
+        suffix_texts.append('')
+  if not texts:
+    raise SampleError(f'sample.prompts: {spec} holds no prompts')
+  if sc.num_samples:
+    texts, suffix_texts = texts[:sc.num_samples], suffix_texts[:sc.num_samples]
+  prompts = [np.asarray(p, np.int32) for p in tok.encode_batch(texts)]
+  if not any(suffix_texts):
+    return prompts, None
+  return prompts, [np.asarray(s, np.int32) for s in tok.encode_batch(suffix_texts)]
+
+
+def settings_for(cfg, prompts, suffixes):
+  """Settings per mode; sample.length 0 fills the context after the longest prompt + suffix."""
+  sts = [settings_from_config(cfg, m) for m in modes_for(cfg)]
+  if cfg.sample.length == 0:
+    used = max([len(p) for p in prompts] + [0]) + max(
+        [len(s) for s in suffixes or []] + [0])
+    sts = [dataclasses.replace(st, length=max(cfg.data.seq_len - used, 1)) for st in sts]
+  return [st.check() for st in sts]
+
+
+def write_jsonl(path, rows):
+  with open(path, 'a', encoding='utf-8') as f:
+    for r in rows:
+      f.write(json.dumps(r, ensure_ascii=False) + '\n')
 
 
 def write_samples(setup, params, workdir):
-  """Unconditional samples in each mode the run trains, appended to samples.jsonl."""
+  """At the end of training: sample.num_samples samples in each mode, appended to
+  samples.jsonl (no scoring)."""
   cfg = setup.cfg
-  sc = cfg.sample
-  if sc.num_samples == 0:
+  if cfg.sample.num_samples == 0:
     return []
-  length = sc.length or cfg.data.seq_len
-  rows = []
-  rng = jax.random.PRNGKey(cfg.seed + 7)
-  modes = {'ar': ('ar',), 'prefix': ('ar',), 'mdm': ('mdm',),
-           'dual': ('ar', 'mdm')}[cfg.objective]
-  rep = sharding.replicated(setup.mesh)  # every process gets every sample
-  for mode in modes:
-    if mode == 'ar':
-      fn = jax.jit(lambda p, r: ar_sample(setup.model, p, r, sc.num_samples, length,
-                                          sc.temperature), out_shardings=rep)
-      settings = dict(mode='ar', temperature=sc.temperature, length=length)
-    else:
-      fn = jax.jit(lambda p, r: mdm_sample(setup.model, p, r, sc.num_samples, length, sc.steps,
-                                           sc.temperature,
-                                           masking.get_schedule(cfg.diffusion.schedule,
-                                                                cfg.diffusion)),
-                   out_shardings=rep)
-      settings = dict(mode='mdm', steps=sc.steps, temperature=sc.temperature, length=length)
-    toks = jax.device_get(fn(params, rng))
-    for row in toks:
-      rows.append(dict(settings, prompt='', text=setup.tokenizer.decode(row),
-                       tokens=[int(t) for t in row]))
+  sampler = Sampler(setup.model, params, context=cfg.data.seq_len, mesh=setup.mesh,
+                    schedule=masking.get_schedule(cfg.diffusion.schedule, cfg.diffusion))
+  prompts, suffixes = read_prompts(cfg, setup.tokenizer)
+  sts = settings_for(cfg, prompts, suffixes)
+  rows = run_samples(sampler, setup.tokenizer, sts, prompts, jax.random.PRNGKey(cfg.seed + 7),
+                     batch_size=cfg.sample.batch_size, suffixes=suffixes)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'samples.jsonl'), 'a', encoding='utf-8') as f:
-      for r in rows:
-        f.write(json.dumps(r, ensure_ascii=False) + '\n')
+    write_jsonl(os.path.join(workdir, 'samples.jsonl'), rows)
   return rows
+
+
+def run(cfg, workdir):
+  """--mode sample: samples from the run's latest checkpoint in each mode sample.mode asks for,
+  scored for generative perplexity by sample.scorer; appended to <workdir>/samples.jsonl.
+  Returns (rows, summary)."""
+  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from dlm_jax import train  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(workdir):
+    raise train.TrainingError(f'--workdir {workdir}: no such run directory')
+  sc = cfg.sample
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  cfg = config_lib.resolve(cfg, tok.vocab_size)
+  prompts, suffixes = read_prompts(cfg, tok)
+  sts = settings_for(cfg, prompts, suffixes)
+  scorer = None
+  scorer_dir = sc.scorer or (workdir if cfg.objective != 'mdm' else '')
+  if scorer_dir and scorer_dir != 'none':
+    scorer = GenerativeScorer(scorer_dir)
+  params, step = train.load_params(workdir, cfg, what=f'--workdir {workdir}')
+  sampler = Sampler(model_lib.Transformer(cfg.model), params, context=cfg.data.seq_len,
+                    schedule=masking.get_schedule(cfg.diffusion.schedule, cfg.diffusion))
+  rows = run_samples(sampler, tok, sts, prompts, jax.random.PRNGKey(sc.seed),
+                     batch_size=sc.batch_size, suffixes=suffixes, scorer=scorer,
+                     extra=dict(step=int(step), date=time.strftime('%Y-%m-%d')))
+  write_jsonl(os.path.join(workdir, 'samples.jsonl'), rows)
+  return rows, summarize(rows)
+
+
+def format_summary(summary):
+  lines = [f'  {"mode":5s} {"samples":>7s} {"tokens":>7s} {"tok/s":>8s} {"passes":>7s} '
+           f'{"gen_ppl":>9s} {"entropy":>7s}']
+  for m, d in summary.items():
+    ppl = f'{d["gen_ppl"]:9.2f}' if 'gen_ppl' in d else f'{"-":>9s}'
+    lines.append(f'  {m:5s} {d["samples"]:7d} {d["tokens"]:7d} {d["tokens_per_s"]:8.1f} '
+                 f'{d["passes"]:7.1f} {ppl} {d["entropy"]:7.3f}')
+  return '\n'.join(lines)
