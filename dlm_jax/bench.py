@@ -4,13 +4,21 @@
 
   python -m dlm_jax.bench eval --config configs/default.py [--rows 32] [--estimators ar,nelbo,pll]
 
+  python -m dlm_jax.bench sample --runs ar=RUN_A,mdm=RUN_B --scorer RUN_S --length 128 \
+      --sample_steps 16,64,256,L [--num 8] [--strategy ancestral] [--out F]
+
 `step`: the compiled train step of the configured run on its mesh, fed real batches from the
 run's pipeline; reports compile time, median step time, tokens/s, model FLOP/s and, when the
 device's peak is known, MFU. `eval`: sequences (validation windows of data.seq_len tokens) per
 second of each likelihood estimator at eval.chunk rows per pass, after a warm-up call that
-compiles. Each prints JSON lines (append them to a results file with --out).
+compiles. `sample`: unconditional samples of --length tokens from trained runs (each mode from
+its run; a dual run may serve both), AR with the KV cache (and without, for reference) and MDM at
+each T; reports tokens/s after a compiling call, model passes, generative perplexity under the
+--scorer run and unigram entropy. Each prints JSON lines (append them to a results file with --out).
 """
+import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -29,6 +37,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Confi
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
 _OUT = flags.DEFINE_string('out', '', 'Append the JSON result to this file.')
 _ROWS = flags.DEFINE_integer('rows', 32, 'eval: validation windows scored per estimator.')
+_RUNS = flags.DEFINE_string('runs', '', 'sample: mode=run_dir pairs, e.g. ar=runs/a,mdm=runs/b.')
+_SCORER = flags.DEFINE_string('scorer', '', 'sample: AR-capable run for generative perplexity.')
+_LENGTH = flags.DEFINE_integer('length', 128, 'sample: tokens per sample.')
+_SSTEPS = flags.DEFINE_string('sample_steps', '16,64,256,L', 'sample: MDM T values (L: length).')
+_NUM = flags.DEFINE_integer('num', 8, 'sample: samples per setting (one batch).')
+_STRATEGY = flags.DEFINE_string('strategy', 'ancestral', 'sample: MDM strategy.')
+_NOCACHE = flags.DEFINE_bool('ar_nocache', True, 'sample: also time AR without the KV cache.')
 _EST = flags.DEFINE_string('estimators', 'ar,nelbo,chain,pll,pll_word_l2r,pll_mix,fused',
                            'eval: comma list of likelihood estimators.')
 
@@ -113,11 +128,66 @@ def bench_eval(cfg, rows, names):
   return out
 
 
+def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, out_path=''):
+  """Tokens/s and generative perplexity per sampler setting; one JSON line each (appended to
+  out_path as it goes: a long L=1024 sweep keeps what it finished)."""
+  from dlm_jax import masking  # pylint: disable=g-import-not-at-top
+  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
+  scorer = sample.GenerativeScorer(scorer_dir) if scorer_dir else None
+  out = []
+  for mode, run in runs:
+    rcfg, tok, model, params, step = train.load_run(run)
+    sampler = sample.Sampler(model, params, context=rcfg.data.seq_len,
+                             schedule=masking.get_schedule(rcfg.diffusion.schedule,
+                                                           rcfg.diffusion))
+    base = sample.Settings(mode=mode, length=length, temperature=1.0, strategy=strategy,
+                           stop_at_eos=False)
+    if mode == 'ar':
+      settings = [base] + ([dataclasses.replace(base, kv_cache=False)] if nocache else [])
+    else:
+      settings = [dataclasses.replace(base, steps=length if t == 'L' else int(t))
+                  for t in steps_list]
+    for st in settings:
+      prompts = [[]] * num
+      sampler.generate(jax.random.PRNGKey(0), prompts, st)  # compiles
+      res = sampler.generate(jax.random.PRNGKey(1), prompts, st)
+      gens = res['tokens']
+      row = dict(bench='sample', mode=mode, run=os.path.abspath(run), step=int(step),
+                 device=jax.devices()[0].device_kind, d_model=rcfg.model.d_model,
+                 num_layers=rcfg.model.num_layers, length=length, num=num,
+                 steps=st.steps if mode == 'mdm' else None,
+                 kv_cache=st.kv_cache if mode == 'ar' else None, strategy=st.strategy,
+                 passes=res['passes'], seconds=round(res['seconds'], 3),
+                 tokens_per_s=round(num * length / res['seconds'], 2),
+                 entropy=round(float(np.mean([sample.unigram_entropy(g) for g in gens])), 4),
+                 date=time.strftime('%Y-%m-%d'))
+      if scorer is not None:
+        nll, n = scorer.score(prompts, gens, tok)
+        row.update(gen_ppl=round(float(np.exp(np.sum(nll) / np.sum(n))), 3),
+                   scorer=scorer.run_dir)
+      print(json.dumps(row), flush=True)
+      if out_path:
+        with open(out_path, 'a', encoding='utf-8') as f:
+          f.write(json.dumps(row) + '\n')
+      out.append(row)
+  return out
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('step', 'eval'):
-    print('usage: python -m dlm_jax.bench step|eval --config <file> [--steps N] [--rows R] '
-          '[--estimators E] [--out F]', file=sys.stderr)
+  if len(argv) != 2 or argv[1] not in ('step', 'eval', 'sample'):
+    print('usage: python -m dlm_jax.bench step|eval|sample --config <file> [--steps N] '
+          '[--rows R] [--estimators E] [--runs M=DIR,..] [--scorer DIR] [--out F]',
+          file=sys.stderr)
     sys.exit(2)
+  if argv[1] == 'sample':
+    runs = [tuple(p.split('=', 1)) for p in _RUNS.value.split(',') if p.strip()]
+    if not runs or any(len(r) != 2 or r[0] not in ('ar', 'mdm') for r in runs):
+      print('error: --runs takes mode=run_dir pairs (modes ar, mdm)', file=sys.stderr)
+      sys.exit(2)
+    bench_sample(runs, _SCORER.value, _LENGTH.value,
+                 [x.strip() for x in _SSTEPS.value.split(',') if x.strip()], _NUM.value,
+                 _STRATEGY.value, _NOCACHE.value, _OUT.value)
+    return
   from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.validate(_CONFIG.value)
   if argv[1] == 'step':

@@ -3,6 +3,7 @@
   python -m dlm_jax.plot curves RUN_DIR... [--metric mdm_nelbo] --out curves
   python -m dlm_jax.plot sweep RUNS.csv --out-dir docs/isoflop_micro [--bootstrap 100]
       [--isoflop-window 3] [--chinchilla-bootstrap 0]
+  python -m dlm_jax.plot sample-bench BENCH.jsonl --out docs/sample_bench
 
 `sweep` draws, per objective family: loss vs compute with the fitted power law, IsoFLOP curves
 with their vertices, N_opt(C), fitted-vs-observed (Chinchilla), and the dual-ratio heat map when
@@ -205,6 +206,40 @@ def _dual_plot(rows, fits, out_dir):
   return []
 
 
+def sample_bench(rows, out='sample_bench'):
+  """Quality vs speed of samplers (`python -m dlm_jax.bench sample` lines): generative
+  perplexity against tokens/s, one panel per sample length, MDM points labelled with T."""
+  rows = [r for r in rows if r.get('bench') == 'sample' and 'gen_ppl' in r]
+  lengths = sorted({r['length'] for r in rows})
+  fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4), squeeze=False)
+  for ax, L in zip(axes[0], lengths):
+    rs = [r for r in rows if r['length'] == L]
+    mdm = sorted([r for r in rs if r['mode'] == 'mdm'], key=lambda r: r['steps'])
+    if mdm:
+      ax.plot([r['tokens_per_s'] for r in mdm], [r['gen_ppl'] for r in mdm], 'o-', c='C1',
+              label='MDM (T steps)')
+      for r in mdm:
+        ax.annotate(f'T={r["steps"]}', (r['tokens_per_s'], r['gen_ppl']), fontsize=7,
+                    xytext=(3, 3), textcoords='offset points')
+    for r in rs:
+      if r['mode'] == 'ar':
+        cached = r.get('kv_cache', True)
+        ax.plot(r['tokens_per_s'], r['gen_ppl'], 's' if cached else 'D', c='C0',
+                mfc='C0' if cached else 'none',
+                label='AR, KV cache' if cached else 'AR, no cache')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('tokens / s')
+    ax.set_ylabel('generative perplexity')
+    ax.set_title(f'L = {L} ({rs[0]["device"]})')
+    ax.legend(fontsize=7)
+  return save(fig, out)
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in open(path, encoding='utf-8') if line.strip()]
+
+
 def read_table(path):
   import csv  # pylint: disable=g-import-not-at-top
   return list(csv.DictReader(open(path, encoding='utf-8')))
@@ -226,9 +261,14 @@ def main(argv=None):
                  help='fit each IsoFLOP parabola to the K sizes around the budget minimum')
   s.add_argument('--chinchilla-bootstrap', type=int, default=None,
                  help='resamples for the Chinchilla fits (default: --bootstrap)')
+  b = sub.add_parser('sample-bench')
+  b.add_argument('results')
+  b.add_argument('--out', default='sample_bench')
   a = ap.parse_args(argv)
   if a.cmd == 'curves':
     print('\n'.join(loss_curves(a.runs, a.metric, a.out)))
+  elif a.cmd == 'sample-bench':
+    print('\n'.join(sample_bench(read_jsonl(a.results), a.out)))
   else:
     files, _ = sweep_plots(read_table(a.table), a.out_dir, a.bootstrap,
                            isoflop_window=a.isoflop_window,

@@ -288,6 +288,16 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path):
       sample.run(bad, run)
   assert len(open(os.path.join(run, 'samples.jsonl')).readlines()) == 8
 
+  # the sampling benchmark and its quality-vs-speed plot on the same run
+  from dlm_jax import bench, plot
+  res = bench.bench_sample([('ar', run), ('mdm', run)], run, 6, ['2', 'L'], 2, 'ancestral', True)
+  assert [(r['mode'], r['kv_cache'], r['steps']) for r in res] == [
+      ('ar', True, None), ('ar', False, None), ('mdm', None, 2), ('mdm', None, 6)]
+  assert all(r['gen_ppl'] > 1 and r['tokens_per_s'] > 0 for r in res)
+  assert res[0]['passes'] == 6 and res[2]['passes'] <= 2
+  files = plot.sample_bench(res, str(tmp_path / 'bench'))
+  assert all(os.path.getsize(f) > 0 for f in files)
+
 
 def test_ar_exact_match_equals_greedy_decoding():
   from dlm_jax import evaluate
