@@ -214,19 +214,23 @@ def sample_bench(rows, out='sample_bench'):
   fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4), squeeze=False)
   for ax, L in zip(axes[0], lengths):
     rs = [r for r in rows if r['length'] == L]
-    mdm = sorted([r for r in rs if r['mode'] == 'mdm'], key=lambda r: r['steps'])
-    if mdm:
-      ax.plot([r['tokens_per_s'] for r in mdm], [r['gen_ppl'] for r in mdm], 'o-', c='C1',
-              label='MDM (T steps)')
-      for r in mdm:
-        ax.annotate(f'T={r["steps"]}', (r['tokens_per_s'], r['gen_ppl']), fontsize=7,
-                    xytext=(3, 3), textcoords='offset points')
-    for r in rs:
-      if r['mode'] == 'ar':
-        cached = r.get('kv_cache', True)
-        ax.plot(r['tokens_per_s'], r['gen_ppl'], 's' if cached else 'D', c='C0',
-                mfc='C0' if cached else 'none',
-                label='AR, KV cache' if cached else 'AR, no cache')
+    name = lambda r: os.path.basename(r['run'].rstrip('/'))
+    runs = list(dict.fromkeys(name(r) for r in rs))
+    for k, run in enumerate(runs):
+      mdm = sorted([r for r in rs if r['mode'] == 'mdm' and name(r) == run],
+                   key=lambda r: r['steps'])
+      if mdm:
+        ax.plot([r['tokens_per_s'] for r in mdm], [r['gen_ppl'] for r in mdm], 'o-',
+                c=f'C{k + 1}', label=f'MDM ({run}), T steps')
+        for r in mdm:
+          ax.annotate(f'T={r["steps"]}', (r['tokens_per_s'], r['gen_ppl']), fontsize=7,
+                      xytext=(3, 3), textcoords='offset points')
+      for r in rs:
+        if r['mode'] == 'ar' and name(r) == run:
+          cached = r.get('kv_cache', True)
+          ax.plot(r['tokens_per_s'], r['gen_ppl'], 's' if cached else 'D', c='C0',
+                  mfc='C0' if cached else 'none',
+                  label=f'AR ({run}), {"KV cache" if cached else "no cache"}')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('tokens / s')

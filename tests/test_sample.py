@@ -313,3 +313,23 @@ def test_ar_exact_match_equals_greedy_decoding():
   wrong = {'targets': x.at[0, 6].set((x[0, 6] + 1) % 26 + 4), 'prefix_len': jnp.array([3])}
   assert not bool(evaluate.task_exact_match(model, params, wrong, 'ar')[0])
   assert evaluate.task_exact_match(model, params, batch, 'mdm').shape == (1,)
+
+
+def test_draw_matches_the_distribution():
+  """Inverse-CDF draws follow softmax(logits / temperature) (chi-square on 20k draws) and never
+  produce a zero-probability token."""
+  from scipy import stats
+  p = np.array([0.0, 0.5, 0.2, 0.0, 0.25, 0.05])
+  logits = jnp.log(jnp.asarray(p))
+  st = sample.Settings(temperature=1.0)
+  toks = np.asarray(sample.draw(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (1, 20000, 6)),
+                                st)).ravel()
+  counts = np.bincount(toks, minlength=6)
+  assert counts[0] == 0 and counts[3] == 0
+  keep = p > 0
+  assert stats.chisquare(counts[keep], 20000 * p[keep]).pvalue > 1e-3
+  hot = sample.draw(jax.random.PRNGKey(1), jnp.broadcast_to(logits, (1, 20000, 6)),
+                    dataclasses.replace(st, temperature=0.5))
+  q = p ** 2 / np.sum(p ** 2)
+  counts = np.bincount(np.asarray(hot).ravel(), minlength=6)
+  assert stats.chisquare(counts[keep], 20000 * q[keep]).pvalue > 1e-3
