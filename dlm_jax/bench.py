@@ -44,6 +44,13 @@ _SSTEPS = flags.DEFINE_string('sample_steps', '16,64,256,L', 'sample: MDM T valu
 _NUM = flags.DEFINE_integer('num', 8, 'sample: samples per setting (one batch).')
 _STRATEGY = flags.DEFINE_string('strategy', 'ancestral', 'sample: MDM strategy.')
 _NOCACHE = flags.DEFINE_bool('ar_nocache', True, 'sample: also time AR without the KV cache.')
+_SIZE = flags.DEFINE_string('size', '', 'train: a named size (python -m dlm_jax.flops).')
+_SEQ = flags.DEFINE_integer('seq', 0, 'train: sequence length (0: the config\'s).')
+_BATCH = flags.DEFINE_integer('batch', 0, 'train: global batch (0: the config\'s).')
+_OBJ = flags.DEFINE_string('objective', '', 'train: ar | mdm | dual | prefix (default: config).')
+_DTYPE = flags.DEFINE_string('dtype', '', 'train: compute dtype f32 | bf16 (params stay f32).')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'train: peak TFLOP/s per device for MFU; 0: the '
+                           'vendor figure on GPU/TPU, else an in-process matmul of the dtype.')
 _EST = flags.DEFINE_string('estimators', 'ar,nelbo,chain,pll,pll_word_l2r,pll_mix,fused',
                            'eval: comma list of likelihood estimators.')
 
@@ -60,7 +67,42 @@ def peak_flops(device):
   return None
 
 
-def bench_step(cfg, steps):
+def matmul_peak(dtype='float32', n=2048, reps=5):
+  """FLOP/s of the best of `reps` n x n matmuls in `dtype` on the default device: the in-process
+  peak MFU is measured against when the hardware's peak is unknown (CPU)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
+  a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dt) for i in range(2))
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def _cost_flops(compiled):
+  """FLOPs of one call of a compiled function by XLA's cost analysis (None if unavailable)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  return float(ca['flops']) if ca and 'flops' in ca else None
+
+
+def _peak_memory():
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  return stats.get('peak_bytes_in_use')
+
+
+def bench_step(cfg, steps, peak_tflops=0.0, measure_peak=False):
   setup = train.build(cfg)
   cfg, mesh = setup.cfg, setup.mesh
   tx, sched, state_sh = train.state_layout(setup)
@@ -73,21 +115,27 @@ def bench_step(cfg, steps):
   batches = [sharding.global_batch(next(it), mesh) for _ in range(4)]
   n_mdm = objectives.mdm_count(cfg, 0, cfg.train.batch_size)
   t0 = time.time()
-  state, m = step_fn(state, batches[0], n_mdm)
-  jax.block_until_ready(m)
+  compiled = step_fn.lower(state, batches[0], n_mdm).compile()  # ahead of time: compile only
   compile_s = time.time() - t0
-  state, m = step_fn(state, batches[1], n_mdm)
+  xla_flops = _cost_flops(compiled)
+  state, m = compiled(state, batches[0])
   jax.block_until_ready(m)
   times = []
   for i in range(steps):
     t = time.perf_counter()
-    state, m = step_fn(state, batches[i % len(batches)], n_mdm)
+    state, m = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   dt = float(np.median(times))
   tokens = cfg.train.batch_size * cfg.data.seq_len
   flops_s = tokens * setup.counts['flops_per_token'] / dt
-  peak = peak_flops(jax.devices()[0])
+  if peak_tflops:
+    peak, peak_source = peak_tflops * 1e12, 'given'
+  elif measure_peak:
+    peak, peak_source = matmul_peak(cfg.model.dtype), 'matmul'
+  else:
+    peak, peak_source = peak_flops(jax.devices()[0]), 'vendor'
+  mem = _peak_memory()
   return dict(
       device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
       devices=jax.device_count(), processes=jax.process_count(), mesh=dict(mesh.shape),
@@ -96,7 +144,11 @@ def bench_step(cfg, steps):
       seq_len=cfg.data.seq_len, grad_accum=cfg.train.grad_accum, dtype=cfg.model.dtype,
       compile_s=round(compile_s, 2), step_s_median=dt, step_s_p90=float(np.percentile(times, 90)),
       tokens_per_s=tokens / dt, model_flops_per_s=flops_s,
+      flops_per_token=setup.counts['flops_per_token'],
+      xla_flops_per_token=xla_flops / tokens if xla_flops else None,
+      peak_flops_per_s=peak, peak_source=peak_source if peak else None,
       mfu=flops_s / (peak * jax.device_count()) if peak else None,
+      peak_memory_bytes=mem,
       param_bytes_per_device=sharding.bytes_per_device(state.params),
       loss=float(m['loss']), date=time.strftime('%Y-%m-%d'))
 
@@ -173,9 +225,44 @@ def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, o
   return out
 
 
+def train_config(cfg, size, seq, batch, objective, dtype):
+  """The config (default: configs/default.py) with the `bench train` overrides."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  if size:
+    cfg.model.size = size
+  if seq:
+    cfg.data.seq_len = seq
+  if batch:
+    cfg.train.batch_size = batch
+  if objective:
+    cfg.objective = objective
+  if dtype:
+    cfg.model.dtype = {'bf16': 'bfloat16', 'f32': 'float32'}.get(dtype, dtype)
+  return cfg
+
+
+def format_train(r):
+  """The `bench train` result as a table for people."""
+  gib = f'{r["peak_memory_bytes"] / 2**30:.2f} GiB' if r['peak_memory_bytes'] else 'n/a'
+  mfu = f'{100 * r["mfu"]:.1f}% of {r["peak_flops_per_s"] / 1e12:.3g} TFLOP/s ' \
+        f'({r["peak_source"]})' if r['mfu'] else 'n/a'
+  rows = [('device', f'{r["device"]} x {r["devices"]} ({r["platform"]})'),
+          ('model', f'{r["objective"]} d{r["d_model"]} l{r["num_layers"]}, '
+                    f'N_total {r["N_total"]:,}, {r["dtype"]}'),
+          ('batch x seq', f'{r["batch_size"]} x {r["seq_len"]}'),
+          ('compile', f'{r["compile_s"]:.1f} s'),
+          ('step (median)', f'{r["step_s_median"] * 1e3:.1f} ms (p90 {r["step_s_p90"] * 1e3:.1f})'),
+          ('tokens/s', f'{r["tokens_per_s"]:,.0f}'),
+          ('model FLOP/s', f'{r["model_flops_per_s"] / 1e9:,.1f} GFLOP/s'),
+          ('MFU', mfu), ('peak memory', gib)]
+  return '\n'.join(f'  {k:14s} {v}' for k, v in rows)
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('step', 'eval', 'sample'):
-    print('usage: python -m dlm_jax.bench step|eval|sample --config <file> [--steps N] '
+  if len(argv) != 2 or argv[1] not in ('train', 'step', 'eval', 'sample'):
+    print('usage: python -m dlm_jax.bench train|step|eval|sample [--config <file>] '
+          '[--size S --seq L --batch B --objective O --dtype bf16 --peak_tflops P] [--steps N] '
           '[--rows R] [--estimators E] [--runs M=DIR,..] [--scorer DIR] [--out F]',
           file=sys.stderr)
     sys.exit(2)
@@ -189,8 +276,18 @@ def main(argv):
                  _STRATEGY.value, _NOCACHE.value, _OUT.value)
     return
   from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.validate(_CONFIG.value)
-  if argv[1] == 'step':
+  cfg = _CONFIG.value
+  if argv[1] == 'train':
+    cfg = train_config(cfg, _SIZE.value, _SEQ.value, _BATCH.value, _OBJ.value, _DTYPE.value)
+  try:
+    cfg = config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if argv[1] == 'train':
+    results = [bench_step(cfg, _STEPS.value, _PEAK.value, measure_peak=True)]
+    print(format_train(results[0]))
+  elif argv[1] == 'step':
     results = [bench_step(cfg, _STEPS.value)]
   else:
     results = bench_eval(cfg, _ROWS.value, [x.strip() for x in _EST.value.split(',') if x.strip()])
