@@ -41,6 +41,8 @@ def base() -> ml_collections.ConfigDict:
       param_dtype='float32',
       scan_layers=True,
       remat='none',            # none | full | dots
+      attention='auto',        # auto (cuDNN flash attention on GPU in bf16, else XLA) | xla |
+                               # cudnn (GPU only: an error elsewhere) | reference (explicit softmax)
       attn_dropout=0.0,
       mlp_dropout=0.0,
       resid_dropout=0.0,
@@ -97,6 +99,8 @@ def base() -> ml_collections.ConfigDict:
       eval_every=200,
       checkpoint_every=200,
       max_to_keep=3,
+      compile_cache='auto',    # persistent XLA compilation cache dir; auto: $DLM_JAX_COMPILE_CACHE
+                               # or ~/.cache/dlm_jax/xla; '': off
       nan_policy='stop',
   ))
   c.eval = ml_collections.ConfigDict(dict(
@@ -273,6 +277,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.param_dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.remat', ('none', 'full', 'dots'))
+  _choice(cfg, 'model.attention', ('auto', 'xla', 'cudnn', 'reference'))
   for k in ('attn_dropout', 'mlp_dropout', 'resid_dropout', 'embed_dropout'):
     _need(0.0 <= m[k] < 1.0, f'model.{k}', f'{m[k]} is outside [0, 1)')
   _need(d.seq_len >= 2, 'data.seq_len', f'must be >= 2, got {d.seq_len}')
@@ -377,7 +382,7 @@ def to_json(cfg) -> str:
 
 
 # Keys that may differ between a run's config.json and the command resuming it.
-RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
+RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'train.compile_cache', 'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
                      'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
                      'eval.name', 'eval.estimators', 'eval.likelihood_rows', 'eval.corpus',

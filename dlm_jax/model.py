@@ -52,6 +52,50 @@ def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
   return allowed_BxLxL[:, None], False
 
 
+_warned = set()
+
+
+def attention_impl(cfg, has_mask=False, backend=None) -> str:
+  """The kernel config.model.attention asks for on this backend: 'xla', 'cudnn' or 'reference'.
+  auto: cuDNN flash attention on GPU when it applies (bf16/fp16, head dim a multiple of 8 up to
+  128, no explicit mask), else XLA, with one warning on GPU saying why. A forced 'cudnn' off GPU
+  is an error naming the key."""
+  backend = backend or jax.default_backend()
+  want = getattr(cfg, 'attention', 'auto')
+  if want == 'cudnn' and backend != 'gpu':
+    raise ValueError(f'config.model.attention=cudnn needs an NVIDIA GPU; this backend is '
+                     f'{backend} (use auto or xla)')
+  if want != 'auto':
+    return want
+  if backend != 'gpu':
+    return 'xla'
+  H = cfg.d_model // cfg.num_heads
+  why = ('compute dtype float32 (cuDNN needs bf16/fp16)' if cfg.dtype == 'float32' else
+         f'head dim {H} (cuDNN needs a multiple of 8 up to 128)' if H % 8 or H > 128 else
+         'an explicit (segment / prefix) mask' if has_mask else '')
+  if why and why not in _warned:
+    _warned.add(why)
+    import warnings  # pylint: disable=g-import-not-at-top
+    warnings.warn(f'model.attention=auto: XLA attention instead of cuDNN because of {why}')
+  return 'xla' if why else 'cudnn'
+
+
+def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropout=None):
+  """softmax(q k^T / sqrt(H)) v written out: the plain path the fused kernels are tested
+  against, and the one attention dropout needs (`dropout` applied to the probabilities)."""
+  H, L, S = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
+  s_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxSxNxH).astype(jnp.float32)
+  s_BxNxLxS = s_BxNxLxS / jnp.sqrt(H).astype(jnp.float32)
+  if is_causal:
+    mask = jnp.tril(jnp.ones((L, S), bool))[None, None]
+  if mask is not None:
+    s_BxNxLxS = jnp.where(mask, s_BxNxLxS, NEG_INF)
+  p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, -1)
+  if dropout is not None:
+    p_BxNxLxS = dropout(p_BxNxLxS)
+  return jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS.astype(q_BxLxNxH.dtype), v_BxSxNxH)
+
+
 def rope(x_BxLxNxH, base: float, offset=0):
   """Rotary position embedding on the last axis (half-split convention); the first row is at
   position `offset` (a decode step)."""
@@ -116,19 +160,15 @@ class Block(nn.Module):
       o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_cache_BxSxNxH, v_cache_BxSxNxH,
                                                mask=mask)
     elif c.attn_dropout > 0 and not deterministic:
-      # Explicit softmax so probabilities can be dropped out; same maths as the fused kernel.
-      s_BxNxLxL = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxLxNxH).astype(jnp.float32)
-      s_BxNxLxL = s_BxNxLxL / jnp.sqrt(H).astype(jnp.float32)
-      L = x_BxLxD.shape[1]
-      if is_causal:
-        mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
-      if mask is not None:
-        s_BxNxLxL = jnp.where(mask, s_BxNxLxL, NEG_INF)
-      p_BxNxLxL = nn.Dropout(c.attn_dropout)(jax.nn.softmax(s_BxNxLxL, -1), deterministic=False)
-      o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxL.astype(dt), v_BxLxNxH)
+      drop = lambda p: nn.Dropout(c.attn_dropout)(p, deterministic=False)
+      o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal, drop)
     else:
-      o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
-                                               is_causal=is_causal)
+      impl = attention_impl(c, has_mask=mask is not None)
+      if impl == 'reference':
+        o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal)
+      else:
+        o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
+                                                 is_causal=is_causal, implementation=impl)
     o_BxLxD = dense(c.d_model, axis=(-2, -1), kernel_init=out_init('heads', 'head_dim', 'embed'),
                     name='o')(o_BxLxNxH)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(o_BxLxD, deterministic=deterministic)

@@ -161,9 +161,29 @@ class Setup:
   val_prefix: Any = None
 
 
+def compile_cache_dir(tcfg) -> str:
+  if tcfg.compile_cache != 'auto':
+    return tcfg.compile_cache
+  return os.environ.get('DLM_JAX_COMPILE_CACHE',
+                        os.path.join(os.path.expanduser('~'), '.cache', 'dlm_jax', 'xla'))
+
+
+def enable_compile_cache(tcfg):
+  """Persistent XLA compilation cache: a rerun, a resumed run or a sweep's next run of the same
+  shapes loads its executables instead of compiling them (programs that compile in > 1 s)."""
+  path = compile_cache_dir(tcfg)
+  if path:
+    jax.config.update('jax_compilation_cache_dir', path)
+
+
 def build(cfg) -> Setup:
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   cfg = config_lib.resolve(cfg, tok.vocab_size)
+  try:
+    model_lib.attention_impl(cfg.model)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  enable_compile_cache(cfg.train)
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_batch(mesh, cfg.train.batch_size, grad_accum=cfg.train.grad_accum)
   sharding.check_batch(mesh, cfg.eval.batch_size, 'eval.batch_size')

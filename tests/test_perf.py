@@ -1,0 +1,120 @@
+"""The fast path (fused attention, scan, remat, bf16) computes what the plain path computes, and
+flops.py counts what XLA compiles."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from dlm_jax import config, flops, model as model_lib, objectives, train
+
+
+def _setup(objective, L=32, **model):
+  c = config.base()
+  c.objective = objective
+  c.model.update(dict(d_model=64, num_layers=2, num_heads=4, **model))
+  c.data.seq_len = L
+  c.diffusion.time_sampler = 'uniform'
+  return config.resolve(c, 260)
+
+
+def _loss_and_grads(cfg, params, batch):
+  m = model_lib.Transformer(cfg.model)
+  fn = objectives.make_loss_fn(m, cfg, train=True)
+  return jax.jit(jax.value_and_grad(lambda p: fn(p, batch, jax.random.PRNGKey(3))[0]))(params)
+
+
+def _unroll(params, n):
+  out = {k: v for k, v in params.items() if k != 'layers'}
+  for i in range(n):
+    out[f'layers_{i}'] = jax.tree_util.tree_map(lambda x: x[i], params['layers'])
+  return out
+
+
+def _batch(L, segments=False, B=4):
+  rng = np.random.default_rng(0)
+  b = {'targets': jnp.asarray(rng.integers(4, 260, (B, L)), jnp.int32)}
+  if segments:
+    b['segment_ids'] = jnp.asarray(np.repeat([[1] * (L // 2) + [2] * (L - L // 2)], B, 0))
+  return b
+
+
+@pytest.mark.parametrize('objective,segments', [('ar', False), ('mdm', False), ('prefix', False),
+                                                ('dual', True)])
+def test_fast_path_equals_plain_path(objective, segments):
+  """float32: XLA's fused attention + scan + remat give the loss and gradients of explicit
+  softmax attention, unrolled layers, no remat."""
+  plain = _setup(objective, attention='reference', scan_layers=False, remat='none')
+  _, params = model_lib.init_params(_setup(objective).model, jax.random.PRNGKey(0), 32)
+  batch = _batch(32, segments)
+  ref_loss, ref_g = _loss_and_grads(plain, _unroll(params, 2), batch)
+  for remat in ('none', 'full', 'dots'):
+    fast = _setup(objective, attention='xla', scan_layers=True, remat=remat)
+    loss, g = _loss_and_grads(fast, params, batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(_unroll(g, 2)), jax.tree_util.tree_leaves(ref_g)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_bf16_compute_is_within_its_expected_error():
+  """bf16 activations with float32 master weights: the loss within 1% and the gradient
+  direction (cosine) within 1% of float32."""
+  f32 = _setup('dual')
+  bf16 = _setup('dual', dtype='bfloat16')
+  _, params = model_lib.init_params(f32.model, jax.random.PRNGKey(0), 32)
+  batch = _batch(32)
+  l32, g32 = _loss_and_grads(f32, params, batch)
+  l16, g16 = _loss_and_grads(bf16, params, batch)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g16))  # master weights
+  assert abs(float(l16) - float(l32)) / float(l32) < 1e-2
+  v32 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g32)])
+  v16 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g16)])
+  assert v32 @ v16 / np.linalg.norm(v32) / np.linalg.norm(v16) > 0.99
+
+
+@pytest.mark.parametrize('objective,L,d,V', [('ar', 128, 128, 8192), ('mdm', 512, 128, 260)])
+def test_flop_count_matches_xla_cost_analysis(objective, L, d, V):
+  """flops.py's training FLOPs per token against XLA's cost analysis of the compiled forward +
+  backward (unrolled: XLA counts a scanned layer once). L=512 with a small vocabulary makes
+  attention a quarter of the FLOPs, so leaving it out or halving it for bidirectional
+  attention would fail."""
+  c = config.base()
+  c.objective = objective
+  c.model.update(dict(d_model=d, num_layers=2, num_heads=4, scan_layers=False))
+  c.data.seq_len = L
+  c = config.resolve(c, V)
+  m, params = model_lib.init_params(c.model, jax.random.PRNGKey(0), L)
+  fn = objectives.make_loss_fn(m, c, train=True)
+  B = 2
+  batch = {'targets': jnp.full((B, L), 5, jnp.int32)}
+  compiled = jax.jit(jax.grad(lambda p: fn(p, batch, jax.random.PRNGKey(0))[0])).lower(
+      params).compile()
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  ours = flops.from_config(c.model, L)['flops_per_token'] * B * L
+  assert abs(ca['flops'] / ours - 1) < 0.03, (ca['flops'], ours)
+
+
+def test_attention_choice_and_its_errors():
+  m = _setup('ar').model
+  assert model_lib.attention_impl(m, backend='cpu') == 'xla'
+  with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always')
+    model_lib._warned.clear()  # pylint: disable=protected-access
+    assert model_lib.attention_impl(m, backend='gpu') == 'xla'  # float32
+    assert 'float32' in str(w[-1].message)
+  bf = _setup('ar', dtype='bfloat16').model
+  assert model_lib.attention_impl(bf, backend='gpu') == 'cudnn'
+  with pytest.warns(UserWarning, match='mask'):
+    assert model_lib.attention_impl(bf, has_mask=True, backend='gpu') == 'xla'
+  forced = _setup('ar', attention='cudnn').model
+  with pytest.raises(ValueError, match='model.attention=cudnn needs an NVIDIA GPU'):
+    model_lib.attention_impl(forced, backend='cpu')
+  # through the trainer: a config error before anything is written
+  c = tiny_config('ar')
+  c.model.attention = 'cudnn'
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(config.ConfigError, match='attention=cudnn'):
+      train.build(c)
