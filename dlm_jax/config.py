@@ -41,7 +41,7 @@ def base() -> ml_collections.ConfigDict:
       param_dtype='float32',
       scan_layers=True,
       remat='none',            # none | full | dots
-      attention='auto',        # auto (cuDNN flash attention on GPU in bf16, else XLA) | xla |
+      attention='auto',        # auto (cuDNN on GPU in bf16, explicit on CPU, else XLA) | xla |
                                # cudnn (GPU only: an error elsewhere) | reference (explicit softmax)
       attn_dropout=0.0,
       mlp_dropout=0.0,

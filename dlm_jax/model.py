@@ -58,7 +58,8 @@ _warned = set()
 def attention_impl(cfg, has_mask=False, backend=None) -> str:
   """The kernel config.model.attention asks for on this backend: 'xla', 'cudnn' or 'reference'.
   auto: cuDNN flash attention on GPU when it applies (bf16/fp16, head dim a multiple of 8 up to
-  128, no explicit mask), else XLA, with one warning on GPU saying why. A forced 'cudnn' off GPU
+  128, no explicit mask), else XLA, with one warning on GPU saying why; on CPU the explicit
+  softmax, which XLA:CPU compiles into a faster step than jax.nn.dot_product_attention. A forced 'cudnn' off GPU
   is an error naming the key."""
   backend = backend or jax.default_backend()
   want = getattr(cfg, 'attention', 'auto')
@@ -67,6 +68,8 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
                      f'{backend} (use auto or xla)')
   if want != 'auto':
     return want
+  if backend == 'cpu':  # measured: 9% faster train step than XLA's kernel (BENCHMARKS.md)
+    return 'reference'
   if backend != 'gpu':
     return 'xla'
   H = cfg.d_model // cfg.num_heads
@@ -243,7 +246,10 @@ class Transformer(nn.Module):
                               kernel_init=nn.with_logical_partitioning(
                                   nn.initializers.normal(0.02), ('embed', 'vocab')),
                               name='head')(x_BxLxD)
-    logits_BxLxV = logits_BxLxV.astype(jnp.float32).at[..., MASK].set(NEG_INF)
+    # a select, not .at[].set: the scatter's transpose in the backward pass cost 0.5 s of a 9 s
+    # CPU step (profile in BENCHMARKS.md)
+    is_mask_V = jnp.arange(logits_BxLxV.shape[-1]) == MASK
+    logits_BxLxV = jnp.where(is_mask_V, NEG_INF, logits_BxLxV.astype(jnp.float32))
     if cache is None:
       return logits_BxLxV
     return logits_BxLxV, dict(k=kv[0], v=kv[1])
