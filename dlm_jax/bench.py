@@ -1,5 +1,8 @@
 """Benchmarks (no test asserts a time; results go to BENCHMARKS.md).
 
+  python -m dlm_jax.bench train --size small --seq 512 --batch 8 --objective ar|mdm|dual
+      [--dtype bf16] [--peak_tflops P] [--steps 20] [--config.KEY=V ...]
+
   python -m dlm_jax.bench step --config configs/default.py [--config.mesh.fsdp=4] [--steps 20]
 
   python -m dlm_jax.bench eval --config configs/default.py [--rows 32] [--estimators ar,nelbo,pll]
@@ -7,9 +10,14 @@
   python -m dlm_jax.bench sample --runs ar=RUN_A,mdm=RUN_B --scorer RUN_S --length 128 \
       --sample_steps 16,64,256,L [--num 8] [--strategy ancestral] [--out F]
 
-`step`: the compiled train step of the configured run on its mesh, fed real batches from the
+`train`: `step` for a named size / length / batch / objective / dtype over configs/default.py,
+with MFU against --peak_tflops, else the vendor peak on GPU/TPU, else an in-process matmul of the
+run's dtype (the achievable peak on CPU), peak device memory where the backend reports it, and a
+table. `step`: the compiled train step of the configured run on its mesh, fed real batches from the
 run's pipeline; reports compile time, median step time, tokens/s, model FLOP/s and, when the
-device's peak is known, MFU. `eval`: sequences (validation windows of data.seq_len tokens) per
+device's peak is known, MFU; compile time is ahead-of-time (lower + compile, no execution), and
+xla_flops_per_token is XLA's cost analysis (it counts a scanned layer once: compare with
+flops_per_token only for scan_layers=False). `eval`: sequences (validation windows of data.seq_len tokens) per
 second of each likelihood estimator at eval.chunk rows per pass, after a warm-up call that
 compiles. `sample`: unconditional samples of --length tokens from trained runs (each mode from
 its run; a dual run may serve both), AR with the KV cache (and without, for reference) and MDM at
@@ -285,7 +293,8 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if argv[1] == 'train':
-    results = [bench_step(cfg, _STEPS.value, _PEAK.value, measure_peak=True)]
+    results = [bench_step(cfg, _STEPS.value, _PEAK.value,
+                          measure_peak=peak_flops(jax.devices()[0]) is None)]
     print(format_train(results[0]))
   elif argv[1] == 'step':
     results = [bench_step(cfg, _STEPS.value)]

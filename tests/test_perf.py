@@ -41,8 +41,10 @@ def _batch(L, segments=False, B=4):
   return b
 
 
-@pytest.mark.parametrize('objective,segments', [('ar', False), ('mdm', False), ('prefix', False),
-                                                ('dual', True)])
+@pytest.mark.parametrize('objective,segments', [
+    ('ar', False), ('dual', True),  # dual: causal and bidirectional, with segment masks
+    pytest.param('mdm', False, marks=pytest.mark.slow),
+    pytest.param('prefix', False, marks=pytest.mark.slow)])
 def test_fast_path_equals_plain_path(objective, segments):
   """float32: XLA's fused attention + scan + remat give the loss and gradients of explicit
   softmax attention, unrolled layers, no remat."""
@@ -119,3 +121,16 @@ def test_attention_choice_and_its_errors():
   if jax.default_backend() != 'gpu':
     with pytest.raises(config.ConfigError, match='attention=cudnn'):
       train.build(c)
+
+
+def test_bench_train_reports_mfu_and_flops(tiny):
+  """`python -m dlm_jax.bench train` on a tiny model: AOT compile, timed steps, MFU against the
+  in-process matmul peak, and (unrolled) XLA's FLOPs agreeing with flops.py."""
+  from dlm_jax import bench
+  c = bench.train_config(tiny('ar'), '', 32, 4, 'mdm', 'f32')
+  c.model.scan_layers = False
+  r = bench.bench_step(config.validate(c), 2, measure_peak=True)
+  assert r['objective'] == 'mdm' and r['seq_len'] == 32 and r['batch_size'] == 4
+  assert r['peak_source'] == 'matmul' and 0 < r['mfu'] < 1 and r['compile_s'] > 0
+  assert abs(r['xla_flops_per_token'] / r['flops_per_token'] - 1) < 0.1  # + the optimizer
+  assert 'MFU' in bench.format_train(r)
