@@ -99,8 +99,8 @@ def base() -> ml_collections.ConfigDict:
       eval_every=200,
       checkpoint_every=200,
       max_to_keep=3,
-      compile_cache='auto',    # persistent XLA compilation cache dir; auto: $DLM_JAX_COMPILE_CACHE
-                               # or ~/.cache/dlm_jax/xla; '': off
+      compile_cache='auto',    # persistent XLA compilation cache dir; auto: $JAX_COMPILATION_CACHE_DIR
+                               # (sweeps set <root>/.xla_cache) or ~/.cache/dlm_jax/xla; '': off
       nan_policy='stop',
   ))
   c.eval = ml_collections.ConfigDict(dict(

@@ -164,7 +164,7 @@ class Setup:
 def compile_cache_dir(tcfg) -> str:
   if tcfg.compile_cache != 'auto':
     return tcfg.compile_cache
-  return os.environ.get('DLM_JAX_COMPILE_CACHE',
+  return os.environ.get('JAX_COMPILATION_CACHE_DIR',  # e.g. a sweep's shared <root>/.xla_cache
                         os.path.join(os.path.expanduser('~'), '.cache', 'dlm_jax', 'xla'))
 
 

@@ -1,5 +1,6 @@
 """The fast path (fused attention, scan, remat, bf16) computes what the plain path computes, and
 flops.py counts what XLA compiles."""
+import os
 import warnings
 
 import jax
@@ -134,3 +135,13 @@ def test_bench_train_reports_mfu_and_flops(tiny):
   assert r['peak_source'] == 'matmul' and 0 < r['mfu'] < 1 and r['compile_s'] > 0
   assert abs(r['xla_flops_per_token'] / r['flops_per_token'] - 1) < 0.1  # + the optimizer
   assert 'MFU' in bench.format_train(r)
+
+
+def test_compile_cache_dir_follows_jax_env_then_home(monkeypatch):
+  c = tiny_config('ar').train
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', '/shared/sweep/.xla_cache')
+  assert train.compile_cache_dir(c) == '/shared/sweep/.xla_cache'
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR')
+  assert train.compile_cache_dir(c).endswith(os.path.join('.cache', 'dlm_jax', 'xla'))
+  c.compile_cache = ''
+  assert train.compile_cache_dir(c) == ''
