@@ -102,6 +102,7 @@ def base() -> ml_collections.ConfigDict:
       compile_cache='auto',    # persistent XLA compilation cache dir; auto: $JAX_COMPILATION_CACHE_DIR
                                # (sweeps set <root>/.xla_cache) or ~/.cache/dlm_jax/xla; '': off
       nan_policy='stop',
+      preempt_timeout=60.0,    # SIGTERM/SIGINT: checkpoint the current step and exit within this
   ))
   c.eval = ml_collections.ConfigDict(dict(
       num_batches=8,           # validation during training: batches x batch_size windows
@@ -313,6 +314,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for k in ('log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
     _need(t[k] > 0, f'train.{k}', f'must be positive, got {t[k]}')
   _choice(cfg, 'train.nan_policy', ('stop',))
+  _need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
   _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
   from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
   for est in [x.strip() for x in e.estimators.split(',') if x.strip()]:
@@ -382,7 +384,8 @@ def to_json(cfg) -> str:
 
 
 # Keys that may differ between a run's config.json and the command resuming it.
-RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'train.compile_cache', 'train.num_steps', 'train.log_every', 'train.eval_every',
+RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'train.compile_cache',
+                     'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
                      'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
                      'eval.name', 'eval.estimators', 'eval.likelihood_rows', 'eval.corpus',

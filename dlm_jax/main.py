@@ -71,6 +71,9 @@ def main(argv=None):
     fail(str(e))
   except (DataError, FileNotFoundError) as e:
     fail(str(e), 1)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
   except train.TrainingError as e:
     fail(str(e), 1)
   workdir = os.path.abspath(_WORKDIR.value)

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -33,6 +35,58 @@ from dlm_jax.data import tokenizers
 
 class TrainingError(RuntimeError):
   """A run that cannot go on (NaN loss, incompatible workdir); the message says where and why."""
+
+
+class Preempted(TrainingError):
+  """SIGTERM / SIGINT: the run checkpointed its current step and stopped; rerun to resume."""
+
+  def __init__(self, step, signum):
+    self.step, self.signum = step, signum
+    super().__init__(f'preempted ({signal.Signals(signum).name}) at step {step}: checkpoint '
+                     'saved; rerun the same command to resume')
+
+
+class StopOnSignal:
+  """SIGTERM and SIGINT set a flag the loop reads after each step (in multi-process runs every
+  log_every steps, through one allgather, so that every process stops at the same step). A
+  watchdog ends the process `timeout` s after the first signal whatever it is doing; a second
+  signal stops at once."""
+
+  def __init__(self, timeout, every=1):
+    self.signum, self.timeout, self.every, self._old, self._timer = None, timeout, every, {}, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+    self._old = {}
+    if self._timer is not None:
+      self._timer.cancel()
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    self._timer = threading.Timer(self.timeout, lambda: os._exit(128 + signum))  # pylint: disable=protected-access
+    self._timer.daemon = True
+    self._timer.start()
+
+  def requested(self, step) -> bool:
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % self.every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and np.any(flags):
+      self.signum = int(np.max(flags))
+    return self.signum is not None
 
 
 @flax.struct.dataclass
@@ -506,6 +560,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
       bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
       window, t_last, last_logged = [], time.time(), step + 1
 
+  stop = StopOnSignal(cfg.train.preempt_timeout, cfg.train.log_every).__enter__()
   try:
     for step in range(start, cfg.train.num_steps):
       batch = sharding.global_batch(next(data_iter), mesh)
@@ -523,20 +578,30 @@ def train_and_evaluate(cfg, workdir) -> dict:
           run_eval(done, state)
         if done % cfg.train.checkpoint_every == 0:
           save(mngr, done, state, data_iter)
+      if stop.requested(done):
+        if pending is not None:
+          consume(*pending)
+        if mngr.latest_step() != done:
+          save(mngr, done, state, data_iter)
+        mngr.wait_until_finished()
+        raise Preempted(done, stop.signum)
     if pending is not None:
       consume(*pending)
     if mngr.latest_step() != cfg.train.num_steps and cfg.train.num_steps > start:
       save(mngr, cfg.train.num_steps, state, data_iter)
     mngr.wait_until_finished()
   except BaseException as e:
+    stop.__exit__()
     mngr.wait_until_finished()
     bar.close()
     writer.close()
-    status = 'interrupted' if isinstance(e, KeyboardInterrupt) else f'failed: {e}'
+    status = ('interrupted' if isinstance(e, KeyboardInterrupt) else
+              f'preempted at step {e.step}' if isinstance(e, Preempted) else f'failed: {e}')
     _atomic_json(summary_path, make_summary(setup, int(mngr.latest_step() or 0), history,
                                             history[-1] if history else {},
                                             time.time() - t_start, status))
     raise
+  stop.__exit__()
   bar.close()
   final_step = int(state.step)
   final = history[-1] if history and history[-1]['step'] == final_step else run_eval(final_step,

@@ -151,3 +151,64 @@ def test_ema_tracks_params(tmp_path):
   diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), st['params'],
                                 st['ema_params'])
   assert max(jax.tree_util.tree_leaves(diff)) > 0
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_equals_uninterrupted(tmp_path):
+  """SIGTERM mid-run through the real CLI: the run checkpoints the step it is at, writes
+  status 'preempted', exits 143; the same command resumes and ends with the uninterrupted run's
+  losses and parameters."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from conftest import ROOT
+  steps = 300
+  cfg_file = tmp_path / 'cfg.py'
+  cfg_file.write_text(
+      f'import sys\nsys.path.insert(0, {os.path.join(ROOT, "tests")!r})\n'
+      'from conftest import tiny_config\n'
+      f'def get_config():\n  c = tiny_config("dual", num_steps={steps}, checkpoint_every=1000,\n'
+      '                  eval_every=1000, lr_schedule="constant")\n'
+      '  c.sample.num_samples = 0\n  return c\n')
+  ref = str(tmp_path / 'ref')
+  wd = str(tmp_path / 'run')
+  cmd = [sys.executable, '-m', 'dlm_jax.main', f'--config={cfg_file}']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  subprocess.run(cmd + [f'--workdir={ref}'], env=env, check=True, capture_output=True)
+  p = subprocess.Popen(cmd + [f'--workdir={wd}'], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(wd, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline and not (os.path.exists(metrics) and
+                                        len(open(metrics).readlines()) >= 10):
+    time.sleep(0.05)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+  stopped = json.load(open(os.path.join(wd, 'summary.json')))['status']
+  step = int(stopped.split()[-1])
+  assert stopped == f'preempted at step {step}' and 10 <= step < steps
+  assert f'preempted (SIGTERM) at step {step}' in err
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  assert mngr.latest_step() == step  # the step it was at, not a periodic checkpoint
+  r = subprocess.run(cmd + [f'--workdir={wd}'], env=env, capture_output=True, text=True)
+  assert r.returncode == 0 and 'resumed' in r.stdout, r.stderr[-2000:]
+  a = {x['step']: x['loss'] for x in rows(ref)}
+  b = {x['step']: x['loss'] for x in rows(wd)}
+  assert sorted(b) == list(range(1, steps + 1))
+  assert all(a[s] == b[s] for s in a)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, final_params(ref, steps),
+                         final_params(wd, steps))
+
+
+def test_stop_on_signal_second_signal_and_watchdog_cancelled():
+  import signal
+  with train.StopOnSignal(0.5) as stop:
+    assert not stop.requested(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested(1) and stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  import time
+  time.sleep(0.8)  # the watchdog was cancelled on exit: this process is still alive
+  assert signal.getsignal(signal.SIGTERM) is not stop._handle  # pylint: disable=protected-access
