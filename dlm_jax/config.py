@@ -98,10 +98,12 @@ def base() -> ml_collections.ConfigDict:
       log_every=10,
       eval_every=200,
       checkpoint_every=200,
-      max_to_keep=3,
+      max_to_keep=3,           # newest checkpoints kept ...
+      keep_period=0,           # ... plus every step divisible by this (0: none), never deleted
       compile_cache='auto',    # persistent XLA compilation cache dir; auto: $JAX_COMPILATION_CACHE_DIR
                                # (sweeps set <root>/.xla_cache) or ~/.cache/dlm_jax/xla; '': off
-      nan_policy='stop',
+      nan_policy='stop',       # non-finite loss/gradient: stop (error) | skip (the update)
+      nan_max_skips=10,        # skip: stop once more than this many updates were skipped
       preempt_timeout=60.0,    # SIGTERM/SIGINT: checkpoint the current step and exit within this
   ))
   c.eval = ml_collections.ConfigDict(dict(
@@ -313,7 +315,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(0.0 <= t.ema_decay < 1.0, 'train.ema_decay', 'must be in [0, 1)')
   for k in ('log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
     _need(t[k] > 0, f'train.{k}', f'must be positive, got {t[k]}')
-  _choice(cfg, 'train.nan_policy', ('stop',))
+  _choice(cfg, 'train.nan_policy', ('stop', 'skip'))
+  _need(t.nan_max_skips >= 0, 'train.nan_max_skips', f'must be >= 0, got {t.nan_max_skips}')
+  _need(t.keep_period >= 0, 'train.keep_period', f'must be >= 0 (0: none), got {t.keep_period}')
   _need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
   _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
   from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
@@ -386,7 +390,8 @@ def to_json(cfg) -> str:
 # Keys that may differ between a run's config.json and the command resuming it.
 RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'train.compile_cache',
                      'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
-                     'train.checkpoint_every', 'train.max_to_keep', 'sample.', 'eval.num_batches',
+                     'train.checkpoint_every', 'train.max_to_keep', 'train.keep_period',
+                     'train.nan_policy', 'train.nan_max_skips', 'sample.', 'eval.num_batches',
                      'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
                      'eval.name', 'eval.estimators', 'eval.likelihood_rows', 'eval.corpus',
                      'eval.nelbo_samples', 'eval.pll_span', 'eval.chunk', 'eval.task')

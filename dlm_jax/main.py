@@ -76,6 +76,8 @@ def main(argv=None):
     sys.exit(128 + e.signum)
   except train.TrainingError as e:
     fail(str(e), 1)
+  except OSError as e:  # a full disk, a read-only or vanished workdir: name the file
+    fail(f'{type(e).__name__}: {e}; the checkpoints already written are kept', 1)
   workdir = os.path.abspath(_WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:

@@ -100,7 +100,7 @@ def state_shardings(abstract_state, params_sh, tx, mesh):
                                  transform_non_params=lambda _: rep,
                                  is_leaf=lambda x: isinstance(x, NamedSharding))
   return abstract_state.replace(
-      step=rep, rng=rep, params=params_sh, opt_state=opt_sh,
+      step=rep, rng=rep, skipped=rep, params=params_sh, opt_state=opt_sh,
       ema_params=None if abstract_state.ema_params is None else params_sh)
 
 

@@ -9,8 +9,10 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import flax
@@ -96,6 +98,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   ema_params: Any = None
+  skipped: Any = None  # int32: updates skipped for a non-finite loss/gradient (nan_policy=skip)
 
 
 def lr_schedule(tcfg):
@@ -179,8 +182,9 @@ def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k):
 
 
 def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1):
-  """The pure step. A non-finite loss or gradient leaves params/optimizer unchanged (the loop
-  then stops with an error), so the state that can be checkpointed is always the last good one."""
+  """The pure step. A non-finite loss or gradient leaves params, optimizer and EMA unchanged and
+  counts the step in `skipped` (the loop then stops or goes on, by train.nan_policy), so a state
+  that can be checkpointed never holds a NaN."""
   def train_step(state, batch, n_mdm=None):
     rng = jax.random.fold_in(state.rng, state.step)
     loss, metrics, grads = accumulate_grads(loss_fn, state.params, batch, rng, n_mdm, grad_accum)
@@ -193,10 +197,13 @@ def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1):
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     ema = state.ema_params
     if ema is not None:
-      ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-    metrics = dict(metrics, grad_norm=grad_norm, lr=sched(state.step), finite=finite)
+      ema = keep(jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema,
+                                        params), ema)
+    skipped = state.skipped + (~finite).astype(jnp.int32)
+    metrics = dict(metrics, grad_norm=grad_norm, lr=sched(state.step), finite=finite,
+                   skipped=skipped)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         ema_params=ema), metrics
+                         ema_params=ema, skipped=skipped), metrics
   return train_step
 
 
@@ -272,7 +279,7 @@ def init_state(setup, tx, params=None):
     _, params = model_lib.init_params(cfg.model, init_rng, cfg.data.seq_len)
   ema = jax.tree_util.tree_map(jnp.copy, params) if cfg.train.ema_decay > 0 else None
   return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=train_rng, ema_params=ema)
+                    rng=train_rng, ema_params=ema, skipped=jnp.array(0, jnp.int32))
 
 
 def state_layout(setup):
@@ -392,21 +399,24 @@ def load_params(run_dir, cfg, mesh=None, what=None):
       raise TrainingError(f'{what}: architecture differs: model.{k} is '
                           f'{other.get(k)!r} there and {cfg.model[k]!r} here')
   ckpt = os.path.join(os.path.abspath(run_dir), 'checkpoints')
+  if not os.path.isdir(ckpt):
+    raise TrainingError(f'{what}: the run has no checkpoint')
   mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True,
                                                                           create=False))
-  step = mngr.latest_step() if os.path.isdir(ckpt) else None
-  if step is None:
-    raise TrainingError(f'{what}: the run has no checkpoint')
-  try:
-    fallback = sharding.replicated(mesh) if mesh is not None else None  # every process: all
-    st = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fallback_sharding=fallback)))['state']
-  except Exception as e:  # pylint: disable=broad-except
-    raise TrainingError(f'{what}: checkpoint step {step} could not be '
-                        f'read ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
-  params = st.get('ema_params') or st['params']
   want = jax.eval_shape(lambda: model_lib.init_params(cfg.model, jax.random.PRNGKey(0),
                                                       cfg.data.seq_len)[1])
+  # only the (EMA) parameters are read: no optimizer moments in memory
+  key = 'ema_params' if json.load(open(cfg_path, encoding='utf-8'))['train'].get(
+      'ema_decay', 0) > 0 else 'params'
+  on = sharding.replicated(mesh) if mesh is not None else jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  item = {key: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                     sharding=on), want)}
+  read = lambda s: mngr.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, partial_restore=True)))['state'][key]
+  step, params = newest_readable(mngr, read, what)
+  if step is None:
+    raise TrainingError(f'{what}: the run has no checkpoint')
   got_paths = {jax.tree_util.keystr(p): np.shape(x)
                for p, x in jax.tree_util.tree_leaves_with_path(params)}
   for p, x in jax.tree_util.tree_leaves_with_path(want):
@@ -446,10 +456,64 @@ def load_init_params(run_dir, cfg, mesh=None):
 
 
 def checkpoint_manager(workdir, tcfg):
+  """Asynchronous and atomic (orbax writes a temporary directory and renames it when complete, so
+  a killed write leaves no half step, and its leftovers are removed here); keeps the newest
+  train.max_to_keep steps plus every train.keep_period-th step."""
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=tcfg.max_to_keep, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=tcfg.max_to_keep,
+                                           keep_period=tcfg.keep_period or None, create=True,
+                                           cleanup_tmp_directories=True,
                                            enable_async_checkpointing=True))
+
+
+def newest_readable(mngr, read, what, set_aside=False):
+  """(step, read(step)) for the newest checkpoint that reads, or (None, None) when there is none.
+
+  A truncated or partly written checkpoint (or one whose files were damaged) is passed over with a
+  warning naming it and the step used instead. set_aside (training): its directory is renamed
+  to `<step>.unreadable` (kept, never deleted) so the resumed run can write that step again."""
+  failures = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      out = read(step)
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append((step, _root_cause(e)))
+      continue
+    if failures:
+      bad = ', '.join(str(b) for b, _ in failures)
+      warnings.warn(f'{what}: checkpoint step {bad} is unreadable ({failures[0][1]}); using the '
+                    f'previous good checkpoint, step {step}', stacklevel=2)
+      if set_aside:
+        _set_aside(mngr, [b for b, _ in failures])
+    return step, out
+  if failures:
+    raise TrainingError(f'{what}: no readable checkpoint (' + '; '.join(
+        f'step {b}: {why}' for b, why in failures) + ')')
+  return None, None
+
+
+def _root_cause(e):
+  """The innermost exception of a chain, in one short line (orbax wraps TensorStore's reason)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  return f'{type(e).__name__}: {" ".join(str(e).split())[:240] or "?"}'
+
+
+def _set_aside(mngr, steps):
+  root = str(mngr.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      src = os.path.join(root, str(step))
+      dst, k = f'{src}.unreadable', 1
+      while os.path.exists(dst):
+        dst, k = f'{src}.unreadable{k}', k + 1
+      os.rename(src, dst)
+      print(f'moved the unreadable checkpoint aside: {dst}', file=sys.stderr)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('dlm_jax:set_aside')
+  mngr.reload()
 
 
 def save(mngr, step, state, data_iter):
@@ -458,10 +522,26 @@ def save(mngr, step, state, data_iter):
 
 
 def restore(mngr, step, abstract_state, data_iter=None):
-  args = dict(state=ocp.args.StandardRestore(abstract_state))
-  if data_iter is not None:
-    args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-  return mngr.restore(step, args=ocp.args.Composite(**args))['state']
+  """The TrainState of `step` onto abstract_state's shardings (any mesh), and the data iterator's
+  position. A checkpoint written before TrainState.skipped existed restores with skipped = 0."""
+  def read(item):
+    args = dict(state=ocp.args.StandardRestore(item))
+    if data_iter is not None:
+      args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    return mngr.restore(step, args=ocp.args.Composite(**args))['state']
+  try:
+    return read(abstract_state)
+  except ValueError as e:
+    if 'skipped' not in str(e):
+      raise
+  old = {k: getattr(abstract_state, k) for k in ('step', 'params', 'opt_state', 'rng',
+                                                  'ema_params')}
+  got = read(old)
+  fields = {k: jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(v),
+                                            jax.tree_util.tree_leaves(got[k]))
+            for k, v in old.items()}
+  return TrainState(**fields, skipped=jax.device_put(jnp.zeros((), jnp.int32),
+                                                     abstract_state.skipped.sharding))
 
 
 def _host(tree):
@@ -498,9 +578,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
                               rows=sharding.local_rows(mesh, cfg.train.batch_size))
   data_iter = pipeline.train_iterator(ds, cfg.data.prefetch)
   mngr = checkpoint_manager(workdir, cfg.train)
-  latest = mngr.latest_step()
+  latest, state = newest_readable(
+      mngr, lambda s: restore(mngr, s, abstract_state(setup, tx, state_sharding), data_iter),
+      workdir, set_aside=True)
   if latest is not None:
-    state = restore(mngr, latest, abstract_state(setup, tx, state_sharding), data_iter)
     print(f'resumed {workdir} from step {latest}')
   else:
     state = jax.jit(lambda p: init_state(setup, tx, p), out_shardings=state_sharding)(init_params)
@@ -541,23 +622,36 @@ def train_and_evaluate(cfg, workdir) -> dict:
                   dynamic_ncols=True, disable=None if jax.process_index() == 0 else True)
 
   def consume(step, m):
+    """Checks and logs step `step`'s metrics, fetched one step late (no host sync per step)."""
     nonlocal t_last, last_logged, window
     m = _host(m)
-    if not m.pop('finite') or not math.isfinite(m['loss']):
-      raise TrainingError(f'non-finite loss or gradient at step {step} (loss={m["loss"]}, '
-                          f'grad_norm={m["grad_norm"]}); the last good checkpoint is step '
-                          f'{mngr.latest_step()}')
-    window.append(m)
+    finite, skipped = m.pop('finite'), m.pop('skipped')
+    if not finite:
+      what = (f'non-finite loss or gradient at step {step + 1} (loss={m["loss"]}, '
+              f'grad_norm={m["grad_norm"]})')
+      good = f'the last good checkpoint is step {mngr.latest_step()}'
+      if cfg.train.nan_policy == 'stop':
+        raise TrainingError(f'{what}; {good} (train.nan_policy=skip skips such updates)')
+      if skipped > cfg.train.nan_max_skips:
+        raise TrainingError(f'{what}: {skipped} updates skipped, more than '
+                            f'train.nan_max_skips={cfg.train.nan_max_skips}; {good}')
+      warnings.warn(f'{what}: update skipped ({skipped} of at most {cfg.train.nan_max_skips})')
+    else:
+      window.append(m)
     if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.num_steps:
       dt = time.time() - t_last
       steps = step + 1 - last_logged
-      avg = {k: float(np.mean([w[k] for w in window])) for k in window[-1] if k in window[0]}
+      avg = {k: float(np.mean([w[k] for w in window])) for k in window[-1]
+             if k in window[0]} if window else {}
       row = dict(avg, tokens=(step + 1) * tokens_per_step,
                  epochs=(step + 1) * tokens_per_step / setup.data_info['unique_tokens'],
                  tokens_per_s=steps * tokens_per_step / dt,
                  flops_per_s=steps * tokens_per_step * setup.counts['flops_per_token'] / dt)
+      if skipped:
+        row['skipped'] = skipped
       writer.write(step + 1, row)
-      bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
+      if avg:
+        bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
       window, t_last, last_logged = [], time.time(), step + 1
 
   stop = StopOnSignal(cfg.train.preempt_timeout, cfg.train.log_every).__enter__()
@@ -592,14 +686,19 @@ def train_and_evaluate(cfg, workdir) -> dict:
     mngr.wait_until_finished()
   except BaseException as e:
     stop.__exit__()
-    mngr.wait_until_finished()
-    bar.close()
-    writer.close()
+    for close in (mngr.wait_until_finished, bar.close, writer.close):
+      try:  # e.g. a pending checkpoint write failing on the same full disk: report, go on
+        close()
+      except Exception as close_error:  # pylint: disable=broad-except
+        print(f'while stopping: {type(close_error).__name__}: {close_error}', file=sys.stderr)
     status = ('interrupted' if isinstance(e, KeyboardInterrupt) else
               f'preempted at step {e.step}' if isinstance(e, Preempted) else f'failed: {e}')
-    _atomic_json(summary_path, make_summary(setup, int(mngr.latest_step() or 0), history,
-                                            history[-1] if history else {},
-                                            time.time() - t_start, status))
+    try:  # on a full disk this write fails too; the original error is the one to report
+      _atomic_json(summary_path, make_summary(setup, int(mngr.latest_step() or 0), history,
+                                              history[-1] if history else {},
+                                              time.time() - t_start, status))
+    except OSError as write_error:
+      print(f'could not write {summary_path}: {write_error}', file=sys.stderr)
     raise
   stop.__exit__()
   bar.close()
@@ -614,6 +713,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   summary = make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
   summary['samples'] = len(samples)
+  summary['skipped_updates'] = int(state.skipped)
   summary.update(layout)
   _atomic_json(summary_path, summary)
   return summary
