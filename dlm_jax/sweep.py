@@ -71,6 +71,8 @@ def fmt_num(x) -> str:
 
 def status_of(workdir) -> str:
   """done | failed: ... | running/partial | missing (from summary.json and checkpoints)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    return f'failed: {workdir} exists and is not a directory'
   p = os.path.join(workdir, 'summary.json')
   if os.path.exists(p):
     try:
@@ -104,12 +106,16 @@ def worker_env(root, workers):
 
 
 def _run_one(cmd, workdir, env):
-  os.makedirs(workdir, exist_ok=True)
   t = time.time()
-  with open(os.path.join(workdir, 'launcher.log'), 'a', encoding='utf-8') as log:
-    log.write(f'$ {shlex.join(cmd)}\n')
-    log.flush()
-    r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, check=False)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'launcher.log'), 'a', encoding='utf-8') as log:
+      log.write(f'$ {shlex.join(cmd)}\n')
+      log.flush()
+      r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                         check=False)
+  except OSError as e:  # the run directory cannot be made or written: this run fails, not the sweep
+    return f'failed: cannot write {workdir}: {e.strerror or e}', time.time() - t
   if r.returncode == 0:
     return 'done', time.time() - t
   tail = open(os.path.join(workdir, 'launcher.log'), encoding='utf-8').read().strip()
@@ -168,6 +174,8 @@ def collect(root, names):
   for name in names:
     wd = os.path.join(root, name)
     st = status_of(wd)
+    if st.startswith(('preempted', 'interrupted')):  # resumable: the next `local` continues it
+      st = 'partial'
     row = dict(run=name, status=st if st in ('done', 'missing', 'partial') else 'failed',
                error='' if st in ('done', 'missing', 'partial') else st)
     sp = os.path.join(wd, 'summary.json')
@@ -199,13 +207,18 @@ def _last_error(wd):
 
 
 def write_csv(rows, path):
+  """Atomically: a failed write (full disk) leaves the previous table intact."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   keys = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: r.get(k, '') for k in keys})
+  try:
+    with open(path + '.tmp', 'w', newline='', encoding='utf-8') as f:
+      w = csv.DictWriter(f, keys)
+      w.writeheader()
+      for r in rows:
+        w.writerow({k: r.get(k, '') for k in keys})
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    raise SweepError(f'could not write {path} ({e}); the previous table, if any, is kept') from None
 
 
 def dataframe(rows):
@@ -303,14 +316,22 @@ def main(argv=None):
     failed = {k: v for k, v in st.items() if v.startswith('failed')}
     rows = collect(root, list(sw.runs))
     if not a.dry_run:
-      write_csv(rows, os.path.join(root, 'runs.csv'))
+      try:
+        write_csv(rows, os.path.join(root, 'runs.csv'))
+      except SweepError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
     print(f'{sum(v == "done" for v in st.values())} done, {len(failed)} failed'
           + (f' ({", ".join(failed)})' if failed else ''))
     sys.exit(1 if failed else 0)
   elif a.action == 'collect':
     rows = collect(root, list(runs))
     out = a.csv or os.path.join(root, 'runs.csv')
-    write_csv(rows, out)
+    try:
+      write_csv(rows, out)
+    except SweepError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
     bad = [r for r in rows if r['status'] != 'done']
     print(f'{len(rows) - len(bad)} done runs -> {out}')
     for r in bad:

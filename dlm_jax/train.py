@@ -497,7 +497,10 @@ def _root_cause(e):
   """The innermost exception of a chain, in one short line (orbax wraps TensorStore's reason)."""
   while (e.__cause__ or e.__context__) is not None:
     e = e.__cause__ or e.__context__
-  return f'{type(e).__name__}: {" ".join(str(e).split())[:240] or "?"}'
+  msg = ' '.join(str(e).split()) or '?'
+  if len(msg) > 300:  # the start says what failed, the end usually says why
+    msg = msg[:150] + ' ... ' + msg[-150:]
+  return f'{type(e).__name__}: {msg}'
 
 
 def _set_aside(mngr, steps):
@@ -516,9 +519,36 @@ def _set_aside(mngr, steps):
   mngr.reload()
 
 
+class CheckpointWriteError(TrainingError):
+  """A checkpoint could not be written (full disk, quota, permissions); earlier ones are kept."""
+
+
+def _writing(mngr, what, fn, *args, **kwargs):
+  try:
+    return fn(*args, **kwargs)
+  except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports EFBIG/ENOSPC as these
+    good = _latest_committed(mngr)
+    raise CheckpointWriteError(
+        f'writing {what} under {mngr.directory} failed ({_root_cause(e)}); the checkpoints '
+        'already written are kept (' + (f'latest: step {good})' if good is not None else
+                                        'none was complete)')) from None
+
+
+def _latest_committed(mngr):
+  steps = [int(n) for n in os.listdir(mngr.directory) if n.isdigit()]
+  return max(steps) if steps else None
+
+
 def save(mngr, step, state, data_iter):
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=grain.checkpoint.CheckpointSave(data_iter)))
+  """Starts writing checkpoint `step` in the background (an earlier write's failure shows here)."""
+  _writing(mngr, 'a checkpoint', mngr.save, step,
+           args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                   data=grain.checkpoint.CheckpointSave(data_iter)))
+
+
+def finish(mngr):
+  """Waits for the background checkpoint write; its failure becomes a CheckpointWriteError."""
+  _writing(mngr, 'a checkpoint', mngr.wait_until_finished)
 
 
 def restore(mngr, step, abstract_state, data_iter=None):
@@ -677,16 +707,16 @@ def train_and_evaluate(cfg, workdir) -> dict:
           consume(*pending)
         if mngr.latest_step() != done:
           save(mngr, done, state, data_iter)
-        mngr.wait_until_finished()
+        finish(mngr)
         raise Preempted(done, stop.signum)
     if pending is not None:
       consume(*pending)
     if mngr.latest_step() != cfg.train.num_steps and cfg.train.num_steps > start:
       save(mngr, cfg.train.num_steps, state, data_iter)
-    mngr.wait_until_finished()
+    finish(mngr)
   except BaseException as e:
     stop.__exit__()
-    for close in (mngr.wait_until_finished, bar.close, writer.close):
+    for close in (lambda: finish(mngr), bar.close, writer.close):
       try:  # e.g. a pending checkpoint write failing on the same full disk: report, go on
         close()
       except Exception as close_error:  # pylint: disable=broad-except
@@ -694,7 +724,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
     status = ('interrupted' if isinstance(e, KeyboardInterrupt) else
               f'preempted at step {e.step}' if isinstance(e, Preempted) else f'failed: {e}')
     try:  # on a full disk this write fails too; the original error is the one to report
-      _atomic_json(summary_path, make_summary(setup, int(mngr.latest_step() or 0), history,
+      _atomic_json(summary_path, make_summary(setup, int(_latest_committed(mngr) or 0), history,
                                               history[-1] if history else {},
                                               time.time() - t_start, status))
     except OSError as write_error:

@@ -194,7 +194,17 @@ class PreparedSource:
     self.path, self.manifest, self.split = path, m, split
     self.seq_len, self.packing = seq_len, packing
     self.dtype = np.dtype(m['dtype'])
-    self._src = grain.sources.ArrayRecordDataSource(files)
+    try:
+      self._src = grain.sources.ArrayRecordDataSource(files)
+    except Exception:  # pylint: disable=broad-except
+      for f in files:  # name the damaged shard
+        try:
+          grain.sources.ArrayRecordDataSource([f])
+        except Exception as e:  # pylint: disable=broad-except
+          raise DataError(f'{path}: shard {os.path.basename(f)} is truncated or corrupt '
+                          f'({type(e).__name__}: {str(e).strip() or "unreadable"}); re-run '
+                          'python -m dlm_jax.prepare') from None
+      raise
     lengths = np.load(os.path.join(path, f'{split}.lengths.npy')).astype(np.int64)
     if len(self._src) != lengths.size:
       raise DataError(f'{path}: {split} shards hold {len(self._src)} records but '
@@ -219,7 +229,13 @@ class PreparedSource:
     return self._n
 
   def _doc(self, d):
-    ids = np.frombuffer(self._src[int(d)], self.dtype).astype(np.int32)
+    try:
+      rec = self._src[int(d)]
+      ids = np.frombuffer(rec, self.dtype).astype(np.int32)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f'{self.path}: {self.split} document {int(d)} is unreadable '
+                      f'({type(e).__name__}: {str(e).strip()[:200]}); the shard holding it is '
+                      'damaged: re-run python -m dlm_jax.prepare') from None
     return np.append(ids, EOS)
 
   def __getitem__(self, i):
