@@ -105,3 +105,17 @@ def test_cli_requires_workdir_and_rejects_unknown_mode(tmp_path):
   assert r.returncode == 2 and 'workdir' in r.stderr
   r = run_main('--mode=dance', workdir=tmp_path / 'x')
   assert r.returncode == 2 and 'mode' in r.stderr
+
+
+@pytest.mark.parametrize('key,value,needle', [
+    ('nan_policy', 'ignore', "config.train.nan_policy: 'ignore' is not one of stop, skip"),
+    ('nan_max_skips', -1, 'config.train.nan_max_skips: must be >= 0'),
+    ('keep_period', -2, 'config.train.keep_period: must be >= 0'),
+    ('preempt_timeout', 0.0, 'config.train.preempt_timeout: must be > 0'),
+    ('max_to_keep', 0, 'config.train.max_to_keep: must be positive'),
+])
+def test_reliability_keys_are_checked(key, value, needle):
+  c = config.base()
+  c.train[key] = value
+  with pytest.raises(config.ConfigError, match=needle.replace('(', r'\(')):
+    config.validate(c)

@@ -95,6 +95,22 @@ def test_prepared_errors(prepared_bpe, tmp_path, small_corpus):
   with pytest.raises(DataError, match='shard train-00001-of-00003.array_record listed in '
                      'manifest.json is missing'):
     prepared.PreparedSource(str(broken), 'train', 32)
+  # a truncated shard (a copy cut short) and a damaged one (bytes overwritten) are named
+  shutil.copytree(prepared_bpe, tmp_path / 'cut')
+  shard = tmp_path / 'cut' / 'train-00002-of-00003.array_record'
+  os.truncate(shard, os.path.getsize(shard) // 2)
+  with pytest.raises(DataError, match='shard train-00002-of-00003.array_record is truncated or '
+                     'corrupt .+ re-run python -m dlm_jax.prepare'):
+    prepared.PreparedSource(str(tmp_path / 'cut'), 'train', 32)
+  shutil.copytree(prepared_bpe, tmp_path / 'flipped')
+  shard = tmp_path / 'flipped' / 'train-00000-of-00003.array_record'
+  data = bytearray(shard.read_bytes())
+  data[4096:4160] = bytes(~b & 0xFF for b in data[4096:4160])  # inside the records
+  shard.write_bytes(bytes(data))
+  with pytest.raises(DataError, match='train-00000-of-00003.array_record is truncated or corrupt'):
+    src = prepared.PreparedSource(str(tmp_path / 'flipped'), 'train', 32)
+    for i in range(len(src)):
+      src[i]
   c = tiny_config().data
   c.corpus, c.tokenizer = prepared_bpe, 'byte'
   with pytest.raises(DataError, match="prepared with tokenizer 'bpe'; set data.tokenizer='bpe'"):

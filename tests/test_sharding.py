@@ -221,3 +221,51 @@ def test_unreachable_coordinator_is_named(tmp_path):
   assert p.returncode == 1
   assert f'coordinator 127.0.0.1:{port} did not answer within 2 s' in p.stderr
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_two_processes_sigterm_to_one_stops_both_at_the_same_step(tmp_path):
+  """Preemption of a 2-process run, the signal reaching only process 1: the flags are combined
+  every log_every steps, both processes checkpoint the same step and exit 143, and the same
+  commands resume and follow the uninterrupted 2-device run."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(CONFIG_FILE.format(root=ROOT, steps=200).replace(
+      'c.sample.num_samples = 2', 'c.sample.num_samples = 0\n  c.train.log_every = 4\n'
+      '  c.train.checkpoint_every = c.train.eval_every = 1000'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  one = subprocess.run(_main(cfg, tmp_path / 'one'), cwd=ROOT, capture_output=True, text=True,
+                       env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+                       timeout=600, check=False)
+  assert one.returncode == 0, one.stderr[-3000:]
+
+  def start():
+    port = _free_port()
+    return [subprocess.Popen(
+        _main(cfg, tmp_path / 'two', [f'--coordinator_address=127.0.0.1:{port}',
+                                      '--num_processes=2', f'--process_id={i}',
+                                      '--distributed_timeout=120']),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+  procs = start()
+  metrics = tmp_path / 'two' / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and
+                                        len(metrics.read_text().splitlines()) >= 5):
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for _, e in outs]
+  status = json.load(open(tmp_path / 'two' / 'summary.json'))['status']
+  step = int(status.split()[-1])
+  assert status == f'preempted at step {step}' and step % 4 == 0 and step < 200
+  procs = start()
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+  assert f'resumed {tmp_path / "two"} from step {step}' in outs[0][0]
+  a, b = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')
+  assert sorted(b) == sorted(a)
+  np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)], rtol=1e-5,
+                             atol=1e-5)

@@ -86,3 +86,57 @@ def test_sweep_files_expand_deterministically():
   b = sweep.load_sweep(os.path.join(ROOT, 'configs', 'sweeps', 'isoflop_micro.py'))
   assert a.runs == b.runs and len(a.runs) >= 50
   assert sweep.fmt_num(1.5e11) == '1.5e11' and sweep.fmt_num(0.25) == '0.25'
+
+
+FAULTS = textwrap.dedent('''
+    from dlm_jax.sweep import Sweep
+    def get_sweep():
+      return Sweep('faults', {base!r}, {{
+          'ok': {{'objective': 'ar'}},
+          'no_corpus': {{'data.corpus': '/nonexistent/corpus.txt'}},
+          'nan': {{'train.lr': 1e30, 'train.grad_clip': 0.0, 'train.warmup_steps': 0,
+                   'train.b1': 0.0, 'train.checkpoint_every': 1}},
+          'blocked': {{'objective': 'ar'}},     # its run directory is a file
+          'full_disk': {{'objective': 'mdm'}},  # run with a file-size limit, then without
+      }})
+''')
+
+
+def test_sweep_with_injected_failures_reports_exactly_those_runs(tmp_path):
+  """Failures injected into a 5-run sweep: a missing corpus, a NaN loss, a run directory that
+  cannot be created, and a run whose disk fills. The sweep finishes the others, the collector
+  lists exactly the broken runs with their reasons, and rerunning after the cause is removed
+  completes them without redoing the finished ones."""
+  import resource  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'base.py').write_text(BASE.format(root=ROOT))
+  (tmp_path / 'faults.py').write_text(FAULTS.format(base=str(tmp_path / 'base.py')))
+  sw, root = str(tmp_path / 'faults.py'), str(tmp_path / 'runs')
+  os.makedirs(root)
+  open(os.path.join(root, 'blocked'), 'w').write('not a directory\n')
+
+  def limited():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))  # EFBIG past 256 KiB
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  full = subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', 'local', sw, '--root', root,
+                         '--only', 'full_disk'], cwd=ROOT, capture_output=True, text=True,
+                        env=env, preexec_fn=limited, check=False)
+  assert full.returncode == 1 and '0 done, 1 failed (full_disk)' in full.stdout, full.stdout
+  p = _cli('local', sw, '--root', root, '--workers', '2',
+           '--only', 'ok,no_corpus,nan,blocked')
+  assert p.returncode == 1, p.stdout + p.stderr
+  assert '1 done, 3 failed' in p.stdout
+  rows = {r['run']: r for r in csv.DictReader(open(os.path.join(root, 'runs.csv')))}
+  assert list(rows) == ['ok', 'no_corpus', 'nan', 'blocked', 'full_disk']
+  assert {k for k, r in rows.items() if r['status'] == 'failed'} == {
+      'no_corpus', 'nan', 'blocked', 'full_disk'}
+  assert "no such file or directory (/nonexistent/corpus.txt)" in rows['no_corpus']['error']
+  assert 'non-finite loss or gradient at step' in rows['nan']['error']
+  assert 'exists and is not a directory' in rows['blocked']['error']
+  assert 'File too large' in rows['full_disk']['error']
+  mtime = os.path.getmtime(os.path.join(root, 'ok', 'summary.json'))
+  os.remove(os.path.join(root, 'blocked'))  # the causes removed: rerun everything
+  again = _cli('local', sw, '--root', root, '--workers', '2', '--only', 'ok,blocked,full_disk')
+  assert again.returncode == 0 and '1 runs already done, 2 to run' in again.stdout, again.stdout
+  assert os.path.getmtime(os.path.join(root, 'ok', 'summary.json')) == mtime
+  rows = {r['run']: r for r in csv.DictReader(open(os.path.join(root, 'runs.csv')))}
+  assert [k for k, r in rows.items() if r['status'] != 'done'] == ['no_corpus', 'nan']

@@ -233,9 +233,12 @@ class PreparedSource:
       rec = self._src[int(d)]
       ids = np.frombuffer(rec, self.dtype).astype(np.int32)
     except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f'{self.path}: {self.split} document {int(d)} is unreadable '
-                      f'({type(e).__name__}: {str(e).strip()[:200]}); the shard holding it is '
-                      'damaged: re-run python -m dlm_jax.prepare') from None
+      shards = self.manifest['splits'][self.split]['shards']
+      k = int(np.searchsorted(np.cumsum([x['records'] for x in shards]), int(d), side='right'))
+      raise DataError(f'{self.path}: shard {shards[min(k, len(shards) - 1)]["file"]} is truncated '
+                      f'or corrupt: {self.split} document {int(d)} is unreadable '
+                      f'({type(e).__name__}: {str(e).strip()[:200]}); re-run '
+                      'python -m dlm_jax.prepare') from None
     return np.append(ids, EOS)
 
   def __getitem__(self, i):

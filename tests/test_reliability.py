@@ -1,0 +1,301 @@
+"""Faults a long sweep meets: SIGKILL, unreadable checkpoints, NaNs, a full disk, broken runs.
+
+Each test is one row of RELIABILITY.md."""
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT, tiny_config
+from dlm_jax import config as config_lib
+from dlm_jax import train
+
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+
+CONFIG = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config
+    def get_config():
+      c = tiny_config({objective!r}, num_steps={steps}, checkpoint_every={every},
+                      eval_every=10, ema_decay=0.9, token_dropout=0.1)
+      c.model.mlp_dropout = c.model.attn_dropout = 0.1
+      c.sample.num_samples = 0
+      c.mesh.data, c.mesh.fsdp = {data}, {fsdp}
+      return c
+''')
+
+
+def rows(wd):
+  return [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+
+
+def state_at(wd, step):
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # from any mesh onto this device
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(fallback_sharding=one)))['state']
+
+
+def assert_same_run(ref, wd, steps):
+  """Every logged metric (but wall-clock rates), every evaluation and the final state agree
+  exactly, and each step is logged once."""
+  a, b = rows(ref), rows(wd)
+  assert [r['step'] for r in b] == list(range(1, steps + 1))
+  clock = ('tokens_per_s', 'flops_per_s')
+  for x, y in zip(a, b):
+    assert {k: v for k, v in x.items() if k not in clock} == {
+        k: v for k, v in y.items() if k not in clock}, (x['step'], x, y)
+  ev = lambda d: json.load(open(os.path.join(d, 'eval', 'validation.json')))
+  assert ev(ref) == ev(wd)
+  sa, sb = state_at(ref, steps), state_at(wd, steps)
+  for k in ('params', 'opt_state', 'ema_params', 'rng', 'step'):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, sa[k], sb[k])
+
+
+def _kill_at_random_step(tmp_path, objective, data=1, fsdp=1, steps=36):
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(CONFIG.format(tests=os.path.join(ROOT, 'tests'), objective=objective,
+                               steps=steps, every=3, data=data, fsdp=fsdp))
+  env = dict(ENV)
+  if data * fsdp > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={data * fsdp}'
+  cmd = lambda wd: [sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}', f'--workdir={wd}']
+  ref, wd = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+  r = subprocess.run(cmd(ref), env=env, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  kill_after = random.randint(4, steps - 6)  # a different step each time the suite runs
+  p = subprocess.Popen(cmd(wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = os.path.join(wd, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None and not (
+      os.path.exists(metrics) and len(open(metrics).readlines()) >= kill_after):
+    time.sleep(0.005)
+  p.send_signal(signal.SIGKILL)  # no handler, no cleanup: possibly in the middle of a save
+  p.wait()
+  assert p.returncode == -signal.SIGKILL, f'the run ended before the kill (step {kill_after})'
+  r = subprocess.run(cmd(wd), env=env, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, (kill_after, r.stderr[-3000:])
+  assert_same_run(ref, wd, steps)
+  assert not [n for n in os.listdir(os.path.join(wd, 'checkpoints')) if 'tmp' in n]
+
+
+@pytest.mark.parametrize('objective,data,fsdp', [
+    ('dual', 2, 2),
+    pytest.param('ar', 1, 1, marks=pytest.mark.slow),
+    pytest.param('mdm', 1, 1, marks=pytest.mark.slow),
+    pytest.param('dual', 1, 1, marks=pytest.mark.slow),
+])
+def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path, objective, data,
+                                                                   fsdp):
+  """SIGKILL through the real CLI at a random step (EMA, dropout, token dropout on; data=2 x
+  fsdp=2 on 4 CPU devices for the mesh case); the same command resumes and every later metric,
+  evaluation, parameter, Adam moment and rng equals the uninterrupted run's, bit for bit."""
+  _kill_at_random_step(tmp_path, objective, data, fsdp)
+
+
+# ------------------------------------------------------------------------ checkpoint faults
+
+def _cfg(steps, **kw):
+  c = tiny_config('ar', **dict(dict(num_steps=steps, checkpoint_every=2, eval_every=100,
+                                    lr_schedule='constant'), **kw))
+  c.sample.num_samples = 0
+  return c
+
+
+def _truncate_largest_data_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, 'state'))
+           for f in fs if os.sep + 'd' + os.sep in os.path.join(d, f) + os.sep]
+  big = max(files, key=os.path.getsize)
+  os.truncate(big, os.path.getsize(big) // 3)
+
+
+def _remove_manifests(step_dir):  # what a write cut short on a non-atomic filesystem leaves
+  for d, _, fs in os.walk(os.path.join(step_dir, 'state')):
+    for f in fs:
+      if f == 'manifest.ocdbt':
+        os.remove(os.path.join(d, f))
+
+
+@pytest.mark.parametrize('damage', [_truncate_largest_data_file, _remove_manifests],
+                         ids=['truncated', 'partly_written'])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+  ref, wd = str(tmp_path / 'ref'), str(tmp_path / 'run')
+  train.train_and_evaluate(_cfg(10), ref)
+  train.train_and_evaluate(_cfg(6), wd)
+  ckpt = os.path.join(wd, 'checkpoints')
+  damage(os.path.join(ckpt, '6'))
+  os.makedirs(os.path.join(ckpt, '8.orbax-checkpoint-tmp-1234', 'state'))  # a killed write
+  with pytest.warns(UserWarning, match=r'checkpoint step 6 is unreadable \(.+\); using the '
+                    r'previous good checkpoint, step 4'):
+    train.train_and_evaluate(_cfg(10), wd)
+  assert sorted(os.listdir(ckpt)) == ['10', '6', '6.unreadable', '8']  # kept aside, tmp gone
+  assert [r['step'] for r in rows(wd)] == list(range(1, 11))
+  for k in ('params', 'opt_state'):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state_at(ref, 10)[k],
+                           state_at(wd, 10)[k])
+
+
+def test_no_readable_checkpoint_names_every_step_and_moves_nothing(tmp_path):
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(_cfg(4), wd)
+  ckpt = os.path.join(wd, 'checkpoints')
+  for s in ('2', '4'):
+    _remove_manifests(os.path.join(ckpt, s))
+  before = open(os.path.join(wd, 'metrics.jsonl')).read()
+  with pytest.raises(train.TrainingError, match=r'no readable checkpoint \(step 4: .+; step 2: '):
+    train.train_and_evaluate(_cfg(6), wd)
+  assert sorted(os.listdir(ckpt)) == ['2', '4']
+  assert open(os.path.join(wd, 'metrics.jsonl')).read() == before
+
+
+def test_keep_period_and_max_to_keep(tmp_path):
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(_cfg(14, max_to_keep=2, keep_period=6), wd)
+  steps = sorted(int(n) for n in os.listdir(os.path.join(wd, 'checkpoints')))
+  assert steps == [6, 12, 14]  # the newest two (12, 14) and every 6th
+
+
+def test_params_restore_without_optimizer_state_and_past_a_damaged_step(tmp_path):
+  """load_params (eval, sampling, init_from) reads only the parameters: it works on a
+  checkpoint that holds no optimizer state at all, and passes over an unreadable newest step."""
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(_cfg(4), wd)
+  cfg = config_lib.from_run(json.load(open(os.path.join(wd, 'config.json'))))
+  params, step = train.load_params(wd, cfg)
+  assert step == 4
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, state_at(wd, 4)['params'])
+  # a params-only checkpoint (as an exporter would write it)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
+  mngr.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  mngr.wait_until_finished()
+  got, step = train.load_params(wd, cfg)
+  assert step == 5
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got, params)
+  _remove_manifests(os.path.join(wd, 'checkpoints', '5'))
+  with pytest.warns(UserWarning, match='step 5 is unreadable .+ using the previous good '
+                    'checkpoint, step 4'):
+    got, step = train.load_params(wd, cfg)
+  assert step == 4 and os.path.isdir(os.path.join(wd, 'checkpoints', '5'))  # read-only: kept
+
+
+def test_checkpoint_from_before_the_skip_counter_resumes(tmp_path):
+  """Checkpoints written before TrainState.skipped existed resume (with skipped = 0)."""
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(_cfg(4), wd)
+  ckpt = os.path.join(os.path.abspath(wd), 'checkpoints')
+  old = {k: v for k, v in state_at(wd, 4).items() if k != 'skipped'}
+  assert 'skipped' in state_at(wd, 4)
+  mngr = ocp.CheckpointManager(str(tmp_path / 'old'))
+  mngr.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(old)))
+  mngr.wait_until_finished()
+  shutil.copytree(os.path.join(ckpt, '4', 'data'), str(tmp_path / 'old' / '4' / 'data'))
+  shutil.rmtree(ckpt)
+  shutil.move(str(tmp_path / 'old'), ckpt)
+  ref = str(tmp_path / 'ref')
+  train.train_and_evaluate(_cfg(6), ref)
+  train.train_and_evaluate(_cfg(6), wd)
+  assert [r['loss'] for r in rows(wd)] == [r['loss'] for r in rows(ref)]
+
+
+# ---------------------------------------------------------------------------- numerical faults
+
+def _poison(monkeypatch, bad_steps):
+  """Makes the loss NaN at the given (0-based) update indices, inside the compiled step."""
+  real = train.make_train_step
+
+  def poisoned(loss_fn, tx, sched, ema_decay, grad_accum=1):
+    def train_step(state, batch, n_mdm=None):
+      bad = jax.numpy.isin(state.step, jax.numpy.array(bad_steps))
+
+      def nan_loss(*a, **k):
+        loss, aux = loss_fn(*a, **k)
+        return loss * jax.numpy.where(bad, jax.numpy.nan, 1.0), aux
+      return real(nan_loss, tx, sched, ema_decay, grad_accum)(state, batch, n_mdm)
+    return train_step
+  monkeypatch.setattr(train, 'make_train_step', poisoned)
+
+
+def test_nan_policy_skip_skips_the_update_and_counts(tmp_path, monkeypatch):
+  _poison(monkeypatch, [3, 6])
+  cfg = _cfg(8, nan_policy='skip', ema_decay=0.5, checkpoint_every=1, max_to_keep=20)
+  wd = str(tmp_path / 'run')
+  with pytest.warns(UserWarning, match=r'non-finite loss or gradient at step 4 .+ update skipped '
+                    r'\(1 of at most 10\)'):
+    s = train.train_and_evaluate(cfg, wd)
+  assert s['status'] == 'done' and s['skipped_updates'] == 2
+  for skipped in (4, 7):  # the update that made step N changed nothing
+    a, b = state_at(wd, skipped - 1), state_at(wd, skipped)
+    for k in ('params', 'opt_state', 'ema_params'):
+      jax.tree_util.tree_map(np.testing.assert_array_equal, a[k], b[k])
+    assert b['skipped'] == (1 if skipped == 4 else 2)
+  a, b = state_at(wd, 4), state_at(wd, 5)
+  assert not np.array_equal(a['params']['embed']['embedding'], b['params']['embed']['embedding'])
+  r = {x['step']: x for x in rows(wd)}
+  assert 'loss' not in r[4] and r[4]['skipped'] == 1 and r[8]['skipped'] == 2
+  assert all(np.isfinite(x['loss']) for x in r.values() if 'loss' in x)
+
+
+def test_nan_policy_skip_stops_after_max_skips(tmp_path, monkeypatch):
+  _poison(monkeypatch, [2, 5])
+  cfg = _cfg(8, nan_policy='skip', nan_max_skips=1)
+  wd = str(tmp_path / 'run')
+  with pytest.warns(UserWarning), pytest.raises(
+      train.TrainingError, match=r'at step 6 .+: 2 updates skipped, more than '
+      r'train.nan_max_skips=1; the last good checkpoint is step 4'):
+    train.train_and_evaluate(cfg, wd)
+  assert json.load(open(os.path.join(wd, 'summary.json')))['status'].startswith('failed')
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+def _file_size_limit(nbytes):
+  def limit():  # writes past it fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+  return limit
+
+
+def test_full_disk_fails_clearly_keeps_what_was_written_and_rerun_completes(tmp_path):
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+      from conftest import tiny_config
+      def get_config():
+        c = tiny_config('ar', num_steps=4, checkpoint_every=4, eval_every=100,
+                        lr_schedule='constant')
+        c.sample.num_samples = 0
+        return c
+  '''))
+  ref, wd = str(tmp_path / 'ref'), str(tmp_path / 'run')
+  cmd = lambda w, n: [sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}', f'--workdir={w}',
+                      f'--config.train.num_steps={n}']
+  assert subprocess.run(cmd(ref, 8), env=ENV, capture_output=True).returncode == 0
+  assert subprocess.run(cmd(wd, 4), env=ENV, capture_output=True).returncode == 0
+  metrics = open(os.path.join(wd, 'metrics.jsonl'), 'rb').read()
+  r = subprocess.run(cmd(wd, 8), env=ENV, capture_output=True, text=True,
+                     preexec_fn=_file_size_limit(256 * 1024))
+  assert r.returncode == 1
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error: ')]  # orbax logs its own too
+  assert len(errors) == 1, r.stderr[-3000:]
+  last = errors[0]
+  assert last.startswith('error: writing a checkpoint under ') and 'File too large' in last
+  assert 'the checkpoints already written are kept (latest: step 4)' in last
+  summary = json.load(open(os.path.join(wd, 'summary.json')))
+  assert summary['status'].startswith('failed: writing a checkpoint')
+  assert open(os.path.join(wd, 'metrics.jsonl'), 'rb').read().startswith(metrics)
+  assert state_at(wd, 4)['step'] == 4  # the checkpoint written before the disk filled reads
+  r = subprocess.run(cmd(wd, 8), env=ENV, capture_output=True, text=True)  # space freed: rerun
+  assert r.returncode == 0 and 'resumed' in r.stdout, r.stderr[-2000:]
+  assert [x['loss'] for x in rows(wd)] == [x['loss'] for x in rows(ref)]
