@@ -47,10 +47,16 @@ def load_sweep(path) -> Sweep:
     raise SweepError(f'sweep file not found: {path}')
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  if not hasattr(mod, 'get_sweep'):
-    raise SweepError(f'{path}: defines no get_sweep()')
-  sw = mod.get_sweep()
+  try:
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, 'get_sweep'):
+      raise SweepError(f'{path}: defines no get_sweep()')
+    sw = mod.get_sweep()
+  except SweepError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a broken sweep file: name it
+    where = f' (line {e.lineno})' if isinstance(e, SyntaxError) else ''
+    raise SweepError(f'{path}{where}: {type(e).__name__}: {e}') from None
   for name in sw.runs:
     if not name or '/' in name or name.startswith('.'):
       raise SweepError(f'{path}: run name {name!r} is not a plain directory name')

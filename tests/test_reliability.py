@@ -299,3 +299,25 @@ def test_full_disk_fails_clearly_keeps_what_was_written_and_rerun_completes(tmp_
   r = subprocess.run(cmd(wd, 8), env=ENV, capture_output=True, text=True)  # space freed: rerun
   assert r.returncode == 0 and 'resumed' in r.stdout, r.stderr[-2000:]
   assert [x['loss'] for x in rows(wd)] == [x['loss'] for x in rows(ref)]
+
+
+def test_unwritable_run_file_is_one_clear_error(tmp_path):
+  """An OSError other than a checkpoint write (here metrics.jsonl is a directory): one line
+  naming the file, exit 1, the config.json already written kept."""
+  wd = tmp_path / 'run'
+  os.makedirs(wd / 'metrics.jsonl')
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+      from conftest import tiny_config
+      def get_config():
+        return tiny_config('ar', num_steps=2)
+  '''))
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}',
+                      f'--workdir={wd}'], env=ENV, capture_output=True, text=True, check=False)
+  assert r.returncode == 1
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert errors == [f"error: IsADirectoryError: [Errno 21] Is a directory: '{wd}/metrics.jsonl'; "
+                    'the checkpoints already written are kept'], r.stderr[-2000:]
+  assert (wd / 'config.json').exists()

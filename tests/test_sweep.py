@@ -140,3 +140,15 @@ def test_sweep_with_injected_failures_reports_exactly_those_runs(tmp_path):
   assert os.path.getmtime(os.path.join(root, 'ok', 'summary.json')) == mtime
   rows = {r['run']: r for r in csv.DictReader(open(os.path.join(root, 'runs.csv')))}
   assert [k for k, r in rows.items() if r['status'] != 'done'] == ['no_corpus', 'nan']
+
+
+def test_bad_sweep_files_and_run_names_are_one_line_errors(tmp_path):
+  sw = _sweep(tmp_path)
+  p = _cli('local', sw, '--root', str(tmp_path / 'r'), '--only', 'ar_d32,nope')
+  assert p.returncode == 2 and p.stderr.strip() == 'error: --only: unknown runs nope'
+  for text in ('def get_sweep(:\n', 'x = 1\n'):
+    (tmp_path / 'bad.py').write_text(text)
+    p = _cli('list', str(tmp_path / 'bad.py'))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and 'bad.py' in lines[0], p.stderr
+  assert not (tmp_path / 'r').exists()
