@@ -30,6 +30,54 @@ def constrain(x, mesh, *spec):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
+_TOKENS = (((0, 1), (0, 1)), ((), ()))  # dot_general: contract batch and length
+
+
+@jax.custom_vjp
+def swiglu(h_BxLxD, gate_DxF, up_DxF, down_FxD):
+  """down(silu(h @ gate) * (h @ up)), with a hand-written backward: it keeps only the two
+  pre-activations (autodiff also keeps silu, the product and the sigmoid, each [B, L, F]) and
+  contracts the weight gradients over tokens in the layout they are made in. Under scan-over-
+  layers on CPU this MLP's forward + backward runs ~20% faster (BENCHMARKS.md)."""
+  return _swiglu_fwd(h_BxLxD, gate_DxF, up_DxF, down_FxD)[0]
+
+
+def _swiglu_fwd(h_BxLxD, gate_DxF, up_DxF, down_FxD):
+  g_BxLxF = h_BxLxD @ gate_DxF
+  u_BxLxF = h_BxLxD @ up_DxF
+  y_BxLxD = (nn.silu(g_BxLxF) * u_BxLxF) @ down_FxD
+  return y_BxLxD, (h_BxLxD, gate_DxF, up_DxF, down_FxD, g_BxLxF, u_BxLxF)
+
+
+def _swiglu_bwd(res, dy_BxLxD):
+  h_BxLxD, gate_DxF, up_DxF, down_FxD, g_BxLxF, u_BxLxF = res
+  sig_BxLxF = jax.nn.sigmoid(g_BxLxF)
+  silu_BxLxF = g_BxLxF * sig_BxLxF
+  da_BxLxF = dy_BxLxD @ down_FxD.T
+  d_down = jax.lax.dot_general(silu_BxLxF * u_BxLxF, dy_BxLxD, _TOKENS)
+  du_BxLxF = da_BxLxF * silu_BxLxF
+  dg_BxLxF = da_BxLxF * u_BxLxF * (sig_BxLxF + silu_BxLxF * (1 - sig_BxLxF))
+  d_gate = jax.lax.dot_general(h_BxLxD, dg_BxLxF, _TOKENS)
+  d_up = jax.lax.dot_general(h_BxLxD, du_BxLxF, _TOKENS)
+  dh_BxLxD = dg_BxLxF @ gate_DxF.T + du_BxLxF @ up_DxF.T
+  return dh_BxLxD, d_gate, d_up, d_down
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+class Kernel(nn.Module):
+  """A bare weight, at the path nn.Dense would put it (<name>/kernel): same init, same tree."""
+  shape: tuple
+  axes: tuple
+  init_std: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes)
+    return self.param('kernel', init, self.shape, self.dtype)
+
 
 def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
   """(mask_Bx1xLxL or None, is_causal) for jax.nn.dot_product_attention; True = may attend."""
@@ -177,12 +225,18 @@ class Block(nn.Module):
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(o_BxLxD, deterministic=deterministic)
 
     h_BxLxD = RMSNorm(dt, pdt, name='mlp_norm')(x_BxLxD)
-    gate_BxLxF = dense(c.mlp_dim, kernel_init=init('embed', 'mlp'), name='gate')(h_BxLxD)
-    up_BxLxF = dense(c.mlp_dim, kernel_init=init('embed', 'mlp'), name='up')(h_BxLxD)
-    a_BxLxF = nn.Dropout(c.mlp_dropout)(nn.silu(gate_BxLxF) * up_BxLxF,
-                                        deterministic=deterministic)
-    a_BxLxF = constrain(a_BxLxF, self.mesh, BATCH, None, 'tensor')
-    y_BxLxD = dense(c.d_model, kernel_init=out_init('mlp', 'embed'), name='down')(a_BxLxF)
+    D, F = c.d_model, c.mlp_dim
+    std_out = 0.02 / (2 * c.num_layers) ** 0.5
+    gate_DxF, up_DxF = (Kernel((D, F), ('embed', 'mlp'), 0.02, pdt, name=n)().astype(dt)
+                        for n in ('gate', 'up'))
+    down_FxD = Kernel((F, D), ('mlp', 'embed'), std_out, pdt, name='down')().astype(dt)
+    if c.mlp_dropout > 0 and not deterministic:
+      a_BxLxF = nn.Dropout(c.mlp_dropout)(nn.silu(h_BxLxD @ gate_DxF) * (h_BxLxD @ up_DxF),
+                                          deterministic=False)
+      a_BxLxF = constrain(a_BxLxF, self.mesh, BATCH, None, 'tensor')
+      y_BxLxD = a_BxLxF @ down_FxD
+    else:
+      y_BxLxD = swiglu(h_BxLxD, gate_DxF, up_DxF, down_FxD)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(y_BxLxD, deterministic=deterministic)
     return constrain(x_BxLxD, self.mesh, BATCH, None, None), kv
 
