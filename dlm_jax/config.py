@@ -39,10 +39,13 @@ def base() -> ml_collections.ConfigDict:
       tie_embeddings=True,
       dtype='float32',         # compute dtype: float32 | bfloat16
       param_dtype='float32',
-      scan_layers=True,
+      scan_layers=True,        # one compiled layer, stacked parameters (compile time flat in depth)
+      scan_unroll=1,           # layers per scanned step: >1 trades compile time for step time
+                               # (same parameters and checkpoints; num_layers: fully unrolled)
       remat='none',            # none | full | dots
       attention='auto',        # auto (cuDNN on GPU in bf16, explicit on CPU, else XLA) | xla |
-                               # cudnn (GPU only: an error elsewhere) | reference (explicit softmax)
+                               # cudnn (GPU only: an error elsewhere) | explicit (softmax written
+                               # out, hand-written backward) | reference (the same, autodiff)
       attn_dropout=0.0,
       mlp_dropout=0.0,
       resid_dropout=0.0,
@@ -280,7 +283,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.param_dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.remat', ('none', 'full', 'dots'))
-  _choice(cfg, 'model.attention', ('auto', 'xla', 'cudnn', 'reference'))
+  _need(m.scan_unroll >= 1, 'model.scan_unroll', f'must be >= 1, got {m.scan_unroll}')
+  _choice(cfg, 'model.attention', ('auto', 'xla', 'cudnn', 'explicit', 'reference'))
   for k in ('attn_dropout', 'mlp_dropout', 'resid_dropout', 'embed_dropout'):
     _need(0.0 <= m[k] < 1.0, f'model.{k}', f'{m[k]} is outside [0, 1)')
   _need(d.seq_len >= 2, 'data.seq_len', f'must be >= 2, got {d.seq_len}')
@@ -388,7 +392,7 @@ def to_json(cfg) -> str:
 
 
 # Keys that may differ between a run's config.json and the command resuming it.
-RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'train.compile_cache',
+RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'model.scan_unroll', 'train.compile_cache',
                      'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'train.keep_period',
                      'train.nan_policy', 'train.nan_max_skips', 'sample.', 'eval.num_batches',

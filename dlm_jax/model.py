@@ -104,11 +104,12 @@ _warned = set()
 
 
 def attention_impl(cfg, has_mask=False, backend=None) -> str:
-  """The kernel config.model.attention asks for on this backend: 'xla', 'cudnn' or 'reference'.
-  auto: cuDNN flash attention on GPU when it applies (bf16/fp16, head dim a multiple of 8 up to
-  128, no explicit mask), else XLA, with one warning on GPU saying why; on CPU the explicit
-  softmax, which XLA:CPU compiles into a faster step than jax.nn.dot_product_attention. A forced 'cudnn' off GPU
-  is an error naming the key."""
+  """The kernel config.model.attention asks for on this backend: 'xla', 'cudnn', 'explicit' or
+  'reference'. auto: cuDNN flash attention on GPU when it applies (bf16/fp16, head dim a multiple
+  of 8 up to 128, no explicit mask), else XLA, with one warning on GPU saying why; on CPU the
+  explicit softmax with its hand-written backward (softmax_attention), which XLA:CPU runs faster
+  than jax.nn.dot_product_attention. 'reference' is the same softmax under plain autodiff (what
+  the others are tested against). A forced 'cudnn' off GPU is an error naming the key."""
   backend = backend or jax.default_backend()
   want = getattr(cfg, 'attention', 'auto')
   if want == 'cudnn' and backend != 'gpu':
@@ -116,8 +117,8 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
                      f'{backend} (use auto or xla)')
   if want != 'auto':
     return want
-  if backend == 'cpu':  # measured: 9% faster train step than XLA's kernel (BENCHMARKS.md)
-    return 'reference'
+  if backend == 'cpu':  # measured: a faster train step than XLA's kernel (BENCHMARKS.md)
+    return 'explicit'
   if backend != 'gpu':
     return 'xla'
   H = cfg.d_model // cfg.num_heads
@@ -147,6 +148,43 @@ def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropou
   return jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS.astype(q_BxLxNxH.dtype), v_BxSxNxH)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def softmax_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
+  """reference_attention with a hand-written backward that keeps only the probabilities (no
+  scores, no broadcast mask): the CPU default (model.attention=auto)."""
+  return _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal)[0]
+
+
+def _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
+  H, L, S = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
+  s_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxSxNxH).astype(jnp.float32)
+  s_BxNxLxS = s_BxNxLxS / jnp.sqrt(H).astype(jnp.float32)
+  if is_causal:
+    mask = jnp.tril(jnp.ones((L, S), bool))[None, None]
+  if mask is not None:
+    s_BxNxLxS = jnp.where(mask, s_BxNxLxS, NEG_INF)
+  p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, -1).astype(q_BxLxNxH.dtype)
+  o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS, v_BxSxNxH)
+  return o_BxLxNxH, (q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS, mask)
+
+
+def _attention_bwd(is_causal, res, do_BxLxNxH):
+  del is_causal
+  q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS, mask = res
+  scale = 1 / jnp.sqrt(q_BxLxNxH.shape[-1]).astype(jnp.float32)
+  dv_BxSxNxH = jnp.einsum('bnlm,blnh->bmnh', p_BxNxLxS, do_BxLxNxH)
+  dp_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', do_BxLxNxH, v_BxSxNxH).astype(jnp.float32)
+  p32 = p_BxNxLxS.astype(jnp.float32)
+  ds_BxNxLxS = (p32 * (dp_BxNxLxS - jnp.sum(dp_BxNxLxS * p32, -1, keepdims=True)) * scale
+                ).astype(q_BxLxNxH.dtype)
+  dq_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', ds_BxNxLxS, k_BxSxNxH)
+  dk_BxSxNxH = jnp.einsum('bnlm,blnh->bmnh', ds_BxNxLxS, q_BxLxNxH)
+  return dq_BxLxNxH, dk_BxSxNxH, dv_BxSxNxH, None
+
+
+softmax_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 def rope(x_BxLxNxH, base: float, offset=0):
   """Rotary position embedding on the last axis (half-split convention); the first row is at
   position `offset` (a decode step)."""
@@ -155,9 +193,19 @@ def rope(x_BxLxNxH, base: float, offset=0):
   pos_L = jnp.arange(L, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
   ang_LxK = pos_L[:, None] * inv_freq_K[None]
   sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]
+  return _rotate(x_BxLxNxH, sin, cos)
+
+
+@jax.custom_vjp
+def _rotate(x_BxLxNxH, sin, cos):
+  """A rotation per position; its backward is the inverse rotation (no split/concat adjoints)."""
   x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxNxH.dtype)
+
+
+_rotate.defvjp(lambda x, sin, cos: (_rotate(x, sin, cos), (sin, cos)),
+               lambda res, g: (_rotate(g, -res[0], res[1]), None, None))
 
 
 class RMSNorm(nn.Module):
@@ -215,7 +263,9 @@ class Block(nn.Module):
       o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal, drop)
     else:
       impl = attention_impl(c, has_mask=mask is not None)
-      if impl == 'reference':
+      if impl == 'explicit':
+        o_BxLxNxH = softmax_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal)
+      elif impl == 'reference':
         o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal)
       else:
         o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
@@ -281,7 +331,8 @@ class Transformer(nn.Module):
                                                                             'dropout': True},
                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
                            metadata_params={nn.PARTITION_NAME: 'layers'},
-                           length=c.num_layers)(c, self.mesh, name='layers')(
+                           length=c.num_layers, unroll=min(c.scan_unroll, c.num_layers))(
+                               c, self.mesh, name='layers')(
                                x_BxLxD, mask, is_causal, deterministic, kv, cache_pos)
     else:
       new_kv = []

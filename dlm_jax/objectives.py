@@ -22,7 +22,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from dlm_jax import config as config_lib
 from dlm_jax import masking
@@ -36,8 +35,28 @@ def shift_inputs(targets_BxL, mask_BxL=None):
   return jnp.concatenate([bos_Bx1, x_BxL[:, :-1]], axis=1)
 
 
+@jax.custom_vjp
 def token_ce(logits_BxLxV, targets_BxL):
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+  """-log softmax(logits)[target] per token (as optax's integer-label cross-entropy), with a
+  backward that forms softmax - onehot in one elementwise pass (no scatter of the labels)."""
+  return _ce_fwd(logits_BxLxV, targets_BxL)[0]
+
+
+def _ce_fwd(logits_BxLxV, targets_BxL):
+  lse_BxL = jax.nn.logsumexp(logits_BxLxV, -1)
+  label_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], -1)[..., 0]
+  return lse_BxL - label_BxL, (logits_BxLxV, lse_BxL, targets_BxL)
+
+
+def _ce_bwd(res, g_BxL):
+  logits_BxLxV, lse_BxL, targets_BxL = res
+  V = logits_BxLxV.shape[-1]
+  onehot = jnp.arange(V, dtype=targets_BxL.dtype) == targets_BxL[..., None]
+  d_BxLxV = (jnp.exp(logits_BxLxV - lse_BxL[..., None]) - onehot) * g_BxL[..., None]
+  return d_BxLxV.astype(logits_BxLxV.dtype), None
+
+
+token_ce.defvjp(_ce_fwd, _ce_bwd)
 
 
 def _apply(model, params, inputs_BxL, attention, segment_ids, rng, train):

@@ -53,12 +53,53 @@ def test_fast_path_equals_plain_path(objective, segments):
   _, params = model_lib.init_params(_setup(objective).model, jax.random.PRNGKey(0), 32)
   batch = _batch(32, segments)
   ref_loss, ref_g = _loss_and_grads(plain, _unroll(params, 2), batch)
-  for remat in ('none', 'full', 'dots'):
-    fast = _setup(objective, attention='xla', scan_layers=True, remat=remat)
+  for attention, remat, unroll in (('xla', 'none', 1), ('xla', 'full', 1), ('xla', 'dots', 1),
+                                   ('explicit', 'none', 2)):
+    fast = _setup(objective, attention=attention, scan_layers=True, remat=remat,
+                  scan_unroll=unroll)
     loss, g = _loss_and_grads(fast, params, batch)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(_unroll(g, 2)), jax.tree_util.tree_leaves(ref_g)):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def _grads(f, args, argnums):
+  return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * jnp.cos(f(*a))), argnums))(*args)
+
+
+def test_hand_written_backwards_equal_autodiff():
+  """The hand-written VJPs of the fast path (SwiGLU MLP, explicit attention, token
+  cross-entropy, rotary embedding) against autodiff of the same forward, float32."""
+  k = iter(jax.random.split(jax.random.PRNGKey(0), 12))
+  rnd = lambda *s: jax.random.normal(next(k), s, jnp.float32)
+  close = lambda a, b: [np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+                        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+  h, wg, wu, wd = rnd(2, 8, 16), rnd(16, 24) * 0.3, rnd(16, 24) * 0.3, rnd(24, 16) * 0.3
+  plain = lambda h, g, u, d: (jax.nn.silu(h @ g) * (h @ u)) @ d
+  np.testing.assert_allclose(model_lib.swiglu(h, wg, wu, wd), plain(h, wg, wu, wd), rtol=1e-6)
+  close(_grads(model_lib.swiglu, (h, wg, wu, wd), (0, 1, 2, 3)),
+        _grads(plain, (h, wg, wu, wd), (0, 1, 2, 3)))
+  q, kk, v = rnd(2, 8, 2, 4), rnd(2, 8, 2, 4), rnd(2, 8, 2, 4)
+  seg = model_lib.attention_mask('causal', 8, segment_ids_BxL=jnp.array([[1] * 3 + [2] * 5] * 2))
+  for mask, causal in ((None, True), (None, False), (seg[0], False)):
+    fast = lambda q, k, v: model_lib.softmax_attention(q, k, v, mask, causal)
+    ref = lambda q, k, v: model_lib.reference_attention(q, k, v, mask, causal)
+    np.testing.assert_allclose(fast(q, kk, v), ref(q, kk, v), rtol=1e-6, atol=1e-7)
+    close(_grads(fast, (q, kk, v), (0, 1, 2)), _grads(ref, (q, kk, v), (0, 1, 2)))
+  logits, t = rnd(2, 8, 11), jax.random.randint(next(k), (2, 8), 0, 11)
+  import optax  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(objectives.token_ce(logits, t),
+                             optax.softmax_cross_entropy_with_integer_labels(logits, t), rtol=1e-6)
+  close(_grads(lambda x: objectives.token_ce(x, t), (logits,), 0),
+        _grads(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, t), (logits,), 0))
+  x = rnd(2, 8, 2, 4)
+  def plain_rope(x):
+    ang = jnp.arange(8.0)[:, None] * (1.0 / 10000 ** (jnp.arange(0, 4, 2) / 4))[None]
+    sin, cos = jnp.sin(ang)[None, :, None], jnp.cos(ang)[None, :, None]
+    x1, x2 = jnp.split(x, 2, -1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  np.testing.assert_allclose(model_lib.rope(x, 10000.0), plain_rope(x), rtol=1e-6, atol=1e-7)
+  close(_grads(lambda x: model_lib.rope(x, 10000.0), (x,), 0), _grads(plain_rope, (x,), 0))
 
 
 def test_bf16_compute_is_within_its_expected_error():
@@ -102,7 +143,7 @@ def test_flop_count_matches_xla_cost_analysis(objective, L, d, V):
 
 def test_attention_choice_and_its_errors():
   m = _setup('ar').model
-  assert model_lib.attention_impl(m, backend='cpu') == 'reference'
+  assert model_lib.attention_impl(m, backend='cpu') == 'explicit'
   assert model_lib.attention_impl(m, backend='tpu') == 'xla'
   with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter('always')
@@ -133,7 +174,9 @@ def test_bench_train_reports_mfu_and_flops(tiny):
   r = bench.bench_step(config.validate(c), 2, measure_peak=True)
   assert r['objective'] == 'mdm' and r['seq_len'] == 32 and r['batch_size'] == 4
   assert r['peak_source'] == 'matmul' and 0 < r['mfu'] < 1 and r['compile_s'] > 0
-  assert abs(r['xla_flops_per_token'] / r['flops_per_token'] - 1) < 0.1  # + the optimizer
+  # flops.py counts matmuls; XLA also counts the optimizer and the vocab-sized softmax work, ~12%
+  # of this tiny model's FLOPs (test_flop_count_matches_xla_cost_analysis is the tight check)
+  assert abs(r['xla_flops_per_token'] / r['flops_per_token'] - 1) < 0.15
   assert 'MFU' in bench.format_train(r)
 
 
