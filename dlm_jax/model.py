@@ -132,9 +132,8 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
   return 'xla' if why else 'cudnn'
 
 
-def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropout=None):
-  """softmax(q k^T / sqrt(H)) v written out: the plain path the fused kernels are tested
-  against, and the one attention dropout needs (`dropout` applied to the probabilities)."""
+def _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal):
+  """softmax(q k^T / sqrt(H)) in float32 under the mask (or causal)."""
   H, L, S = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
   s_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxSxNxH).astype(jnp.float32)
   s_BxNxLxS = s_BxNxLxS / jnp.sqrt(H).astype(jnp.float32)
@@ -142,7 +141,13 @@ def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropou
     mask = jnp.tril(jnp.ones((L, S), bool))[None, None]
   if mask is not None:
     s_BxNxLxS = jnp.where(mask, s_BxNxLxS, NEG_INF)
-  p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, -1)
+  return jax.nn.softmax(s_BxNxLxS, -1)
+
+
+def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropout=None):
+  """softmax(q k^T / sqrt(H)) v written out under plain autodiff: the path the fast kernels are
+  tested against, and the one attention dropout needs (`dropout` applied to the probabilities)."""
+  p_BxNxLxS = _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal)
   if dropout is not None:
     p_BxNxLxS = dropout(p_BxNxLxS)
   return jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS.astype(q_BxLxNxH.dtype), v_BxSxNxH)
@@ -156,14 +161,7 @@ def softmax_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
 
 
 def _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
-  H, L, S = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
-  s_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxSxNxH).astype(jnp.float32)
-  s_BxNxLxS = s_BxNxLxS / jnp.sqrt(H).astype(jnp.float32)
-  if is_causal:
-    mask = jnp.tril(jnp.ones((L, S), bool))[None, None]
-  if mask is not None:
-    s_BxNxLxS = jnp.where(mask, s_BxNxLxS, NEG_INF)
-  p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, -1).astype(q_BxLxNxH.dtype)
+  p_BxNxLxS = _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal).astype(q_BxLxNxH.dtype)
   o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS, v_BxSxNxH)
   return o_BxLxNxH, (q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS, mask)
 
