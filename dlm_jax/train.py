@@ -475,10 +475,17 @@ def newest_readable(mngr, read, what, set_aside=False):
   to `<step>.unreadable` (kept, never deleted) so the resumed run can write that step again."""
   failures = []
   for step in sorted(mngr.all_steps(), reverse=True):
+    why = None
     try:
       out = read(step)
     except Exception as e:  # pylint: disable=broad-except
-      failures.append((step, _root_cause(e)))
+      why = _root_cause(e)
+    if jax.process_count() > 1:  # every process must resume from the same step
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if not np.all(multihost_utils.process_allgather(np.int32(why is None))) and why is None:
+        why = 'unreadable on another process'
+    if why is not None:
+      failures.append((step, why))
       continue
     if failures:
       bad = ', '.join(str(b) for b, _ in failures)
