@@ -37,8 +37,8 @@ _TOKENS = (((0, 1), (0, 1)), ((), ()))  # dot_general: contract batch and length
 def swiglu(h_BxLxD, gate_DxF, up_DxF, down_FxD):
   """down(silu(h @ gate) * (h @ up)), with a hand-written backward: it keeps only the two
   pre-activations (autodiff also keeps silu, the product and the sigmoid, each [B, L, F]) and
-  contracts the weight gradients over tokens in the layout they are made in. Under scan-over-
-  layers on CPU this MLP's forward + backward runs ~20% faster (BENCHMARKS.md)."""
+  forms the weight gradients as direct contractions over tokens. Under scan-over-layers on CPU
+  this MLP's forward + backward runs ~20% faster (BENCHMARKS.md)."""
   return _swiglu_fwd(h_BxLxD, gate_DxF, up_DxF, down_FxD)[0]
 
 
