@@ -534,15 +534,17 @@ def _writing(mngr, what, fn, *args, **kwargs):
   try:
     return fn(*args, **kwargs)
   except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports EFBIG/ENOSPC as these
-    good = _latest_committed(mngr)
+    good = latest_committed(mngr.directory)
     raise CheckpointWriteError(
         f'writing {what} under {mngr.directory} failed ({_root_cause(e)}); the checkpoints '
         'already written are kept (' + (f'latest: step {good})' if good is not None else
                                         'none was complete)')) from None
 
 
-def _latest_committed(mngr):
-  steps = [int(n) for n in os.listdir(mngr.directory) if n.isdigit()]
+def latest_committed(ckpt_dir):
+  """The newest complete checkpoint step in a directory (renamed into place only when complete),
+  or None; without opening a manager."""
+  steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
   return max(steps) if steps else None
 
 
@@ -599,7 +601,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
       print(f'{workdir} is already done ({done["steps"]} steps); nothing to do')
       return done
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  has_ckpt = latest_committed(ckpt_dir) is not None
   init_params = (load_init_params(cfg.init_from, cfg, setup.mesh)
                  if cfg.init_from and not has_ckpt else None)
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
@@ -731,8 +733,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
     status = ('interrupted' if isinstance(e, KeyboardInterrupt) else
               f'preempted at step {e.step}' if isinstance(e, Preempted) else f'failed: {e}')
     try:  # on a full disk this write fails too; the original error is the one to report
-      _atomic_json(summary_path, make_summary(setup, int(_latest_committed(mngr) or 0), history,
-                                              history[-1] if history else {},
+      _atomic_json(summary_path, make_summary(setup, int(latest_committed(mngr.directory) or 0),
+                                              history, history[-1] if history else {},
                                               time.time() - t_start, status))
     except OSError as write_error:
       print(f'could not write {summary_path}: {write_error}', file=sys.stderr)
