@@ -42,7 +42,8 @@ def base() -> ml_collections.ConfigDict:
       scan_layers=True,        # one compiled layer, stacked parameters (compile time flat in depth)
       scan_unroll=1,           # layers per scanned step: >1 trades compile time for step time
                                # (same parameters and checkpoints; num_layers: fully unrolled)
-      remat='none',            # none | full | dots
+      remat='auto',            # auto (full for scanned layers on CPU, else none) | none | full |
+                               # dots: recompute activations in the backward (same results)
       attention='auto',        # auto (cuDNN on GPU in bf16, explicit on CPU, else XLA) | xla |
                                # cudnn (GPU only: an error elsewhere) | explicit (softmax written
                                # out, hand-written backward) | reference (the same, autodiff)
@@ -282,7 +283,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _need(m.mlp_dim >= 0 and m.vocab_size >= 0, 'model.mlp_dim', 'must be >= 0')
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.param_dtype', ('float32', 'bfloat16'))
-  _choice(cfg, 'model.remat', ('none', 'full', 'dots'))
+  _choice(cfg, 'model.remat', ('auto', 'none', 'full', 'dots'))
   _need(m.scan_unroll >= 1, 'model.scan_unroll', f'must be >= 1, got {m.scan_unroll}')
   _choice(cfg, 'model.attention', ('auto', 'xla', 'cudnn', 'explicit', 'reference'))
   for k in ('attn_dropout', 'mlp_dropout', 'resid_dropout', 'embed_dropout'):

@@ -103,6 +103,15 @@ def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
 _warned = set()
 
 
+def remat_policy(cfg, backend=None) -> str:
+  """model.remat, with auto = 'full' for scanned layers on CPU (recomputing a layer's forward
+  is cheaper there than stacking its activations in the loop: 8% faster step, BENCHMARKS.md),
+  else 'none'. Remat never changes results (tested)."""
+  if cfg.remat != 'auto':
+    return cfg.remat
+  return 'full' if cfg.scan_layers and (backend or jax.default_backend()) == 'cpu' else 'none'
+
+
 def attention_impl(cfg, has_mask=False, backend=None) -> str:
   """The kernel config.model.attention asks for on this backend: 'xla', 'cudnn', 'explicit' or
   'reference'. auto: cuDNN flash attention on GPU when it applies (bf16/fp16, head dim a multiple
@@ -321,9 +330,11 @@ class Transformer(nn.Module):
       mask, is_causal = (jnp.arange(S)[None, :] <= q_pos_T[:, None])[None, None], False
       kv = (cache['k'], cache['v'])
     block = Block
-    if c.remat != 'none' and cache is None:
-      policy = (jax.checkpoint_policies.checkpoint_dots if c.remat == 'dots' else None)
-      block = nn.remat(Block, static_argnums=(2, 3), policy=policy, prevent_cse=not c.scan_layers)
+    remat = remat_policy(c)
+    if remat != 'none' and cache is None:
+      policy = (jax.checkpoint_policies.checkpoint_dots if remat == 'dots' else None)
+      block = nn.remat(Block, static_argnums=(3, 4), policy=policy,  # self is argument 0
+                       prevent_cse=not c.scan_layers)
     if c.scan_layers:
       x_BxLxD, kv = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                             'dropout': True},

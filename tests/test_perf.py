@@ -144,6 +144,9 @@ def test_flop_count_matches_xla_cost_analysis(objective, L, d, V):
 def test_attention_choice_and_its_errors():
   m = _setup('ar').model
   assert model_lib.attention_impl(m, backend='cpu') == 'explicit'
+  assert m.remat == 'auto' and model_lib.remat_policy(m, 'cpu') == 'full'
+  assert model_lib.remat_policy(m, 'gpu') == 'none'
+  assert model_lib.remat_policy(_setup('ar', scan_layers=False).model, 'cpu') == 'none'
   assert model_lib.attention_impl(m, backend='tpu') == 'xla'
   with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter('always')
