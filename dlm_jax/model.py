@@ -172,12 +172,12 @@ def softmax_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
 def _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
   p_BxNxLxS = _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal).astype(q_BxLxNxH.dtype)
   o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS, v_BxSxNxH)
-  return o_BxLxNxH, (q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS, mask)
+  return o_BxLxNxH, (q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS)  # the mask is in p's zeros
 
 
 def _attention_bwd(is_causal, res, do_BxLxNxH):
   del is_causal
-  q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS, mask = res
+  q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS = res
   scale = 1 / jnp.sqrt(q_BxLxNxH.shape[-1]).astype(jnp.float32)
   dv_BxSxNxH = jnp.einsum('bnlm,blnh->bmnh', p_BxNxLxS, do_BxLxNxH)
   dp_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', do_BxLxNxH, v_BxSxNxH).astype(jnp.float32)
@@ -243,7 +243,8 @@ class Block(nn.Module):
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     N, H = c.num_heads, c.d_model // c.num_heads
     normal = nn.initializers.normal(0.02)
-    out_normal = nn.initializers.normal(0.02 / (2 * c.num_layers) ** 0.5)
+    std_out = 0.02 / (2 * c.num_layers) ** 0.5  # residual-branch outputs (GPT-2 scaling)
+    out_normal = nn.initializers.normal(std_out)
     init = lambda *axes: nn.with_logical_partitioning(normal, axes)
     out_init = lambda *axes: nn.with_logical_partitioning(out_normal, axes)
     dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dt, param_dtype=pdt)
@@ -283,7 +284,6 @@ class Block(nn.Module):
 
     h_BxLxD = RMSNorm(dt, pdt, name='mlp_norm')(x_BxLxD)
     D, F = c.d_model, c.mlp_dim
-    std_out = 0.02 / (2 * c.num_layers) ** 0.5
     gate_DxF, up_DxF = (Kernel((D, F), ('embed', 'mlp'), 0.02, pdt, name=n)().astype(dt)
                         for n in ('gate', 'up'))
     down_FxD = Kernel((F, D), ('mlp', 'embed'), std_out, pdt, name='down')().astype(dt)
