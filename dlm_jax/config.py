@@ -80,6 +80,9 @@ def base() -> ml_collections.ConfigDict:
       weighting='elbo',        # elbo: w(t)/q(t), unbiased NELBO | plain: w(t), sampler reshapes
       mask_pattern='bernoulli',  # bernoulli | exact_count
       mask_eos=True,           # EOS is a real token to predict (AR pays for it too)
+      pad='predict',           # predict: PAD is noised and predicted like any token, so the NELBO
+                               # bounds -log p(x) with its length, as AR's NLL does (EOS) |
+                               # visible: PAD never masked nor scored: -log p(x | its length)
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32,
@@ -297,6 +300,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(cfg, 'diffusion.time_sampler', masking.TIME_SAMPLERS)
   _choice(cfg, 'diffusion.weighting', ('elbo', 'plain'))
   _choice(cfg, 'diffusion.mask_pattern', tuple(masking.MASK_PATTERNS))
+  _choice(cfg, 'diffusion.pad', masking.PAD_MODES)
   _need(0.0 < dc.eps < 1.0, 'diffusion.eps', f'{dc.eps} is outside (0, 1)')
   _need(dc.poly_k > 0, 'diffusion.poly_k', f'must be positive, got {dc.poly_k}')
   if dc.time_sampler == 'beta':
@@ -307,6 +311,13 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if dc.time_sampler in ('logit_normal', 'truncated_normal'):
     _need(sp.sigma > 0, 'diffusion.sampler_params.sigma',
           f'must be > 0 (a width of {sp.sigma} makes the density improper)')
+  if dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
+    bias = masking.nelbo_bias_bound(dc)
+    _need(bias <= masking.BIAS_TOLERANCE, 'diffusion.time_sampler',
+          f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '
+          f'weighting=elbo: its density near eps or 1 falls faster than float32 sampling can '
+          f'follow (bias up to {min(bias, 1e9):.3g} relative); add '
+          'diffusion.sampler_params.uniform_mix (e.g. 0.05), or use weighting=plain')
   _need(t.batch_size > 0, 'train.batch_size', f'must be positive, got {t.batch_size}')
   _need(t.num_steps >= 0, 'train.num_steps', f'must be >= 0, got {t.num_steps}')
   _need(t.lr > 0, 'train.lr', f'must be positive, got {t.lr}')

@@ -24,6 +24,8 @@ variant per forward pass on the host and run them in fixed-size chunks through o
 function, so a row's L variants cost L / chunk large passes, never L small ones. Words come from
 `tokenizers.word_starts`.
 """
+import functools
+import hashlib
 import math
 
 import jax
@@ -88,36 +90,70 @@ def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
   return np.concatenate(rows), np.concatenate(masks), np.concatenate(reads)
 
 
+def row_keys(seed, targets_NxL, score_NxL):
+  """One PRNG key per row from the seed and the row's content (its tokens up to the last
+  non-PAD one and its score mask), so a row's Monte Carlo noise is the same whatever rows share
+  its batch, in whatever order, and however much padding follows it."""
+  keys = []
+  for x_L, s_L in zip(targets_NxL, score_NxL):
+    n = int(np.max(np.flatnonzero(x_L != tokenizers.PAD), initial=-1)) + 1
+    h = hashlib.blake2b(np.ascontiguousarray(x_L[:n], np.int32).tobytes() +
+                        np.packbits(s_L[:n]).tobytes(), digest_size=4).digest()
+    keys.append(int.from_bytes(h, 'little'))
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda h: jax.random.fold_in(base, h))(jnp.asarray(keys, jnp.uint32))
+
+
+def row_segments(inputs_BxL, targets_BxL, segments):
+  """Attention segments of scored rows: positions past a row's last non-PAD target (trailing
+  padding, which is batching, not data; the first of them reads the last target) form their own
+  segment, so no score depends on how much padding follows; with `segments` (a run trained with
+  data.segment_ids) documents are split at visible EOS inputs as in training."""
+  n_B = jnp.max(jnp.where(targets_BxL != tokenizers.PAD, jnp.arange(targets_BxL.shape[1]) + 1,
+                          0), axis=1)
+  inside_BxL = jnp.arange(targets_BxL.shape[1])[None] < n_B[:, None]
+  seg_BxL = objectives.input_segments(inputs_BxL) if segments else jnp.zeros_like(inputs_BxL)
+  return jnp.where(inside_BxL, seg_BxL, -1)
+
+
 class Scorer:
   """Per-row log-likelihoods of scored tokens under any estimator, for one model and params.
 
+  Rows are sequences of their own length (trailing PAD is padding: nothing attends to it), so a
+  score is the same whatever the padding, the batch company or `chunk`. MDM estimators therefore
+  estimate log p(scored | context, the row's length).
   chunk: rows per compiled forward pass (a shorter tail is padded to a power of two, so at most
   log2(chunk) + 1 shapes compile).
   dcfg: the diffusion config (schedule, eps) for `nelbo`; None: linear, eps 1e-3.
+  segments: split documents at visible EOS inputs (a run trained with data.segment_ids).
   tokenizer: needed by the word-level estimators."""
 
   def __init__(self, model, params, *, chunk=64, dcfg=None, nelbo_samples=16, span=2, seed=0,
-               tokenizer=None):
+               tokenizer=None, segments=False):
     self.params, self.chunk, self.K, self.span, self.seed = params, chunk, nelbo_samples, span, seed
     self.tokenizer = tokenizer
     self.schedule = masking.get_schedule(dcfg.schedule, dcfg) if dcfg else masking.Linear()
     self.eps = float(dcfg.eps) if dcfg else 1e-3
 
+    def apply(params, targets_BxL, mask_BxL, attention):
+      inputs_BxL = objectives.shift_inputs(targets_BxL, mask_BxL)
+      logits_BxLxV = model.apply({'params': params}, inputs_BxL, attention, None,
+                                 row_segments(inputs_BxL, targets_BxL, segments))
+      return -objectives.token_ce(logits_BxLxV, targets_BxL), logits_BxLxV
+
     def causal(params, targets_BxL, read_BxL):
-      logits_BxLxV = model.apply({'params': params}, objectives.shift_inputs(targets_BxL),
-                                 'causal')
-      lp_BxL = -objectives.token_ce(logits_BxLxV, targets_BxL)
+      lp_BxL, logits_BxLxV = apply(params, targets_BxL, None, 'causal')
       greedy_BxL = jnp.argmax(logits_BxLxV, -1) == targets_BxL
       return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1), jnp.all(greedy_BxL | ~read_BxL, -1)
 
     def masked(params, targets_BxL, mask_BxL, read_BxL):
-      logits_BxLxV = model.apply({'params': params},
-                                 objectives.shift_inputs(targets_BxL, mask_BxL), 'bidirectional')
-      lp_BxL = -objectives.token_ce(logits_BxLxV, targets_BxL)
+      lp_BxL, _ = apply(params, targets_BxL, mask_BxL, 'bidirectional')
       return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1)
 
     self._causal = jax.jit(causal)
     self._masked = jax.jit(masked)
+    self._noise = jax.jit(functools.partial(masking.row_noise, K=self.K, schedule=self.schedule,
+                                            eps=self.eps))
     self._model = model
 
   @classmethod
@@ -126,7 +162,7 @@ class Scorer:
     diffusion schedule."""
     e = cfg.eval
     return cls(model, params, chunk=e.chunk, dcfg=cfg.diffusion, nelbo_samples=e.nelbo_samples,
-               span=e.pll_span, seed=e.seed, tokenizer=tokenizer)
+               span=e.pll_span, seed=e.seed, tokenizer=tokenizer, segments=cfg.data.segment_ids)
 
   # -- the passes
   def _chunks(self, fn, *arrays):
@@ -162,20 +198,16 @@ class Scorer:
     return out[0].astype(np.float64), out[1]
 
   def nelbo(self, targets_NxL, score_NxL):
-    """(mean over K samples of -NELBO per row, its standard error)."""
+    """(mean over K samples of -NELBO per row, its standard error). The noise is masking's
+    (row_noise), drawn from each row's own key."""
     N, L = targets_NxL.shape
     K = self.K
-    rng = np.random.default_rng(self.seed)
-    u_N = rng.uniform(size=N)
-    u_NxK = np.mod(u_N[:, None] + np.arange(K)[None] / K, 1.0)
-    t_NxK = self.eps + (1.0 - self.eps) * u_NxK
-    p_NxK = 1.0 - np.asarray(self.schedule.alpha(jnp.asarray(t_NxK, jnp.float32)), np.float64)
-    w_NxK = np.asarray(self.schedule.weight(jnp.asarray(t_NxK, jnp.float32)), np.float64)
-    mask_NxKxL = (rng.uniform(size=(N, K, L)) < p_NxK[..., None]) & score_NxL[:, None]
+    _, mask_NxKxL, w_NxK = jax.device_get(self._noise(row_keys(self.seed, targets_NxL, score_NxL),
+                                                      jnp.asarray(score_NxL)))
     row_V = np.repeat(np.arange(N), K)
-    mask_VxL = mask_NxKxL.reshape(N * K, L)
+    mask_VxL = np.asarray(mask_NxKxL).reshape(N * K, L)
     lp_V = self._chunks(self._masked, targets_NxL[row_V], mask_VxL, mask_VxL)
-    elbo_NxK = w_NxK * lp_V.reshape(N, K)
+    elbo_NxK = np.asarray(w_NxK, np.float64) * lp_V.reshape(N, K)
     se = elbo_NxK.std(1, ddof=1) / math.sqrt(K) if K > 1 else np.full(N, np.nan)
     return elbo_NxK.mean(1), se
 

@@ -14,17 +14,25 @@ Weighting modes:
 Samplers are exact inverse CDFs of the truncated law applied to u in (0, 1), so any sampler can be
 combined with low-discrepancy u_i = (u + i / B) mod 1 across the batch.
 """
+import functools
+import json
 import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 from jax.scipy import special
+from scipy import special as sp_special
+
+from dlm_jax.data.tokenizers import BOS, EOS, PAD
 
 # ----------------------------------------------------------------------------- schedules
 
 
 class Schedule:
-  """alpha(t) with its derivative; `weight` is the ELBO weight w(t)."""
+  """alpha(t) with its derivative; `weight` is the ELBO weight w(t); `mask_prob` = 1 - alpha(t)
+  (computed without cancellation where it matters) and `t_of_mask_prob` its inverse."""
   name = ''
 
   def alpha(self, t):
@@ -35,6 +43,12 @@ class Schedule:
 
   def weight(self, t):
     return -self.dalpha(t) / (1.0 - self.alpha(t))
+
+  def mask_prob(self, t):
+    return 1.0 - self.alpha(t)
+
+  def t_of_mask_prob(self, s):
+    raise NotImplementedError
 
 
 class Linear(Schedule):
@@ -50,6 +64,12 @@ class Linear(Schedule):
   def weight(self, t):
     return 1.0 / t
 
+  def mask_prob(self, t):
+    return t
+
+  def t_of_mask_prob(self, s):
+    return s
+
 
 class Cosine(Schedule):
   """alpha = cos(pi t / 2)."""
@@ -64,6 +84,12 @@ class Cosine(Schedule):
   def weight(self, t):
     # sin/(1-cos) = cot(x/2), stable for small t
     return 0.5 * jnp.pi / jnp.tan(0.25 * jnp.pi * t)
+
+  def mask_prob(self, t):
+    return 2.0 * jnp.sin(0.25 * jnp.pi * t) ** 2  # 1 - cos(x) without cancellation
+
+  def t_of_mask_prob(self, s):
+    return 4.0 / jnp.pi * jnp.arcsin(jnp.sqrt(0.5 * s))
 
 
 class Polynomial(Schedule):
@@ -82,6 +108,12 @@ class Polynomial(Schedule):
   def weight(self, t):
     return self.k / t
 
+  def mask_prob(self, t):
+    return t ** self.k
+
+  def t_of_mask_prob(self, s):
+    return s ** (1.0 / self.k)
+
 
 class LogLinear(Schedule):
   """MDLM/SEDD log-linear noise: sigma(t) = -log(1 - (1 - delta) t), alpha = exp(-sigma)."""
@@ -98,6 +130,12 @@ class LogLinear(Schedule):
 
   def weight(self, t):
     return 1.0 / t
+
+  def mask_prob(self, t):
+    return (1.0 - self.delta) * t
+
+  def t_of_mask_prob(self, s):
+    return s / (1.0 - self.delta)
 
 
 SCHEDULES = ('linear', 'cosine', 'polynomial', 'loglinear')
@@ -119,7 +157,9 @@ def get_schedule(name: str, dcfg=None) -> Schedule:
 
 
 class TimeDist:
-  """A law on (0, 1) truncated to [eps, 1]: `cdf`, `pdf`, `icdf` of the untruncated law."""
+  """A law on (0, 1) truncated to [eps, 1]. Subclasses give the untruncated law's density
+  `pdf0`, CDF `cdf0` and survival function `sf0` (1 - cdf0, accurate in the upper tail) with
+  their inverses `icdf0` and `isf0`."""
   name = ''
 
   def __init__(self, eps):
@@ -134,19 +174,31 @@ class TimeDist:
   def icdf0(self, p):
     raise NotImplementedError
 
-  def _mass(self):
-    return self.cdf0(jnp.float32(1.0)) - self.cdf0(jnp.float32(self.eps))
+  def sf0(self, t):
+    return 1.0 - self.cdf0(t)
+
+  def isf0(self, q):
+    return self.icdf0(1.0 - q)
+
+  def _bounds(self):
+    """(mass below eps, mass above 1, mass of [eps, 1]) of the untruncated law."""
+    eps, one = jnp.float32(self.eps), jnp.float32(1.0)
+    below, above = self.cdf0(eps), self.sf0(one)
+    return below, above, jnp.where(below < 0.5, self.cdf0(one) - below, self.sf0(eps) - above)
 
   def density(self, t):
     """q(t) of the truncated law on [eps, 1] (0 outside)."""
     inside = (t >= self.eps) & (t <= 1.0)
-    return jnp.where(inside, self.pdf0(t) / self._mass(), 0.0)
+    return jnp.where(inside, self.pdf0(t) / self._bounds()[2], 0.0)
 
   def from_uniform(self, u):
-    """Exact inverse CDF of the truncated law."""
-    lo = self.cdf0(jnp.float32(self.eps))
-    t = self.icdf0(lo + u * self._mass())
-    return jnp.clip(t, self.eps, 1.0)
+    """Exact inverse CDF of the truncated law. u < 1/2 goes through the CDF and u >= 1/2 through
+    the survival function, so float32 rounding cuts off neither tail (p = 1 - 1e-9 is not a
+    float32, but its complement is), and nothing is clipped to a sub-interval."""
+    below, above, mass = self._bounds()
+    lower = self.icdf0(below + jnp.minimum(u, 0.5) * mass)
+    upper = self.isf0(above + (1.0 - jnp.maximum(u, 0.5)) * mass)
+    return jnp.clip(jnp.where(u < 0.5, lower, upper), self.eps, 1.0)
 
 
 class Uniform(TimeDist):
@@ -165,8 +217,21 @@ class Uniform(TimeDist):
     return self.eps + (1.0 - self.eps) * u
 
 
+def _bisect(f, target, increasing, iters=40):
+  """t in [0, 1] with f(t) = target for a monotone f (elementwise)."""
+  lo, hi = jnp.zeros_like(target), jnp.ones_like(target)
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = 0.5 * (lo + hi)
+    left = (f(mid) < target) if increasing else (f(mid) > target)
+    return jnp.where(left, mid, lo), jnp.where(left, hi, mid)
+  lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+  return 0.5 * (lo + hi)
+
+
 class Beta(TimeDist):
-  """Beta(a, b); the inverse CDF by bisection on the regularised incomplete beta function."""
+  """Beta(a, b); inverses by bisection on the regularised incomplete beta function."""
   name = 'beta'
 
   def __init__(self, eps, a, b):
@@ -175,62 +240,80 @@ class Beta(TimeDist):
     self.log_norm = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
   def pdf0(self, t):
-    t = jnp.clip(t, 1e-12, 1 - 1e-7)
+    t = jnp.clip(t, 1e-30, 1.0)
     return jnp.exp((self.a - 1) * jnp.log(t) + (self.b - 1) * jnp.log1p(-t) - self.log_norm)
 
   def cdf0(self, t):
     return special.betainc(self.a, self.b, jnp.clip(t, 0.0, 1.0))
 
+  def sf0(self, t):
+    return special.betainc(self.b, self.a, jnp.clip(1.0 - t, 0.0, 1.0))
+
   def icdf0(self, p):
-    lo, hi = jnp.zeros_like(p), jnp.ones_like(p)
+    return _bisect(self.cdf0, p, increasing=True)
 
-    def body(_, lohi):
-      lo, hi = lohi
-      mid = 0.5 * (lo + hi)
-      below = self.cdf0(mid) < p
-      return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-    lo, hi = jax.lax.fori_loop(0, 40, body, (lo, hi))
-    return 0.5 * (lo + hi)
+  def isf0(self, q):
+    return _bisect(self.sf0, q, increasing=False)
 
 
-class LogitNormal(TimeDist):
+class _Gaussian(TimeDist):
+  """A law whose standardised variable z = (g(t) - mu) / sigma is N(0, 1) for an increasing g."""
+
+  def __init__(self, eps, mu, sigma):
+    super().__init__(eps)
+    self.mu, self.sigma = float(mu), float(sigma)
+
+  def z(self, t):
+    raise NotImplementedError
+
+  def t_of_z(self, z):
+    raise NotImplementedError
+
+  def cdf0(self, t):
+    return special.ndtr(self.z(t))
+
+  def sf0(self, t):
+    return special.ndtr(-self.z(t))
+
+  def icdf0(self, p):
+    return self.t_of_z(special.ndtri(p))
+
+  def isf0(self, q):
+    return self.t_of_z(-special.ndtri(q))
+
+
+class LogitNormal(_Gaussian):
   """logit(t) ~ N(mu, sigma^2)."""
   name = 'logit_normal'
 
-  def __init__(self, eps, mu, sigma):
-    super().__init__(eps)
-    self.mu, self.sigma = float(mu), float(sigma)
+  def z(self, t):
+    t = jnp.clip(t, 0.0, 1.0)
+    return (jnp.log(t) - jnp.log1p(-t) - self.mu) / self.sigma
+
+  def t_of_z(self, z):
+    return jax.nn.sigmoid(self.mu + self.sigma * z)
 
   def pdf0(self, t):
-    t = jnp.clip(t, 1e-12, 1 - 1e-7)
-    z = (jnp.log(t) - jnp.log1p(-t) - self.mu) / self.sigma
-    return jnp.exp(-0.5 * z * z) / (self.sigma * jnp.sqrt(2 * jnp.pi) * t * (1 - t))
-
-  def cdf0(self, t):
-    t = jnp.clip(t, 1e-12, 1 - 1e-7)
-    return special.ndtr((jnp.log(t) - jnp.log1p(-t) - self.mu) / self.sigma)
-
-  def icdf0(self, p):
-    return jax.nn.sigmoid(self.mu + self.sigma * special.ndtri(jnp.clip(p, 1e-7, 1 - 1e-7)))
+    z = self.z(t)
+    inside = (t > 0) & (t < 1)
+    tt = jnp.where(inside, t, 0.5)
+    return jnp.where(inside, jnp.exp(-0.5 * z * z) / (self.sigma * jnp.sqrt(2 * jnp.pi) *
+                                                      tt * (1 - tt)), 0.0)
 
 
-class TruncatedNormal(TimeDist):
+class TruncatedNormal(_Gaussian):
   """N(mu, sigma^2) truncated to [eps, 1]."""
   name = 'truncated_normal'
 
-  def __init__(self, eps, mu, sigma):
-    super().__init__(eps)
-    self.mu, self.sigma = float(mu), float(sigma)
+  def z(self, t):
+    return (t - self.mu) / self.sigma
+
+  def t_of_z(self, z):
+    return self.mu + self.sigma * z
 
   def pdf0(self, t):
-    z = (t - self.mu) / self.sigma
+    z = self.z(t)
     return jnp.exp(-0.5 * z * z) / (self.sigma * jnp.sqrt(2 * jnp.pi))
-
-  def cdf0(self, t):
-    return special.ndtr((t - self.mu) / self.sigma)
-
-  def icdf0(self, p):
-    return self.mu + self.sigma * special.ndtri(jnp.clip(p, 1e-7, 1 - 1e-7))
 
 
 class UniformMixture(TimeDist):
@@ -300,21 +383,74 @@ def time_weights(t_B, schedule: Schedule, dist: TimeDist, weighting: str):
   raise ValueError(f'unknown weighting {weighting!r} (elbo or plain)')
 
 
+U_BITS = 23           # jax.random.uniform's float32 draws are multiples of 2**-23
+BIAS_TOLERANCE = 1e-3  # the largest relative NELBO bias a time sampler may bring (`elbo`)
+
+
+def grid_bias_bound(dist: TimeDist) -> float:
+  """A bound on the relative bias the float32 sampler brings to the `elbo`-weighted NELBO.
+
+  u is drawn on a grid of N = 2**23 points, so the estimator's mean is a left Riemann sum over u
+  of h(u) = g(t(u)) / ((1 - eps) q(t(u))) for the bounded integrand g = w(t) (1 - alpha(t)) E[CE]:
+  off the integral by at most TV(h) / N, plus the width of [eps, 1] the grid never reaches. Where a
+  density vanishes faster than the grid can follow (logit-normal, narrow truncated normals, Beta
+  with a large shape parameter), h grows to 1e7 and more at the ends and the bound says so; a
+  uniform mixture caps h at 1 / mix. Evaluated at the grid's first and last 4096 points, around a
+  mixture's switch and on a coarse grid between (h is smooth there)."""
+  n = 2 ** U_BITS
+  edge = np.arange(4096, dtype=np.float64) / n
+  pts = [edge, 1.0 - (edge + 1.0 / n), np.linspace(0.0, 1.0 - 1.0 / n, 8193)]
+  if isinstance(dist, UniformMixture):
+    pts += [dist.lam + edge, dist.lam - (edge + 1.0 / n)]
+  u = np.unique(np.clip(np.concatenate(pts), 0.0, 1.0 - 1.0 / n)).astype(np.float32)
+  t = dist.from_uniform(jnp.asarray(u))
+  h = np.asarray(1.0 / ((1.0 - dist.eps) * dist.density(t)), np.float64)
+  if not np.all(np.isfinite(h)):
+    return float('inf')
+  t = np.asarray(t, np.float64)
+  ends = np.asarray([t[0], t[-1]], np.float32)
+  q = np.asarray(dist.density(jnp.asarray(ends)), np.float64)
+  # the width of [eps, 1] past the first / last grid point, weighted by the share of the density
+  # there that the component sampling it holds (1 without a mixture; a mixture's bell covers a
+  # tail its uniform part also covers)
+  share = np.ones(2)
+  if isinstance(dist, UniformMixture):
+    share = (1 - dist.lam) * np.asarray(dist.dist.density(jnp.asarray(ends)), np.float64) / q
+  gaps = (share[0] * (t[0] - dist.eps) + share[1] * (1.0 - t[-1])) / (1.0 - dist.eps)
+  return float(np.sum(np.abs(np.diff(h))) / n + h[0] / n + h[-1] / n + gaps)
+
+
+def nelbo_bias_bound(dcfg) -> float:
+  """grid_bias_bound of the configured time sampler (0 for uniform)."""
+  return 0.0 if dcfg.time_sampler == 'uniform' else _bias_bound_cached(_key(dcfg))
+
+
+def _key(dcfg) -> str:
+  return json.dumps(dcfg.to_dict(), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _bias_bound_cached(key):
+  with jax.ensure_compile_time_eval():  # host numbers, also when first asked inside a jit trace
+    return grid_bias_bound(get_time_dist(ml_collections.ConfigDict(json.loads(key))))
+
+
 # ----------------------------------------------------------------------------- mask patterns
 
 
 def bernoulli_mask(rng, t_B, maskable_BxL, schedule: Schedule = Linear()):
   """Each maskable token masked independently with probability 1 - alpha(t_b)."""
-  p_Bx1 = (1.0 - schedule.alpha(t_B))[:, None]
+  p_Bx1 = schedule.mask_prob(t_B)[:, None]
   return (jax.random.uniform(rng, maskable_BxL.shape) < p_Bx1) & maskable_BxL
 
 
 def exact_count_mask(rng, t_B, maskable_BxL, schedule: Schedule = Linear()):
   """Exactly k_b = stochastic_round(n_b (1 - alpha(t_b))) maskable positions, chosen uniformly
-  (n_b = number of maskable positions). Same per-token marginal as Bernoulli, less variance."""
+  (n_b = number of maskable positions). Same per-token marginal as Bernoulli, less variance; its
+  NELBO weights are `exact_count_weights`, not w(t)."""
   r_round, r_pos = jax.random.split(rng)
   n_B = jnp.sum(maskable_BxL, axis=1).astype(jnp.float32)
-  x_B = n_B * (1.0 - schedule.alpha(t_B))
+  x_B = n_B * schedule.mask_prob(t_B)
   k_B = jnp.floor(x_B) + (jax.random.uniform(r_round, x_B.shape) < x_B - jnp.floor(x_B))
   score_BxL = jnp.where(maskable_BxL, jax.random.uniform(r_pos, maskable_BxL.shape), 2.0)
   rank_BxL = jnp.argsort(jnp.argsort(score_BxL, axis=1), axis=1)
@@ -324,11 +460,65 @@ def exact_count_mask(rng, t_B, maskable_BxL, schedule: Schedule = Linear()):
 MASK_PATTERNS = {'bernoulli': bernoulli_mask, 'exact_count': exact_count_mask}
 
 
+def exact_count_weights(schedule: Schedule, dist: TimeDist, L: int) -> np.ndarray:
+  """v[n, k]: the unbiased NELBO weight of an exact-count mask of k of n maskable tokens.
+
+  Given the number masked, the masked set is uniform in both processes, so the NELBO
+  E_{U(eps,1)}[w(t) sum_masked CE] = sum_k c[n, k] g(k), g(k) the expected CE sum over size-k
+  sets, with c[n, k] = P-weighted (1/(1-eps)) int w(t) Binom(k; n, s(t)) dt = (1/(1-eps)) (1/k)
+  [I_{s(1)}(k, n-k+1) - I_{s(eps)}(k, n-k+1)] (s = 1 - alpha, w dt = ds / s, I the regularised
+  incomplete beta). Exact-count draws k with probability pi[n, k] = E_{t~q}[max(0, 1 - |n s(t)
+  - k|)] (stochastic rounding), so v = c / pi makes E[v g(k)] = NELBO: importance weighting over
+  k. pi is integrated in t by Gauss-Legendre on each linear piece of the hat (float64)."""
+  eps = dist.eps
+  s_lo = float(schedule.mask_prob(jnp.float32(eps)))
+  s_hi = float(schedule.mask_prob(jnp.float32(1.0)))
+  n = np.arange(L + 1)[:, None].astype(np.float64)
+  k = np.arange(L + 1)[None, :].astype(np.float64)
+  valid = (k >= 1) & (k <= n)
+  a, b = np.where(valid, k, 1.0), np.where(valid, n - k + 1, 1.0)
+  c = np.where(valid, (sp_special.betainc(a, b, s_hi) - sp_special.betainc(a, b, s_lo)) /
+               (np.maximum(k, 1.0) * (1.0 - eps)), 0.0)
+  # every (n, j) piece [s = j/n, (j+1)/n] in one flat array, mapped to t and clipped to [eps, 1]
+  nn = np.repeat(np.arange(1, L + 1), np.arange(1, L + 1))
+  jj = np.concatenate([np.arange(m) for m in range(1, L + 1)])
+  bounds = np.stack([jj / nn, (jj + 1) / nn], 1).clip(s_lo, s_hi)
+  t_ab = np.asarray(schedule.t_of_mask_prob(jnp.asarray(bounds, jnp.float32)), np.float64)
+  t_ab = t_ab.clip(eps, 1.0)
+  x, wq = np.polynomial.legendre.leggauss(12)
+  mid, half = t_ab.mean(1, keepdims=True), 0.5 * (t_ab[:, 1:] - t_ab[:, :1])
+  tt = mid + half * x[None]
+  q = np.asarray(dist.density(jnp.asarray(tt, jnp.float32)), np.float64)
+  ns = nn[:, None] * np.asarray(schedule.mask_prob(jnp.asarray(tt, jnp.float32)), np.float64)
+  rise = np.sum(half * wq * (ns - jj[:, None]) * q, 1)     # hat of k = j + 1, rising side
+  fall = np.sum(half * wq * (jj[:, None] + 1 - ns) * q, 1)  # hat of k = j, falling side
+  pi = np.zeros((L + 1, L + 1))
+  np.add.at(pi, (nn, jj + 1), rise)
+  np.add.at(pi, (nn, jj), fall)
+  if np.any(valid & (c > 0) & (pi <= 0)):
+    raise ValueError('diffusion.mask_pattern=exact_count: some mask counts are never drawn under '
+                     'this time sampler, so no weighting makes the NELBO unbiased')
+  return np.where(valid & (pi > 0), c / np.where(pi > 0, pi, 1.0), 0.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _exact_count_cached(key, L):
+  d = ml_collections.ConfigDict(json.loads(key))
+  with jax.ensure_compile_time_eval():
+    return exact_count_weights(get_schedule(d.schedule, d), get_time_dist(d), L)
+
+
 # ----------------------------------------------------------------------------- the whole process
+
+PAD_MODES = ('predict', 'visible')
 
 
 class Noise:
-  """The configured forward process (config.diffusion): draws t, masks and per-sample weights."""
+  """The configured forward process (config.diffusion): draws t, masks and per-sample weights.
+
+  PAD (`diffusion.pad`): `predict` (default) noises and predicts PAD like any token, so the NELBO
+  bounds -log p(x) with the length of x included, as AR's NLL does through EOS; `visible` never
+  masks or scores PAD, so the NELBO bounds -log p(x | its length)."""
 
   def __init__(self, dcfg):
     self.cfg = dcfg
@@ -337,20 +527,23 @@ class Noise:
     self.pattern = MASK_PATTERNS[dcfg.mask_pattern]
     self.low_discrepancy = dcfg.low_discrepancy
     self.weighting = dcfg.weighting
+    # the training-time NELBO metric is reported only where it is unbiased
+    self.nelbo_exact = nelbo_bias_bound(dcfg) <= BIAS_TOLERANCE
 
   @classmethod
   def for_evaluation(cls, dcfg):
-    """Validation always measures the unbiased NELBO: uniform low-discrepancy t, Bernoulli masks."""
-    import ml_collections  # pylint: disable=g-import-not-at-top
+    """Validation always measures the unbiased NELBO: uniform low-discrepancy t, Bernoulli masks
+    (the schedule, eps, PAD and EOS conventions stay the run's)."""
     d = ml_collections.ConfigDict(dcfg.to_dict())
     d.time_sampler, d.low_discrepancy, d.mask_pattern, d.weighting = (
         'uniform', True, 'bernoulli', 'elbo')
     return cls(d)
 
   def maskable(self, targets_BxL, prefix_len_B=None):
-    """Never PAD or BOS (nor EOS unless mask_eos), nor a task's prompt (its first prefix_len)."""
-    from dlm_jax.data.tokenizers import BOS, EOS, PAD  # pylint: disable=g-import-not-at-top
-    m = (targets_BxL != PAD) & (targets_BxL != BOS)
+    """Never BOS, nor PAD under pad=visible, nor EOS unless mask_eos, nor a task's prompt."""
+    m = targets_BxL != BOS
+    if self.cfg.pad == 'visible':
+      m &= targets_BxL != PAD
     if not self.cfg.mask_eos:
       m &= targets_BxL != EOS
     if prefix_len_B is not None:
@@ -361,6 +554,29 @@ class Noise:
     """t_B, mask_BxL, training weight_B, unbiased-NELBO weight_B (drawn in batch order)."""
     rng_t, rng_m = jax.random.split(rng)
     t_B = sample_times(rng_t, targets_BxL.shape[0], self.dist, self.low_discrepancy)
-    mask_BxL = self.pattern(rng_m, t_B, self.maskable(targets_BxL, prefix_len_B), self.schedule)
+    maskable_BxL = self.maskable(targets_BxL, prefix_len_B)
+    mask_BxL = self.pattern(rng_m, t_B, maskable_BxL, self.schedule)
     w_B, elbo_B = time_weights(t_B, self.schedule, self.dist, self.weighting)
+    if self.cfg.mask_pattern == 'exact_count':
+      v_NxK = jnp.asarray(_exact_count_cached(_key(self.cfg), targets_BxL.shape[1]))
+      elbo_B = v_NxK[jnp.sum(maskable_BxL, 1), jnp.sum(mask_BxL, 1)]
+      if self.weighting == 'elbo':
+        w_B = elbo_B
     return t_B, mask_BxL, w_B, elbo_B
+
+
+def row_noise(keys_N, maskable_NxL, K: int, schedule: Schedule, eps: float):
+  """K (t, mask, weight) samples per row for likelihood evaluation: t_k = eps + (1 - eps)
+  ((u + k/K) mod 1) (low discrepancy within the row), Bernoulli masks, w(t). Every draw comes
+  from the row's own key and its position index, so a row's noise does not depend on the other
+  rows, on their order or on trailing padding. Returns (t_NxK, mask_NxKxL, w_NxK)."""
+  L = maskable_NxL.shape[1]
+
+  def one(key):
+    k_t, k_m = jax.random.split(key)
+    t_K = Uniform(eps).from_uniform(uniforms(k_t, K, True))
+    u_LxK = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_m, i), (K,)))(
+        jnp.arange(L))
+    return t_K, u_LxK.T < schedule.mask_prob(t_K)[:, None]
+  t_NxK, mask_NxKxL = jax.vmap(one)(keys_N)
+  return t_NxK, mask_NxKxL & maskable_NxL[:, None], schedule.weight(t_NxK)

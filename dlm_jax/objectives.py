@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from dlm_jax import config as config_lib
 from dlm_jax import masking
-from dlm_jax.data.tokenizers import BOS, MASK, PAD
+from dlm_jax import sharding
+from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
 
 
 def shift_inputs(targets_BxL, mask_BxL=None):
@@ -59,34 +60,51 @@ def _ce_bwd(res, g_BxL):
 token_ce.defvjp(_ce_fwd, _ce_bwd)
 
 
-def _apply(model, params, inputs_BxL, attention, segment_ids, rng, train):
-  return model.apply({'params': params}, inputs_BxL, attention, None, segment_ids,
+def input_segments(inputs_BxL):
+  """Segment ids from the tokens the model reads: an EOS input starts a new document. In MDM mode
+  a masked EOS is not an input, so its boundary is not revealed: the documents around it share a
+  segment. Segment ids are therefore a function of the noisy input alone, which is what makes
+  p(x_0 | x_t) a valid denoiser and the NELBO a bound (data.segment_ids)."""
+  return jnp.cumsum(inputs_BxL == EOS, axis=1)
+
+
+def _apply(model, params, inputs_BxL, attention, segments, rng, train, prefix_len_B=None):
+  seg_BxL = input_segments(inputs_BxL) if segments else None
+  return model.apply({'params': params}, inputs_BxL, attention, prefix_len_B, seg_BxL,
                      deterministic=not train, rngs={'dropout': rng} if train else None)
 
 
 def ar_terms(model, params, batch, rng, train=True, prefix_P_B=None, token_dropout=0.0):
-  """Sums for next-token prediction (causal), or prefix-LM when prefix_P_B is given."""
+  """Sums for next-token prediction (causal), or prefix-LM when prefix_P_B is given. A
+  batch['drop'] mask (drawn by `draw`) replaces those inputs by [MASK] (token dropout); else
+  token_dropout > 0 draws one from rng."""
   targets_BxL = batch['targets']
   B, L = targets_BxL.shape
   valid_BxL = targets_BxL != PAD
   inputs_BxL = shift_inputs(targets_BxL)
   rng_drop, rng_tok = jax.random.split(rng) if rng is not None else (None, None)
-  if train and token_dropout > 0:
-    drop_BxL = jax.random.bernoulli(rng_tok, token_dropout, (B, L)).at[:, 0].set(False)
+  drop_BxL = batch.get('drop')
+  if drop_BxL is None and train and token_dropout > 0:
+    drop_BxL = token_dropout_mask(rng_tok, B, L, token_dropout)
+  if train and drop_BxL is not None:
     inputs_BxL = jnp.where(drop_BxL, MASK, inputs_BxL)
+  segments = 'segment_ids' in batch
   if prefix_P_B is None:
-    logits_BxLxV = _apply(model, params, inputs_BxL, 'causal', batch.get('segment_ids'),
-                          rng_drop, train)
+    logits_BxLxV = _apply(model, params, inputs_BxL, 'causal', segments, rng_drop, train)
     if 'prefix_len' in batch:  # task data: loss on the target only
       valid_BxL = valid_BxL & (jnp.arange(L)[None, :] >= batch['prefix_len'][:, None])
   else:
-    logits_BxLxV = model.apply({'params': params}, inputs_BxL, 'prefix', prefix_P_B + 1,
-                               batch.get('segment_ids'), deterministic=not train,
-                               rngs={'dropout': rng_drop} if train else None)
+    logits_BxLxV = _apply(model, params, inputs_BxL, 'prefix', segments, rng_drop, train,
+                          prefix_P_B + 1)
     valid_BxL = valid_BxL & (jnp.arange(L)[None, :] >= prefix_P_B[:, None])
   valid_BxL = valid_BxL.astype(jnp.float32)
   nll_sum = jnp.sum(token_ce(logits_BxLxV, targets_BxL) * valid_BxL)
   return dict(loss_sum=nll_sum, nll_sum=nll_sum, tokens=jnp.sum(valid_BxL))
+
+
+def token_dropout_mask(rng, B, L, p):
+  """Inputs replaced by [MASK] at rate p (never BOS at position 0)."""
+  return jax.random.bernoulli(rng, p, (B, L)).at[:, 0].set(False)
 
 
 def sample_prefix(rng, batch):
@@ -99,14 +117,16 @@ def sample_prefix(rng, batch):
 
 def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True):
   """Sums given the noise: loss_sum = sum_b weight_b sum_{i masked} CE_bi (the training loss) and
-  nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting)."""
+  nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting). The
+  denominator `tokens` counts non-PAD targets (after a task's prompt), as AR's does; masked PAD
+  targets (diffusion.pad=predict) are in the sums: they pay for the length."""
   targets_BxL = batch['targets']
   valid_BxL = targets_BxL != PAD
   if 'prefix_len' in batch:  # task data: the prompt is context, not data to model
     valid_BxL = valid_BxL & (jnp.arange(targets_BxL.shape[1])[None] >= batch['prefix_len'][:, None])
   valid_BxL = valid_BxL.astype(jnp.float32)
   logits_BxLxV = _apply(model, params, shift_inputs(targets_BxL, mask_BxL), 'bidirectional',
-                        batch.get('segment_ids'), rng, train)
+                        'segment_ids' in batch, rng, train)
   ce_BxL = token_ce(logits_BxLxV, targets_BxL) * mask_BxL
   return dict(loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
               nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL),
@@ -125,52 +145,121 @@ def mdm_count(cfg, step: int, batch_size: int) -> int:
   return math.floor((step + 1) * rho) - math.floor(step * rho)
 
 
-def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=None):
-  """The configured objective; returns (loss, metrics) with per-mode NLL / NELBO per token.
-  n_mdm (static): MDM sequences in this batch; None -> round(rho * B).
-  spread: lays a row-subset back out over the data-parallel devices (a sharding constraint);
-  without it a dual batch's random AR/MDM split would leave XLA to replicate both halves on
-  every device (measured: 8x the work on 8 devices)."""
-  rng_noise, rng_drop, rng_perm = jax.random.split(rng, 3)
-  B = batch['targets'].shape[0]
-  if n_mdm is None:
-    n_mdm = int(round(config_lib.mdm_fraction(cfg) * B))
-  prefix_ar = cfg.objective == 'prefix' or (cfg.objective == 'dual' and
-                                            cfg.dual.ar_attention == 'prefix')
+def prefix_ar(cfg) -> bool:
+  return cfg.objective == 'prefix' or (cfg.objective == 'dual' and
+                                       cfg.dual.ar_attention == 'prefix')
+
+
+def draw(cfg, batch, rng, n_mdm, train=True):
+  """Every random choice of a step, made once for the global batch: which rows train MDM (dual),
+  the MDM rows' t, masks and weights, the AR rows' prefix lengths and token-dropout masks.
+  Returns (idx_ar, idx_mdm, noise): row indices of each share (None: all rows, or none when the
+  share is empty) and per-row noise arrays for the whole batch. Drawing for the global batch
+  and only then splitting it is what makes gradient accumulation the same update."""
+  rng_noise, rng_perm, rng_prefix, rng_tok = jax.random.split(rng, 4)
+  B, L = batch['targets'].shape
   if cfg.objective == 'dual':
     perm_B = jax.random.permutation(rng_perm, B)
     idx_mdm, idx_ar = perm_B[:n_mdm], perm_B[n_mdm:]
   else:
     idx_mdm = idx_ar = None
-  metrics, loss_sum, tokens = {}, 0.0, 0.0
+  noise = {}
   if n_mdm < B:
-    sub = batch if idx_ar is None else _take(batch, idx_ar, spread)
-    prefix_P_B = sample_prefix(jax.random.fold_in(rng_perm, 1), sub) if prefix_ar else None
-    ar = ar_terms(model, params, sub, rng_drop, train, prefix_P_B, cfg.train.token_dropout)
-    loss_sum, tokens = loss_sum + ar['loss_sum'], tokens + ar['tokens']
-    metrics['prefix_nll' if prefix_ar else 'ar_nll'] = ar['nll_sum'] / ar['tokens']
+    if prefix_ar(cfg):
+      noise['prefix_P'] = sample_prefix(rng_prefix, batch)
+    if train and cfg.train.token_dropout > 0:
+      noise['drop'] = token_dropout_mask(rng_tok, B, L, cfg.train.token_dropout)
   if n_mdm > 0:
-    noise = masking.Noise(cfg.diffusion)
-    _, mask_BxL, w_B, elbo_B = noise.sample(rng_noise, batch['targets'], batch.get('prefix_len'))
-    sub = batch
-    if idx_mdm is not None:
-      sub = _take(dict(batch, mask=mask_BxL, w=w_B, elbo=elbo_B), idx_mdm, spread)
-      mask_BxL, w_B, elbo_B = sub.pop('mask'), sub.pop('w'), sub.pop('elbo')
+    _, noise['mask'], noise['w'], noise['elbo'] = masking.Noise(cfg.diffusion).sample(
+        rng_noise, batch['targets'], batch.get('prefix_len'))
+  return idx_ar, idx_mdm, noise
+
+
+def _share(n, micro):
+  """Does microbatch `micro` hold any of a share of n rows? (static)"""
+  return n > 0 if micro is None or isinstance(micro[0], jax.Array) else (
+      len(range(micro[0], n, micro[1])) > 0)
+
+
+def _rows(idx, n, micro):
+  """Row indices of microbatch m of k (rows m, m+k, ... of a share of n rows), or None when the
+  share is the whole batch and there is no microbatching."""
+  if micro is None:
+    return idx
+  m, k = micro
+  idx = jnp.arange(n) if idx is None else idx
+  if n % k == 0:  # m may be traced (a scanned microbatch loop)
+    return idx.reshape(n // k, k)[:, m]
+  return idx[m::k]  # uneven shares: m is a Python int (an unrolled loop)
+
+
+def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=None,
+            micro=None):
+  """The configured objective; returns (loss, metrics) with per-mode NLL / NELBO per token.
+  n_mdm (static): MDM sequences in this batch; None -> round(rho * B).
+  micro: (m, k): the loss of microbatch m of k, with every random choice drawn for the whole
+  batch first (`draw`), so that k microbatches weighted by their `tokens` give exactly the
+  single-pass gradient.
+  spread: lays a row-subset back out over the data-parallel devices (a sharding constraint);
+  without it a dual batch's random AR/MDM split would leave XLA to replicate both halves on
+  every device (measured: 8x the work on 8 devices)."""
+  rng_draw, rng_drop = jax.random.split(rng)
+  B = batch['targets'].shape[0]
+  if n_mdm is None:
+    n_mdm = int(round(config_lib.mdm_fraction(cfg) * B))
+  idx_ar, idx_mdm, noise = draw(cfg, batch, rng_draw, n_mdm, train)
+  if micro is not None:
+    rng_drop = jax.random.fold_in(rng_drop, micro[0])
+  # the same keys in every microbatch (a share may be empty in one of them)
+  zero = jnp.zeros((), jnp.float32)
+  sums = dict(loss=zero, tokens=zero)
+  if n_mdm < B:
+    sums.update(ar_sum=zero, ar_tokens=zero)
+  if n_mdm > 0:
+    sums.update(mdm_loss_sum=zero, mdm_sum=zero, mdm_tokens=zero, masked=zero)
+  full = dict(batch, **noise)
+  if _share(B - n_mdm, micro):
+    rows = _rows(idx_ar, B - n_mdm, micro)
+    sub = dict(full) if rows is None else _take(full, rows, spread)
+    prefix_P_B = sub.pop('prefix_P', None)
+    ar = ar_terms(model, params, {k: v for k, v in sub.items() if k not in ('mask', 'w', 'elbo')},
+                  rng_drop, train, prefix_P_B)
+    sums.update(loss=sums['loss'] + ar['loss_sum'], tokens=sums['tokens'] + ar['tokens'],
+                ar_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
+  if _share(n_mdm, micro):
+    rows = _rows(idx_mdm, n_mdm, micro)
+    sub = dict(full) if rows is None else _take(full, rows, spread)
+    mask_BxL, w_B, elbo_B = sub.pop('mask'), sub.pop('w'), sub.pop('elbo')
+    sub = {k: v for k, v in sub.items() if k not in ('prefix_P', 'drop')}
     md = mdm_terms(model, params, sub, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng_drop, 1),
                    train)
-    loss_sum, tokens = loss_sum + md['loss_sum'], tokens + md['tokens']
-    metrics['mdm_nelbo'] = md['nelbo_sum'] / md['tokens']
-    metrics['mask_rate'] = md['masked'] / md['tokens']
-  loss = loss_sum / tokens
-  metrics['loss'] = loss
-  metrics['tokens'] = tokens  # the loss's denominator: gradient accumulation weights by it
-  return loss, metrics
+    sums.update(loss=sums['loss'] + md['loss_sum'], tokens=sums['tokens'] + md['tokens'],
+                mdm_loss_sum=md['loss_sum'], mdm_sum=md['nelbo_sum'], mdm_tokens=md['tokens'],
+                masked=md['masked'])
+  metrics = metrics_from_sums(sums, cfg)
+  metrics['tokens'] = sums['tokens']  # the loss's denominator: gradient accumulation weights by it
+  metrics['sums'] = sums              # per-mode numerators and denominators, for accumulation
+  return metrics['loss'], metrics
+
+
+def metrics_from_sums(sums, cfg):
+  """Per-mode metrics of accumulated sums (the same formulas as loss_fn)."""
+  out = {}
+  if 'ar_sum' in sums:
+    out['prefix_nll' if prefix_ar(cfg) else 'ar_nll'] = sums['ar_sum'] / sums['ar_tokens']
+  if 'mdm_sum' in sums:
+    if masking.Noise(cfg.diffusion).nelbo_exact:
+      out['mdm_nelbo'] = sums['mdm_sum'] / sums['mdm_tokens']
+    if cfg.diffusion.weighting == 'plain':
+      out['mdm_loss'] = sums['mdm_loss_sum'] / sums['mdm_tokens']
+    out['mask_rate'] = sums['masked'] / sums['mdm_tokens']
+  out['loss'] = sums['loss'] / sums['tokens']
+  return out
 
 
 def make_loss_fn(model, cfg, train=True, mesh=None):
   spread = None
   if mesh is not None:
-    from dlm_jax import sharding  # pylint: disable=g-import-not-at-top
     sh = sharding.batch_sharding(mesh)
     spread = lambda x: jax.lax.with_sharding_constraint(x, sh)
   return functools.partial(loss_fn, model=model, cfg=cfg, train=train, spread=spread)

@@ -21,7 +21,9 @@ predict x_i, in both attention modes.
        `nfe` counts the passes actually run). A final pass fills any [MASK] left.
   CFG  unsupervised classifier-free guidance (Nie et al., SMDM): log-probabilities
        l = l_u + (1 + w) (l_c - l_u), l_u from the same model with the prompt (every fixed
-       position) replaced by [MASK]; w = 0 is plain conditional sampling.
+       position) replaced by [MASK], renormalised per position (so confidence decoding ranks
+       positions by the guided distribution, as SMDM and LLaDA do); w = 0 is plain conditional
+       sampling.
 
 Generative perplexity: the samples scored by an AR model trained by this codebase
 (`GenerativeScorer`), with each sample's unigram entropy (repetitive text has low perplexity and
@@ -207,7 +209,8 @@ def mdm_loop(model, params, rng, x_BxL, fill_BxL, block_BxL, st: Settings, sched
     lp = jax.nn.log_softmax(sampleable(model.apply(
         {'params': params}, jnp.concatenate([u_BxL, u0_BxL]), 'bidirectional', None, seg)))
     lc_BxLxV, lu_BxLxV = lp[:B], lp[B:]
-    return lu_BxLxV + (1.0 + w) * (lc_BxLxV - lu_BxLxV)
+    # normalised per position: confidence ranks positions by the guided distribution itself
+    return jax.nn.log_softmax(lu_BxLxV + (1.0 + w) * (lc_BxLxV - lu_BxLxV))
 
   def refresh(x_BxL, lp_BxLxV, stale, passes):
     if not st.reuse_logits:
@@ -252,11 +255,12 @@ def mdm_loop(model, params, rng, x_BxL, fill_BxL, block_BxL, st: Settings, sched
 
 def mdm_infill_greedy(model, params, x_BxL, fill_BxL, steps: int):
   """Greedy infilling inside jit: the fill positions revealed most-confident-first at temperature
-  0, at most one per step when steps >= the largest span (zero-shot targets, lm-eval)."""
+  0, at most one per step when steps >= the largest span (zero-shot targets, lm-eval). Trailing
+  PAD is outside the sequence (its own segment), so the result does not depend on padding."""
   st = Settings(mode='mdm', length=1, steps=steps, strategy='confidence', temperature=0.0)
   block_BxL = jnp.where(fill_BxL, 0, -1)
   return mdm_loop(model, params, jax.random.PRNGKey(0), x_BxL, fill_BxL, block_BxL, st,
-                  masking.Linear(), 1, False, False)[0]
+                  masking.Linear(), 1, True, False)[0]
 
 
 # -- host-side API -----------------------------------------------------------------------------

@@ -476,9 +476,6 @@ def main(argv=None):
       print(f'  {k:24s} [{lo:.4g}, {hi:.4g}]')
 
 
-if __name__ == '__main__':
-  main()
-
 
 # ---------------------------------------------------------------------------------- dual ratio
 
@@ -532,3 +529,7 @@ def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
       res.update(vertex=sig(vertex), ci=[sig(z) for z in ci] if ci else None)
     out[float(R)] = res
   return out
+
+
+if __name__ == '__main__':
+  main()

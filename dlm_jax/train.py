@@ -5,6 +5,7 @@ tb/ (TensorBoard), eval/validation.json, checkpoints/ (orbax: state + grain iter
 samples.jsonl, summary.json. Rerunning the same command resumes from the latest checkpoint.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -134,60 +135,56 @@ def make_optimizer(tcfg, params):
   return optax.chain(*parts), sched
 
 
-def split_count(n, k):
-  """n MDM sequences over k microbatches, as evenly as possible (static ints)."""
-  return [(m + 1) * n // k - m * n // k for m in range(k)]
-
-
-def microbatches(batch, k):
-  """B rows -> k microbatches of B/k rows; microbatch m takes rows m, m+k, ... so that every
-  device holds an equal share of each microbatch (a contiguous split would idle devices)."""
-  return jax.tree_util.tree_map(
-      lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
-
-
-def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k):
-  """(loss, metrics, grads) of the whole batch from k microbatches. The loss is a token mean,
-  so each microbatch's loss and gradient are weighted by its token count: for AR this equals the
-  single-pass gradient exactly (up to float summation order)."""
+def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k, finalize=None):
+  """(loss, metrics, grads) of the whole batch from k microbatches. loss_fn draws every random
+  choice (dual assignment, t, masks, prefixes, token dropout) for the global batch and scores
+  microbatch `micro=(m, k)` of it: rows m, m+k, ... of each share, so every device holds an equal
+  share of each microbatch. The loss is a token mean, so each microbatch's loss and gradient are
+  weighted by its token count: the same update as one pass, up to float summation order (model
+  dropout masks aside). finalize: per-mode metrics from the summed numerators and denominators
+  (objectives.metrics_from_sums); None averages the microbatches' metrics."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if k == 1:
     (loss, metrics), grads = grad_fn(params, batch, rng, n_mdm=n_mdm)
+    metrics.pop('sums', None)
     return loss, metrics, grads
-  mbs = microbatches(batch, k)
-  counts = split_count(n_mdm, k) if n_mdm is not None else [None] * k
+  B = batch['targets'].shape[0]
+  n = B if n_mdm is None else n_mdm
+  even = n % k == 0 and (B - n) % k == 0
 
-  def one(m, n_m):
-    mb = jax.tree_util.tree_map(lambda x: x[m], mbs)
-    (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, m), n_mdm=n_m)
+  def one(m):
+    (loss, metrics), grads = grad_fn(params, batch, rng, n_mdm=n_mdm, micro=(m, k))
     w = metrics['tokens']
     return w, loss * w, metrics, jax.tree_util.tree_map(lambda g: g * w, grads)
 
   def add(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
 
-  if len(set(counts)) == 1:  # one compiled body, scanned
-    def body(carry, m):
-      return add(carry, one(m, counts[0])), None
-    init = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: one(0, counts[0])))
-    tot, _ = jax.lax.scan(body, init, jnp.arange(k))
-  else:  # different static MDM counts per microbatch: unrolled
-    tot = one(0, counts[0])
+  if even:  # one compiled body, scanned
+    init = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: one(0)))
+    tot, _ = jax.lax.scan(lambda carry, m: (add(carry, one(m)), None), init, jnp.arange(k))
+  else:  # uneven AR / MDM shares: static microbatch indices, unrolled
+    tot = one(0)
     for m in range(1, k):
-      tot = add(tot, one(m, counts[m]))
+      tot = add(tot, one(m))
   w, loss_w, metrics, grads_w = tot
-  metrics = {key: v / k for key, v in metrics.items()}  # per-mode metrics: mean of microbatches
+  sums = metrics.pop('sums', None)
+  if finalize is not None and sums is not None:
+    metrics = finalize(sums)
+  else:
+    metrics = {key: v / k for key, v in metrics.items()}  # per-mode metrics: mean of microbatches
   metrics.update(loss=loss_w / w, tokens=w)
   return loss_w / w, metrics, jax.tree_util.tree_map(lambda g: g / w, grads_w)
 
 
-def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1):
+def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1, finalize=None):
   """The pure step. A non-finite loss or gradient leaves params, optimizer and EMA unchanged and
   counts the step in `skipped` (the loop then stops or goes on, by train.nan_policy), so a state
   that can be checkpointed never holds a NaN."""
   def train_step(state, batch, n_mdm=None):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, metrics, grads = accumulate_grads(loss_fn, state.params, batch, rng, n_mdm, grad_accum)
+    loss, metrics, grads = accumulate_grads(loss_fn, state.params, batch, rng, n_mdm, grad_accum,
+                                            finalize)
     metrics.pop('tokens')
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -300,7 +297,9 @@ def compile_step(setup, tx, sched, state_sh):
   is static (at most two compiled variants: floor and ceil of rho * B)."""
   cfg, mesh = setup.cfg, setup.mesh
   loss_fn = objectives.make_loss_fn(setup.model, cfg, train=True, mesh=mesh)
-  return jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay, cfg.train.grad_accum),
+  finalize = functools.partial(objectives.metrics_from_sums, cfg=cfg)
+  return jax.jit(make_train_step(loss_fn, tx, sched, cfg.train.ema_decay, cfg.train.grad_accum,
+                                 finalize),
                  in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)),
                  static_argnums=2, donate_argnums=0)

@@ -35,13 +35,22 @@ def _rows(tok, texts, L):
 _JIT = {}
 
 
-def _logp(model, params, inputs_1xL, attention):
-  """One plain forward pass of one row (the brute-force reference)."""
+def _logp(model, params, inputs_1xL, attention, n=None):
+  """One plain forward pass of one row (the brute-force reference), on the row's first n
+  positions only: a row is a sequence of its own length, trailing padding is not part of it."""
   key = (id(model), attention)
   if key not in _JIT:
     _JIT[key] = jax.jit(lambda p, x: jax.nn.log_softmax(model.apply({'params': p}, x,
                                                                     attention))[0])
-  return np.asarray(_JIT[key](params, jnp.asarray(inputs_1xL)), np.float64)
+  x = jnp.asarray(inputs_1xL)[:, :n]
+  out = np.full((inputs_1xL.shape[1], 260), np.nan)
+  out[:x.shape[1]] = np.asarray(_JIT[key](params, x), np.float64)
+  return out
+
+
+def _len(x_L):
+  """A row's length: up to its last non-PAD token."""
+  return int(np.flatnonzero(np.asarray(x_L) != PAD).max()) + 1
 
 
 def test_batched_pll_equals_one_pass_per_position(tiny_model):
@@ -58,7 +67,7 @@ def test_batched_pll_equals_one_pass_per_position(tiny_model):
       m = np.zeros((1, 16), bool)
       m[0, i] = True
       inp = objectives.shift_inputs(jnp.asarray(x[n:n + 1]), jnp.asarray(m))
-      want[n] += _logp(model, params, inp, 'bidirectional')[i, x[n, i]]
+      want[n] += _logp(model, params, inp, 'bidirectional', _len(x[n]))[i, x[n, i]]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   # the model is far from uniform, so a misaligned read position would not pass
   assert abs(got[0] / score[0].sum() + math.log(256)) > 0.5
@@ -76,7 +85,7 @@ def test_chain_rule_equals_product_of_conditionals(tiny_model):
     m = np.zeros((1, 16), bool)
     m[0, pos[pos >= i]] = True
     inp = objectives.shift_inputs(jnp.asarray(x), jnp.asarray(m))
-    want += _logp(model, params, inp, 'bidirectional')[i, x[0, i]]
+    want += _logp(model, params, inp, 'bidirectional', _len(x[0]))[i, x[0, i]]
   assert got == pytest.approx(want, rel=1e-5)
   ident = likelihood.Scorer(model, params, chunk=4)(
       'chain', x, score, order_NxL=np.tile(np.arange(16), (1, 1)))['logp'][0]
@@ -106,7 +115,7 @@ def _exact_truncated_nelbo(model, params, x, score, eps):
       m = np.zeros((1, x.shape[1]), bool)
       m[0, list(S)] = True
       lp = _logp(model, params, objectives.shift_inputs(jnp.asarray(x), jnp.asarray(m)),
-                 'bidirectional')
+                 'bidirectional', _len(x[0]))
       total += coef * sum(lp[i, x[0, i]] for i in S)
   return total
 

@@ -184,3 +184,39 @@ def test_optimal_ratio_finds_the_vertex_and_covers():
   assert 0.75 <= hits / (2 * n) <= 1.0
   with pytest.raises(scaling.FitError, match='R=4 has 2 ratios'):
     scaling.optimal_ratio([0.5, 1.0], [4, 4], [3.0, 3.1])
+
+
+def _cli_fit(tmp_path, law, rows, cols, *extra):
+  _write(tmp_path / f'{law}.csv', rows, cols)
+  p = subprocess.run([sys.executable, '-m', 'dlm_jax.scaling', 'fit', '--runs',
+                      str(tmp_path / f'{law}.csv'), '--law', law, '--out',
+                      str(tmp_path / f'{law}.json'), *extra],
+                     cwd=ROOT, capture_output=True, text=True, check=False)
+  assert p.returncode == 0, p.stderr
+  assert 'Traceback' not in p.stderr
+  return json.load(open(tmp_path / f'{law}.json'))
+
+
+def test_cli_isoflop_law(tmp_path):
+  """The isoflop law through the CLI (it once crashed: code placed after the main guard)."""
+  rows = []
+  for C in (1e18, 1e19, 1e20, 1e21):
+    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    for k in np.linspace(-1.2, 1.2, 7):
+      N = n_opt * np.exp(k)
+      rows.append((N, C / (6 * N), C, scaling.chinchilla_loss(TRUE, N, C / (6 * N))))
+  fit = _cli_fit(tmp_path, 'isoflop', rows, ['N', 'D', 'C', 'loss'], '--bootstrap', '8')
+  assert fit['law'] == 'isoflop'
+  assert fit['params']['a'] == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']),
+                                             abs=0.02)
+  assert 'ci' in fit and fit['bootstrap']['used'] > 0
+
+
+def test_cli_power_law(tmp_path):
+  C = np.logspace(17, 21, 12)
+  loss = 1.7 + 30.0 * C ** -0.1
+  fit = _cli_fit(tmp_path, 'power', [(c, 1e8, c / 6e8, l) for c, l in zip(C, loss)],
+                 ['C', 'N', 'D', 'loss'])
+  assert fit['law'] == 'power'
+  flat = json.dumps(fit['params'])
+  assert 'NaN' not in flat

@@ -1,0 +1,372 @@
+"""Every NELBO the code reports is exact for what it claims, in every configuration.
+
+The reference values here are computed independently of the training code: the target NELBO by
+enumerating masks and integrating t with scipy, the sampler's expectation by summing over the
+float32 grid jax.random.uniform draws from. Each test covers the whole matrix of options that
+reach the estimator; a combination that cannot be made valid is refused by config validation,
+and a test checks that the refusal is justified.
+"""
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate
+
+from dlm_jax import config as config_lib
+from dlm_jax import masking
+from dlm_jax import model as model_lib
+from dlm_jax import objectives
+from dlm_jax.data.tokenizers import EOS, MASK, PAD
+
+EPS = 1e-3
+
+# Independent schedule formulas: (alpha(t), w(t) = -alpha'(t) / (1 - alpha(t))).
+REF_SCHEDULES = {
+    'linear': (lambda t: 1 - t, lambda t: 1 / t),
+    'cosine': (lambda t: np.cos(np.pi * t / 2),
+               lambda t: (np.pi / 2) * np.sin(np.pi * t / 2) / (1 - np.cos(np.pi * t / 2))),
+    'polynomial': (lambda t: 1 - t ** 2, lambda t: 2 / t),                       # poly_k = 2
+    'loglinear': (lambda t: 1 - (1 - EPS) * t, lambda t: 1 / t),                  # delta = eps
+}
+
+# Every family, at settings the issue reported biased and at ordinary ones.
+SAMPLERS = [
+    ('uniform', {}),
+    ('beta', dict(beta_a=2.0, beta_b=2.0)),
+    ('beta', dict(beta_a=3.0, beta_b=3.0)),
+    ('beta', dict(beta_a=5.0, beta_b=3.0)),
+    ('beta', dict(beta_a=3.0, beta_b=3.0, uniform_mix=0.2)),
+    ('logit_normal', dict(mu=0.0, sigma=1.0)),
+    ('logit_normal', dict(mu=0.0, sigma=0.5)),
+    ('logit_normal', dict(mu=0.5, sigma=0.5)),
+    ('logit_normal', dict(mu=0.0, sigma=2.0)),
+    ('logit_normal', dict(mu=0.0, sigma=1.0, uniform_mix=0.05)),
+    ('logit_normal', dict(mu=0.5, sigma=0.5, uniform_mix=0.1)),
+    ('truncated_normal', dict(mu=0.5, sigma=0.08)),
+    ('truncated_normal', dict(mu=0.5, sigma=0.15)),
+    ('truncated_normal', dict(mu=0.5, sigma=0.2)),
+]
+
+
+def diffusion(schedule='linear', sampler=('uniform', {}), **kw):
+  d = config_lib.base().diffusion
+  d.schedule, d.time_sampler = schedule, sampler[0]
+  for k, v in sampler[1].items():
+    d.sampler_params[k] = v
+  for k, v in kw.items():
+    d[k] = v
+  return d
+
+
+def accepted(d) -> bool:
+  c = config_lib.base()
+  c.diffusion = d
+  try:
+    config_lib.validate(c)
+    return True
+  except config_lib.ConfigError as e:
+    assert str(e).startswith('config.diffusion.time_sampler:') and 'uniform_mix' in str(e)
+    return False
+
+
+def binom_coeffs(schedule, n):
+  """c[k] = (1/(1-eps)) int_eps^1 w(t) C(n,k) s^k (1-s)^(n-k) dt, s = 1 - alpha(t): the weight of
+  the mean CE sum over size-k masked sets in the NELBO (scipy quadrature)."""
+  alpha, w = REF_SCHEDULES[schedule]
+  c = np.zeros(n + 1)
+  for k in range(1, n + 1):
+    f = lambda t: w(t) * math.comb(n, k) * (1 - alpha(t)) ** k * alpha(t) ** (n - k)
+    c[k] = integrate.quad(f, EPS, 1, limit=200, epsabs=1e-13, epsrel=1e-11)[0] / (1 - EPS)
+  return c
+
+
+# ------------------------------------------------------------------------- time samplers
+
+
+# E[CE sum at t] / (1 - alpha(t)) for three 'models': flat, low-t heavy, high-t heavy; a sampler
+# is biased for one of them if its grid misses either tail
+INTEGRANDS = (lambda t, xp: 1.2 + xp.sin(3 * t), lambda t, xp: (1 - t) ** 2,
+              lambda t, xp: t ** 2)
+
+
+def exact_integrals():
+  """[schedule, integrand]: (1/(1-eps)) int_eps^1 w(t) (1 - alpha(t)) g(t) dt by scipy."""
+  out = []
+  for alpha, w in (REF_SCHEDULES[s] for s in masking.SCHEDULES):
+    out.append([integrate.quad(lambda t: w(t) * (1 - alpha(t)) * g(t, np), EPS, 1,
+                               limit=200)[0] / (1 - EPS) for g in INTEGRANDS])
+  return np.array(out)
+
+
+def check_verdict(d, rel):
+  """Accepted: within masking.BIAS_TOLERANCE (0.1%) of exact for every schedule and integrand;
+  refused: off by more than that for one of them."""
+  if accepted(d):
+    assert np.all(np.abs(rel) < masking.BIAS_TOLERANCE), rel
+  else:
+    assert np.max(np.abs(rel)) > 1e-3, rel
+
+
+def estimator(d):
+  """u -> [schedule, integrand] values of the `elbo`-weighted estimator: one inverse CDF, every
+  schedule's weight."""
+  dist = masking.get_time_dist(d)
+  schedules = [masking.get_schedule(s, d) for s in masking.SCHEDULES]
+
+  def est(u):
+    t = dist.from_uniform(u)
+    rows = []
+    for sch in schedules:
+      elbo = masking.time_weights(t, sch, dist, 'elbo')[1]
+      rows.append(jnp.stack([elbo * sch.mask_prob(t) * g(t, jnp) for g in INTEGRANDS]))
+    return jnp.stack(rows)
+  return jax.jit(est)
+
+
+def grid_mean_full(h):
+  """sum over every float32 u = k / 2**23 that jax.random.uniform can return of h(u), / 2**23:
+  the exact expectation under the sampler's uniforms."""
+  n = 2 ** masking.U_BITS
+  chunk = n // 16
+  f = jax.jit(lambda k0: jnp.sum(h((k0 + jnp.arange(chunk, dtype=jnp.int32)).astype(
+      jnp.float32) / n), axis=-1))
+  return sum(np.asarray(f(jnp.int32(i * chunk)), np.float64) for i in range(16)) / n
+
+
+def grid_mean_tails(h, d):
+  """The same sum with the first and last 2**18 grid cells (and those around a mixture's switch)
+  summed exactly and the smooth interior integrated by Gauss-Legendre quadrature in u."""
+  n, m = 2 ** masking.U_BITS, 2 ** 18
+  cuts = [0, m]
+  lam = d.sampler_params.uniform_mix
+  if lam > 0:
+    k = int(round(lam * n))
+    cuts += [k - m, k + m]
+  cuts += [n - m, n]
+  exact_ks = np.concatenate([np.arange(a, b) for a, b in zip(cuts[0::2], cuts[1::2])])
+  total = np.sum(np.asarray(h(jnp.asarray(exact_ks / n, jnp.float32)), np.float64), -1) / n
+  x, wq = np.polynomial.legendre.leggauss(32)
+  for a, b in zip(cuts[1:-1:2], cuts[2::2]):  # the gaps between the exact stretches
+    edges = np.linspace(a / n, b / n, 129)
+    mid, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
+    u = (mid[:, None] + half[:, None] * x[None]).ravel()
+    hu = np.asarray(h(jnp.asarray(u, jnp.float32)), np.float64).reshape(*total.shape, 128, 32)
+    total = total + np.sum(hu * wq * half[:, None], (-2, -1))
+  return total
+
+
+@pytest.mark.parametrize('full', [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=['tails', 'full_grid'])
+@pytest.mark.parametrize('sampler', SAMPLERS, ids=lambda s: f'{s[0]}{s[1]}')
+def test_elbo_weighting_is_exact_over_the_float32_grid_or_refused(sampler, full):
+  """For every sampler and schedule: the `elbo`-weighted estimator's exact expectation over the
+  sampler (the float32 uniforms jax.random.uniform returns, 2**23 of them) equals the NELBO
+  integral, or config validation refuses the sampler, and then the expectation is indeed off.
+  The slow variant sums the whole grid; the fast one its tails (where the bias lives)."""
+  d = diffusion('linear', sampler)
+  h = estimator(d)
+  mean = grid_mean_full(h) if full else grid_mean_tails(h, d)
+  check_verdict(d, mean / exact_integrals() - 1)
+
+
+def test_refusal_names_the_sampler_and_the_remedy():
+  c = config_lib.base()
+  c.diffusion = diffusion('linear', ('logit_normal', dict(mu=0.0, sigma=0.5)))
+  with pytest.raises(config_lib.ConfigError, match=r'^config\.diffusion\.time_sampler: '
+                     r'logit_normal .*unbiased NELBO.*uniform_mix'):
+    config_lib.validate(c)
+  c.diffusion.sampler_params.uniform_mix = 0.05
+  config_lib.validate(c)
+  c.diffusion.sampler_params.uniform_mix = 0.0
+  c.diffusion.weighting = 'plain'  # a reshaped objective is allowed; its NELBO is not reported
+  config_lib.validate(c)
+  assert not masking.Noise(c.diffusion).nelbo_exact
+
+
+# ------------------------------------------------------------------------- noise: the whole matrix
+
+L = 6
+# rows of every shape a batch can hold: full (wrap), an EOS inside, trailing PAD (pad packing),
+# a task prompt (prefix_len), both
+ROWS = np.array([[5, 6, 7, 8, 9, 10],
+                 [5, EOS, 7, 8, EOS, 6],
+                 [5, 6, EOS, PAD, PAD, PAD],
+                 [7, 8, 9, 10, 11, EOS],
+                 [9, 5, EOS, PAD, PAD, PAD],
+                 [6, 6, 6, 6, EOS, PAD]], np.int32)
+PREFIX = np.array([0, 0, 0, 2, 1, 3], np.int32)
+
+
+def maskable_ref(pad, mask_eos, x, prefix):
+  m = np.ones_like(x, bool)
+  if pad == 'visible':
+    m &= x != PAD
+  if not mask_eos:
+    m &= x != EOS
+  m &= np.arange(L)[None] >= prefix[:, None]
+  return m
+
+
+def exact_batch_nelbo(schedule, maskable, G):
+  """sum over rows of the NELBO of a 'model' whose CE sum over a masked set S is G[b, S]."""
+  total = 0.0
+  for b in range(len(maskable)):
+    pos = np.flatnonzero(maskable[b])
+    c = binom_coeffs(schedule, len(pos))
+    for k in range(1, len(pos) + 1):
+      sets = [sum(1 << i for i in S) for S in itertools.combinations(pos, k)]
+      total += c[k] * np.mean(G[b, sets])
+  return total
+
+
+def k_law(pattern, n, s):
+  """P(k of n masked | mask probability s) under each pattern, for s of any shape (+ a k axis)."""
+  k = np.arange(n + 1)
+  s = np.asarray(s, np.float64)[..., None]
+  if pattern == 'bernoulli':
+    return np.asarray([math.comb(n, j) for j in k]) * s ** k * (1 - s) ** (n - k)
+  return np.maximum(0.0, 1.0 - np.abs(n * s - k))  # stochastic rounding of n s
+
+
+NOISE_SAMPLERS = [('uniform', {}), ('beta', dict(beta_a=2.0, beta_b=2.0)),
+                  ('logit_normal', dict(mu=0.0, sigma=1.0, uniform_mix=0.05)),
+                  ('truncated_normal', dict(mu=0.5, sigma=0.2))]
+
+
+@pytest.mark.parametrize('pattern', ['bernoulli', 'exact_count'])
+@pytest.mark.parametrize('sampler', NOISE_SAMPLERS, ids=lambda s: s[0])
+@pytest.mark.parametrize('schedule', masking.SCHEDULES)
+def test_nelbo_weights_integrate_to_the_nelbo(schedule, sampler, pattern):
+  """For every schedule x time sampler x mask pattern, exactly (quadrature in t, no Monte Carlo):
+  E_{t~q} E_{k | t} [elbo weight(t, n, k) g(k)] = sum_k c[n, k] g(k), the NELBO for any g (the
+  CE sum over k masked tokens), c from scipy quadrature of the independent schedule formulas.
+  Covers the time weights (w / q) and exact-count's importance weights (c / pi)."""
+  d = diffusion(schedule, sampler, mask_pattern=pattern, poly_k=2.0)
+  noise = masking.Noise(d)
+  x, wq = np.polynomial.legendre.leggauss(16)
+  edges = np.concatenate([np.geomspace(EPS, 0.05, 200), np.linspace(0.05, 1, 2000)[1:]])
+  mid, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
+  t = (mid[:, None] + half[:, None] * x[None]).ravel()
+  tw = (half[:, None] * wq[None]).ravel()
+  tj = jnp.asarray(t, jnp.float32)
+  q = np.asarray(noise.dist.density(tj), np.float64)
+  s = np.asarray(noise.schedule.mask_prob(tj), np.float64)
+  elbo_t = np.asarray(masking.time_weights(tj, noise.schedule, noise.dist, 'elbo')[1], np.float64)
+  table = masking.exact_count_weights(noise.schedule, noise.dist, 8)
+  for n in (1, 3, 8):
+    g = np.random.default_rng(n).uniform(0.5, 3.0, n + 1) * np.arange(n + 1)  # g(0) = 0
+    P = k_law(pattern, n, s)                                                  # [t, k]
+    weight = elbo_t[:, None] if pattern == 'bernoulli' else table[n][None, :n + 1]
+    got = np.sum(tw[:, None] * q[:, None] * P * weight * g[None])
+    want = np.sum(binom_coeffs(schedule, n) * g)
+    assert got == pytest.approx(want, rel=2e-4), (n, got, want)
+
+
+@pytest.mark.parametrize('pattern', ['bernoulli', 'exact_count'])
+@pytest.mark.parametrize('pad,mask_eos', [('predict', True), ('predict', False),
+                                          ('visible', True), ('visible', False)])
+def test_masks_follow_their_law_on_the_maskable_positions(pattern, pad, mask_eos):
+  """The masks objectives.draw gives the step, at fixed t: only maskable positions (the PAD, EOS,
+  BOS and task-prompt conventions), a uniformly chosen set given its size, and the size law
+  k_law (Bernoulli or stochastic rounding) -- with padding, EOS and prompts in the batch."""
+  cfg = config_lib.base()
+  cfg.objective = 'mdm'
+  cfg.diffusion = diffusion('cosine', mask_pattern=pattern, pad=pad, mask_eos=mask_eos)
+  ref = maskable_ref(pad, mask_eos, ROWS, PREFIX)
+  noise = masking.Noise(cfg.diffusion)
+  targets = jnp.asarray(np.repeat(ROWS, 20000, 0))
+  prefix = jnp.asarray(np.repeat(PREFIX, 20000, 0))
+  t_B = jnp.full((targets.shape[0],), 0.37, jnp.float32)
+  maskable = noise.maskable(targets, prefix)
+  np.testing.assert_array_equal(np.asarray(maskable).reshape(len(ROWS), 20000, L)[:, 0], ref)
+  m = np.asarray(noise.pattern(jax.random.PRNGKey(0), t_B, maskable, noise.schedule))
+  m = m.reshape(len(ROWS), 20000, L)
+  s = float(noise.schedule.mask_prob(jnp.float32(0.37)))
+  for b in range(len(ROWS)):
+    assert not m[b][:, ~ref[b]].any()
+    n = int(ref[b].sum())
+    k = m[b].sum(1)
+    freq = np.bincount(k, minlength=n + 1)[:n + 1] / k.size
+    np.testing.assert_allclose(freq, k_law(pattern, n, s), atol=0.012)
+    pos_rate = m[b][:, ref[b]].mean(0)  # given the size, every maskable position alike
+    np.testing.assert_allclose(pos_rate, pos_rate.mean(), atol=0.015)
+  # and the step draws them so: objectives.draw applies the same maskable rule
+  _, _, drawn = objectives.draw(cfg, dict(targets=jnp.asarray(ROWS),
+                                          prefix_len=jnp.asarray(PREFIX)),
+                                jax.random.PRNGKey(3), len(ROWS))
+  assert not np.asarray(drawn['mask'])[~ref].any()
+
+
+NOISE_MATRIX = [
+    (sch, smp, pat, ld, pad, eos)
+    for sch in masking.SCHEDULES
+    for smp in NOISE_SAMPLERS
+    for pat in ('bernoulli', 'exact_count')
+    for ld in (True, False)
+    for pad, eos in (('predict', True), ('visible', False), ('predict', False),
+                     ('visible', True))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('i', range(len(NOISE_MATRIX)))
+def test_training_noise_gives_the_exact_nelbo(i):
+  """End to end by Monte Carlo, every combination: E over the training noise (objectives.draw ->
+  masking.Noise, as the step draws it) of sum_b elbo_b G[b, S_b] equals the exact NELBO of a CE
+  table G, for any G: time sampler, weights, mask pattern, low discrepancy, PAD / EOS
+  conventions and task prompts together. Under `elbo` weighting the training weight is the same.
+  The fast suite checks the same pieces exactly (the two tests above)."""
+  schedule, sampler, pattern, ld, pad, mask_eos = NOISE_MATRIX[i]
+  cfg = config_lib.base()
+  cfg.objective = 'mdm'
+  cfg.diffusion = diffusion(schedule, sampler, mask_pattern=pattern, low_discrepancy=ld, pad=pad,
+                            mask_eos=mask_eos, poly_k=2.0)
+  config_lib.validate(cfg)
+  G = np.random.default_rng(i).uniform(0.5, 3.0, (len(ROWS), 2 ** L))
+  G[:, 0] = 0.0  # nothing masked, nothing scored
+  exact = exact_batch_nelbo(schedule, maskable_ref(pad, mask_eos, ROWS, PREFIX), G)
+  batch = dict(targets=jnp.asarray(ROWS), prefix_len=jnp.asarray(PREFIX))
+  bits = 2 ** jnp.arange(L)
+
+  def one(key):
+    _, _, noise = objectives.draw(cfg, batch, key, len(ROWS))
+    sets_B = jnp.sum(noise['mask'] * bits, 1)
+    est = jnp.sum(noise['elbo'] * jnp.asarray(G)[jnp.arange(len(ROWS)), sets_B])
+    return est, jnp.max(jnp.abs(noise['w'] - noise['elbo']))
+  f = jax.jit(jax.vmap(one))
+  est, wdiff = [], 0.0
+  for c in range(60):  # until a 0.5% bias would be 4 standard errors away
+    e, w = f(jax.random.split(jax.random.PRNGKey(1000 * i + c), 200_000))
+    est.append(np.asarray(e, np.float64))
+    wdiff = max(wdiff, float(w.max()))
+    allest = np.concatenate(est)
+    se = allest.std() / math.sqrt(allest.size)
+    if se < 0.00125 * exact:
+      break
+  mean = allest.mean()
+  assert abs(mean - exact) < 4 * se, (mean, exact, se)
+  assert se < 0.00125 * exact
+  assert wdiff < 1e-4 * float(allest.max())
+
+
+def test_exact_count_tables_against_independent_counts():
+  """exact_count_weights = c / pi with c from scipy quadrature and pi the frequency with which
+  the mask code draws k of n (stochastic rounding of n (1 - alpha(t)))."""
+  d = diffusion('cosine', ('truncated_normal', dict(mu=0.5, sigma=0.2)),
+                mask_pattern='exact_count')
+  noise = masking.Noise(d)
+  v = masking.exact_count_weights(noise.schedule, noise.dist, L)
+  n = 5
+  c = binom_coeffs('cosine', n)
+  t = masking.sample_times(jax.random.PRNGKey(0), 400_000, noise.dist, False)
+  maskable = jnp.asarray(np.arange(L) < n)[None].repeat(t.shape[0], 0)
+  k = np.asarray(masking.exact_count_mask(jax.random.PRNGKey(1), t, maskable,
+                                          noise.schedule).sum(1))
+  pi = np.bincount(k, minlength=n + 1) / k.size
+  np.testing.assert_allclose(v[n, 1:n + 1], c[1:] / pi[1:], rtol=0.02)
+  assert v[n, 0] == 0 and np.all(v[n, n + 1:] == 0)
+  # the naive weight w(t) is what the issue found biased: it weighs k = 1 and k = n terms wrongly
+  w_naive = np.array([np.mean(np.asarray(noise.schedule.weight(t))[k == j]) for j in (1, n)])
+  assert abs(w_naive[0] / v[n, 1] - 1) > 0.05 or abs(w_naive[1] / v[n, n] - 1) > 0.05
