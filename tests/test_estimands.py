@@ -19,6 +19,7 @@ from dlm_jax import config as config_lib
 from dlm_jax import masking
 from dlm_jax import model as model_lib
 from dlm_jax import objectives
+from dlm_jax.data import pipeline
 from dlm_jax.data.tokenizers import EOS, MASK, PAD
 
 EPS = 1e-3
@@ -370,3 +371,175 @@ def test_exact_count_tables_against_independent_counts():
   # the naive weight w(t) is what the issue found biased: it weighs k = 1 and k = n terms wrongly
   w_naive = np.array([np.mean(np.asarray(noise.schedule.weight(t))[k == j]) for j in (1, n)])
   assert abs(w_naive[0] / v[n, 1] - 1) > 0.05 or abs(w_naive[1] / v[n, n] - 1) > 0.05
+
+
+# ------------------------------------------------------------------------- what the model may see
+
+
+def tiny(objective='mdm', L=12, V=24, **diff):
+  c = config_lib.base()
+  c.objective = objective
+  c.model.update(dict(d_model=16, num_layers=1, num_heads=2, vocab_size=V, mlp_dim=32))
+  c.data.seq_len = L
+  for k, v in diff.items():
+    c.diffusion[k] = v
+  model, params = model_lib.init_params(c.model, jax.random.PRNGKey(0), L)
+  return c, model, jax.tree_util.tree_map(lambda p: p * 4.0, params)
+
+
+class Spy:
+  """A model that records every input, segment ids and logits it is called with."""
+
+  def __init__(self, model):
+    self.model, self.calls = model, []
+
+  def apply(self, variables, inputs, attention, prefix=None, segments=None, **kw):
+    out = self.model.apply(variables, inputs, attention, prefix, segments, **kw)
+    self.calls.append((np.asarray(inputs), None if segments is None else np.asarray(segments),
+                       np.asarray(out)))
+    return out
+
+
+@pytest.mark.parametrize('pad', ['predict', 'visible'])
+@pytest.mark.parametrize('objective', ['mdm', 'dual'])
+def test_the_denoiser_sees_only_the_noisy_input(objective, pad):
+  """With segment ids, packed documents and padding, changing the clean value of any masked
+  target (an EOS into a letter, a letter into EOS, a PAD into a letter) changes nothing the model
+  reads or returns: its logits are a function of x_t alone, so the NELBO is a bound. (Segment ids
+  built from the clean targets revealed a masked EOS: the NELBO fell below the data entropy.)"""
+  c, model, params = tiny(objective, pad=pad)
+  c.dual.ar_weight = '1/2'
+  x = np.array([[5, 6, EOS, 7, 8, 9, EOS, 10, 11, EOS, PAD, PAD],
+                [7, EOS, 8, 9, 10, 11, 12, EOS, 13, 14, 15, 16]], np.int32)
+  batch = pipeline.make_batch(x, segment_ids=True)  # as the data pipeline hands it to the step
+  mask = np.zeros_like(x, bool)
+  mask[0, [2, 4, 10]] = True   # an EOS, a letter, a PAD (maskable under pad=predict)
+  mask[1, [1, 5, 7]] = True
+  if pad == 'visible':
+    mask[0, 10] = False
+  x2 = x.copy()
+  x2[0, 2], x2[0, 4], x2[1, 1], x2[1, 5], x2[1, 7] = 9, EOS, 12, EOS, 20
+  if pad == 'predict':
+    x2[0, 10] = 13
+  w = jnp.ones(2)
+  spies = []
+  for xx in (x, x2):
+    spy = Spy(model)
+    objectives.mdm_terms(spy, params, pipeline.make_batch(xx, segment_ids=True),
+                         jnp.asarray(mask), w, w, None, train=False)
+    spies.append(spy.calls[0])
+  (u1, s1, l1), (u2, s2, l2) = spies
+  np.testing.assert_array_equal(u1, u2)
+  np.testing.assert_array_equal(s1, s2)
+  np.testing.assert_allclose(l1, l2, atol=0)
+  # the segments follow visible EOS inputs only: row 0's masked EOS (position 2, read at 3)
+  # does not split; its visible EOS (position 6, read at 7) does
+  assert s1[0, 3] == s1[0, 2] and s1[0, 7] == s1[0, 6] + 1
+  # and the training path (loss_fn: draw -> mdm_terms) is that same function
+  spy = Spy(model)
+  objectives.loss_fn(params, batch, jax.random.PRNGKey(0), model=spy, cfg=c, train=False)
+  for inputs, seg, _ in spy.calls:
+    np.testing.assert_array_equal(seg, np.cumsum(inputs == EOS, 1))
+
+
+PAD_ESTIMATORS = ('ar', 'nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix',
+                  'fused')
+
+
+@pytest.mark.parametrize('segments', [False, True])
+def test_scores_do_not_depend_on_padding_batch_company_or_chunk(segments):
+  """Every estimator's score of a row is the same with 0, 6 or 22 trailing PADs, alone or among
+  other rows in any order, and for any eval.chunk; greedy decoding too. (PLL moved from -42.44
+  to -44.70 with 6 PADs: the pads were attended to.)"""
+  from dlm_jax import likelihood
+  from dlm_jax.data import tokenizers
+  c = config_lib.base().model
+  c.d_model, c.num_layers, c.num_heads, c.vocab_size, c.mlp_dim = 32, 2, 2, 260, 64
+  model, params = model_lib.init_params(c, jax.random.PRNGKey(0), 32)
+  params = jax.tree_util.tree_map(lambda p: p * 4.0, params)
+  tok = tokenizers.get_tokenizer('byte')
+  row = np.asarray(tok.encode_batch(['the cat. sat'])[0], np.int32)
+  row = np.concatenate([row, [EOS]])
+  other = np.asarray(tok.encode_batch(['a dog ran far away'])[0], np.int32)
+  n = len(row)
+
+  def padded(r, total):
+    return np.pad(r, (0, total - len(r)), constant_values=PAD)
+  base = None
+  for total, company, chunk in ((n, False, 64), (n + 6, True, 3), (n + 22, True, 7)):
+    rows = [padded(row, total)]
+    if company:
+      rows = [padded(other, total), rows[0], padded(other[:5], total)]
+    x = np.stack(rows)
+    score = (x != PAD)
+    score[:, :2] = False  # a context
+    sc = likelihood.Scorer(model, params, chunk=chunk, nelbo_samples=8, tokenizer=tok,
+                           segments=segments)
+    i = 1 if company else 0
+    got = {est: sc(est, x, score)['logp'][i] for est in PAD_ESTIMATORS}
+    got['greedy_ar'] = bool(sc.greedy('ar', x, score)[i])
+    got['greedy_mdm'] = bool(sc.greedy('mdm', x, score)[i])
+    if base is None:
+      base = got
+    else:
+      for k in base:
+        assert got[k] == pytest.approx(base[k], rel=1e-5, abs=1e-5), (k, total, got[k], base[k])
+
+
+GRAD_ACCUM_CASES = {
+    'ar': dict(objective='ar'),
+    'mdm': dict(objective='mdm'),
+    'dual_half': dict(objective='dual', ar_weight='1/2'),
+    'dual_7/8': dict(objective='dual', ar_weight='7/8'),   # one MDM row of 8: uneven shares
+    'prefix': dict(objective='prefix'),
+    'dual_prefix': dict(objective='dual', ar_weight='3/4', ar_attention='prefix'),
+    'ar_token_dropout': dict(objective='ar', token_dropout=0.2),
+    'mdm_exact_count_bell': dict(objective='mdm', mask_pattern='exact_count',
+                                 time_sampler='truncated_normal', mu=0.5, sigma=0.2),
+    'mdm_task_pad_segments': dict(objective='mdm', task=True, segments=True),
+    'dual_task_plain': dict(objective='dual', ar_weight='5/8', task=True, weighting='plain',
+                            time_sampler='logit_normal', uniform_mix=0.1),
+}
+
+
+@pytest.mark.parametrize('case', list(GRAD_ACCUM_CASES))
+def test_grad_accumulation_is_the_same_update(case):
+  """train.grad_accum = 1, 2, 4 give the same loss, gradients and metrics (to float error) for
+  every objective: the dual assignment, t, masks, prefix lengths and token-dropout masks are drawn
+  for the global batch, then split. (Each microbatch once drew its own noise, and an uneven dual
+  split crashed.)"""
+  from dlm_jax import train
+  o = dict(GRAD_ACCUM_CASES[case])
+  c, model, params = tiny(o.pop('objective'), L=10, V=30)
+  c.dual.ar_weight = o.pop('ar_weight', '1/2')
+  c.dual.ar_attention = o.pop('ar_attention', 'causal')
+  c.train.token_dropout = o.pop('token_dropout', 0.0)
+  task, segments = o.pop('task', False), o.pop('segments', False)
+  for k in ('mu', 'sigma', 'uniform_mix'):
+    if k in o:
+      c.diffusion.sampler_params[k] = o.pop(k)
+  for k, v in o.items():
+    c.diffusion[k] = v
+  config_lib.validate(c)
+  x = np.array(jax.random.randint(jax.random.PRNGKey(1), (8, 10), 4, 30))
+  x[::2, 6] = EOS
+  x[1::3, 8:] = PAD
+  x[1::3, 7] = EOS
+  batch = pipeline.make_batch(x, segment_ids=segments)
+  if task:
+    batch['prefix_len'] = np.array([2, 0, 3, 1, 4, 2, 0, 1], np.int32)
+  batch = jax.tree_util.tree_map(jnp.asarray, batch)
+  loss_fn = objectives.make_loss_fn(model, c, train=True)
+  finalize = lambda s: objectives.metrics_from_sums(s, c)
+  n_mdm = objectives.mdm_count(c, 0, 8)
+  out = {}
+  ks = (1, 2, 4) if case in ('mdm', 'dual_7/8') else (1, 2)
+  for k in ks:
+    f = jax.jit(lambda p, b, r, k=k: train.accumulate_grads(loss_fn, p, b, r, n_mdm, k, finalize))
+    out[k] = f(params, batch, jax.random.PRNGKey(7))
+  for k in ks[1:]:
+    np.testing.assert_allclose(out[k][0], out[1][0], rtol=2e-6)
+    for key in out[1][1]:
+      np.testing.assert_allclose(out[k][1][key], out[1][1][key], rtol=1e-5, err_msg=key)
+    for a, b in zip(jax.tree_util.tree_leaves(out[k][2]), jax.tree_util.tree_leaves(out[1][2])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
