@@ -17,15 +17,21 @@ from dlm_jax import sweep
 
 SETTINGS = {
     'uniform': {},
-    'logitnormal_s1_elbo': dict(time_sampler='logit_normal', sigma=1.0, weighting='elbo'),
-    'logitnormal_s1_plain': dict(time_sampler='logit_normal', sigma=1.0, weighting='plain'),
-    'logitnormal_s0.5_plain': dict(time_sampler='logit_normal', sigma=0.5, weighting='plain'),
     'logitnormal_s1_mix0.1_elbo': dict(time_sampler='logit_normal', sigma=1.0, uniform_mix=0.1,
                                        weighting='elbo'),
-    'beta_3_3_elbo': dict(time_sampler='beta', beta_a=3.0, beta_b=3.0, weighting='elbo'),
+    'beta_2_2_elbo': dict(time_sampler='beta', beta_a=2.0, beta_b=2.0, weighting='elbo'),
+    'beta_3_3_mix0.1_elbo': dict(time_sampler='beta', beta_a=3.0, beta_b=3.0, uniform_mix=0.1,
+                                 weighting='elbo'),
+    'truncnormal_0.5_0.15_elbo': dict(time_sampler='truncated_normal', mu=0.5, sigma=0.15,
+                                      weighting='elbo'),
+    'logitnormal_s1_plain': dict(time_sampler='logit_normal', sigma=1.0, weighting='plain'),
+    'logitnormal_s0.5_plain': dict(time_sampler='logit_normal', sigma=0.5, weighting='plain'),
     'truncnormal_0.5_0.15_plain': dict(time_sampler='truncated_normal', mu=0.5, sigma=0.15,
                                        weighting='plain'),
 }
+# Pure logit-normal(0, 1) and beta(3, 3) under `elbo` (in the first version of this table) are
+# refused by config validation now: float32 sampling cannot reach their tails, so their NELBO
+# weights are biased (tests/test_estimands.py).
 SAMPLER_KEYS = ('beta_a', 'beta_b', 'mu', 'sigma', 'uniform_mix')
 
 
