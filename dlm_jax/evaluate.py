@@ -27,6 +27,50 @@ def modes(cfg):
   return out
 
 
+def estimands(cfg) -> dict:
+  """What each validation metric estimates, in words (summary.json `estimands`, the end-of-run
+  table, README). Every MDM number is an upper bound (a NELBO), exact in expectation."""
+  d = cfg.data
+  doc = 'each document (segment ids: no attention across EOS)' if d.segment_ids else 'the window'
+  out = {}
+  if 'ar' in modes(cfg):
+    out['ar_nll'] = (f'-log p(x) per token of {doc}, causal; EOS is a token, so the length of '
+                     'each document is paid for')
+  if 'prefix' in modes(cfg):
+    out['prefix_nll'] = ('-log p(second half | first half) per token of the second half '
+                         '(prefix-LM attention, prompt = the first L/2 tokens, or the task prompt)')
+  if 'mdm' in modes(cfg):
+    given = []
+    if d.packing == 'pad' and cfg.diffusion.pad == 'visible':
+      given.append('its length (diffusion.pad=visible: PAD never masked)')
+    if not cfg.diffusion.mask_eos:
+      given.append('the EOS positions (diffusion.mask_eos=False)')
+    cond = f' given {" and ".join(given)}' if given else ''
+    length = ('' if given or d.packing == 'wrap' else
+              ', the length included (PAD masked and predicted, diffusion.pad=predict)')
+    out['mdm_nelbo'] = (f'an upper bound on -log p(x){cond} per token of {doc}{length}: the '
+                        'continuous-time NELBO, uniform low-discrepancy t, fixed seed')
+  if cfg.data.task:
+    for k in list(out):
+      out[k] += '; task rows: the target given the prompt'
+  out['*_ppl'] = 'exp of the per-token number (a perplexity bound for mdm_ppl)'
+  out['*_bpb'] = 'the same in bits per UTF-8 byte of the split'
+  return out
+
+
+LIKELIHOOD_ESTIMANDS = {
+    'ar': 'log p(scored | context): causal chain rule, exact',
+    'nelbo': 'a lower bound on log p(scored | context, row length): K-sample continuous-time ELBO',
+    'chain': 'log p(scored | context, row length) under the left-to-right unmasking order',
+    'pll': 'pseudo-log-likelihood (not a normalised likelihood): one token masked per pass',
+    'pll_word_l2r': 'pseudo-log-likelihood, the token and the rest of its word masked',
+    'pll_word': 'pseudo-log-likelihood, whole words masked',
+    'pll_span': 'pseudo-log-likelihood, the token and the next eval.pll_span - 1 masked',
+    'pll_mix': 'mean of pll and pll_word_l2r',
+    'fused': 'mean of pll and ar',
+}
+
+
 class Validator:
   """Callable params -> metrics over a fixed list of validation batches."""
 
@@ -148,7 +192,7 @@ def likelihood_table(scorer, names, rows_NxL, bytes_per_token=None):
     tok = int(r['tokens'].sum())
     res = dict(nats_per_token=likelihood.per_token(r['logp'], r['tokens']), tokens=tok,
                rows=int(len(rows_NxL)), seconds=round(dt, 3),
-               rows_per_s=round(len(rows_NxL) / dt, 3))
+               rows_per_s=round(len(rows_NxL) / dt, 3), estimand=LIKELIHOOD_ESTIMANDS[est])
     if est == 'nelbo':
       res['stderr'] = float(np.sqrt(np.sum(r['se'] ** 2)) / tok)
       res['samples'] = scorer.K

@@ -87,6 +87,9 @@ def main(argv=None):
     print(f'  {k:12s} {v:8.4f}')
   print(f'  {"unigram":12s} {summary["unigram_entropy"]:8.4f}  (validation tokens under the '
         'train unigram distribution)')
+  for k, what in summary.get('estimands', {}).items():
+    if k in summary['final']:
+      print(f'  {k}: {what}')
   print(f'trained {summary["D"]:,} tokens ({summary["epochs"]:.2f} epochs) in '
         f'{summary["wall_time_s"]:.0f} s; N_total={summary["N_total"]:,}')
   print(f'outputs: {workdir}')

@@ -774,4 +774,5 @@ def make_summary(setup, step, history, final, wall, status):
       D=D, U=U, epochs=D / U, C=setup.counts['flops_per_token'] * D, steps=step,
       final={k: final[k] for k in metric_keys}, best=best,
       unigram_entropy=setup.data_info['unigram_entropy'],
+      estimands=evaluate.estimands(cfg),
       wall_time_s=wall, status=status)

@@ -594,3 +594,21 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
   # the 512 validation rows' Monte Carlo noise (one t per row) is well under 1%; the leak was 9%
   assert nelbo > bound * 0.99, (nelbo, bound)
   assert nelbo < bound * 1.25  # and it did learn: a uniform guess costs ln 16 + more
+
+
+@pytest.mark.parametrize('objective,packing,pad,mask_eos,want', [
+    ('mdm', 'wrap', 'predict', True, 'upper bound on -log p(x) per token of the window: '),
+    ('mdm', 'pad', 'predict', True, 'the length included'),
+    ('mdm', 'pad', 'visible', True, 'given its length'),
+    ('dual', 'pad', 'visible', False, 'given its length (diffusion.pad=visible: PAD never masked) '
+                                      'and the EOS positions'),
+    ('ar', 'pad', 'predict', True, 'EOS is a token, so the length of each document is paid for'),
+])
+def test_every_validation_metric_states_its_estimand(objective, packing, pad, mask_eos, want):
+  from dlm_jax import evaluate
+  c = config_lib.base()
+  c.objective, c.data.packing, c.diffusion.pad, c.diffusion.mask_eos = (objective, packing, pad,
+                                                                        mask_eos)
+  e = evaluate.estimands(c)
+  assert set(e) >= {f'{m}_{"nll" if m != "mdm" else "nelbo"}' for m in evaluate.modes(c)}
+  assert any(want in v for v in e.values()), e
