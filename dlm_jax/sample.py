@@ -376,7 +376,7 @@ class GenerativeScorer:
       raise SampleError(f'sample.scorer={run_dir!r} is an MDM run; generative perplexity needs '
                         'an AR-capable run (objective ar, prefix or dual)')
     self.run_dir, self.context = os.path.abspath(run_dir), cfg.data.seq_len
-    self.scorer = likelihood.Scorer(model, params, chunk=cfg.eval.chunk)
+    self.scorer = likelihood.Scorer.from_config(model, params, cfg)
 
   def score(self, prompts, samples, tok):
     """Per sample (nats, tokens) of the generated text given its prompt, both as this scorer
