@@ -25,6 +25,9 @@ def run_main(*args, workdir):
     ('--config.model.num_heads=5', 'config.model.num_heads'),
     ('--config.objective=gan', 'config.objective'),
     ('--config.data.seq_len=1', 'config.data.seq_len'),
+    # a time sampler whose NELBO weights float32 sampling cannot make unbiased
+    ('--config.diffusion.time_sampler=logit_normal', 'config.diffusion.time_sampler'),
+    ('--config.diffusion.pad=hidden', 'config.diffusion.pad'),
 ])
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, override, needle):
   wd = tmp_path / 'run'
