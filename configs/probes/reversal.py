@@ -1,6 +1,9 @@
 """Base of the reversal-curse probe (python -m dlm_jax.probes reversal): a small model trained
 for many epochs on a generated file of one-sentence facts, one fact per padded row; the probe
-sets data.corpus to that file and the objective per run (ar, mdm, dual)."""
+sets data.corpus to that file and the objective per run (ar, mdm, dual). The probe asks the MDM
+for an answer at its true length, so it trains with PAD visible (diffusion.pad=visible: the
+NELBO given the length, the setting EXPERIMENTS.md 5a was measured with); its validation NELBO is
+therefore not comparable with the AR NLL, which pays for the length."""
 from dlm_jax import config
 
 
@@ -9,6 +12,7 @@ def get_config():
   c.objective = 'ar'
   c.data.tokenizer = 'bpe'
   c.data.packing = 'pad'
+  c.diffusion.pad = 'visible'
   c.data.seq_len = 32
   c.data.val_fraction = 0.05
   c.model.d_model, c.model.num_layers, c.model.num_heads = 128, 4, 4
