@@ -215,14 +215,14 @@ def _poison(monkeypatch, bad_steps):
   """Makes the loss NaN at the given (0-based) update indices, inside the compiled step."""
   real = train.make_train_step
 
-  def poisoned(loss_fn, tx, sched, ema_decay, grad_accum=1):
+  def poisoned(loss_fn, tx, sched, ema_decay, grad_accum=1, finalize=None):
     def train_step(state, batch, n_mdm=None):
       bad = jax.numpy.isin(state.step, jax.numpy.array(bad_steps))
 
       def nan_loss(*a, **k):
         loss, aux = loss_fn(*a, **k)
         return loss * jax.numpy.where(bad, jax.numpy.nan, 1.0), aux
-      return real(nan_loss, tx, sched, ema_decay, grad_accum)(state, batch, n_mdm)
+      return real(nan_loss, tx, sched, ema_decay, grad_accum, finalize)(state, batch, n_mdm)
     return train_step
   monkeypatch.setattr(train, 'make_train_step', poisoned)
 
