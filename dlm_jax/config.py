@@ -258,8 +258,10 @@ def _choice(cfg, key, options):
   _need(v in options, key, f'{v!r} is not one of {", ".join(options)}')
 
 
-def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys, types and values against the schema; returns cfg, raises ConfigError."""
+def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.ConfigDict:
+  """Checks keys, types and values against the schema; returns cfg, raises ConfigError.
+  training=False (evaluating or sampling a run) skips what only training uses: whether the time
+  sampler's NELBO weights can be unbiased."""
   from dlm_jax import flops  # pylint: disable=g-import-not-at-top
   from dlm_jax import masking  # pylint: disable=g-import-not-at-top
   _check_keys(cfg, base())
@@ -311,7 +313,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if dc.time_sampler in ('logit_normal', 'truncated_normal'):
     _need(sp.sigma > 0, 'diffusion.sampler_params.sigma',
           f'must be > 0 (a width of {sp.sigma} makes the density improper)')
-  if dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
+  if training and dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
     bias = masking.nelbo_bias_bound(dc)
     _need(bias <= masking.BIAS_TOLERANCE, 'diffusion.time_sampler',
           f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '
@@ -364,7 +366,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg
 
 
-def resolve(cfg: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
+def resolve(cfg: ml_collections.ConfigDict, vocab_size: int,
+            training=True) -> ml_collections.ConfigDict:
   """Fills derived values (named size, vocab, mlp width) so config.json records what ran."""
   from dlm_jax import flops  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -379,13 +382,18 @@ def resolve(cfg: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.C
                       f'vocabulary ({vocab_size})')
   if m.mlp_dim == 0:
     m.mlp_dim = flops.default_mlp_dim(m.d_model)
-  validate(cfg)
+  validate(cfg, training)
   return cfg
 
 
-def from_run(d: dict) -> ml_collections.ConfigDict:
-  """A run's config.json as a validated config: keys the schema gained since the run was written
-  take their defaults; unknown keys are errors."""
+# Keys the schema gained after runs were written, with the value that reproduces what those runs
+# did when it differs from today's default: (key, value, condition on the old config).
+LEGACY = (('diffusion.pad', 'visible', lambda d: d.get('data', {}).get('packing') == 'pad'),)
+
+
+def complete(d: dict) -> ml_collections.ConfigDict:
+  """A run's config.json over the schema: keys the schema gained since the run was written take
+  their legacy value (LEGACY) or their default; unknown keys are errors."""
   def merge(schema, values, prefix):
     for k, v in values.items():
       if k not in schema:
@@ -395,8 +403,17 @@ def from_run(d: dict) -> ml_collections.ConfigDict:
       else:
         schema[k] = v
   cfg = base()
+  for key, value, applies in LEGACY:
+    group, leaf = key.split('.')
+    if leaf not in d.get(group, {leaf: None}) and applies(d):
+      cfg[group][leaf] = value
   merge(cfg, d, '')
-  return validate(cfg)
+  return cfg
+
+
+def from_run(d: dict) -> ml_collections.ConfigDict:
+  """A run's config.json as a validated config (for evaluating or sampling it)."""
+  return validate(complete(d), training=False)
 
 
 def to_json(cfg) -> str:
@@ -415,8 +432,7 @@ RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'model.scan_unroll', 'tra
 
 def diff_for_resume(old: dict, new: dict) -> list[str]:
   """Keys whose values differ in a way that makes resuming a different run."""
-  flat = lambda d: dict(_walk(ml_collections.ConfigDict(d)))
-  a, b = flat(old), flat(new)
+  a, b = dict(_walk(complete(old))), dict(_walk(ml_collections.ConfigDict(new)))
   out = []
   for k in sorted(set(a) | set(b)):
     if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):

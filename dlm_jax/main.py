@@ -53,7 +53,7 @@ def main(argv=None):
   from dlm_jax import train  # pylint: disable=g-import-not-at-top
   from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
   try:
-    cfg = config_lib.validate(_CONFIG.value)
+    cfg = config_lib.validate(_CONFIG.value, training=_MODE.value == 'train')
   except config_lib.ConfigError as e:
     fail(str(e))
   try:  # before any other JAX call

@@ -546,7 +546,7 @@ def run(cfg, workdir):
     raise train.TrainingError(f'--workdir {workdir}: no such run directory')
   sc = cfg.sample
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  cfg = config_lib.resolve(cfg, tok.vocab_size)
+  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False)
   prompts, suffixes = read_prompts(cfg, tok)
   sts = settings_for(cfg, prompts, suffixes)
   scorer = None

@@ -122,3 +122,24 @@ def test_reliability_keys_are_checked(key, value, needle):
   c.train[key] = value
   with pytest.raises(config.ConfigError, match=needle.replace('(', r'\(')):
     config.validate(c)
+
+
+def test_runs_written_before_a_key_existed_keep_their_behaviour():
+  """diffusion.pad was added with default 'predict'; a pad-packed run written before it trained
+  with PAD visible, so it loads (eval, sample, resume) as pad=visible; a wrap-packed one has no
+  PAD, so today's default reproduces it. Loading a run for eval/sample does not apply the
+  training-only refusal of time samplers."""
+  old = config.base().to_dict()
+  del old['diffusion']['pad']
+  assert config.diff_for_resume(old, config.base().to_dict()) == []
+  old['data']['packing'] = 'pad'
+  assert config.from_run(old).diffusion.pad == 'visible'
+  new = config.base()
+  new.data.packing = 'pad'
+  assert config.diff_for_resume(old, new.to_dict()) == ["diffusion.pad: 'visible' -> 'predict'"]
+  new.diffusion.pad = 'visible'
+  assert config.diff_for_resume(old, new.to_dict()) == []
+  old['diffusion']['time_sampler'] = 'logit_normal'  # refused for training, loads for eval
+  assert config.from_run(old).diffusion.time_sampler == 'logit_normal'
+  with pytest.raises(config.ConfigError, match='diffusion.time_sampler'):
+    config.validate(config.complete(old))
