@@ -440,7 +440,7 @@ def load_run(run_dir, overrides=None):
     for part in parents:
       node = node[part]
     node[leaf] = v
-  cfg = config_lib.validate(cfg)
+  cfg = config_lib.validate(cfg, training=False)
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   params, step = load_params(run_dir, cfg, what=run_dir)
   return cfg, tok, model_lib.Transformer(cfg.model), params, step
