@@ -10,11 +10,15 @@ ships that vocabulary offline, so this config uses GPT-2 BPE: per-token perplexi
 the papers', bits per byte (reported too) compare across tokenizers.
 Switch objective with --config.objective=ar|mdm|dual.
 """
-from dlm_jax import config
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
-  c = config.published_recipe('~/dlm_data/lm1b_gpt2', 'pad', seq_len=128, num_steps=500_000)
+  c = common.published_recipe('~/dlm_data/lm1b_gpt2', 'pad', seq_len=128, num_steps=500_000)
   c.eval.batch_size = 512
   c.mesh.data, c.mesh.fsdp = -1, 1
   return c

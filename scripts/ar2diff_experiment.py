@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from dlm_jax import sweep
+from dlm_jax.study import sweep
 
 
 def main():

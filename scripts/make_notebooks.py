@@ -28,7 +28,9 @@ if 'google.colab' in sys.modules:
 COMMON = '''import json
 import numpy as np
 from IPython.display import Image, display
-from dlm_jax import plot, scaling, sweep
+from dlm_jax.study import laws
+from dlm_jax.study import plot
+from dlm_jax.study import sweep
 '''
 
 
@@ -48,7 +50,7 @@ def scaling_nb():
                        "# the Chinchilla fit runs L-BFGS from 4,500 grid points per family (minutes)\n"
                        "CHINCHILLA = os.environ.get('DLM_JAX_NB_CHINCHILLA', '1') == '1'"),
       v4.new_markdown_cell('## The runs (missing and failed runs stay in the table)'),
-      v4.new_code_cell("rows = plot.read_table(RUNS_CSV)\ndf = sweep.dataframe(rows)\n"
+      v4.new_code_cell("rows = sweep.read_csv(RUNS_CSV)\ndf = sweep.dataframe(rows)\n"
                        "print(df['status'].value_counts().to_string())\n"
                        "df[['run', 'status', 'objective', 'N', 'D', 'C', 'loss']].head(12)"),
       v4.new_markdown_cell('## Fits and plots'),
@@ -66,7 +68,7 @@ def scaling_nb():
                        "{pf['at_loss']:.3f}: {pf['compute_multiplier']:.2f}x\")\n"
                        "for fam in ('ar', 'mdm'):\n  ch = fits.get(f'chinchilla_{fam}')\n"
                        "  if ch:\n    C = np.logspace(11, 13, 3)\n"
-                       "    n, d = scaling.compute_optimal(ch['params'], C)\n"
+                       "    n, d = laws.compute_optimal(ch['params'], C)\n"
                        "    print(fam, [(f'{c:.0e}', int(a), int(b)) for c, a, b in zip(C, n, d)])"),
   ]
 
@@ -81,13 +83,13 @@ def dual_nb():
       v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV', "
                        "'docs/dual_ratio_micro/runs.csv')\nOUT_DIR = os.environ.get("
                        "'DLM_JAX_NB_OUT', 'notebook_out/dual')"),
-      v4.new_code_cell("rows = [r for r in plot.read_table(RUNS_CSV) if r['status'] == 'done']\n"
+      v4.new_code_cell("rows = [r for r in sweep.read_csv(RUNS_CSV) if r['status'] == 'done']\n"
                        "df = sweep.dataframe(rows)\n"
                        "df['ratio'] = df['ratio'].astype(float)\n"
                        "df['R'] = df['epochs'].astype(float).round()\n"
                        "df.pivot_table(index='R', columns='ratio', values='final_ar_nll')"),
       v4.new_code_cell("df.pivot_table(index='R', columns='ratio', values='final_mdm_nelbo')"),
-      v4.new_code_cell("opt = scaling.optimal_ratio(df['ratio'], df['R'], "
+      v4.new_code_cell("opt = laws.optimal_ratio(df['ratio'], df['R'], "
                        "df['final_ar_nll'].astype(float))\nfor R, o in opt.items():\n"
                        "  print(f'R={R:g}: best grid AR weight {o[\"grid_best\"]:g} "
                        "(NLL {o[\"grid_loss\"]:.3f}); parabola vertex {o.get(\"vertex\")}, "

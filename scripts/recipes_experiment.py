@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from dlm_jax import sweep
+from dlm_jax.study import sweep
 
 D = 125 * 32 * 128
 REPEATS = (1, 4, 16, 64)

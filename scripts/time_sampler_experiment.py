@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from dlm_jax import sweep
+from dlm_jax.run import rundir
+from dlm_jax.study import sweep
 
 SETTINGS = {
     'uniform': {},
@@ -43,7 +44,7 @@ def dotted(setting, steps):
 
 
 def curve(workdir):
-  tokens, nelbo = sweep.validation_curve(workdir, 'mdm_nelbo')
+  tokens, nelbo = rundir.validation_curve(workdir, 'mdm_nelbo')
   return np.array(tokens), np.array(nelbo)
 
 

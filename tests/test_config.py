@@ -78,7 +78,7 @@ def test_all_shipped_configs_validate():
           node[leaf] = value
         config.validate(c)
         n_runs += 1
-    else:
+    elif os.path.basename(path) != 'common.py':  # the recipes the configs share
       config.validate(mod.get_config())
   assert n_runs >= 100
 

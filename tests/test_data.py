@@ -5,6 +5,7 @@ import pytest
 
 from dlm_jax.data import corpus, pipeline, tokenizers
 from dlm_jax.data.tokenizers import EOS
+from dlm_jax.run import setup as setup_lib
 
 
 def test_embedded_corpus_is_real_and_large():
@@ -85,11 +86,10 @@ def test_epochs_reshuffle_and_cover_every_window():
 
 def test_repetition_uses_exactly_U_unique_tokens_for_R_epochs():
   from conftest import tiny_config
-  from dlm_jax import train
   cfg = tiny_config('ar')
   cfg.data.unique_tokens = 32 * 24   # 24 windows of 32
   cfg.train.epochs = 4.0             # -> 4 * 24 / 8 = 12 steps
-  setup = train.build(cfg)
+  setup = setup_lib.build(cfg)
   assert setup.cfg.train.num_steps == 12
   assert setup.data_info['unique_tokens'] == 32 * 24
   train_s, _, _ = pipeline.token_streams(setup.cfg.data)
@@ -107,8 +107,7 @@ def test_repetition_uses_exactly_U_unique_tokens_for_R_epochs():
 
 def test_unique_tokens_larger_than_split_is_a_clear_error():
   from conftest import tiny_config
-  from dlm_jax import train
   cfg = tiny_config('ar')
   cfg.data.unique_tokens = 10**9
   with pytest.raises(corpus.DataError, match='exceeds the training split, which has'):
-    train.build(cfg)
+    setup_lib.build(cfg)

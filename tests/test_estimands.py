@@ -16,11 +16,16 @@ import pytest
 from scipy import integrate
 
 from dlm_jax import config as config_lib
-from dlm_jax import masking
-from dlm_jax import model as model_lib
-from dlm_jax import objectives
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import schedules
 from dlm_jax.data import pipeline
 from dlm_jax.data.tokenizers import EOS, MASK, PAD
+from dlm_jax.infer import likelihood
+from dlm_jax.run import loop
+from dlm_jax.run import step as step_lib
+from dlm_jax.run import validate
 
 EPS = 1e-3
 
@@ -96,17 +101,17 @@ INTEGRANDS = (lambda t, xp: 1.2 + xp.sin(3 * t), lambda t, xp: (1 - t) ** 2,
 def exact_integrals():
   """[schedule, integrand]: (1/(1-eps)) int_eps^1 w(t) (1 - alpha(t)) g(t) dt by scipy."""
   out = []
-  for alpha, w in (REF_SCHEDULES[s] for s in masking.SCHEDULES):
+  for alpha, w in (REF_SCHEDULES[s] for s in schedules.SCHEDULES):
     out.append([integrate.quad(lambda t: w(t) * (1 - alpha(t)) * g(t, np), EPS, 1,
                                limit=200)[0] / (1 - EPS) for g in INTEGRANDS])
   return np.array(out)
 
 
 def check_verdict(d, rel):
-  """Accepted: within masking.BIAS_TOLERANCE (0.1%) of exact for every schedule and integrand;
+  """Accepted: within noise_lib.BIAS_TOLERANCE (0.1%) of exact for every schedule and integrand;
   refused: off by more than that for one of them."""
   if accepted(d):
-    assert np.all(np.abs(rel) < masking.BIAS_TOLERANCE), rel
+    assert np.all(np.abs(rel) < noise_lib.BIAS_TOLERANCE), rel
   else:
     assert np.max(np.abs(rel)) > 1e-3, rel
 
@@ -114,14 +119,14 @@ def check_verdict(d, rel):
 def estimator(d):
   """u -> [schedule, integrand] values of the `elbo`-weighted estimator: one inverse CDF, every
   schedule's weight."""
-  dist = masking.get_time_dist(d)
-  schedules = [masking.get_schedule(s, d) for s in masking.SCHEDULES]
+  dist = schedules.get_time_dist(d)
+  scheds = [schedules.get_schedule(s, d) for s in schedules.SCHEDULES]
 
   def est(u):
     t = dist.from_uniform(u)
     rows = []
-    for sch in schedules:
-      elbo = masking.time_weights(t, sch, dist, 'elbo')[1]
+    for sch in scheds:
+      elbo = noise_lib.time_weights(t, sch, dist, 'elbo')[1]
       rows.append(jnp.stack([elbo * sch.mask_prob(t) * g(t, jnp) for g in INTEGRANDS]))
     return jnp.stack(rows)
   return jax.jit(est)
@@ -130,7 +135,7 @@ def estimator(d):
 def grid_mean_full(h):
   """sum over every float32 u = k / 2**23 that jax.random.uniform can return of h(u), / 2**23:
   the exact expectation under the sampler's uniforms."""
-  n = 2 ** masking.U_BITS
+  n = 2 ** noise_lib.U_BITS
   chunk = n // 16
   f = jax.jit(lambda k0: jnp.sum(h((k0 + jnp.arange(chunk, dtype=jnp.int32)).astype(
       jnp.float32) / n), axis=-1))
@@ -140,7 +145,7 @@ def grid_mean_full(h):
 def grid_mean_tails(h, d):
   """The same sum with the first and last 2**18 grid cells (and those around a mixture's switch)
   summed exactly and the smooth interior integrated by Gauss-Legendre quadrature in u."""
-  n, m = 2 ** masking.U_BITS, 2 ** 18
+  n, m = 2 ** noise_lib.U_BITS, 2 ** 18
   cuts = [0, m]
   lam = d.sampler_params.uniform_mix
   if lam > 0:
@@ -184,7 +189,7 @@ def test_refusal_names_the_sampler_and_the_remedy():
   c.diffusion.sampler_params.uniform_mix = 0.0
   c.diffusion.weighting = 'plain'  # a reshaped objective is allowed; its NELBO is not reported
   config_lib.validate(c)
-  assert not masking.Noise(c.diffusion).nelbo_exact
+  assert not noise_lib.Noise(c.diffusion).nelbo_exact
 
 
 # ------------------------------------------------------------------------- noise: the whole matrix
@@ -239,14 +244,14 @@ NOISE_SAMPLERS = [('uniform', {}), ('beta', dict(beta_a=2.0, beta_b=2.0)),
 
 @pytest.mark.parametrize('pattern', ['bernoulli', 'exact_count'])
 @pytest.mark.parametrize('sampler', NOISE_SAMPLERS, ids=lambda s: s[0])
-@pytest.mark.parametrize('schedule', masking.SCHEDULES)
+@pytest.mark.parametrize('schedule', schedules.SCHEDULES)
 def test_nelbo_weights_integrate_to_the_nelbo(schedule, sampler, pattern):
   """For every schedule x time sampler x mask pattern, exactly (quadrature in t, no Monte Carlo):
   E_{t~q} E_{k | t} [elbo weight(t, n, k) g(k)] = sum_k c[n, k] g(k), the NELBO for any g (the
   CE sum over k masked tokens), c from scipy quadrature of the independent schedule formulas.
   Covers the time weights (w / q) and exact-count's importance weights (c / pi)."""
   d = diffusion(schedule, sampler, mask_pattern=pattern, poly_k=2.0)
-  noise = masking.Noise(d)
+  noise = noise_lib.Noise(d)
   x, wq = np.polynomial.legendre.leggauss(16)
   edges = np.concatenate([np.geomspace(EPS, 0.05, 200), np.linspace(0.05, 1, 2000)[1:]])
   mid, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
@@ -255,8 +260,8 @@ def test_nelbo_weights_integrate_to_the_nelbo(schedule, sampler, pattern):
   tj = jnp.asarray(t, jnp.float32)
   q = np.asarray(noise.dist.density(tj), np.float64)
   s = np.asarray(noise.schedule.mask_prob(tj), np.float64)
-  elbo_t = np.asarray(masking.time_weights(tj, noise.schedule, noise.dist, 'elbo')[1], np.float64)
-  table = masking.exact_count_weights(noise.schedule, noise.dist, 8)
+  elbo_t = np.asarray(noise_lib.time_weights(tj, noise.schedule, noise.dist, 'elbo')[1], np.float64)
+  table = noise_lib.exact_count_weights(noise.schedule, noise.dist, 8)
   for n in (1, 3, 8):
     g = np.random.default_rng(n).uniform(0.5, 3.0, n + 1) * np.arange(n + 1)  # g(0) = 0
     P = k_law(pattern, n, s)                                                  # [t, k]
@@ -277,7 +282,7 @@ def test_masks_follow_their_law_on_the_maskable_positions(pattern, pad, mask_eos
   cfg.objective = 'mdm'
   cfg.diffusion = diffusion('cosine', mask_pattern=pattern, pad=pad, mask_eos=mask_eos)
   ref = maskable_ref(pad, mask_eos, ROWS, PREFIX)
-  noise = masking.Noise(cfg.diffusion)
+  noise = noise_lib.Noise(cfg.diffusion)
   targets = jnp.asarray(np.repeat(ROWS, 20000, 0))
   prefix = jnp.asarray(np.repeat(PREFIX, 20000, 0))
   t_B = jnp.full((targets.shape[0],), 0.37, jnp.float32)
@@ -303,7 +308,7 @@ def test_masks_follow_their_law_on_the_maskable_positions(pattern, pad, mask_eos
 
 NOISE_MATRIX = [
     (sch, smp, pat, ld, pad, eos)
-    for sch in masking.SCHEDULES
+    for sch in schedules.SCHEDULES
     for smp in NOISE_SAMPLERS
     for pat in ('bernoulli', 'exact_count')
     for ld in (True, False)
@@ -315,7 +320,7 @@ NOISE_MATRIX = [
 @pytest.mark.parametrize('i', range(len(NOISE_MATRIX)))
 def test_training_noise_gives_the_exact_nelbo(i):
   """End to end by Monte Carlo, every combination: E over the training noise (objectives.draw ->
-  masking.Noise, as the step draws it) of sum_b elbo_b G[b, S_b] equals the exact NELBO of a CE
+  noise_lib.Noise, as the step draws it) of sum_b elbo_b G[b, S_b] equals the exact NELBO of a CE
   table G, for any G: time sampler, weights, mask pattern, low discrepancy, PAD / EOS
   conventions and task prompts together. Under `elbo` weighting the training weight is the same.
   The fast suite checks the same pieces exactly (the two tests above)."""
@@ -357,13 +362,13 @@ def test_exact_count_tables_against_independent_counts():
   the mask code draws k of n (stochastic rounding of n (1 - alpha(t)))."""
   d = diffusion('cosine', ('truncated_normal', dict(mu=0.5, sigma=0.2)),
                 mask_pattern='exact_count')
-  noise = masking.Noise(d)
-  v = masking.exact_count_weights(noise.schedule, noise.dist, L)
+  noise = noise_lib.Noise(d)
+  v = noise_lib.exact_count_weights(noise.schedule, noise.dist, L)
   n = 5
   c = binom_coeffs('cosine', n)
-  t = masking.sample_times(jax.random.PRNGKey(0), 400_000, noise.dist, False)
+  t = noise_lib.sample_times(jax.random.PRNGKey(0), 400_000, noise.dist, False)
   maskable = jnp.asarray(np.arange(L) < n)[None].repeat(t.shape[0], 0)
-  k = np.asarray(masking.exact_count_mask(jax.random.PRNGKey(1), t, maskable,
+  k = np.asarray(noise_lib.exact_count_mask(jax.random.PRNGKey(1), t, maskable,
                                           noise.schedule).sum(1))
   pi = np.bincount(k, minlength=n + 1) / k.size
   np.testing.assert_allclose(v[n, 1:n + 1], c[1:] / pi[1:], rtol=0.02)
@@ -451,7 +456,6 @@ def test_scores_do_not_depend_on_padding_batch_company_or_chunk(segments):
   """Every estimator's score of a row is the same with 0, 6 or 22 trailing PADs, alone or among
   other rows in any order, and for any eval.chunk; greedy decoding too. (PLL moved from -42.44
   to -44.70 with 6 PADs: the pads were attended to.)"""
-  from dlm_jax import likelihood
   from dlm_jax.data import tokenizers
   c = config_lib.base().model
   c.d_model, c.num_layers, c.num_heads, c.vocab_size, c.mlp_dim = 32, 2, 2, 260, 64
@@ -508,7 +512,6 @@ def test_grad_accumulation_is_the_same_update(case):
   every objective: the dual assignment, t, masks, prefix lengths and token-dropout masks are drawn
   for the global batch, then split. (Each microbatch once drew its own noise, and an uneven dual
   split crashed.)"""
-  from dlm_jax import train
   o = dict(GRAD_ACCUM_CASES[case])
   c, model, params = tiny(o.pop('objective'), L=10, V=30)
   c.dual.ar_weight = o.pop('ar_weight', '1/2')
@@ -535,7 +538,7 @@ def test_grad_accumulation_is_the_same_update(case):
   out = {}
   ks = (1, 2, 4) if case in ('mdm', 'dual_7/8') else (1, 2)
   for k in ks:
-    f = jax.jit(lambda p, b, r, k=k: train.accumulate_grads(loss_fn, p, b, r, n_mdm, k, finalize))
+    f = jax.jit(lambda p, b, r, k=k: step_lib.accumulate_grads(loss_fn, p, b, r, n_mdm, k, finalize))
     out[k] = f(params, batch, jax.random.PRNGKey(7))
   for k in ks[1:]:
     np.testing.assert_allclose(out[k][0], out[1][0], rtol=2e-6)
@@ -575,7 +578,6 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
   a bound, so it stays above the entropy of what it estimates (the length included, or given the
   length under pad=visible), for every packing and segment setting. With segment ids built from
   the clean targets it read 2.591 here (2.398 in the issue's run) against an entropy of 2.647."""
-  from dlm_jax import train
   h_full, h_given_length = letters_corpus(tmp_path / 'letters.jsonl')
   c = config_lib.base()
   c.objective = 'mdm'
@@ -588,7 +590,7 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
                       checkpoint_every=400, log_every=100))
   c.eval.update(dict(num_batches=8, batch_size=64))
   c.sample.num_samples = 0
-  s = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
+  s = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
   nelbo = s['final']['mdm_nelbo']
   bound = h_given_length if pad == 'visible' else h_full
   # the 512 validation rows' Monte Carlo noise (one t per row) is well under 1%; the leak was 9%
@@ -605,10 +607,9 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
     ('ar', 'pad', 'predict', True, 'EOS is a token, so the length of each document is paid for'),
 ])
 def test_every_validation_metric_states_its_estimand(objective, packing, pad, mask_eos, want):
-  from dlm_jax import evaluate
   c = config_lib.base()
   c.objective, c.data.packing, c.diffusion.pad, c.diffusion.mask_eos = (objective, packing, pad,
                                                                         mask_eos)
-  e = evaluate.estimands(c)
-  assert set(e) >= {f'{m}_{"nll" if m != "mdm" else "nelbo"}' for m in evaluate.modes(c)}
+  e = validate.estimands(c)
+  assert set(e) >= {f'{m}_{"nll" if m != "mdm" else "nelbo"}' for m in validate.modes(c)}
   assert any(want in v for v in e.values()), e

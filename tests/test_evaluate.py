@@ -3,7 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import tiny_config
-from dlm_jax import config, evaluate, model as model_lib, objectives, sharding
+from dlm_jax import config
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import sharding
+from dlm_jax.run import validate
 
 
 def test_validator_matches_hand_computation_and_is_deterministic():
@@ -12,7 +17,7 @@ def test_validator_matches_hand_computation_and_is_deterministic():
   batches = [{'targets': np.asarray(jax.random.randint(jax.random.PRNGKey(i), (8, 32), 4, 50))}
              for i in range(2)]
   mesh = sharding.make_mesh(cfg.mesh)
-  v = evaluate.Validator(model, cfg, batches, mesh, bytes_per_token=4.0)
+  v = validate.Validator(model, cfg, batches, mesh, bytes_per_token=4.0)
   out = v(params)
   ce = []
   for b in batches:
@@ -27,20 +32,19 @@ def test_validator_matches_hand_computation_and_is_deterministic():
   cfg2 = config.resolve(tiny_config('dual'), 50)
   cfg2.diffusion.time_sampler = 'beta'
   cfg2.diffusion.weighting = 'plain'
-  assert evaluate.Validator(model, cfg2, batches, mesh, bytes_per_token=4.0)(params) == out
+  assert validate.Validator(model, cfg2, batches, mesh, bytes_per_token=4.0)(params) == out
 
 
 def test_validator_on_task_batches_never_masks_the_prompt():
   """Regression: the MDM NELBO of a task counts only target tokens and never noises the prompt."""
-  from dlm_jax import masking
   cfg = config.resolve(tiny_config('mdm'), 50)
   model, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(0), 32)
   x = np.array(jax.random.randint(jax.random.PRNGKey(1), (8, 32), 4, 50))
   x[:, 28:] = 0  # PAD after a short target
   P = np.array([20, 22, 24, 25, 26, 21, 23, 27], np.int32)
   batch = {'targets': x, 'prefix_len': P}
-  out = evaluate.Validator(model, cfg, [batch], sharding.make_mesh(cfg.mesh))(params)
-  noise = masking.Noise.for_evaluation(cfg.diffusion)
+  out = validate.Validator(model, cfg, [batch], sharding.make_mesh(cfg.mesh))(params)
+  noise = noise_lib.Noise.for_evaluation(cfg.diffusion)
   _, m, _, e = noise.sample(jax.random.fold_in(jax.random.PRNGKey(cfg.eval.seed), 0),
                             jnp.asarray(x), jnp.asarray(P))
   assert not bool(jnp.any(m & (jnp.arange(32)[None] < P[:, None])))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 from dlm_jax import config as config_lib
-from dlm_jax import flops
+from dlm_jax.core import flops
 
 SCRIPTS = [os.path.join(ROOT, 'launch', s) for s in ('tpu_pod.sh', 'slurm.sh')]
 

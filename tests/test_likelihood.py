@@ -9,11 +9,11 @@ import pytest
 from scipy import special
 
 from dlm_jax import config as config_lib
-from dlm_jax import likelihood
-from dlm_jax import model as model_lib
-from dlm_jax import objectives
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
 from dlm_jax.data.tokenizers import MASK, PAD
+from dlm_jax.infer import likelihood
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_chain_rule_equals_product_of_conditionals(tiny_model):
     want += _logp(model, params, inp, 'bidirectional', _len(x[0]))[i, x[0, i]]
   assert got == pytest.approx(want, rel=1e-5)
   ident = likelihood.Scorer(model, params, chunk=4)(
-      'chain', x, score, order_NxL=np.tile(np.arange(16), (1, 1)))['logp'][0]
+      'chain', x, score, order_RxL=np.tile(np.arange(16), (1, 1)))['logp'][0]
   assert ident == pytest.approx(got, rel=1e-6)
 
 
@@ -98,7 +98,7 @@ def _any_order_average(sc, x, score):
   for perm in itertools.permutations(range(len(pos))):
     order = np.zeros((1, x.shape[1]), int)
     order[0, pos] = np.argsort(perm)  # position pos[perm[k]] is revealed k-th
-    tot += sc('chain', x, score, order_NxL=order)['logp'][0]
+    tot += sc('chain', x, score, order_RxL=order)['logp'][0]
     n += 1
   return tot / n
 

@@ -10,6 +10,9 @@ import pytest
 lm_eval = pytest.importorskip('lm_eval', reason='optional extra: pip install -e ".[lmeval]"')
 
 from conftest import ROOT, train_tiny_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dlm_jax.infer import likelihood
+from dlm_jax.infer import lmeval
+from dlm_jax.infer import zeroshot
 
 ITEMS = [dict(question='The cat sat on the', choices=['mat', 'moon', 'idea'], gold=0),
          dict(question='Once upon a', choices=['time', 'dog'], gold=0),
@@ -84,7 +87,6 @@ def _evaluate(lm, tasks_dir, names):
 def test_harness_multiple_choice_equals_our_scoring(run_and_tasks, estimator, tmp_path):
   """lm-eval's acc/acc_norm and per-option log-likelihoods equal zeroshot.score_items on the
   same items (the harness joins question and choice with a space, as our schema does)."""
-  from dlm_jax import lmeval, zeroshot  # pylint: disable=g-import-not-at-top
   from dlm_jax.data import benchmarks  # pylint: disable=g-import-not-at-top
   run, tasks, _, _ = run_and_tasks
   lm = lmeval.DlmJaxLM(run, estimator=estimator, batch_size=3)
@@ -104,7 +106,6 @@ def test_harness_multiple_choice_equals_our_scoring(run_and_tasks, estimator, tm
 
 
 def test_harness_rolling_and_generation(run_and_tasks):
-  from dlm_jax import lmeval, likelihood  # pylint: disable=g-import-not-at-top
   run, tasks, _, texts = run_and_tasks
   lm = lmeval.DlmJaxLM(run, estimator='ar')
   out = _evaluate(lm, tasks, ['dlm_ppl', 'dlm_gen'])

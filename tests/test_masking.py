@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from dlm_jax import config, masking
+from dlm_jax import config
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import schedules
 from dlm_jax.data.tokenizers import BOS, EOS, PAD
 
 EPS = 1e-3
@@ -50,9 +52,9 @@ def truncated_moments(name, p):
 @pytest.mark.parametrize('name,params', SAMPLERS)
 @pytest.mark.parametrize('ld', [False, True])
 def test_sampler_mean_and_variance_match_analytic(name, params, ld):
-  dist = masking.get_time_dist(dcfg(name, params))
+  dist = schedules.get_time_dist(dcfg(name, params))
   n = 200_000
-  t = np.asarray(masking.sample_times(jax.random.PRNGKey(0), n, dist, ld))
+  t = np.asarray(noise_lib.sample_times(jax.random.PRNGKey(0), n, dist, ld))
   assert t.min() >= EPS and t.max() <= 1.0
   mean, var = truncated_moments(name, params)
   assert abs(t.mean() - mean) < 4 * np.sqrt(var / n) + 1e-4
@@ -61,14 +63,14 @@ def test_sampler_mean_and_variance_match_analytic(name, params, ld):
 
 @pytest.mark.parametrize('name,params', SAMPLERS)
 def test_density_integrates_to_one_and_matches_histogram(name, params):
-  dist = masking.get_time_dist(dcfg(name, params))
+  dist = schedules.get_time_dist(dcfg(name, params))
   q = lambda t: float(dist.density(jnp.float32(t)))
   assert abs(integrate.quad(q, EPS, 1, limit=200)[0] - 1) < 1e-3
   ref = reference_pdf(name, params)
   z = integrate.quad(ref, EPS, 1, limit=200)[0]
   grid = np.linspace(0.05, 0.95, 19)
   np.testing.assert_allclose([q(g) for g in grid], [ref(g) / z for g in grid], rtol=2e-3)
-  t = np.asarray(masking.sample_times(jax.random.PRNGKey(1), 400_000, dist, False))
+  t = np.asarray(noise_lib.sample_times(jax.random.PRNGKey(1), 400_000, dist, False))
   hist, edges = np.histogram(t, bins=20, range=(EPS, 1.0), density=True)
   mid = 0.5 * (edges[1:] + edges[:-1])
   dens = np.array([q(m) for m in mid])
@@ -76,9 +78,9 @@ def test_density_integrates_to_one_and_matches_histogram(name, params):
   np.testing.assert_allclose(hist, dens, rtol=0.08, atol=0.02)
 
 
-@pytest.mark.parametrize('schedule', masking.SCHEDULES)
+@pytest.mark.parametrize('schedule', schedules.SCHEDULES)
 def test_weight_matches_finite_difference(schedule):
-  s = masking.get_schedule(schedule, config.base().diffusion)
+  s = schedules.get_schedule(schedule, config.base().diffusion)
   t = jnp.linspace(0.02, 0.98, 49, dtype=jnp.float32)
   h = 1e-3
   fd = (s.alpha(t + h) - s.alpha(t - h)) / (2 * h)
@@ -93,28 +95,28 @@ def test_weight_matches_finite_difference(schedule):
 
 
 def test_logit_normal_elbo_weights_are_heavy_tailed_without_a_uniform_mix():
-  pure = masking.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5)))
-  mixed = masking.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5, uniform_mix=0.1)))
+  pure = schedules.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5)))
+  mixed = schedules.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5, uniform_mix=0.1)))
   t = jnp.array([EPS, 0.01, 0.5], jnp.float32)
-  w_pure = masking.time_weights(t, masking.Linear(), pure, 'elbo')[1]
-  w_mix = masking.time_weights(t, masking.Linear(), mixed, 'elbo')[1]
+  w_pure = noise_lib.time_weights(t, schedules.Linear(), pure, 'elbo')[1]
+  w_mix = noise_lib.time_weights(t, schedules.Linear(), mixed, 'elbo')[1]
   assert float(w_pure[0]) > 1e20
-  np.testing.assert_array_less(w_mix, masking.Linear().weight(t) / 0.1 + 1e-3)
+  np.testing.assert_array_less(w_mix, schedules.Linear().weight(t) / 0.1 + 1e-3)
 
 
 def test_uniform_mixture_density_and_sampler_agree():
-  d = masking.get_time_dist(dcfg('beta', dict(beta_a=4.0, beta_b=4.0, uniform_mix=0.3)))
+  d = schedules.get_time_dist(dcfg('beta', dict(beta_a=4.0, beta_b=4.0, uniform_mix=0.3)))
   assert abs(integrate.quad(lambda s: float(d.density(jnp.float32(s))), EPS, 1)[0] - 1) < 1e-3
-  t = np.asarray(masking.sample_times(jax.random.PRNGKey(5), 200_000, d, True))
+  t = np.asarray(noise_lib.sample_times(jax.random.PRNGKey(5), 200_000, d, True))
   hist, edges = np.histogram(t, bins=10, range=(EPS, 1.0), density=True)
   mid = 0.5 * (edges[1:] + edges[:-1])
   np.testing.assert_allclose(hist, [float(d.density(jnp.float32(m))) for m in mid], rtol=0.1)
 
 
 def test_plain_weighting_is_biased_for_bell_samplers():
-  dist = masking.get_time_dist(dcfg('truncated_normal', dict(mu=0.5, sigma=0.2)))
-  t = masking.sample_times(jax.random.PRNGKey(0), 100_000, dist, True)
-  w, elbo = masking.time_weights(t, masking.Linear(), dist, 'plain')
+  dist = schedules.get_time_dist(dcfg('truncated_normal', dict(mu=0.5, sigma=0.2)))
+  t = noise_lib.sample_times(jax.random.PRNGKey(0), 100_000, dist, True)
+  w, elbo = noise_lib.time_weights(t, schedules.Linear(), dist, 'plain')
   f = t * (1 - t) ** 2
   exact = integrate.quad(lambda s: (1 - s) ** 2, EPS, 1)[0] / (1 - EPS)
   assert abs(float(jnp.mean(elbo * f)) - exact) < 0.01 * exact
@@ -125,12 +127,12 @@ def test_plain_weighting_is_biased_for_bell_samplers():
                                          ('truncated_normal', dict(mu=0.5, sigma=0.2)),
                                          ('beta', dict(beta_a=2.0, beta_b=2.0))])
 def test_low_discrepancy_has_lower_variance_than_iid(name, params):
-  dist = masking.get_time_dist(dcfg(name, params))
+  dist = schedules.get_time_dist(dcfg(name, params))
   keys = jax.random.split(jax.random.PRNGKey(3), 2000)
 
   def est(k, ld):
-    t = masking.sample_times(k, 32, dist, ld)
-    _, elbo = masking.time_weights(t, masking.Linear(), dist, 'elbo')
+    t = noise_lib.sample_times(k, 32, dist, ld)
+    _, elbo = noise_lib.time_weights(t, schedules.Linear(), dist, 'elbo')
     return jnp.mean(elbo * jnp.sin(3 * t) * t * (1 - t))  # smooth after weighting
   v_iid = float(jnp.var(jax.vmap(lambda k: est(k, False))(keys)))
   v_ld = float(jnp.var(jax.vmap(lambda k: est(k, True))(keys)))
@@ -138,7 +140,7 @@ def test_low_discrepancy_has_lower_variance_than_iid(name, params):
 
 
 def test_low_discrepancy_times_are_evenly_spread():
-  u = np.sort(np.asarray(masking.uniforms(jax.random.PRNGKey(0), 16, True)))
+  u = np.sort(np.asarray(noise_lib.uniforms(jax.random.PRNGKey(0), 16, True)))
   np.testing.assert_allclose(np.diff(u), 1 / 16, atol=1e-6)
 
 
@@ -146,7 +148,7 @@ def test_low_discrepancy_times_are_evenly_spread():
 @pytest.mark.parametrize('mask_eos', [True, False])
 @pytest.mark.parametrize('pad', ['predict', 'visible'])
 def test_masks_never_touch_pad_or_specials(pattern, mask_eos, pad):
-  noise = masking.Noise(dcfg('uniform', mask_pattern=pattern, mask_eos=mask_eos, pad=pad))
+  noise = noise_lib.Noise(dcfg('uniform', mask_pattern=pattern, mask_eos=mask_eos, pad=pad))
   x = jax.random.randint(jax.random.PRNGKey(0), (512, 32), 4, 100)
   x = x.at[:, 5].set(EOS).at[:, 9].set(BOS).at[:, 20:].set(PAD)
   t, m, _, _ = noise.sample(jax.random.PRNGKey(1), x)
@@ -160,7 +162,7 @@ def test_masks_never_touch_pad_or_specials(pattern, mask_eos, pad):
 
 
 def test_exact_count_masks_stochastic_round_of_expected_count():
-  noise = masking.Noise(dcfg('uniform', mask_pattern='exact_count'))
+  noise = noise_lib.Noise(dcfg('uniform', mask_pattern='exact_count'))
   x = jnp.full((2000, 10), 7)
   t, m, _, _ = noise.sample(jax.random.PRNGKey(4), x)
   k = np.asarray(m.sum(1))

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlm_jax import config, flops, model as model_lib
+from dlm_jax import config
+from dlm_jax.core import flops
+from dlm_jax.core import model as model_lib
 from dlm_jax.data.tokenizers import MASK
 
 

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlm_jax import config, masking, model as model_lib, objectives
+from dlm_jax import config
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import objectives
 from dlm_jax.data.tokenizers import BOS, MASK, PAD
 
 
@@ -127,7 +130,7 @@ def test_mdm_nelbo_detects_a_wrong_weight():
   batch = {'targets': jnp.tile(jnp.array([[5, 9, 7, 5]]), (64, 1))}
 
   def wrong(r):
-    _, m_BxL, w_B, _ = masking.Noise(c.diffusion).sample(r, batch['targets'])
+    _, m_BxL, w_B, _ = noise_lib.Noise(c.diffusion).sample(r, batch['targets'])
     one_B = jnp.ones_like(w_B)
     s = objectives.mdm_terms(model, params, batch, m_BxL, one_B, one_B, r, train=False)
     return s['loss_sum'] / s['tokens']

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dlm_jax import config, flops, model as model_lib, objectives, train
+from dlm_jax import config
+from dlm_jax.core import flops
+from dlm_jax.core import kernels
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
+from dlm_jax.run import setup as setup_lib
 
 
 def _setup(objective, L=32, **model):
@@ -76,21 +81,21 @@ def test_hand_written_backwards_equal_autodiff():
                         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   h, wg, wu, wd = rnd(2, 8, 16), rnd(16, 24) * 0.3, rnd(16, 24) * 0.3, rnd(24, 16) * 0.3
   plain = lambda h, g, u, d: (jax.nn.silu(h @ g) * (h @ u)) @ d
-  np.testing.assert_allclose(model_lib.swiglu(h, wg, wu, wd), plain(h, wg, wu, wd), rtol=1e-6)
-  close(_grads(model_lib.swiglu, (h, wg, wu, wd), (0, 1, 2, 3)),
+  np.testing.assert_allclose(kernels.swiglu(h, wg, wu, wd), plain(h, wg, wu, wd), rtol=1e-6)
+  close(_grads(kernels.swiglu, (h, wg, wu, wd), (0, 1, 2, 3)),
         _grads(plain, (h, wg, wu, wd), (0, 1, 2, 3)))
   q, kk, v = rnd(2, 8, 2, 4), rnd(2, 8, 2, 4), rnd(2, 8, 2, 4)
   seg = model_lib.attention_mask('causal', 8, segment_ids_BxL=jnp.array([[1] * 3 + [2] * 5] * 2))
   for mask, causal in ((None, True), (None, False), (seg[0], False)):
-    fast = lambda q, k, v: model_lib.softmax_attention(q, k, v, mask, causal)
-    ref = lambda q, k, v: model_lib.reference_attention(q, k, v, mask, causal)
+    fast = lambda q, k, v: kernels.softmax_attention(q, k, v, mask, causal)
+    ref = lambda q, k, v: kernels.reference_attention(q, k, v, mask, causal)
     np.testing.assert_allclose(fast(q, kk, v), ref(q, kk, v), rtol=1e-6, atol=1e-7)
     close(_grads(fast, (q, kk, v), (0, 1, 2)), _grads(ref, (q, kk, v), (0, 1, 2)))
   logits, t = rnd(2, 8, 11), jax.random.randint(next(k), (2, 8), 0, 11)
   import optax  # pylint: disable=g-import-not-at-top
-  np.testing.assert_allclose(objectives.token_ce(logits, t),
+  np.testing.assert_allclose(kernels.token_ce(logits, t),
                              optax.softmax_cross_entropy_with_integer_labels(logits, t), rtol=1e-6)
-  close(_grads(lambda x: objectives.token_ce(x, t), (logits,), 0),
+  close(_grads(lambda x: kernels.token_ce(x, t), (logits,), 0),
         _grads(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, t), (logits,), 0))
   x = rnd(2, 8, 2, 4)
   def plain_rope(x):
@@ -98,8 +103,8 @@ def test_hand_written_backwards_equal_autodiff():
     sin, cos = jnp.sin(ang)[None, :, None], jnp.cos(ang)[None, :, None]
     x1, x2 = jnp.split(x, 2, -1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
-  np.testing.assert_allclose(model_lib.rope(x, 10000.0), plain_rope(x), rtol=1e-6, atol=1e-7)
-  close(_grads(lambda x: model_lib.rope(x, 10000.0), (x,), 0), _grads(plain_rope, (x,), 0))
+  np.testing.assert_allclose(kernels.rope(x, 10000.0), plain_rope(x), rtol=1e-6, atol=1e-7)
+  close(_grads(lambda x: kernels.rope(x, 10000.0), (x,), 0), _grads(plain_rope, (x,), 0))
 
 
 def test_bf16_compute_is_within_its_expected_error():
@@ -165,7 +170,7 @@ def test_attention_choice_and_its_errors():
   c.model.attention = 'cudnn'
   if jax.default_backend() != 'gpu':
     with pytest.raises(config.ConfigError, match='attention=cudnn'):
-      train.build(c)
+      setup_lib.build(c)
 
 
 def test_bench_train_reports_mfu_and_flops(tiny):
@@ -186,8 +191,8 @@ def test_bench_train_reports_mfu_and_flops(tiny):
 def test_compile_cache_dir_follows_jax_env_then_home(monkeypatch):
   c = tiny_config('ar').train
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', '/shared/sweep/.xla_cache')
-  assert train.compile_cache_dir(c) == '/shared/sweep/.xla_cache'
+  assert setup_lib.compile_cache_dir(c) == '/shared/sweep/.xla_cache'
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR')
-  assert train.compile_cache_dir(c).endswith(os.path.join('.cache', 'dlm_jax', 'xla'))
+  assert setup_lib.compile_cache_dir(c).endswith(os.path.join('.cache', 'dlm_jax', 'xla'))
   c.compile_cache = ''
-  assert train.compile_cache_dir(c) == ''
+  assert setup_lib.compile_cache_dir(c) == ''

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from dlm_jax import config as config_lib
-from dlm_jax import train
 from dlm_jax.data import pipeline
 from dlm_jax.data import prepared
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
+from dlm_jax.run import loop
 
 
 def test_gpt2_is_openai_gpt2():
@@ -152,6 +152,6 @@ def test_tfds_builder_prepare_then_train(small_corpus, tmp_path):
   c = tiny_config('dual', num_steps=6, eval_every=3, checkpoint_every=3)
   c.data.corpus, c.data.tokenizer, c.data.packing = str(tmp_path / 'bpe'), 'bpe', 'pad'
   c.sample.num_samples = 0
-  s = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
+  s = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
   assert s['status'] == 'done' and s['steps'] == 6
   assert np.isfinite(s['final']['ar_nll']) and np.isfinite(s['final']['mdm_nelbo'])

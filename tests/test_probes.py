@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from dlm_jax import probes
 from dlm_jax.data import corpus as corpus_lib
 from dlm_jax.data import tokenizers
+from dlm_jax.study import probes
 
 from conftest import ROOT
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, train_tiny_run
+from dlm_jax.study import laws
 
 README = os.path.join(ROOT, 'README.md')
 
@@ -157,16 +158,15 @@ def get_sweep():
 
 def _runs_table(path):
   """A runs table with the collector's columns: AR and MDM at 3 budgets x 5 sizes."""
-  from dlm_jax import scaling
   law = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
   rows = []
   for C in (1e15, 1e16, 1e17):
-    n_opt = scaling.compute_optimal(law, C)[0]
+    n_opt = laws.compute_optimal(law, C)[0]
     for i, k in enumerate(np.linspace(-1.2, 1.2, 5)):
       for obj in ('ar', 'mdm'):
         N = n_opt * np.exp(k)
         D = C / (6 * N)
-        loss = scaling.chinchilla_loss(law, N, D) * (1.0 if obj == 'ar' else 1.1)
+        loss = laws.chinchilla_loss(law, N, D) * (1.0 if obj == 'ar' else 1.1)
         rows.append(dict(run=f'{obj}_C{C:.0e}_{i}', status='done', objective=obj, ratio=0.0,
                          size=f's{i}', N=N, N_total=N * 1.2, N_nonembed=N, D=D, U=D, epochs=1.0,
                          C=C, loss=loss, loss_metric='final_ar_nll', steps=10, wall_time_s=1.0,

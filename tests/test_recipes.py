@@ -11,15 +11,22 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
-from dlm_jax import config, model as model_lib, objectives, train
+from dlm_jax import config
+from dlm_jax import errors
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
 from dlm_jax.data import tasks, tokenizers
 from dlm_jax.data.corpus import DataError
+from dlm_jax.run import checkpoint
+from dlm_jax.run import loop
+from dlm_jax.run import setup as setup_lib
+from dlm_jax.run import step as step_lib
 
 
 @pytest.fixture(scope='module')
 def ar_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('ar') / 'run')
-  train.train_and_evaluate(tiny_config('ar', num_steps=4, checkpoint_every=4, eval_every=4), wd)
+  loop.train_and_evaluate(tiny_config('ar', num_steps=4, checkpoint_every=4, eval_every=4), wd)
   return wd
 
 
@@ -31,12 +38,12 @@ def restore_state(wd, step):
 def test_init_from_copies_every_parameter_and_resets_the_optimizer(ar_run, tmp_path):
   cfg = tiny_config('mdm', num_steps=2, checkpoint_every=2, eval_every=2)
   cfg.init_from = ar_run
-  setup = train.build(cfg)
-  params = train.load_init_params(ar_run, setup.cfg)
+  setup = setup_lib.build(cfg)
+  params = checkpoint.load_init_params(ar_run, setup.cfg)
   src = restore_state(ar_run, 4)
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, src['params'])
-  tx, _ = train.make_optimizer(setup.cfg.train, params)
-  st = train.init_state(setup, tx, params)
+  tx, _ = step_lib.make_optimizer(setup.cfg.train, params)
+  st = step_lib.init_state(setup, tx, params)
   assert int(st.step) == 0
   jax.tree_util.tree_map(np.testing.assert_array_equal, st.params, src['params'])
   adam = st.opt_state[-1][0]  # (clip, adamw) -> adamw's ScaleByAdamState
@@ -44,7 +51,7 @@ def test_init_from_copies_every_parameter_and_resets_the_optimizer(ar_run, tmp_p
   assert max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(src['opt_state'])) > 0
   # end to end: an MDM run continues from the AR weights (AR2Diff step 2)
   wd = str(tmp_path / 'ar2diff')
-  s = train.train_and_evaluate(cfg, wd)
+  s = loop.train_and_evaluate(cfg, wd)
   assert s['status'] == 'done' and 'mdm_nelbo' in s['final']
   assert json.load(open(os.path.join(wd, 'config.json')))['init_from'] == ar_run
 
@@ -53,12 +60,12 @@ def test_init_from_bad_sources_are_clear_errors_and_write_nothing(ar_run, tmp_pa
   wd = tmp_path / 'new'
   cfg = tiny_config('mdm', num_steps=2)
   cfg.init_from = str(tmp_path / 'missing')
-  with pytest.raises(train.TrainingError, match='no run there'):
-    train.train_and_evaluate(cfg, str(wd))
+  with pytest.raises(errors.TrainingError, match='no run there'):
+    loop.train_and_evaluate(cfg, str(wd))
   cfg.init_from = ar_run
   cfg.model.d_model = 64
-  with pytest.raises(train.TrainingError, match='model.d_model is 32 there and 64 here'):
-    train.train_and_evaluate(cfg, str(wd))
+  with pytest.raises(errors.TrainingError, match='model.d_model is 32 there and 64 here'):
+    loop.train_and_evaluate(cfg, str(wd))
   broken = str(tmp_path / 'broken')
   shutil.copytree(ar_run, broken)
   for f in glob.glob(os.path.join(broken, 'checkpoints', '4', 'state', '**', '*'),
@@ -67,8 +74,8 @@ def test_init_from_bad_sources_are_clear_errors_and_write_nothing(ar_run, tmp_pa
       open(f, 'wb').write(b'garbage')
   cfg = tiny_config('mdm', num_steps=2)
   cfg.init_from = broken
-  with pytest.raises(train.TrainingError, match=r'no readable checkpoint \(step 4: '):
-    train.train_and_evaluate(cfg, str(wd))
+  with pytest.raises(errors.TrainingError, match=r'no readable checkpoint \(step 4: '):
+    loop.train_and_evaluate(cfg, str(wd))
   assert not wd.exists()
 
 
@@ -124,17 +131,17 @@ def test_task_fine_tuning_runs_end_to_end(tmp_path):
   cfg = tiny_config('dual', num_steps=3, checkpoint_every=3, eval_every=3)
   cfg.data.task = str(d)
   cfg.data.tokenizer = 'byte'
-  s = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  s = loop.train_and_evaluate(cfg, str(tmp_path / 'run'))
   assert s['status'] == 'done' and {'ar_nll', 'mdm_nelbo'} <= set(s['final'])
   (d / 'validation.jsonl').write_text('{"prompt": "x", "target": ""}\n')
   with pytest.raises(DataError, match='validation.jsonl:1: empty target'):
-    train.build(cfg)
+    setup_lib.build(cfg)
 
 
 def test_prefix_task_run_reports_prefix_metrics(tmp_path):
   d = write_task(tmp_path, 'After {} comes', 100, 80)
   cfg = tiny_config('prefix', num_steps=2, checkpoint_every=2, eval_every=2)
   cfg.data.task, cfg.data.tokenizer = str(d), 'byte'
-  s = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  s = loop.train_and_evaluate(cfg, str(tmp_path / 'run'))
   assert {'ar_nll', 'prefix_nll', 'ar_exact_match', 'prefix_exact_match'} <= set(s['final'])
   assert 0.0 <= s['best']['prefix_exact_match'] <= 1.0

@@ -5,7 +5,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,10 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from dlm_jax import config as config_lib
-from dlm_jax import train
+from dlm_jax import errors
+from dlm_jax.run import checkpoint
+from dlm_jax.run import loop
+from dlm_jax.run import step as step_lib
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 
@@ -132,14 +134,14 @@ def _remove_manifests(step_dir):  # what a write cut short on a non-atomic files
                          ids=['truncated', 'partly_written'])
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
   ref, wd = str(tmp_path / 'ref'), str(tmp_path / 'run')
-  train.train_and_evaluate(_cfg(10), ref)
-  train.train_and_evaluate(_cfg(6), wd)
+  loop.train_and_evaluate(_cfg(10), ref)
+  loop.train_and_evaluate(_cfg(6), wd)
   ckpt = os.path.join(wd, 'checkpoints')
   damage(os.path.join(ckpt, '6'))
   os.makedirs(os.path.join(ckpt, '8.orbax-checkpoint-tmp-1234', 'state'))  # a killed write
   with pytest.warns(UserWarning, match=r'checkpoint step 6 is unreadable \(.+\); using the '
                     r'previous good checkpoint, step 4'):
-    train.train_and_evaluate(_cfg(10), wd)
+    loop.train_and_evaluate(_cfg(10), wd)
   assert sorted(os.listdir(ckpt)) == ['10', '6', '6.unreadable', '8']  # kept aside, tmp gone
   assert [r['step'] for r in rows(wd)] == list(range(1, 11))
   for k in ('params', 'opt_state'):
@@ -149,20 +151,20 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, d
 
 def test_no_readable_checkpoint_names_every_step_and_moves_nothing(tmp_path):
   wd = str(tmp_path / 'run')
-  train.train_and_evaluate(_cfg(4), wd)
+  loop.train_and_evaluate(_cfg(4), wd)
   ckpt = os.path.join(wd, 'checkpoints')
   for s in ('2', '4'):
     _remove_manifests(os.path.join(ckpt, s))
   before = open(os.path.join(wd, 'metrics.jsonl')).read()
-  with pytest.raises(train.TrainingError, match=r'no readable checkpoint \(step 4: .+; step 2: '):
-    train.train_and_evaluate(_cfg(6), wd)
+  with pytest.raises(errors.TrainingError, match=r'no readable checkpoint \(step 4: .+; step 2: '):
+    loop.train_and_evaluate(_cfg(6), wd)
   assert sorted(os.listdir(ckpt)) == ['2', '4']
   assert open(os.path.join(wd, 'metrics.jsonl')).read() == before
 
 
 def test_keep_period_and_max_to_keep(tmp_path):
   wd = str(tmp_path / 'run')
-  train.train_and_evaluate(_cfg(14, max_to_keep=2, keep_period=6), wd)
+  loop.train_and_evaluate(_cfg(14, max_to_keep=2, keep_period=6), wd)
   steps = sorted(int(n) for n in os.listdir(os.path.join(wd, 'checkpoints')))
   assert steps == [6, 12, 14]  # the newest two (12, 14) and every 6th
 
@@ -171,49 +173,30 @@ def test_params_restore_without_optimizer_state_and_past_a_damaged_step(tmp_path
   """load_params (eval, sampling, init_from) reads only the parameters: it works on a
   checkpoint that holds no optimizer state at all, and passes over an unreadable newest step."""
   wd = str(tmp_path / 'run')
-  train.train_and_evaluate(_cfg(4), wd)
+  loop.train_and_evaluate(_cfg(4), wd)
   cfg = config_lib.from_run(json.load(open(os.path.join(wd, 'config.json'))))
-  params, step = train.load_params(wd, cfg)
+  params, step = checkpoint.load_params(wd, cfg)
   assert step == 4
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, state_at(wd, 4)['params'])
   # a params-only checkpoint (as an exporter would write it)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
   mngr.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
   mngr.wait_until_finished()
-  got, step = train.load_params(wd, cfg)
+  got, step = checkpoint.load_params(wd, cfg)
   assert step == 5
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, params)
   _remove_manifests(os.path.join(wd, 'checkpoints', '5'))
   with pytest.warns(UserWarning, match='step 5 is unreadable .+ using the previous good '
                     'checkpoint, step 4'):
-    got, step = train.load_params(wd, cfg)
+    got, step = checkpoint.load_params(wd, cfg)
   assert step == 4 and os.path.isdir(os.path.join(wd, 'checkpoints', '5'))  # read-only: kept
-
-
-def test_checkpoint_from_before_the_skip_counter_resumes(tmp_path):
-  """Checkpoints written before TrainState.skipped existed resume (with skipped = 0)."""
-  wd = str(tmp_path / 'run')
-  train.train_and_evaluate(_cfg(4), wd)
-  ckpt = os.path.join(os.path.abspath(wd), 'checkpoints')
-  old = {k: v for k, v in state_at(wd, 4).items() if k != 'skipped'}
-  assert 'skipped' in state_at(wd, 4)
-  mngr = ocp.CheckpointManager(str(tmp_path / 'old'))
-  mngr.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(old)))
-  mngr.wait_until_finished()
-  shutil.copytree(os.path.join(ckpt, '4', 'data'), str(tmp_path / 'old' / '4' / 'data'))
-  shutil.rmtree(ckpt)
-  shutil.move(str(tmp_path / 'old'), ckpt)
-  ref = str(tmp_path / 'ref')
-  train.train_and_evaluate(_cfg(6), ref)
-  train.train_and_evaluate(_cfg(6), wd)
-  assert [r['loss'] for r in rows(wd)] == [r['loss'] for r in rows(ref)]
 
 
 # ---------------------------------------------------------------------------- numerical faults
 
 def _poison(monkeypatch, bad_steps):
   """Makes the loss NaN at the given (0-based) update indices, inside the compiled step."""
-  real = train.make_train_step
+  real = step_lib.make_train_step
 
   def poisoned(loss_fn, tx, sched, ema_decay, grad_accum=1, finalize=None):
     def train_step(state, batch, n_mdm=None):
@@ -224,7 +207,7 @@ def _poison(monkeypatch, bad_steps):
         return loss * jax.numpy.where(bad, jax.numpy.nan, 1.0), aux
       return real(nan_loss, tx, sched, ema_decay, grad_accum, finalize)(state, batch, n_mdm)
     return train_step
-  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  monkeypatch.setattr(step_lib, 'make_train_step', poisoned)
 
 
 def test_nan_policy_skip_skips_the_update_and_counts(tmp_path, monkeypatch):
@@ -233,7 +216,7 @@ def test_nan_policy_skip_skips_the_update_and_counts(tmp_path, monkeypatch):
   wd = str(tmp_path / 'run')
   with pytest.warns(UserWarning, match=r'non-finite loss or gradient at step 4 .+ update skipped '
                     r'\(1 of at most 10\)'):
-    s = train.train_and_evaluate(cfg, wd)
+    s = loop.train_and_evaluate(cfg, wd)
   assert s['status'] == 'done' and s['skipped_updates'] == 2
   for skipped in (4, 7):  # the update that made step N changed nothing
     a, b = state_at(wd, skipped - 1), state_at(wd, skipped)
@@ -252,9 +235,9 @@ def test_nan_policy_skip_stops_after_max_skips(tmp_path, monkeypatch):
   cfg = _cfg(8, nan_policy='skip', nan_max_skips=1)
   wd = str(tmp_path / 'run')
   with pytest.warns(UserWarning), pytest.raises(
-      train.TrainingError, match=r'at step 6 .+: 2 updates skipped, more than '
+      errors.TrainingError, match=r'at step 6 .+: 2 updates skipped, more than '
       r'train.nan_max_skips=1; the last good checkpoint is step 4'):
-    train.train_and_evaluate(cfg, wd)
+    loop.train_and_evaluate(cfg, wd)
   assert json.load(open(os.path.join(wd, 'summary.json')))['status'].startswith('failed')
 
 

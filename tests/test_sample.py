@@ -12,8 +12,18 @@ import pytest
 from scipy import special
 
 from conftest import ROOT, train_tiny_run
-from dlm_jax import config, model as model_lib, objectives, sample
+from dlm_jax import config
+from dlm_jax import errors
+from dlm_jax.core import kernels
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import EOS, MASK, PAD
+from dlm_jax.infer import sample as sample_app
+from dlm_jax.run import rundir
+from dlm_jax.run import samples as run_samples
+from dlm_jax.run import validate
+from dlm_jax.study import plot
 
 V = 30
 
@@ -45,7 +55,7 @@ def test_kv_cache_logits_equal_full_forward(scan):
 
 def _reference_greedy(model, params, prompt, n, L=16):
   """Greedy decoding by recomputing the whole prefix, outside the sampler."""
-  fwd = jax.jit(lambda p, x: sample.sampleable(
+  fwd = jax.jit(lambda p, x: sampling.sampleable(
       model.apply({'params': p}, objectives.shift_inputs(x), 'causal')))
   x = list(prompt)
   for _ in range(n):
@@ -56,11 +66,11 @@ def _reference_greedy(model, params, prompt, n, L=16):
 
 def test_greedy_ar_with_kv_cache_equals_recomputing_the_prefix():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
+  s = sampling.Sampler(model, params, context=16)
   prompts = [[5, 6, 7, 8, 9], [9], []]  # different lengths in one batch
   outs = {}
   for kv in (True, False):
-    st = sample.Settings(mode='ar', length=7, temperature=0, kv_cache=kv, stop_at_eos=False)
+    st = sampling.Settings(mode='ar', length=7, temperature=0, kv_cache=kv, stop_at_eos=False)
     outs[kv] = [list(t) for t in s.generate(jax.random.PRNGKey(0), prompts, st)['tokens']]
   assert outs[True] == outs[False]
   for p, got in zip(prompts, outs[True]):
@@ -69,9 +79,9 @@ def test_greedy_ar_with_kv_cache_equals_recomputing_the_prefix():
 
 def test_ar_sampling_with_kv_cache_matches_recompute_under_the_same_key():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
-  for st in (sample.Settings(mode='ar', length=8, temperature=1.0, stop_at_eos=False),
-             sample.Settings(mode='ar', length=8, temperature=0.7, top_k=5, top_p=0.9,
+  s = sampling.Sampler(model, params, context=16)
+  for st in (sampling.Settings(mode='ar', length=8, temperature=1.0, stop_at_eos=False),
+             sampling.Settings(mode='ar', length=8, temperature=0.7, top_k=5, top_p=0.9,
                              stop_at_eos=False)):
     a = s.generate(jax.random.PRNGKey(3), [[5, 6], [7]] * 3, st)['tokens']
     b = s.generate(jax.random.PRNGKey(3), [[5, 6], [7]] * 3,
@@ -83,14 +93,14 @@ def test_ar_sampling_with_kv_cache_matches_recompute_under_the_same_key():
 def test_ar_stops_at_eos():
   model, params = setup(scan=False, tie=False)
   params['head']['kernel'] = jnp.zeros_like(params['head']['kernel'])  # uniform next tokens
-  s = sample.Sampler(model, params, context=16)
+  s = sampling.Sampler(model, params, context=16)
   # greedy: EOS is the first sampleable id, so every row stops at once
   out = s.generate(jax.random.PRNGKey(0), [[5, 6, 7], [5]],
-                   sample.Settings(mode='ar', length=6, temperature=0))
+                   sampling.Settings(mode='ar', length=6, temperature=0))
   assert [t.tolist() for t in out['tokens']] == [[EOS], [EOS]]
   assert out['passes'] == 1 + 3  # prefill, then lockstep from position 1 until row 0 stopped
   # sampled: a row ends at its first EOS, the others run to the full length
-  out = s.generate(jax.random.PRNGKey(1), [[5]] * 64, sample.Settings(mode='ar', length=8))
+  out = s.generate(jax.random.PRNGKey(1), [[5]] * 64, sampling.Settings(mode='ar', length=8))
   stopped = [t for t in out['tokens'] if EOS in t.tolist()]
   assert len(stopped) >= 5
   for t in out['tokens']:
@@ -100,24 +110,24 @@ def test_ar_stops_at_eos():
 
 def test_filter_logits_top_k_and_top_p():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.15, 0.1]]]))
-  keep = lambda **kw: np.isfinite(np.asarray(sample.filter_logits(logits, **kw)))[0, 0].tolist()
+  keep = lambda **kw: np.isfinite(np.asarray(sampling.filter_logits(logits, **kw)))[0, 0].tolist()
   assert keep(top_k=2) == [True, True, False, False]
   assert keep(top_p=0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
   assert keep(top_p=0.6) == [True, True, False, False]
   assert keep(top_p=0.95) == [True, True, True, True]
   assert keep(top_k=3, top_p=0.7) == [True, True, False, False]
   # a sampled token is always inside the nucleus
-  st = sample.Settings(temperature=1.0, top_p=0.6)
-  toks = sample.draw(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (1, 500, 4)), st)
+  st = sampling.Settings(temperature=1.0, top_p=0.6)
+  toks = sampling.draw(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (1, 500, 4)), st)
   assert set(np.asarray(toks).ravel().tolist()) == {0, 1}
 
 
 def test_time_grids():
-  for grid in sample.GRIDS:
-    t = sample.time_grid(grid, 8)
+  for grid in sampling.GRIDS:
+    t = sampling.time_grid(grid, 8)
     assert t[0] == 1 and t[-1] == 0 and (np.diff(t) < 0).all()
   # cosine: fewer reveals early (the first step is shorter than uniform's)
-  assert 1 - sample.time_grid('cosine', 8)[1] < 1 / 8
+  assert 1 - sampling.time_grid('cosine', 8)[1] < 1 / 8
 
 
 def _overfit(seq, steps=200):
@@ -134,7 +144,7 @@ def _overfit(seq, steps=200):
       t = jax.random.uniform(r1, (16, 1))
       mask = jax.random.uniform(r2, targets.shape) < t
       logits = model.apply({'params': p}, objectives.shift_inputs(targets, mask), 'bidirectional')
-      return jnp.mean(objectives.token_ce(logits, targets))
+      return jnp.mean(kernels.token_ce(logits, targets))
     g = jax.grad(loss)(params)
     upd, state = opt.update(g, state)
     return optax.apply_updates(params, upd), state
@@ -148,31 +158,31 @@ def _overfit(seq, steps=200):
 def test_mdm_greedy_with_T_equal_L_reproduces_a_memorised_sequence():
   seq = [7, 12, 9, 20, 5, 5, 17, 28, 11, 6, 13, 4]
   model, params = _overfit(seq)
-  s = sample.Sampler(model, params, context=len(seq))
+  s = sampling.Sampler(model, params, context=len(seq))
   L = len(seq)
-  st = sample.Settings(length=L, steps=L, strategy='confidence', temperature=0)
+  st = sampling.Settings(length=L, steps=L, strategy='confidence', temperature=0)
   out = s.generate(jax.random.PRNGKey(1), [[]] * 2, st)
   for row in out['tokens']:
     assert MASK not in row.tolist()
     assert row.tolist() == seq
   assert out['passes'] == L  # one token per step, one pass per token
   # prompt-conditioned: the rest of the memorised sequence
-  out = s.generate(jax.random.PRNGKey(1), [seq[:4]], sample.Settings(
+  out = s.generate(jax.random.PRNGKey(1), [seq[:4]], sampling.Settings(
       length=L - 4, steps=L - 4, strategy='confidence', temperature=0))
   assert out['tokens'][0].tolist() == seq[4:]
 
 
-@pytest.mark.parametrize('strategy', sample.STRATEGIES)
+@pytest.mark.parametrize('strategy', sampling.STRATEGIES)
 def test_infilling_never_changes_fixed_positions(strategy):
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
+  s = sampling.Sampler(model, params, context=16)
   rng = np.random.default_rng(0)
   x = rng.integers(4, V, (4, 16)).astype(np.int32)
   x[3, 12:] = PAD  # a shorter row
   fill = rng.random((4, 16)) < 0.5
   fill[3, 12:] = False
   for bs, grid, steps in ((0, 'uniform', 4), (4, 'cosine', 12)):
-    st = sample.Settings(length=1, steps=steps, strategy=strategy, block_size=bs, grid=grid,
+    st = sampling.Settings(length=1, steps=steps, strategy=strategy, block_size=bs, grid=grid,
                          temperature=1.0, top_p=0.9)
     out, _ = s.infill(jax.random.PRNGKey(2), x, fill, st)
     np.testing.assert_array_equal(out[~fill], x[~fill])
@@ -181,11 +191,11 @@ def test_infilling_never_changes_fixed_positions(strategy):
 
 def test_semi_autoregressive_blocks_equal_block_by_block_infilling():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
+  s = sampling.Sampler(model, params, context=16)
   x = np.array([[5, 6, 7, 8] + [0] * 8], np.int32)
   fill = np.zeros((1, 12), bool)
   fill[0, 4:] = True
-  st = sample.Settings(length=8, steps=8, strategy='confidence', temperature=0, block_size=4)
+  st = sampling.Settings(length=8, steps=8, strategy='confidence', temperature=0, block_size=4)
   got, _ = s.infill(jax.random.PRNGKey(0), x, fill, st)
   # by hand: block one with block two masked (and held), then block two
   one = x.copy()
@@ -203,8 +213,8 @@ def test_semi_autoregressive_blocks_equal_block_by_block_infilling():
 
 def test_logit_reuse_changes_nothing_but_the_passes():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
-  st = sample.Settings(length=6, steps=64, temperature=1.0)
+  s = sampling.Sampler(model, params, context=16)
+  st = sampling.Settings(length=6, steps=64, temperature=1.0)
   a = s.generate(jax.random.PRNGKey(4), [[5, 6]], st)
   b = s.generate(jax.random.PRNGKey(4), [[5, 6]], dataclasses.replace(st, reuse_logits=False))
   assert [t.tolist() for t in a['tokens']] == [t.tolist() for t in b['tokens']]
@@ -213,10 +223,10 @@ def test_logit_reuse_changes_nothing_but_the_passes():
 
 def test_guidance_zero_equals_conditional_sampling_and_w_matters():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
+  s = sampling.Sampler(model, params, context=16)
   prompts = [[5, 6, 7, 8], [9, 10]]
   for strategy in ('ancestral',):  # the guided logits are the same for every strategy
-    st = sample.Settings(length=8, steps=8, strategy=strategy, temperature=1.0)
+    st = sampling.Settings(length=8, steps=8, strategy=strategy, temperature=1.0)
     plain = s.generate(jax.random.PRNGKey(5), prompts, st)['tokens']
     w0 = s.generate(jax.random.PRNGKey(5), prompts, st, guided=True)['tokens']
     assert [t.tolist() for t in plain] == [t.tolist() for t in w0]
@@ -226,23 +236,23 @@ def test_guidance_zero_equals_conditional_sampling_and_w_matters():
 
 def test_bad_arguments_name_the_argument():
   model, params = setup()
-  s = sample.Sampler(model, params, context=16)
-  with pytest.raises(sample.SampleError, match='exceeds the model context of 16'):
-    s.generate(jax.random.PRNGKey(0), [list(range(4, 14))], sample.Settings(mode='ar', length=8))
+  s = sampling.Sampler(model, params, context=16)
+  with pytest.raises(errors.SampleError, match='exceeds the model context of 16'):
+    s.generate(jax.random.PRNGKey(0), [list(range(4, 14))], sampling.Settings(mode='ar', length=8))
   for kw, name in ((dict(steps=0), 'sample.steps'), (dict(top_p=0.0), 'sample.top_p'),
                    (dict(top_p=1.5), 'sample.top_p'), (dict(strategy='x'), 'sample.strategy'),
                    (dict(mode='ar', guidance=1.0), 'sample.guidance')):
-    with pytest.raises(sample.SampleError, match=name):
-      s.generate(jax.random.PRNGKey(0), [[5]], sample.Settings(length=4, **kw))
-  with pytest.raises(sample.SampleError, match='multiple of the number of semi-autoregressive'):
-    s.generate(jax.random.PRNGKey(0), [[5]], sample.Settings(length=8, steps=3, block_size=4))
-  with pytest.raises(sample.SampleError, match='infilling'):
-    s.generate(jax.random.PRNGKey(0), [[5]], sample.Settings(mode='ar', length=4), [[6]])
+    with pytest.raises(errors.SampleError, match=name):
+      s.generate(jax.random.PRNGKey(0), [[5]], sampling.Settings(length=4, **kw))
+  with pytest.raises(errors.SampleError, match='multiple of the number of semi-autoregressive'):
+    s.generate(jax.random.PRNGKey(0), [[5]], sampling.Settings(length=8, steps=3, block_size=4))
+  with pytest.raises(errors.SampleError, match='infilling'):
+    s.generate(jax.random.PRNGKey(0), [[5]], sampling.Settings(mode='ar', length=4), [[6]])
 
 
 def test_unigram_entropy():
-  assert sample.unigram_entropy([5, 5, 5, 5]) == 0
-  assert math.isclose(sample.unigram_entropy([4, 5, 6, 7]), math.log(4))
+  assert run_samples.unigram_entropy([5, 5, 5, 5]) == 0
+  assert math.isclose(run_samples.unigram_entropy([4, 5, 6, 7]), math.log(4))
 
 
 def test_mode_sample_cli_writes_scored_samples(tmp_path):
@@ -269,13 +279,12 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path):
   assert open(os.path.join(run, 'samples.jsonl')).read() == before
 
   # in process: unconditional samples in both modes of the dual run, scored by the run itself
-  from dlm_jax import train
-  cfg = train.load_run(run)[0]
+  cfg = rundir.load_run(run)[0]
   cfg.sample.num_samples, cfg.sample.length, cfg.sample.stop_at_eos = 3, 8, False
-  rows, summary = sample.run(cfg, run)
+  rows, summary = sample_app.run(cfg, run)
   assert [r['mode'] for r in rows] == ['ar'] * 3 + ['mdm'] * 3
   assert all(r['num_tokens'] == 8 == r['gen_tokens_scored'] for r in rows)
-  scorer = sample.GenerativeScorer(run)
+  scorer = sample_app.GenerativeScorer(run)
   nll, _ = scorer.score([[]] * 6, [r['tokens'] for r in rows], scorer.tok)
   np.testing.assert_allclose(nll, [r['gen_nll'] for r in rows], rtol=1e-5)
   assert set(summary) == {'ar', 'mdm'} and summary['ar']['gen_ppl'] > 1
@@ -285,12 +294,12 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path):
     (tmp_path / 'long.txt').write_text('x' * 40 + '\n')
     bad = config.from_run(cfg.to_dict())
     bad.sample[key] = value
-    with pytest.raises((sample.SampleError, train.TrainingError), match=msg):
-      sample.run(bad, run)
+    with pytest.raises((errors.SampleError, errors.TrainingError), match=msg):
+      sample_app.run(bad, run)
   assert len(open(os.path.join(run, 'samples.jsonl')).readlines()) == 8
 
   # the sampling benchmark and its quality-vs-speed plot on the same run
-  from dlm_jax import bench, plot
+  from dlm_jax import bench
   res = bench.bench_sample([('ar', run), ('mdm', run)], run, 6, ['2', 'L'], 2, 'ancestral', True)
   assert [(r['mode'], r['kv_cache'], r['steps']) for r in res] == [
       ('ar', True, None), ('ar', False, None), ('mdm', None, 2), ('mdm', None, 6)]
@@ -301,7 +310,6 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path):
 
 
 def test_ar_exact_match_equals_greedy_decoding():
-  from dlm_jax import evaluate
   model, params = setup()
   # targets whose continuation is the model's own greedy output -> exact match 1
   prompt = jnp.array([[5, 6, 7, 0, 0, 0, 0, 0]])
@@ -310,10 +318,10 @@ def test_ar_exact_match_equals_greedy_decoding():
     logits = model.apply({'params': params}, objectives.shift_inputs(x), 'causal')
     x = x.at[0, i].set(jnp.argmax(logits[0, i]))
   batch = {'targets': x, 'prefix_len': jnp.array([3])}
-  assert bool(evaluate.task_exact_match(model, params, batch, 'ar')[0])
+  assert bool(validate.task_exact_match(model, params, batch, 'ar')[0])
   wrong = {'targets': x.at[0, 6].set((x[0, 6] + 1) % 26 + 4), 'prefix_len': jnp.array([3])}
-  assert not bool(evaluate.task_exact_match(model, params, wrong, 'ar')[0])
-  assert evaluate.task_exact_match(model, params, batch, 'mdm').shape == (1,)
+  assert not bool(validate.task_exact_match(model, params, wrong, 'ar')[0])
+  assert validate.task_exact_match(model, params, batch, 'mdm').shape == (1,)
 
 
 def test_draw_matches_the_distribution():
@@ -322,14 +330,14 @@ def test_draw_matches_the_distribution():
   from scipy import stats
   p = np.array([0.0, 0.5, 0.2, 0.0, 0.25, 0.05])
   logits = jnp.log(jnp.asarray(p))
-  st = sample.Settings(temperature=1.0)
-  toks = np.asarray(sample.draw(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (1, 20000, 6)),
+  st = sampling.Settings(temperature=1.0)
+  toks = np.asarray(sampling.draw(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (1, 20000, 6)),
                                 st)).ravel()
   counts = np.bincount(toks, minlength=6)
   assert counts[0] == 0 and counts[3] == 0
   keep = p > 0
   assert stats.chisquare(counts[keep], 20000 * p[keep]).pvalue > 1e-3
-  hot = sample.draw(jax.random.PRNGKey(1), jnp.broadcast_to(logits, (1, 20000, 6)),
+  hot = sampling.draw(jax.random.PRNGKey(1), jnp.broadcast_to(logits, (1, 20000, 6)),
                     dataclasses.replace(st, temperature=0.5))
   q = p ** 2 / np.sum(p ** 2)
   counts = np.bincount(np.asarray(hot).ravel(), minlength=6)
@@ -344,7 +352,7 @@ def _guided_greedy_reference(model, params, x, fill, w, normalise):
   cond = ~fill
   x[fill] = MASK
   ban = np.zeros(V, bool)
-  ban[[PAD, sample.BOS]] = True
+  ban[[PAD, sampling.BOS]] = True
   for _ in range(int(fill.sum())):
     def logp(inp):
       lg = np.asarray(model.apply({'params': params}, objectives.shift_inputs(jnp.asarray(inp)),
@@ -367,12 +375,12 @@ def test_guided_confidence_ranks_by_the_normalised_guided_distribution():
   distribution (renormalised per position, as SMDM / LLaDA do) is most confident; ranking by
   the unnormalised l_u + (1 + w)(l_c - l_u) reveals in another order here."""
   model, params = setup(L=12, scale=3.0)
-  s = sample.Sampler(model, params, context=12)
+  s = sampling.Sampler(model, params, context=12)
   x = np.array([[5, 6, 7, 8] + [9] * 8], np.int32)
   fill = np.zeros_like(x, bool)
   fill[0, 4:] = True
   w = 2.0
-  st = sample.Settings(length=8, steps=8, strategy='confidence', temperature=0, guidance=w)
+  st = sampling.Settings(length=8, steps=8, strategy='confidence', temperature=0, guidance=w)
   got, _ = s.infill(jax.random.PRNGKey(0), x, fill, st)
   want = _guided_greedy_reference(model, params, x, fill, w, normalise=True)
   np.testing.assert_array_equal(got, want)

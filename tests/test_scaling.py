@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from dlm_jax import scaling
+from dlm_jax import errors
+from dlm_jax.study import laws
+from dlm_jax.study import scaling
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
 
@@ -17,38 +19,38 @@ def simulate(n=40, noise=0.003, seed=0, law=TRUE):
   rng = np.random.default_rng(seed)
   N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
   D = np.exp(rng.uniform(np.log(1e9), np.log(1e12), n))
-  L = scaling.chinchilla_loss(law, N, D) * np.exp(rng.normal(0, noise, n))
+  L = laws.chinchilla_loss(law, N, D) * np.exp(rng.normal(0, noise, n))
   return N, D, L
 
 
 def test_chinchilla_full_grid_recovers_the_law():
   N, D, L = simulate()
-  f = scaling.fit_chinchilla(N, D, L)
+  f = laws.fit_chinchilla(N, D, L)
   p = f.params
   assert f.converged and f.grad_norm < 1e-4
   assert p['alpha'] == pytest.approx(TRUE['alpha'], abs=0.03)
   assert p['beta'] == pytest.approx(TRUE['beta'], abs=0.03)
   assert p['E'] == pytest.approx(TRUE['E'], rel=0.03)
-  n_opt, _ = scaling.compute_optimal(p, 1e21)
-  assert n_opt == pytest.approx(scaling.compute_optimal(TRUE, 1e21)[0], rel=0.5)
+  n_opt, _ = laws.compute_optimal(p, 1e21)
+  assert n_opt == pytest.approx(laws.compute_optimal(TRUE, 1e21)[0], rel=0.5)
   # the objective is the published one: summed Huber(1e-3) of log residuals
-  r = np.log(scaling.chinchilla_loss(p, N, D)) - np.log(L)
+  r = np.log(laws.chinchilla_loss(p, N, D)) - np.log(L)
   from scipy import special
   assert f.objective == pytest.approx(special.huber(1e-3, r).sum(), rel=1e-6)
   # fixing a parameter holds it exactly
-  g = scaling.fit_chinchilla(N, D, L, fix={'alpha': 0.34}, starts=f.starts)
+  g = laws.fit_chinchilla(N, D, L, fix={'alpha': 0.34}, starts=f.starts)
   assert g.params['alpha'] == 0.34
 
 
 def test_isoflop_recovers_the_exponent():
   rows = []
   for C in (1e18, 1e19, 1e20, 1e21):
-    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    n_opt = laws.compute_optimal(TRUE, C)[0]
     for k in np.linspace(-1.2, 1.2, 7):
       N = n_opt * np.exp(k)
-      rows.append((N, C, scaling.chinchilla_loss(TRUE, N, C / (6 * N))))
+      rows.append((N, C, laws.chinchilla_loss(TRUE, N, C / (6 * N))))
   N, C, L = map(np.array, zip(*rows))
-  f = scaling.fit_isoflop(N, C, L)
+  f = laws.fit_isoflop(N, C, L)
   assert f.params['a'] == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']), abs=0.02)
   assert not f.extra['warnings']
   for b in f.extra['budgets']:  # 7 sizes per budget: a vertex interval around the vertex
@@ -60,33 +62,33 @@ def test_isoflop_window_ignores_a_plateau_past_the_optimum():
   misplaces (or loses) the vertex; one through the sizes around the minimum recovers it."""
   rows = []
   for i, C in enumerate((1e18, 1e19, 1e20, 1e21)):
-    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    n_opt = laws.compute_optimal(TRUE, C)[0]
     n_cap = n_opt * np.exp(0.8 + 0.6 * i)  # smaller budgets saturate closer to their optimum
-    cap = scaling.chinchilla_loss(TRUE, n_cap, C / (6 * n_cap))
+    cap = laws.chinchilla_loss(TRUE, n_cap, C / (6 * n_cap))
     for k in np.linspace(-1.0, 3.0, 9):
       N = n_opt * np.exp(k)
-      rows.append((N, C, min(scaling.chinchilla_loss(TRUE, N, C / (6 * N)), cap)))
+      rows.append((N, C, min(laws.chinchilla_loss(TRUE, N, C / (6 * N)), cap)))
   N, C, L = map(np.array, zip(*rows))
   a_true = TRUE['beta'] / (TRUE['alpha'] + TRUE['beta'])
-  f = scaling.fit_isoflop(N, C, L, window=3)
+  f = laws.fit_isoflop(N, C, L, window=3)
   assert f.params['a'] == pytest.approx(a_true, abs=0.03) and f.extra['window'] == 3
   for b in f.extra['budgets']:
     assert b['n_runs'] == 3
-  g = scaling.fit_isoflop(N, C, L)  # every size: the plateau drags the vertex away
+  g = laws.fit_isoflop(N, C, L)  # every size: the plateau drags the vertex away
   assert abs(g.params['a'] - a_true) > 0.02
-  np.testing.assert_array_equal(scaling.window_around_min(np.arange(5.0), np.array([1, 0, 2, 3, 4.]), 3),
+  np.testing.assert_array_equal(laws.window_around_min(np.arange(5.0), np.array([1, 0, 2, 3, 4.]), 3),
                                 [0, 1, 2])
-  np.testing.assert_array_equal(scaling.window_around_min(np.arange(5.0), np.array([4, 3, 2, 1, 0.]), 3),
+  np.testing.assert_array_equal(laws.window_around_min(np.arange(5.0), np.array([4, 3, 2, 1, 0.]), 3),
                                 [2, 3, 4])
 
 
 def test_isoflop_needs_three_sizes_and_warns_outside():
-  with pytest.raises(scaling.FitError, match='budget C=1e\\+18 has 2 distinct sizes.*r1, r2'):
-    scaling.fit_isoflop([1e8, 2e8], [1e18, 1e18], [3.0, 2.9], runs=['r1', 'r2'])
+  with pytest.raises(errors.FitError, match='budget C=1e\\+18 has 2 distinct sizes.*r1, r2'):
+    laws.fit_isoflop([1e8, 2e8], [1e18, 1e18], [3.0, 2.9], runs=['r1', 'r2'])
   N = np.array([1e7, 2e7, 4e7] * 2)
   C = np.array([1e18] * 3 + [1e19] * 3)
   L = np.array([3.0, 2.9, 2.85, 2.8, 2.7, 2.65])  # still decreasing: vertex beyond the grid
-  f = scaling.fit_isoflop(N, C, L)
+  f = laws.fit_isoflop(N, C, L)
   assert any('outside the sampled sizes' in w for w in f.extra['warnings'])
 
 
@@ -94,7 +96,7 @@ def test_power_law_and_compute_multiplier():
   C = np.logspace(15, 19, 12)
   ar = 30 * C ** -0.05
   mdm = 30 * (C / 16) ** -0.05  # needs 16x the compute for the same loss
-  f = scaling.fit_power(np.r_[C, C], np.r_[ar, mdm], ['ar'] * 12 + ['mdm'] * 12)
+  f = laws.fit_power(np.r_[C, C], np.r_[ar, mdm], ['ar'] * 12 + ['mdm'] * 12)
   assert f.params['ar']['gamma'] == pytest.approx(-0.05, abs=1e-9)
   assert f.extra['compute_multiplier'] == pytest.approx(16, rel=1e-6)
 
@@ -108,8 +110,8 @@ def test_data_constrained_recovers_r_star():
       for R in (1, 2, 4, 8, 16, 40, 100):
         rows.append((N, U * R, U))
   N, D, U = map(np.array, zip(*rows))
-  L = scaling.data_constrained_loss(law, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
-  f = scaling.fit_data_constrained(N, D, U, L, fix={k: TRUE[k] for k in scaling.CHINCHILLA})
+  L = laws.data_constrained_loss(law, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
+  f = laws.fit_data_constrained(N, D, U, L, fix={k: TRUE[k] for k in laws.CHINCHILLA})
   assert f.params['R_D_star'] == pytest.approx(15, rel=0.3)
   assert f.params['R_N_star'] == pytest.approx(5, rel=0.5)
   prof = f.extra['profile_R_D_star']
@@ -171,19 +173,19 @@ def test_bad_input_is_named(tmp_path, rows, law, msg):
 def test_optimal_ratio_finds_the_vertex_and_covers():
   w = np.array([0, 1/64, 1/16, 1/4, 1/2, 3/4, 15/16, 63/64, 1] * 2)
   R = np.array([1] * 9 + [16] * 9)
-  x = scaling._logit(w)
+  x = laws.logit(w)
   truth = {1.0: 1 / (1 + np.exp(-1.5)), 16.0: 1 / (1 + np.exp(0.5))}
   rng = np.random.default_rng(0)
   hits, n = 0, 100
   for s in range(n):
     L = 3 + 0.02 * (x - np.where(R == 1, 1.5, -0.5)) ** 2 + rng.normal(0, 1e-3, len(w))
-    opt = scaling.optimal_ratio(w, R, L, n_boot=200, seed=s)
+    opt = laws.optimal_ratio(w, R, L, n_boot=200, seed=s)
     for r, t in truth.items():
       assert opt[r]['vertex'] == pytest.approx(t, abs=0.02)
       hits += opt[r]['ci'][0] <= t <= opt[r]['ci'][1]
   assert 0.75 <= hits / (2 * n) <= 1.0
-  with pytest.raises(scaling.FitError, match='R=4 has 2 ratios'):
-    scaling.optimal_ratio([0.5, 1.0], [4, 4], [3.0, 3.1])
+  with pytest.raises(errors.FitError, match='R=4 has 2 ratios'):
+    laws.optimal_ratio([0.5, 1.0], [4, 4], [3.0, 3.1])
 
 
 def _cli_fit(tmp_path, law, rows, cols, *extra):
@@ -201,10 +203,10 @@ def test_cli_isoflop_law(tmp_path):
   """The isoflop law through the CLI (it once crashed: code placed after the main guard)."""
   rows = []
   for C in (1e18, 1e19, 1e20, 1e21):
-    n_opt = scaling.compute_optimal(TRUE, C)[0]
+    n_opt = laws.compute_optimal(TRUE, C)[0]
     for k in np.linspace(-1.2, 1.2, 7):
       N = n_opt * np.exp(k)
-      rows.append((N, C / (6 * N), C, scaling.chinchilla_loss(TRUE, N, C / (6 * N))))
+      rows.append((N, C / (6 * N), C, laws.chinchilla_loss(TRUE, N, C / (6 * N))))
   fit = _cli_fit(tmp_path, 'isoflop', rows, ['N', 'D', 'C', 'loss'], '--bootstrap', '8')
   assert fit['law'] == 'isoflop'
   assert fit['params']['a'] == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']),

@@ -12,8 +12,11 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import ROOT, tiny_config
 from dlm_jax import config as config_lib
-from dlm_jax import sharding
-from dlm_jax import train
+from dlm_jax.core import objectives
+from dlm_jax.core import sharding
+from dlm_jax.run import loop
+from dlm_jax.run import setup as setup_lib
+from dlm_jax.run import step as step_lib
 
 
 def _losses(workdir):
@@ -52,7 +55,7 @@ def test_grad_accumulation_equals_one_pass(tmp_path):
   for k in (1, 4):
     c = tiny_config('ar', num_steps=6, grad_accum=k, eval_every=100, checkpoint_every=100)
     c.sample.num_samples = 0
-    train.train_and_evaluate(config_lib.validate(c), str(tmp_path / f'k{k}'))
+    loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / f'k{k}'))
     runs[k] = _losses(str(tmp_path / f'k{k}'))
   assert sorted(runs[1]) == list(range(1, 7))
   np.testing.assert_allclose([runs[4][s] for s in sorted(runs[1])],
@@ -64,7 +67,7 @@ def test_grad_accumulation_dual_uneven_counts(tmp_path):
   c = tiny_config('dual', num_steps=3, grad_accum=2, eval_every=100, checkpoint_every=100)
   c.dual.ar_weight = '1/3'
   c.sample.num_samples = 0
-  s = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'w'))
+  s = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'w'))
   assert s['status'] == 'done' and np.isfinite(s['final']['mdm_nelbo'])
 
 
@@ -73,7 +76,9 @@ FAKE8 = textwrap.dedent('''
     sys.path.insert(0, {root!r}); sys.path.insert(0, os.path.join({root!r}, 'tests'))
     import jax
     from conftest import tiny_config
-    from dlm_jax import config as config_lib, sharding, train
+    from dlm_jax import config as config_lib
+    from dlm_jax.core import objectives, sharding
+    from dlm_jax.run import loop, setup as setup_lib, step as step_lib
     assert jax.device_count() == 8, jax.devices()
     def cfg(steps, data, fsdp):
       c = tiny_config('dual', num_steps=steps, checkpoint_every=10, eval_every=10,
@@ -82,30 +87,29 @@ FAKE8 = textwrap.dedent('''
       c.mesh.data, c.mesh.fsdp = data, fsdp
       return config_lib.validate(c)
     out = {{}}
-    s = train.train_and_evaluate(cfg(20, 2, 4), {work!r} + '/sharded')
+    s = loop.train_and_evaluate(cfg(20, 2, 4), {work!r} + '/sharded')
     out['bytes'] = [s['param_bytes'], s['param_bytes_per_device']]
-    setup = train.build(cfg(20, 2, 4))
-    _, _, sh = train.state_layout(setup)
+    setup = setup_lib.build(cfg(20, 2, 4))
+    _, _, sh = step_lib.state_layout(setup)
     out['q_spec'] = list(sh.params['layers']['q']['kernel'].spec)
     out['mu_spec'] = list(sh.opt_state[1][0].mu['layers']['q']['kernel'].spec)
     # per-device FLOPs of the compiled dual step: 8-way data parallelism must split the work
-    from dlm_jax import objectives
     def step_flops(devices, fsdp=1):
       setup.mesh = sharding.make_mesh(dict(data=-1, fsdp=fsdp, tensor=1), devices)
       setup.model = setup.model.clone(mesh=setup.mesh)
-      tx, sched, sh = train.state_layout(setup)
+      tx, sched, sh = step_lib.state_layout(setup)
       loss = objectives.make_loss_fn(setup.model, setup.cfg, True, setup.mesh)
-      f = jax.jit(train.make_train_step(loss, tx, sched, 0.0), static_argnums=2,
+      f = jax.jit(step_lib.make_train_step(loss, tx, sched, 0.0), static_argnums=2,
                   in_shardings=(sh, sharding.batch_sharding(setup.mesh)))
-      st = jax.eval_shape(lambda: train.init_state(setup, tx))
+      st = jax.eval_shape(lambda: step_lib.init_state(setup, tx))
       ca = f.lower(st, {{'targets': jax.ShapeDtypeStruct((8, 32), 'int32')}}, 4).compile()
       ca = ca.cost_analysis()
       return (ca[0] if isinstance(ca, list) else ca)['flops']
     out['flops'] = [step_flops(jax.devices()[:1]), step_flops(jax.devices()),
                     step_flops(jax.devices(), fsdp=8)]
     # interrupted on data=8, resumed on data=2 x fsdp=4: orbax reshards the checkpoint
-    train.train_and_evaluate(cfg(10, 8, 1), {work!r} + '/moved')
-    train.train_and_evaluate(cfg(20, 2, 4), {work!r} + '/moved')
+    loop.train_and_evaluate(cfg(10, 8, 1), {work!r} + '/moved')
+    loop.train_and_evaluate(cfg(20, 2, 4), {work!r} + '/moved')
     print('RESULT' + json.dumps(out))
 ''')
 
@@ -118,7 +122,7 @@ def test_fsdp_mesh_matches_single_device(tmp_path, objective):
   c = tiny_config(objective, num_steps=20, checkpoint_every=10, eval_every=10,
                   lr_schedule='constant')
   c.sample.num_samples = 0
-  ref = train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'single'))
+  ref = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'single'))
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   code = FAKE8.format(root=ROOT, work=str(tmp_path))
@@ -276,7 +280,7 @@ def test_tensor_parallel_mesh_matches_single_device(tmp_path):
   c = tiny_config('dual', num_steps=10, checkpoint_every=10, eval_every=10,
                   lr_schedule='constant')
   c.sample.num_samples = 0
-  train.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'single'))
+  loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'single'))
   cfg = tmp_path / 'cfg.py'
   cfg.write_text(CONFIG_FILE.format(root=ROOT, steps=10).replace(
       'c.sample.num_samples = 2', 'c.sample.num_samples = 0\n  c.mesh.data, c.mesh.fsdp, '

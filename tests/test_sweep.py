@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 from conftest import ROOT
-from dlm_jax import sweep
+from dlm_jax.study import sweep
 
 BASE = textwrap.dedent('''
     import os, sys

@@ -7,7 +7,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
-from dlm_jax import train
+from dlm_jax import errors
+from dlm_jax.core import model as model_lib
+from dlm_jax.run import checkpoint
+from dlm_jax.run import loop
+from dlm_jax.run import step as step_lib
 
 
 def rows(wd):
@@ -22,7 +26,7 @@ def final_params(wd, step):
 
 def test_run_directory_contract(tmp_path):
   wd = str(tmp_path / 'run')
-  s = train.train_and_evaluate(tiny_config('dual'), wd)
+  s = loop.train_and_evaluate(tiny_config('dual'), wd)
   for f in ('config.json', 'metrics.jsonl', 'samples.jsonl', 'summary.json',
             'eval/validation.json'):
     assert os.path.exists(os.path.join(wd, f)), f
@@ -37,7 +41,7 @@ def test_run_directory_contract(tmp_path):
   assert s['final'] == summary['final']
   # rerunning a finished run does no work and appends nothing
   n_samples = len(samples)
-  again = train.train_and_evaluate(tiny_config('dual'), wd)
+  again = loop.train_and_evaluate(tiny_config('dual'), wd)
   assert again == summary
   assert len(open(os.path.join(wd, 'samples.jsonl')).readlines()) == n_samples
 
@@ -50,21 +54,21 @@ class Crash(Exception):
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, objective):
   cfg = tiny_config(objective, num_steps=20, checkpoint_every=5, eval_every=5)
   ref = str(tmp_path / 'ref')
-  train.train_and_evaluate(cfg, ref)
+  loop.train_and_evaluate(cfg, ref)
 
-  real_save = train.save
+  real_save = checkpoint.save
 
   def crashing_save(mngr, step, state, data_iter):
     if step == 15:  # the process dies between checkpoints 10 and 15
       raise Crash('simulated crash at step 15')
     real_save(mngr, step, state, data_iter)
   wd = str(tmp_path / 'resumed')
-  monkeypatch.setattr(train, 'save', crashing_save)
+  monkeypatch.setattr(checkpoint, 'save', crashing_save)
   with pytest.raises(Crash):
-    train.train_and_evaluate(cfg, wd)
-  monkeypatch.setattr(train, 'save', real_save)
+    loop.train_and_evaluate(cfg, wd)
+  monkeypatch.setattr(checkpoint, 'save', real_save)
   assert max(r['step'] for r in rows(wd)) == 15
-  train.train_and_evaluate(cfg, wd)  # the same command resumes from step 10
+  loop.train_and_evaluate(cfg, wd)  # the same command resumes from step 10
   a = {r['step']: r['loss'] for r in rows(ref)}
   assert [r['step'] for r in rows(wd)] == list(range(1, 21))  # rows 11-15 rewritten, not doubled
   b = {r['step']: r['loss'] for r in rows(wd)}
@@ -76,12 +80,12 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, objectiv
 
 def test_workdir_of_another_run_is_refused(tmp_path):
   wd = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config('ar', num_steps=2), wd)
+  loop.train_and_evaluate(tiny_config('ar', num_steps=2), wd)
   before = open(os.path.join(wd, 'metrics.jsonl')).read()
   other = tiny_config('ar', num_steps=2)
   other.model.d_model = 64
-  with pytest.raises(train.TrainingError, match='model.d_model'):
-    train.train_and_evaluate(other, wd)
+  with pytest.raises(errors.TrainingError, match='model.d_model'):
+    loop.train_and_evaluate(other, wd)
   assert open(os.path.join(wd, 'metrics.jsonl')).read() == before
 
 
@@ -90,8 +94,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
                     lr=1e30, grad_clip=0.0)
   cfg.train.b1 = 0.0
   wd = str(tmp_path / 'run')
-  with pytest.raises(train.TrainingError, match=r'non-finite loss or gradient at step \d+'):
-    train.train_and_evaluate(cfg, wd)
+  with pytest.raises(errors.TrainingError, match=r'non-finite loss or gradient at step \d+'):
+    loop.train_and_evaluate(cfg, wd)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
   assert mngr.latest_step() is not None
   summary = json.load(open(os.path.join(wd, 'summary.json')))
@@ -113,7 +117,7 @@ def test_default_config_loss_decreases(tmp_path):
   cfg.eval.num_batches = 1
   cfg.sample.num_samples = 0
   wd = str(tmp_path / 'default')
-  train.train_and_evaluate(cfg, wd)
+  loop.train_and_evaluate(cfg, wd)
   losses = [r['loss'] for r in rows(wd)]
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
 
@@ -121,20 +125,19 @@ def test_default_config_loss_decreases(tmp_path):
 def test_lr_schedules_and_weight_decay_mask():
   from conftest import tiny_config as tc
   t = tc('ar', num_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1).train
-  cos = train.lr_schedule(t)
+  cos = step_lib.lr_schedule(t)
   assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(1.0)
   assert float(cos(100)) == pytest.approx(0.1, abs=1e-6)
   t.lr_schedule, t.decay_fraction = 'wsd', 0.2
-  wsd = train.lr_schedule(t)
+  wsd = step_lib.lr_schedule(t)
   assert float(wsd(50)) == pytest.approx(1.0) and float(wsd(80)) == pytest.approx(1.0)
   assert float(wsd(90)) == pytest.approx(0.55) and float(wsd(100)) == pytest.approx(0.1)
-  from dlm_jax import model as model_lib
   _, params = model_lib.init_params(_resolved_model(), jax.random.PRNGKey(0), 8)
-  mask = train.weight_decay_mask(params)
+  mask = step_lib.weight_decay_mask(params)
   assert mask['layers']['q']['kernel'] and mask['layers']['down']['kernel']
   assert not mask['layers']['attn_norm']['scale'] and not mask['final_norm']['scale']
   assert not mask['embed']['embedding']
-  assert train.weight_decay_mask(params, decay_embeddings=True)['embed']['embedding']
+  assert step_lib.weight_decay_mask(params, decay_embeddings=True)['embed']['embedding']
 
 
 def _resolved_model():
@@ -145,7 +148,7 @@ def _resolved_model():
 def test_ema_tracks_params(tmp_path):
   cfg = tiny_config('ar', num_steps=4, ema_decay=0.5, checkpoint_every=4, eval_every=4)
   wd = str(tmp_path / 'run')
-  train.train_and_evaluate(cfg, wd)
+  loop.train_and_evaluate(cfg, wd)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(wd), 'checkpoints'))
   st = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   diff = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), st['params'],
@@ -203,7 +206,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_equals_uninterrupted(tm
 
 def test_stop_on_signal_second_signal_and_watchdog_cancelled():
   import signal
-  with train.StopOnSignal(0.5) as stop:
+  with loop.StopOnSignal(0.5) as stop:
     assert not stop.requested(1)
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.requested(1) and stop.signum == signal.SIGTERM

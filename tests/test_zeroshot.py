@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from dlm_jax import config as config_lib
-from dlm_jax import likelihood
-from dlm_jax import model as model_lib
-from dlm_jax import objectives
-from dlm_jax import zeroshot
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
 from dlm_jax.data import benchmarks
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
+from dlm_jax.infer import likelihood
+from dlm_jax.infer import zeroshot
 
 from conftest import ROOT, train_tiny_run
 
@@ -57,19 +57,19 @@ def test_empty_and_mixed_task_files(tmp_path):
 
 def test_encode_pair_moves_trailing_space_like_lm_eval():
   tok = tokenizers.get_tokenizer('gpt2')
-  c, t = zeroshot.encode_pair(tok, 'The cat ', 'sat')
+  c, t = likelihood.encode_pair(tok, 'The cat ', 'sat')
   assert tok.decode(c) == 'The cat' and tok.decode(t) == ' sat'
   assert list(t) == list(tok.encode_batch([' sat'])[0])
 
 
 def test_rows_cut_from_the_left_as_documented():
-  x, score, cut, cut_cont = zeroshot.rows([(np.arange(10, 20), np.arange(30, 33)),
+  x, score, cut, cut_cont = likelihood.rows([(np.arange(10, 20), np.arange(30, 33)),
                                            (np.arange(10, 12), np.arange(40, 43))], 8)
   assert (cut, cut_cont) == (1, 0) and list(x[0]) == [15, 16, 17, 18, 19, 30, 31, 32]
   assert list(np.flatnonzero(score[0])) == [5, 6, 7]
   assert list(x[1][:5]) == [10, 11, 40, 41, 42] and list(np.flatnonzero(score[1])) == [2, 3, 4]
   # an option longer than the model's length keeps, and is scored on, its last seq_len tokens
-  x, score, cut, cut_cont = zeroshot.rows([(np.arange(2), np.arange(50, 59))], 8)
+  x, score, cut, cut_cont = likelihood.rows([(np.arange(2), np.arange(50, 59))], 8)
   assert (cut, cut_cont) == (1, 1) and list(x[0]) == list(range(51, 59)) and score[0].all()
 
 

@@ -1,9 +1,13 @@
 """Data-repetition ablations at CPU scale (issue 4): a small model trained on D = 512k tokens drawn
 from U = D / R unique tokens. scripts/recipes_experiment.py changes objective, dual.*,
 data.unique_tokens, train.epochs and the regularisers only."""
-from dlm_jax import config
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
   # 125 steps * 32 * 128 = 512,000 tokens
-  return config.cpu_experiment('ar', d_model=64, num_layers=2, num_steps=125, eval_every=25)
+  return common.cpu_experiment('ar', d_model=64, num_layers=2, num_steps=125, eval_every=25)

@@ -2,8 +2,12 @@
 data order and tokens), differing only in config.diffusion.time_sampler / sampler_params /
 weighting. Driven by scripts/time_sampler_experiment.py; validation NELBO is always the unbiased
 one (uniform low-discrepancy t, fixed seed), so the curves are comparable."""
-from dlm_jax import config
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
-  return config.cpu_experiment('mdm', d_model=128, num_layers=4, num_steps=250, eval_every=25)
+  return common.cpu_experiment('mdm', d_model=128, num_layers=4, num_steps=250, eval_every=25)

@@ -4,7 +4,13 @@ sets data.corpus to that file and the objective per run (ar, mdm, dual). The pro
 for an answer at its true length, so it trains with PAD visible (diffusion.pad=visible: the
 NELBO given the length, the setting EXPERIMENTS.md 5a was measured with); its validation NELBO is
 therefore not comparable with the AR NLL, which pays for the length."""
+import os
+import sys
+
 from dlm_jax import config
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
@@ -15,7 +21,7 @@ def get_config():
   c.diffusion.pad = 'visible'
   c.data.seq_len = 32
   c.data.val_fraction = 0.05
-  c.model.d_model, c.model.num_layers, c.model.num_heads = 128, 4, 4
+  common.small_model(c, 128, 4, 4)
   c.train.batch_size = 32
   c.train.num_steps = 3000
   c.train.lr = 2e-3

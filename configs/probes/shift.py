@@ -2,7 +2,13 @@
 model (bytes, so no tokenizer fitted to either era) trained on one era of the embedded corpus (the
 probe sets data.corpus to a file holding only that era's documents and the objective per run),
 then scored on both eras' validation windows."""
+import os
+import sys
+
 from dlm_jax import config
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
@@ -10,7 +16,7 @@ def get_config():
   c.objective = 'ar'
   c.data.tokenizer = 'byte'
   c.data.seq_len = 128
-  c.model.d_model, c.model.num_layers, c.model.num_heads = 64, 4, 4
+  common.small_model(c, 64, 4, 4)
   c.train.batch_size = 16
   c.train.num_steps = 2000
   c.train.lr = 3e-3

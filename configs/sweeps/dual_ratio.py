@@ -6,7 +6,7 @@ DLM_JAX_SWEEP_SCALE=micro gives the 18-run variant the notebook test reads
 (R in {1, 16}, 256k tokens, d=32)."""
 import os
 
-from dlm_jax.sweep import Sweep
+from dlm_jax.study.sweep import Sweep
 
 WEIGHTS = ('0', '1/64', '1/16', '1/4', '1/2', '3/4', '15/16', '63/64', '1')
 

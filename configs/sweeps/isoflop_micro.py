@@ -7,8 +7,8 @@ Tokens per run D = C / FLOPs-per-token (flops.py, 6N + attention), rounded to wh
   python -m dlm_jax.sweep local configs/sweeps/isoflop_micro.py --workers 2
   python -m dlm_jax.sweep collect configs/sweeps/isoflop_micro.py
 """
-from dlm_jax import flops
-from dlm_jax.sweep import Sweep, fmt_num
+from dlm_jax.core import flops
+from dlm_jax.study.sweep import Sweep, fmt_num
 
 BUDGETS = (5e10, 1e11, 2e11, 4e11, 8e11)
 SIZES = ((8, 2), (12, 2), (16, 2), (24, 2), (32, 2), (48, 2), (64, 2))  # (d_model, layers)

@@ -1,7 +1,13 @@
 """Base of the micro sweeps (configs/sweeps/*_micro.py): byte-level models on the embedded corpus
 (vocabulary 260, so parameters are almost all non-embedding), L=128, batch 16, AdamW 3e-3 with
 10% warmup and cosine decay, one validation pass and one checkpoint at the end."""
+import os
+import sys
+
 from dlm_jax import config
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configs import common  # pylint: disable=wrong-import-position
 
 
 def get_config():
@@ -9,7 +15,7 @@ def get_config():
   c.objective = 'ar'
   c.data.tokenizer = 'byte'
   c.data.seq_len = 128
-  c.model.d_model, c.model.num_layers, c.model.num_heads = 64, 2, 4
+  common.small_model(c, 64, 2, 4)
   c.train.batch_size = 16
   c.train.num_steps = 100
   c.train.lr = 3e-3

@@ -5,7 +5,7 @@ zero-shot results and likelihood estimates EXPERIMENTS.md section 5 reports.
   python -m dlm_jax.main --config configs/default.py --config.objective=ar \
       --workdir runs/sweeps/objectives_default/ar --mode eval --config.eval.tasks=...
 """
-from dlm_jax.sweep import Sweep
+from dlm_jax.study.sweep import Sweep
 
 
 def get_sweep():

@@ -1,7 +1,7 @@
 """Regularisers for data-repeated training: AR and MDM at R in {16, 64} epochs, each with
 token dropout {0.1, 0.3}, MLP dropout {0.1, 0.3}, weight decay {0.3, 1.0} or nothing
 (configs/experiments/recipes.py model, D = 512k tokens), 24 runs (token dropout for AR only)."""
-from dlm_jax.sweep import Sweep
+from dlm_jax.study.sweep import Sweep
 
 D = 125 * 32 * 128
 REGS = {'none': {}, 'tokdrop0.1': {'train.token_dropout': 0.1},

@@ -1,6 +1,6 @@
 """MDM time samplers (EXPERIMENTS.md section 1 as a sweep): uniform vs bell-shaped samplers
 under `elbo` and `plain` weighting, 3 seeds each, 27 runs."""
-from dlm_jax.sweep import Sweep
+from dlm_jax.study.sweep import Sweep
 
 SAMPLERS = {
     'uniform': {'diffusion.time_sampler': 'uniform'},

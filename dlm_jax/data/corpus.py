@@ -11,11 +11,9 @@ import json
 import lzma
 import os
 
+from dlm_jax.errors import DataError
+
 EMBEDDED = os.path.join(os.path.dirname(__file__), 'corpus', 'embedded.jsonl.xz')
-
-
-class DataError(ValueError):
-  """Bad or missing input data; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +66,9 @@ def _jsonl_documents(path):
 def load_documents(source: str = 'embedded') -> list[Document]:
   """All documents of a source: 'embedded', a .jsonl(.xz) file, a .txt file or a directory.
 
-  A .txt file is one document per blank-line-separated block of at least 200 characters joined
-  into ~16k-character pieces; a directory is every .txt/.jsonl file in it, one document per .txt.
-  """
+  A .txt file is split into documents at every two consecutive blank lines; a .jsonl file holds
+  one document per line; a directory is every .txt and .jsonl file below it, one document per
+  .txt file. Blank documents are dropped."""
   path = EMBEDDED if source == 'embedded' else os.path.expanduser(source)
   if not os.path.exists(path):
     raise DataError(f'corpus {source!r}: no such file or directory ({path})')

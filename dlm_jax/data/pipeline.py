@@ -14,6 +14,7 @@ import json
 import os
 
 import grain
+import ml_collections
 import numpy as np
 
 from dlm_jax.data import corpus as corpus_lib
@@ -146,6 +147,18 @@ def load_splits(dcfg, val_examples, vocab_size):
   info = dict(info, unique_tokens=int((train_w != PAD).sum()), train_windows=int(len(train_w)),
               unigram_entropy=unigram_entropy(val_s, full_train, vocab_size))
   return train_w, val_w, info
+
+
+def validation_windows(dcfg, corpus, n, vocab_size):
+  """(the first n validation windows, bytes per token) of a text source packed as dcfg says
+  (corpus '' = dcfg's own; else any data.corpus value: embedded, a file, a directory or a
+  prepared dataset)."""
+  d = ml_collections.ConfigDict(dcfg.to_dict())
+  if corpus:
+    d.corpus, d.unique_tokens = corpus, 0
+  _, val, info = load_splits(d, n, vocab_size)
+  bpt = info['val_bytes'] / info['val_tokens'] if info.get('val_tokens') else None
+  return np.asarray(val)[:n], bpt
 
 
 def make_batch(targets_BxL, segment_ids: bool, prefix_column: bool = False):

@@ -21,8 +21,10 @@ import os
 import time
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from dlm_jax.data import corpus as corpus_lib
+from dlm_jax.data import tfds_text  # pylint: disable=unused-import  # registers local_text
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
 from dlm_jax.data.tokenizers import EOS, PAD
@@ -54,8 +56,6 @@ def load_manifest(path):
 def tfds_documents(name, split, data_dir, text_field='text'):
   """(id, text) of a tfds dataset prepared in array_record format (tfds.data_source: no
   TensorFlow). `split` may slice, e.g. 'train[:-100000]'."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from dlm_jax.data import tfds_text  # pylint: disable=g-import-not-at-top,unused-import
   try:
     src = tfds.data_source(name, split=split, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except

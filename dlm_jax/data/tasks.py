@@ -2,7 +2,7 @@
 
 An example is [prompt tokens, target tokens, EOS] padded with PAD to seq_len; `prefix_len` is the
 prompt length. AR loss is on the target (and EOS) only; in MDM the prompt is never masked and the
-target is noised. `cloze` is a task built from the embedded corpus: the prompt is a passage (the
+target (with diffusion.pad=predict, the PAD after it too) is noised. `cloze` is a task built from the embedded corpus: the prompt is a passage (the
 previous sentence and the current one) without its last word, the target is that word (LAMBADA-
 style); train examples come from training documents, validation from validation documents.
 """
@@ -14,9 +14,6 @@ import numpy as np
 from dlm_jax.data import corpus as corpus_lib
 from dlm_jax.data.corpus import DataError
 from dlm_jax.data.tokenizers import EOS, PAD
-
-BUILTIN = ('cloze',)
-
 
 def read_jsonl(path):
   out = []

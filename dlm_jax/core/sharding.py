@@ -16,14 +16,20 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dlm_jax.errors import DistributedError, MeshError
+
 AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 RULES = (('embed', 'fsdp'), ('heads', 'tensor'), ('mlp', 'tensor'), ('vocab', 'tensor'),
          ('layers', None), ('head_dim', None), ('norm', None))
 
 
-class MeshError(ValueError):
-  """A mesh that does not fit the devices, or a batch that does not fit the mesh."""
+def constrain(x, mesh, *spec):
+  """Pins an activation's layout (batch over data x fsdp, heads / MLP width over tensor), so
+  that with sharded weights XLA gathers the weights instead of re-sharding activations."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
 
 def mesh_shape(mesh_cfg, n_devices):
@@ -139,10 +145,6 @@ def bytes_per_device(tree):
     for s in x.addressable_shards:
       per[s.device] = per.get(s.device, 0) + s.data.nbytes
   return max(per.values()) if per else 0
-
-
-class DistributedError(RuntimeError):
-  """A multi-process launch that cannot start (coordinator unreachable, bad process ids)."""
 
 
 def _wait_for_port(address, timeout_s):

@@ -32,13 +32,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import masking
-from dlm_jax import objectives
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import schedules
+from dlm_jax.core.kernels import token_ce
+from dlm_jax.core.sampling import mdm_infill_greedy
 from dlm_jax.data import tokenizers
+from dlm_jax.data.tokenizers import PAD
 
 MASKED = ('chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span')
-ESTIMATORS = ('ar', 'nelbo') + MASKED + ('pll_mix', 'fused')
+ESTIMATORS = objectives.ESTIMATORS
 WORD_ESTIMATORS = ('pll_word_l2r', 'pll_word', 'pll_mix')
+ESTIMANDS = {
+    'ar': 'log p(scored | context): causal chain rule, exact',
+    'nelbo': 'a lower bound on log p(scored | context, row length): K-sample continuous-time ELBO',
+    'chain': 'log p(scored | context, row length) under the left-to-right unmasking order',
+    'pll': 'pseudo-log-likelihood (not a normalised likelihood): one token masked per pass',
+    'pll_word_l2r': 'pseudo-log-likelihood, the token and the rest of its word masked',
+    'pll_word': 'pseudo-log-likelihood, whole words masked',
+    'pll_span': 'pseudo-log-likelihood, the token and the next eval.pll_span - 1 masked',
+    'pll_mix': 'mean of pll and pll_word_l2r',
+    'fused': 'mean of pll and ar',
+}
 
 
 def _word_ids(starts_L, score_L):
@@ -48,24 +63,24 @@ def _word_ids(starts_L, score_L):
   return np.where(score_L, wid, -1)
 
 
-def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
-  """(row_V, mask_VxL, read_VxL): one forward pass per variant. order_NxL: per row, the rank of
+def variants(estimator, score_RxL, word_start_RxL=None, span=2, order_RxL=None):
+  """(row_P, mask_PxL, read_PxL): one forward pass per variant. order_RxL: per row, the rank of
   each scored position in the chain-rule ordering (default: left to right)."""
-  N, L = score_NxL.shape
+  N, L = score_RxL.shape
   rows, masks, reads = [], [], []
   for n in range(N):
-    pos = np.flatnonzero(score_NxL[n])
+    pos = np.flatnonzero(score_RxL[n])
     if pos.size == 0:
       continue
     if estimator == 'chain':
-      rank = np.arange(pos.size) if order_NxL is None else np.argsort(np.argsort(
-          order_NxL[n, pos]))
+      rank = np.arange(pos.size) if order_RxL is None else np.argsort(np.argsort(
+          order_RxL[n, pos]))
       m = np.zeros((pos.size, L), bool)
       m[:, pos] = rank[None, :] >= rank[:, None]
       r = np.zeros((pos.size, L), bool)
       r[np.arange(pos.size), pos] = True
     elif estimator == 'pll_word':
-      wid = _word_ids(word_start_NxL[n], score_NxL[n])
+      wid = _word_ids(word_start_RxL[n], score_RxL[n])
       words = np.unique(wid[pos])
       m = wid[None, :] == words[:, None]
       r = m
@@ -76,9 +91,9 @@ def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
         m = r
       elif estimator == 'pll_span':
         idx = np.arange(L)[None, :]
-        m = (idx >= pos[:, None]) & (idx < pos[:, None] + span) & score_NxL[n][None]
+        m = (idx >= pos[:, None]) & (idx < pos[:, None] + span) & score_RxL[n][None]
       elif estimator == 'pll_word_l2r':
-        wid = _word_ids(word_start_NxL[n], score_NxL[n])
+        wid = _word_ids(word_start_RxL[n], score_RxL[n])
         m = (wid[None, :] == wid[pos][:, None]) & (np.arange(L)[None, :] >= pos[:, None])
       else:
         raise ValueError(f'unknown masked estimator {estimator!r}')
@@ -90,12 +105,12 @@ def variants(estimator, score_NxL, word_start_NxL=None, span=2, order_NxL=None):
   return np.concatenate(rows), np.concatenate(masks), np.concatenate(reads)
 
 
-def row_keys(seed, targets_NxL, score_NxL):
+def row_keys(seed, targets_RxL, score_RxL):
   """One PRNG key per row from the seed and the row's content (its tokens up to the last
   non-PAD one and its score mask), so a row's Monte Carlo noise is the same whatever rows share
   its batch, in whatever order, and however much padding follows it."""
   keys = []
-  for x_L, s_L in zip(targets_NxL, score_NxL):
+  for x_L, s_L in zip(targets_RxL, score_RxL):
     n = int(np.max(np.flatnonzero(x_L != tokenizers.PAD), initial=-1)) + 1
     h = hashlib.blake2b(np.ascontiguousarray(x_L[:n], np.int32).tobytes() +
                         np.packbits(s_L[:n]).tobytes(), digest_size=4).digest()
@@ -132,14 +147,14 @@ class Scorer:
                tokenizer=None, segments=False):
     self.params, self.chunk, self.K, self.span, self.seed = params, chunk, nelbo_samples, span, seed
     self.tokenizer = tokenizer
-    self.schedule = masking.get_schedule(dcfg.schedule, dcfg) if dcfg else masking.Linear()
+    self.schedule = schedules.get_schedule(dcfg.schedule, dcfg) if dcfg else schedules.Linear()
     self.eps = float(dcfg.eps) if dcfg else 1e-3
 
     def apply(params, targets_BxL, mask_BxL, attention):
       inputs_BxL = objectives.shift_inputs(targets_BxL, mask_BxL)
       logits_BxLxV = model.apply({'params': params}, inputs_BxL, attention, None,
                                  row_segments(inputs_BxL, targets_BxL, segments))
-      return -objectives.token_ce(logits_BxLxV, targets_BxL), logits_BxLxV
+      return -token_ce(logits_BxLxV, targets_BxL), logits_BxLxV
 
     def causal(params, targets_BxL, read_BxL):
       lp_BxL, logits_BxLxV = apply(params, targets_BxL, None, 'causal')
@@ -152,7 +167,7 @@ class Scorer:
 
     self._causal = jax.jit(causal)
     self._masked = jax.jit(masked)
-    self._noise = jax.jit(functools.partial(masking.row_noise, K=self.K, schedule=self.schedule,
+    self._noise = jax.jit(functools.partial(noise_lib.row_noise, K=self.K, schedule=self.schedule,
                                             eps=self.eps))
     self._model = model
 
@@ -181,86 +196,115 @@ class Scorer:
       return None
     return jax.tree_util.tree_map(lambda *o: np.concatenate(o), *outs)
 
-  def _variant_sum(self, targets_NxL, row_V, mask_VxL, read_VxL):
-    N = targets_NxL.shape[0]
+  def _variant_sum(self, targets_RxL, row_P, mask_PxL, read_PxL):
+    N = targets_RxL.shape[0]
     lp = np.zeros(N)
-    if row_V.size:
-      lp_V = self._chunks(self._masked, targets_NxL[row_V], mask_VxL, read_VxL)
-      np.add.at(lp, row_V, lp_V)
+    if row_P.size:
+      lp_P = self._chunks(self._masked, targets_RxL[row_P], mask_PxL, read_PxL)
+      np.add.at(lp, row_P, lp_P)
     return lp
 
   # -- the estimators
-  def ar(self, targets_NxL, score_NxL):
+  def ar(self, targets_RxL, score_RxL):
     """(log p per row, greedy per row: every scored token is the causal argmax)."""
-    out = self._chunks(self._causal, targets_NxL, score_NxL)
+    out = self._chunks(self._causal, targets_RxL, score_RxL)
     if out is None:
       return np.zeros(0), np.zeros(0, bool)
     return out[0].astype(np.float64), out[1]
 
-  def nelbo(self, targets_NxL, score_NxL):
+  def nelbo(self, targets_RxL, score_RxL):
     """(mean over K samples of -NELBO per row, its standard error). The noise is masking's
     (row_noise), drawn from each row's own key."""
-    N, L = targets_NxL.shape
+    N, L = targets_RxL.shape
     K = self.K
-    _, mask_NxKxL, w_NxK = jax.device_get(self._noise(row_keys(self.seed, targets_NxL, score_NxL),
-                                                      jnp.asarray(score_NxL)))
-    row_V = np.repeat(np.arange(N), K)
-    mask_VxL = np.asarray(mask_NxKxL).reshape(N * K, L)
-    lp_V = self._chunks(self._masked, targets_NxL[row_V], mask_VxL, mask_VxL)
-    elbo_NxK = np.asarray(w_NxK, np.float64) * lp_V.reshape(N, K)
-    se = elbo_NxK.std(1, ddof=1) / math.sqrt(K) if K > 1 else np.full(N, np.nan)
-    return elbo_NxK.mean(1), se
+    _, mask_RxKxL, w_RxK = jax.device_get(self._noise(row_keys(self.seed, targets_RxL, score_RxL),
+                                                      jnp.asarray(score_RxL)))
+    row_P = np.repeat(np.arange(N), K)
+    mask_PxL = np.asarray(mask_RxKxL).reshape(N * K, L)
+    lp_P = self._chunks(self._masked, targets_RxL[row_P], mask_PxL, mask_PxL)
+    elbo_RxK = np.asarray(w_RxK, np.float64) * lp_P.reshape(N, K)
+    se = elbo_RxK.std(1, ddof=1) / math.sqrt(K) if K > 1 else np.full(N, np.nan)
+    return elbo_RxK.mean(1), se
 
-  def masked(self, estimator, targets_NxL, score_NxL, order_NxL=None):
+  def masked(self, estimator, targets_RxL, score_RxL, order_RxL=None):
     starts = None
     if estimator in WORD_ESTIMATORS:
       if self.tokenizer is None:
         raise ValueError(f'estimator {estimator!r} needs the tokenizer (word boundaries)')
-      starts = tokenizers.word_starts(self.tokenizer, targets_NxL)
-    v = variants(estimator, score_NxL, starts, self.span, order_NxL)
-    return self._variant_sum(targets_NxL, *v)
+      starts = tokenizers.word_starts(self.tokenizer, targets_RxL)
+    v = variants(estimator, score_RxL, starts, self.span, order_RxL)
+    return self._variant_sum(targets_RxL, *v)
 
-  def __call__(self, estimator, targets_NxL, score_NxL, **kw):
+  def __call__(self, estimator, targets_RxL, score_RxL, **kw):
     """dict(logp=N, se=N (nelbo only; else 0), tokens=N) for rows of ids and score masks."""
-    targets_NxL = np.asarray(targets_NxL, np.int32)
-    score_NxL = np.asarray(score_NxL, bool) & (targets_NxL != tokenizers.PAD)
-    se = np.zeros(targets_NxL.shape[0])
+    targets_RxL = np.asarray(targets_RxL, np.int32)
+    score_RxL = np.asarray(score_RxL, bool) & (targets_RxL != tokenizers.PAD)
+    se = np.zeros(targets_RxL.shape[0])
     if estimator == 'ar':
-      lp = self.ar(targets_NxL, score_NxL)[0]
+      lp = self.ar(targets_RxL, score_RxL)[0]
     elif estimator == 'nelbo':
-      lp, se = self.nelbo(targets_NxL, score_NxL)
+      lp, se = self.nelbo(targets_RxL, score_RxL)
     elif estimator in MASKED:
-      lp = self.masked(estimator, targets_NxL, score_NxL, **kw)
+      lp = self.masked(estimator, targets_RxL, score_RxL, **kw)
     elif estimator == 'pll_mix':
-      lp = 0.5 * (self.masked('pll', targets_NxL, score_NxL) +
-                  self.masked('pll_word_l2r', targets_NxL, score_NxL))
+      lp = 0.5 * (self.masked('pll', targets_RxL, score_RxL) +
+                  self.masked('pll_word_l2r', targets_RxL, score_RxL))
     elif estimator == 'fused':
-      lp = 0.5 * (self.masked('pll', targets_NxL, score_NxL) + self.ar(targets_NxL, score_NxL)[0])
+      lp = 0.5 * (self.masked('pll', targets_RxL, score_RxL) + self.ar(targets_RxL, score_RxL)[0])
     else:
       raise ValueError(f'unknown estimator {estimator!r} (one of {", ".join(ESTIMATORS)})')
-    return dict(logp=np.asarray(lp, np.float64), se=se, tokens=score_NxL.sum(1))
+    return dict(logp=np.asarray(lp, np.float64), se=se, tokens=score_RxL.sum(1))
 
-  def greedy(self, mode, targets_NxL, score_NxL):
+  def greedy(self, mode, targets_RxL, score_RxL):
     """Per row: does greedy decoding reproduce the scored tokens? 'ar': teacher-forced argmax
     (exact for greedy decoding); 'mdm': the span filled most-confident-first, one per pass."""
-    targets_NxL = np.asarray(targets_NxL, np.int32)
-    score_NxL = np.asarray(score_NxL, bool)
+    targets_RxL = np.asarray(targets_RxL, np.int32)
+    score_RxL = np.asarray(score_RxL, bool)
     if mode == 'ar':
-      return self.ar(targets_NxL, score_NxL)[1]
-    from dlm_jax import sample  # pylint: disable=g-import-not-at-top
-    steps = int(score_NxL.sum(1).max()) if score_NxL.size else 0
+      return self.ar(targets_RxL, score_RxL)[1]
+    steps = int(score_RxL.sum(1).max()) if score_RxL.size else 0
 
     def fill(params, x_BxL, fill_BxL):
-      pred_BxL = sample.mdm_infill_greedy(self._model, params, x_BxL, fill_BxL, steps)
+      pred_BxL = mdm_infill_greedy(self._model, params, x_BxL, fill_BxL, steps)
       return jnp.all((pred_BxL == x_BxL) | ~fill_BxL, -1)
-    out = self._chunks(jax.jit(fill), targets_NxL, score_NxL)
+    out = self._chunks(jax.jit(fill), targets_RxL, score_RxL)
     return np.zeros(0, bool) if out is None else out
 
 
-def per_token(logp_N, tokens_N):
+def per_token(logp_R, tokens_R):
   """Nats per token over rows (a corpus-level average: total nats / total tokens)."""
-  return float(-np.sum(logp_N) / max(np.sum(tokens_N), 1))
+  return float(-np.sum(logp_R) / max(np.sum(tokens_R), 1))
 
 
-def bits_per_byte(logp_N, n_bytes):
-  return float(-np.sum(logp_N) / max(n_bytes, 1) / math.log(2))
+def bits_per_byte(logp_R, n_bytes):
+  return float(-np.sum(logp_R) / max(n_bytes, 1) / math.log(2))
+
+
+def encode_pair(tok, context, continuation):
+  """(context ids, continuation ids) as lm-eval-harness splits them."""
+  n = len(context) - len(context.rstrip())
+  if n:
+    context, continuation = context[:-n], context[-n:] + continuation
+  whole, ctx = tok.encode_batch([context + continuation, context])
+  whole, ctx = np.asarray(whole), np.asarray(ctx)
+  return whole[:len(ctx)], whole[len(ctx):]
+
+def rows(pairs, seq_len):
+  """(targets_RxL, score_RxL, rows cut, rows whose continuation was cut) for (context ids,
+  continuation ids) pairs. A row longer than seq_len keeps its last seq_len tokens (as
+  lm-eval-harness keeps the last max_length + 1): the context is cut from the left first; a
+  continuation longer than seq_len keeps only its last seq_len tokens, and only those are scored."""
+  N = len(pairs)
+  x = np.full((N, seq_len), PAD, np.int32)
+  score = np.zeros((N, seq_len), bool)
+  cut = cut_cont = 0
+  for n, (c, t) in enumerate(pairs):
+    ids = np.concatenate([c, t])
+    n_t = len(t)
+    if len(ids) > seq_len:
+      ids, cut = ids[-seq_len:], cut + 1
+      if n_t > seq_len:
+        n_t, cut_cont = seq_len, cut_cont + 1
+    x[n, :len(ids)] = ids
+    score[n, len(ids) - n_t:len(ids)] = True
+  return x, score, cut, cut_cont

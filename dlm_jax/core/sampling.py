@@ -1,4 +1,4 @@
-"""Samplers for every mode one set of weights trains, and generative perplexity.
+"""Sampling kernels for every mode one set of weights trains, and the Sampler that compiles them.
 
 Shifted parameterisation: the model reads u = [BOS, x_0..x_{L-2}] and its logits at position i
 predict x_i, in both attention modes.
@@ -25,33 +25,34 @@ predict x_i, in both attention modes.
        positions by the guided distribution, as SMDM and LLaDA do); w = 0 is plain conditional
        sampling.
 
-Generative perplexity: the samples scored by an AR model trained by this codebase
-(`GenerativeScorer`), with each sample's unigram entropy (repetitive text has low perplexity and
-low entropy).
+To add a sampler strategy: a STRATEGIES name and its branch in mdm_loop's step (how many and
+which masked positions a step reveals); Settings.check and the sample.* keys pick it up.
 """
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import masking
-from dlm_jax import model as model_lib
-from dlm_jax import objectives
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
+from dlm_jax.core import sharding
+from dlm_jax.core.kernels import NEG_INF
+from dlm_jax.core.schedules import Linear
 from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+from dlm_jax.errors import SampleError
+
 
 MODES = ('ar', 'mdm')
+
+
 GRIDS = ('uniform', 'cosine')
+
+
 STRATEGIES = ('ancestral', 'confidence')
-
-
-class SampleError(ValueError):
-  """Bad sampling arguments or prompts; the message names the argument."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Settings:
 
 def sampleable(logits_BxLxV):
   """PAD and BOS are never generated (nor is [MASK], which the model never predicts)."""
-  return logits_BxLxV.at[..., jnp.array([PAD, BOS])].set(model_lib.NEG_INF)
+  return logits_BxLxV.at[..., jnp.array([PAD, BOS])].set(NEG_INF)
 
 
 def filter_logits(logits_BxLxV, top_k=0, top_p=1.0):
@@ -131,9 +132,6 @@ def time_grid(grid: str, steps: int):
   t = 1.0 - r if grid == 'uniform' else np.cos(0.5 * np.pi * r)
   t[-1] = 0.0
   return t.astype(np.float32)
-
-
-# -- AR ----------------------------------------------------------------------------------------
 
 
 def ar_loop(model, params, rng, x_BxS, plen_B, n, st: Settings):
@@ -179,9 +177,6 @@ def ar_loop(model, params, rng, x_BxS, plen_B, n, st: Settings):
   init = (jnp.min(plen_B), x_BxS, cache, jnp.zeros(B, bool), rng, jnp.int32(1 if W else 0))
   _, x_BxS, _, _, _, passes = jax.lax.while_loop(cond, body, init)
   return x_BxS, passes
-
-
-# -- MDM ---------------------------------------------------------------------------------------
 
 
 def mdm_loop(model, params, rng, x_BxL, fill_BxL, block_BxL, st: Settings, schedule,
@@ -260,10 +255,7 @@ def mdm_infill_greedy(model, params, x_BxL, fill_BxL, steps: int):
   st = Settings(mode='mdm', length=1, steps=steps, strategy='confidence', temperature=0.0)
   block_BxL = jnp.where(fill_BxL, 0, -1)
   return mdm_loop(model, params, jax.random.PRNGKey(0), x_BxL, fill_BxL, block_BxL, st,
-                  masking.Linear(), 1, True, False)[0]
-
-
-# -- host-side API -----------------------------------------------------------------------------
+                  Linear(), 1, True, False)[0]
 
 
 class Sampler:
@@ -272,7 +264,7 @@ class Sampler:
 
   def __init__(self, model, params, *, context: int, schedule=None, mesh=None):
     self.model, self.params, self.context = model, params, context
-    self.schedule = schedule or masking.Linear()
+    self.schedule = schedule or Linear()
     self.mesh = mesh
     self._fns = {}
 
@@ -280,7 +272,6 @@ class Sampler:
     if key not in self._fns:
       kw = {}
       if self.mesh is not None:
-        from dlm_jax import sharding  # pylint: disable=g-import-not-at-top
         kw['out_shardings'] = sharding.replicated(self.mesh)  # every process gets every sample
       self._fns[key] = jax.jit(fn, **kw)
     return self._fns[key]
@@ -349,99 +340,6 @@ class Sampler:
     return np.asarray(x), int(passes)
 
 
-def cut_at_eos(ids):
-  ids = np.asarray(ids)
-  stop = np.flatnonzero(ids == EOS)
-  return ids[:stop[0]] if stop.size else ids
-
-
-def unigram_entropy(ids) -> float:
-  """Entropy (nats) of the token frequencies within one sample."""
-  _, counts = np.unique(np.asarray(ids), return_counts=True)
-  if counts.size == 0:
-    return 0.0
-  p = counts / counts.sum()
-  return float(-np.sum(p * np.log(p)))
-
-
-class GenerativeScorer:
-  """Generative perplexity: samples scored (given their prompts) by an AR-capable run of this
-  codebase, in causal mode, with its own tokenizer (text is re-tokenised when it differs)."""
-
-  def __init__(self, run_dir):
-    from dlm_jax import likelihood  # pylint: disable=g-import-not-at-top
-    from dlm_jax import train  # pylint: disable=g-import-not-at-top
-    cfg, self.tok, model, params, self.step = train.load_run(run_dir)
-    if cfg.objective == 'mdm':
-      raise SampleError(f'sample.scorer={run_dir!r} is an MDM run; generative perplexity needs '
-                        'an AR-capable run (objective ar, prefix or dual)')
-    self.run_dir, self.context = os.path.abspath(run_dir), cfg.data.seq_len
-    self.scorer = likelihood.Scorer.from_config(model, params, cfg)
-
-  def score(self, prompts, samples, tok):
-    """Per sample (nats, tokens) of the generated text given its prompt, both as this scorer
-    tokenises them. prompts / samples: token ids under `tok`, the sampler's tokenizer."""
-    from dlm_jax import zeroshot  # pylint: disable=g-import-not-at-top
-    same = getattr(tok, 'name', None) == getattr(self.tok, 'name', '') and (
-        tok.vocab_size == self.tok.vocab_size)
-    pairs = []
-    for p, s in zip(prompts, samples):
-      if same:
-        pairs.append((np.asarray(p, np.int32), np.asarray(s, np.int32)))
-      else:
-        pairs.append(zeroshot.encode_pair(self.tok, tok.decode(p), tok.decode(s)))
-    x, score, _, _ = zeroshot.rows(pairs, self.context)
-    r = self.scorer('ar', x, score)
-    return -r['logp'], r['tokens']
-
-
-def summarize(rows):
-  """Per mode: samples, generated tokens, tokens/s, passes, generative perplexity (total nats /
-  total tokens), mean unigram entropy."""
-  out = {}
-  for mode in dict.fromkeys(r['mode'] for r in rows):
-    rs = [r for r in rows if r['mode'] == mode]
-    toks = sum(r['num_tokens'] for r in rs)
-    secs = sum(r['batch_seconds'] / r['batch_size'] for r in rs)
-    d = dict(samples=len(rs), tokens=toks, tokens_per_s=toks / secs if secs else float('nan'),
-             passes=float(np.mean([r['passes'] for r in rs])),
-             entropy=float(np.mean([r['entropy'] for r in rs])))
-    if all('gen_nll' in r for r in rs):
-      scored = sum(r['gen_tokens_scored'] for r in rs)
-      d['gen_ppl'] = math.exp(sum(r['gen_nll'] for r in rs) / max(scored, 1))
-    out[mode] = d
-  return out
-
-
-def run_samples(sampler, tok, st_list, prompts, rng, *, batch_size, suffixes=None, scorer=None,
-                extra=None):
-  """Samples every prompt under each Settings; returns the rows samples.jsonl holds."""
-  rows = []
-  for st in st_list:
-    for start in range(0, len(prompts), batch_size):
-      ps = prompts[start:start + batch_size]
-      sx = None if suffixes is None else suffixes[start:start + batch_size]
-      rng, sub = jax.random.split(rng)
-      res = sampler.generate(sub, ps, st, sx)
-      gens = [cut_at_eos(g) if st.stop_at_eos else np.asarray(g) for g in res['tokens']]
-      for i, g in enumerate(gens):
-        row = dict(extra or {}, **dataclasses.asdict(st))
-        row.update(prompt=tok.decode(ps[i]), text=tok.decode(g),
-                   tokens=[int(t) for t in g], num_tokens=len(g), passes=res['passes'],
-                   batch_seconds=round(res['seconds'], 4), batch_size=len(ps),
-                   entropy=unigram_entropy(g))
-        if sx is not None:
-          row['suffix'] = tok.decode(sx[i])
-        rows.append(row)
-      if scorer is not None:
-        nll, n = scorer.score(ps, gens, tok)
-        for row, a, b in zip(rows[-len(ps):], nll, n):
-          row.update(gen_nll=float(a), gen_tokens_scored=int(b),
-                     gen_ppl=float(math.exp(a / b)) if b else float('nan'),
-                     scorer=scorer.run_dir)
-  return rows
-
-
 def settings_from_config(cfg, mode):
   """Settings for `mode` from sample.*; guidance applies to MDM (and is an error for sample.mode
   ar, not silently dropped)."""
@@ -453,121 +351,16 @@ def settings_from_config(cfg, mode):
                   reuse_logits=sc.reuse_logits, kv_cache=sc.kv_cache,
                   stop_at_eos=sc.stop_at_eos)
 
-
 def modes_for(cfg):
   """The modes sample.mode asks for; auto: every mode the objective trains."""
   if cfg.sample.mode != 'auto':
     return ('ar', 'mdm') if cfg.sample.mode == 'both' else (cfg.sample.mode,)
-  return {'ar': ('ar',), 'prefix': ('ar',), 'mdm': ('mdm',), 'dual': ('ar', 'mdm')}[cfg.objective]
+  return objectives.of(cfg).sample_modes
 
 
-def read_prompts(cfg, tok):
-  """(prompts, suffixes or None) from sample.prompts: '' -> num_samples unconditional;
-  'data:N' -> the first N tokens of num_samples validation windows; a .txt file (one prompt per
-  line) or a .jsonl file ({"prompt": ..., optional "suffix": ...} per line)."""
-  sc = cfg.sample
-  spec = sc.prompts.strip()
-  if not spec:
-    return [np.zeros(0, np.int32)] * sc.num_samples, None
-  if spec.startswith('data:'):
-    from dlm_jax import evaluate  # pylint: disable=g-import-not-at-top
-    n = int(spec[5:])
-    windows, _ = evaluate.validation_windows(cfg, '', sc.num_samples)
-    return [np.asarray(w[:n], np.int32) for w in windows], None
-  if not os.path.exists(spec):
-    raise SampleError(f'sample.prompts: file not found: {spec}')
-  texts, suffix_texts = [], []
-  with open(spec, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      if spec.endswith('.jsonl'):
-        try:
-          d = json.loads(line)
-          texts.append(d['prompt'])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise SampleError(f'{spec}:{lineno}: expected {{"prompt": ..., "suffix": ...}}: '
-                            f'{e}') from None
-        suffix_texts.append(d.get('suffix', ''))
-      else:
-        texts.append(line.rstrip('\n'))
-        suffix_texts.append('')
-  if not texts:
-    raise SampleError(f'sample.prompts: {spec} holds no prompts')
-  if sc.num_samples:
-    texts, suffix_texts = texts[:sc.num_samples], suffix_texts[:sc.num_samples]
-  prompts = [np.asarray(p, np.int32) for p in tok.encode_batch(texts)]
-  if not any(suffix_texts):
-    return prompts, None
-  return prompts, [np.asarray(s, np.int32) for s in tok.encode_batch(suffix_texts)]
-
-
-def settings_for(cfg, prompts, suffixes):
-  """Settings per mode; sample.length 0 fills the context after the longest prompt + suffix."""
-  sts = [settings_from_config(cfg, m) for m in modes_for(cfg)]
-  if cfg.sample.length == 0:
-    used = max([len(p) for p in prompts] + [0]) + max(
-        [len(s) for s in suffixes or []] + [0])
-    sts = [dataclasses.replace(st, length=max(cfg.data.seq_len - used, 1)) for st in sts]
-  return [st.check() for st in sts]
-
-
-def write_jsonl(path, rows):
-  with open(path, 'a', encoding='utf-8') as f:
-    for r in rows:
-      f.write(json.dumps(r, ensure_ascii=False) + '\n')
-
-
-def write_samples(setup, params, workdir):
-  """At the end of training: sample.num_samples samples in each mode, appended to
-  samples.jsonl (no scoring)."""
-  cfg = setup.cfg
-  if cfg.sample.num_samples == 0:
-    return []
-  sampler = Sampler(setup.model, params, context=cfg.data.seq_len, mesh=setup.mesh,
-                    schedule=masking.get_schedule(cfg.diffusion.schedule, cfg.diffusion))
-  prompts, suffixes = read_prompts(cfg, setup.tokenizer)
-  sts = settings_for(cfg, prompts, suffixes)
-  rows = run_samples(sampler, setup.tokenizer, sts, prompts, jax.random.PRNGKey(cfg.seed + 7),
-                     batch_size=cfg.sample.batch_size, suffixes=suffixes)
-  if jax.process_index() == 0:
-    write_jsonl(os.path.join(workdir, 'samples.jsonl'), rows)
-  return rows
-
-
-def run(cfg, workdir):
-  """--mode sample: samples from the run's latest checkpoint in each mode sample.mode asks for,
-  scored for generative perplexity by sample.scorer; appended to <workdir>/samples.jsonl.
-  Returns (rows, summary)."""
-  from dlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from dlm_jax import train  # pylint: disable=g-import-not-at-top
-  from dlm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(workdir):
-    raise train.TrainingError(f'--workdir {workdir}: no such run directory')
-  sc = cfg.sample
-  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False)
-  prompts, suffixes = read_prompts(cfg, tok)
-  sts = settings_for(cfg, prompts, suffixes)
-  scorer = None
-  scorer_dir = sc.scorer or (workdir if cfg.objective != 'mdm' else '')
-  if scorer_dir and scorer_dir != 'none':
-    scorer = GenerativeScorer(scorer_dir)
-  params, step = train.load_params(workdir, cfg, what=f'--workdir {workdir}')
-  sampler = Sampler(model_lib.Transformer(cfg.model), params, context=cfg.data.seq_len,
-                    schedule=masking.get_schedule(cfg.diffusion.schedule, cfg.diffusion))
-  rows = run_samples(sampler, tok, sts, prompts, jax.random.PRNGKey(sc.seed),
-                     batch_size=sc.batch_size, suffixes=suffixes, scorer=scorer,
-                     extra=dict(step=int(step), date=time.strftime('%Y-%m-%d')))
-  write_jsonl(os.path.join(workdir, 'samples.jsonl'), rows)
-  return rows, summarize(rows)
-
-
-def format_summary(summary):
-  lines = [f'  {"mode":5s} {"samples":>7s} {"tokens":>7s} {"tok/s":>8s} {"passes":>7s} '
-           f'{"gen_ppl":>9s} {"entropy":>7s}']
-  for m, d in summary.items():
-    ppl = f'{d["gen_ppl"]:9.2f}' if 'gen_ppl' in d else f'{"-":>9s}'
-    lines.append(f'  {m:5s} {d["samples"]:7d} {d["tokens"]:7d} {d["tokens_per_s"]:8.1f} '
-                 f'{d["passes"]:7.1f} {ppl} {d["entropy"]:7.3f}')
-  return '\n'.join(lines)
+def check_config(cfg):
+  """The sample.* keys: raises SampleError naming the key (config.validate runs it)."""
+  if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
+    raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
+  for mode in modes_for(cfg):
+    settings_from_config(cfg, mode).check()

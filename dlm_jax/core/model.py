@@ -1,5 +1,9 @@
 """The decoder-only Transformer shared by AR, MDM and dual training.
 
+Shape letters in tensor names, everywhere in the package: B batch rows, L sequence length,
+S key / cache length, D model width, N attention heads, H head dim, F MLP width, V vocabulary,
+R scored rows, P masked-variant passes, K Monte Carlo samples, G time-grid points, J blocks.
+
 RoPE, RMSNorm (pre-norm), SwiGLU, optional tied embeddings, layers under `nn.scan`. One set of
 parameters runs with three attention kinds, chosen per call:
   causal         position i attends to j <= i
@@ -8,62 +12,51 @@ parameters runs with three attention kinds, chosen per call:
 and optional segment ids, so packed documents never attend across boundaries. The [MASK] logit is
 never predicted (set to -1e9): MDM and AR share one output distribution over real tokens.
 """
+import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
+from dlm_jax.core.sharding import BATCH_AXES as BATCH, constrain
 from dlm_jax.data.tokenizers import MASK
-
-NEG_INF = -1e9
-BATCH = ('data', 'fsdp')  # the mesh axes a batch is split over (sharding.BATCH_AXES)
+from dlm_jax.errors import ConfigError
 
 
-def constrain(x, mesh, *spec):
-  """Pins an activation's layout (batch over data x fsdp, heads / MLP width over tensor), so
-  that with sharded weights XLA gathers the weights instead of re-sharding activations."""
-  if mesh is None:
-    return x
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture and compute settings of config.model, frozen (hashable: a module field)."""
+  d_model: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 0
+  vocab_size: int = 0
+  rope_base: float = 10000.0
+  tie_embeddings: bool = True
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  scan_layers: bool = True
+  scan_unroll: int = 1
+  remat: str = 'auto'
+  attention: str = 'auto'
+  attn_dropout: float = 0.0
+  mlp_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  embed_dropout: float = 0.0
+
+  @classmethod
+  def of(cls, c):
+    """From a resolved config.model (ConfigDict or dict; other keys, such as size, ignored)."""
+    if isinstance(c, cls):
+      return c
+    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c})
+
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-_TOKENS = (((0, 1), (0, 1)), ((), ()))  # dot_general: contract batch and length
-
-
-@jax.custom_vjp
-def swiglu(h_BxLxD, gate_DxF, up_DxF, down_FxD):
-  """down(silu(h @ gate) * (h @ up)), with a hand-written backward: it keeps only the two
-  pre-activations (autodiff also keeps silu, the product and the sigmoid, each [B, L, F]) and
-  forms the weight gradients as direct contractions over tokens. Under scan-over-layers on CPU
-  this MLP's forward + backward runs ~20% faster (BENCHMARKS.md)."""
-  return _swiglu_fwd(h_BxLxD, gate_DxF, up_DxF, down_FxD)[0]
-
-
-def _swiglu_fwd(h_BxLxD, gate_DxF, up_DxF, down_FxD):
-  g_BxLxF = h_BxLxD @ gate_DxF
-  u_BxLxF = h_BxLxD @ up_DxF
-  y_BxLxD = (nn.silu(g_BxLxF) * u_BxLxF) @ down_FxD
-  return y_BxLxD, (h_BxLxD, gate_DxF, up_DxF, down_FxD, g_BxLxF, u_BxLxF)
-
-
-def _swiglu_bwd(res, dy_BxLxD):
-  h_BxLxD, gate_DxF, up_DxF, down_FxD, g_BxLxF, u_BxLxF = res
-  sig_BxLxF = jax.nn.sigmoid(g_BxLxF)
-  silu_BxLxF = g_BxLxF * sig_BxLxF
-  da_BxLxF = dy_BxLxD @ down_FxD.T
-  d_down = jax.lax.dot_general(silu_BxLxF * u_BxLxF, dy_BxLxD, _TOKENS)
-  du_BxLxF = da_BxLxF * silu_BxLxF
-  dg_BxLxF = da_BxLxF * u_BxLxF * (sig_BxLxF + silu_BxLxF * (1 - sig_BxLxF))
-  d_gate = jax.lax.dot_general(h_BxLxD, dg_BxLxF, _TOKENS)
-  d_up = jax.lax.dot_general(h_BxLxD, du_BxLxF, _TOKENS)
-  dh_BxLxD = dg_BxLxF @ gate_DxF.T + du_BxLxF @ up_DxF.T
-  return dh_BxLxD, d_gate, d_up, d_down
-
-
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class Kernel(nn.Module):
@@ -99,7 +92,6 @@ def attention_mask(kind: str, L: int, prefix_len_B=None, segment_ids_BxL=None):
     allowed_BxLxL = allowed_BxLxL & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
   return allowed_BxLxL[:, None], False
 
-
 _warned = set()
 
 
@@ -122,7 +114,7 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
   backend = backend or jax.default_backend()
   want = getattr(cfg, 'attention', 'auto')
   if want == 'cudnn' and backend != 'gpu':
-    raise ValueError(f'config.model.attention=cudnn needs an NVIDIA GPU; this backend is '
+    raise ConfigError(f'config.model.attention=cudnn needs an NVIDIA GPU; this backend is '
                      f'{backend} (use auto or xla)')
   if want != 'auto':
     return want
@@ -136,83 +128,8 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
          'an explicit (segment / prefix) mask' if has_mask else '')
   if why and why not in _warned:
     _warned.add(why)
-    import warnings  # pylint: disable=g-import-not-at-top
     warnings.warn(f'model.attention=auto: XLA attention instead of cuDNN because of {why}')
   return 'xla' if why else 'cudnn'
-
-
-def _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal):
-  """softmax(q k^T / sqrt(H)) in float32 under the mask (or causal)."""
-  H, L, S = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
-  s_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', q_BxLxNxH, k_BxSxNxH).astype(jnp.float32)
-  s_BxNxLxS = s_BxNxLxS / jnp.sqrt(H).astype(jnp.float32)
-  if is_causal:
-    mask = jnp.tril(jnp.ones((L, S), bool))[None, None]
-  if mask is not None:
-    s_BxNxLxS = jnp.where(mask, s_BxNxLxS, NEG_INF)
-  return jax.nn.softmax(s_BxNxLxS, -1)
-
-
-def reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, dropout=None):
-  """softmax(q k^T / sqrt(H)) v written out under plain autodiff: the path the fast kernels are
-  tested against, and the one attention dropout needs (`dropout` applied to the probabilities)."""
-  p_BxNxLxS = _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal)
-  if dropout is not None:
-    p_BxNxLxS = dropout(p_BxNxLxS)
-  return jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS.astype(q_BxLxNxH.dtype), v_BxSxNxH)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def softmax_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
-  """reference_attention with a hand-written backward that keeps only the probabilities (no
-  scores, no broadcast mask): the CPU default (model.attention=auto)."""
-  return _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal)[0]
-
-
-def _attention_fwd(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal):
-  p_BxNxLxS = _probs(q_BxLxNxH, k_BxSxNxH, mask, is_causal).astype(q_BxLxNxH.dtype)
-  o_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', p_BxNxLxS, v_BxSxNxH)
-  return o_BxLxNxH, (q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS)  # the mask is in p's zeros
-
-
-def _attention_bwd(is_causal, res, do_BxLxNxH):
-  del is_causal
-  q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, p_BxNxLxS = res
-  scale = 1 / jnp.sqrt(q_BxLxNxH.shape[-1]).astype(jnp.float32)
-  dv_BxSxNxH = jnp.einsum('bnlm,blnh->bmnh', p_BxNxLxS, do_BxLxNxH)
-  dp_BxNxLxS = jnp.einsum('blnh,bmnh->bnlm', do_BxLxNxH, v_BxSxNxH).astype(jnp.float32)
-  p32 = p_BxNxLxS.astype(jnp.float32)
-  ds_BxNxLxS = (p32 * (dp_BxNxLxS - jnp.sum(dp_BxNxLxS * p32, -1, keepdims=True)) * scale
-                ).astype(q_BxLxNxH.dtype)
-  dq_BxLxNxH = jnp.einsum('bnlm,bmnh->blnh', ds_BxNxLxS, k_BxSxNxH)
-  dk_BxSxNxH = jnp.einsum('bnlm,blnh->bmnh', ds_BxNxLxS, q_BxLxNxH)
-  return dq_BxLxNxH, dk_BxSxNxH, dv_BxSxNxH, None
-
-
-softmax_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def rope(x_BxLxNxH, base: float, offset=0):
-  """Rotary position embedding on the last axis (half-split convention); the first row is at
-  position `offset` (a decode step)."""
-  L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
-  inv_freq_K = 1.0 / (base ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
-  pos_L = jnp.arange(L, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
-  ang_LxK = pos_L[:, None] * inv_freq_K[None]
-  sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]
-  return _rotate(x_BxLxNxH, sin, cos)
-
-
-@jax.custom_vjp
-def _rotate(x_BxLxNxH, sin, cos):
-  """A rotation per position; its backward is the inverse rotation (no split/concat adjoints)."""
-  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxLxNxH.dtype)
-
-
-_rotate.defvjp(lambda x, sin, cos: (_rotate(x, sin, cos), (sin, cos)),
-               lambda res, g: (_rotate(g, -res[0], res[1]), None, None))
 
 
 class RMSNorm(nn.Module):
@@ -234,7 +151,7 @@ class Block(nn.Module):
   cache (k_BxSxNxH, v_BxSxNxH) the T inputs sit at positions pos..pos+T-1: their keys and values
   are written into the cache at pos and the queries attend over the whole cache under `mask`;
   kv is then the updated cache (else None)."""
-  cfg: object  # a resolved config.model (ConfigDict)
+  cfg: ModelConfig
   mesh: Any = None  # activation sharding constraints when set
 
   @nn.compact
@@ -304,8 +221,12 @@ class Transformer(nn.Module):
   Incremental causal decoding: with cache=init_cache(...) and cache_pos=p, tokens_BxT are the
   inputs at positions p..p+T-1 (causal over everything before them in the cache) and the call
   returns (logits_BxTxV, updated cache)."""
-  cfg: object
+  cfg: Any  # ModelConfig, or a resolved config.model (turned into one)
   mesh: Any = None  # a jax Mesh: pin activation layouts (sharding.py); None: let XLA choose
+
+  def __post_init__(self):
+    object.__setattr__(self, 'cfg', ModelConfig.of(self.cfg))
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, tokens_BxL, attention: str = 'causal', prefix_len_B=None,
@@ -372,6 +293,7 @@ class Transformer(nn.Module):
 def init_cache(cfg, batch: int, length: int):
   """An empty KV cache for `length` positions: k, v of shape layers x B x S x heads x head_dim in
   the compute dtype."""
+  cfg = ModelConfig.of(cfg)
   shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.d_model // cfg.num_heads)
   return dict(k=jnp.zeros(shape, DTYPES[cfg.dtype]), v=jnp.zeros(shape, DTYPES[cfg.dtype]))
 

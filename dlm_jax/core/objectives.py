@@ -1,11 +1,12 @@
-"""Pure training objectives: `(params, batch, rng) -> (loss, metrics)`.
+"""Pure training objectives `(params, batch, rng) -> (loss, metrics)` and the registry of what
+each objective trains, validates, estimates, samples and reports.
 
 Shifted parameterisation (one head for every mode): for a window x_0..x_{L-1} the model reads
 u = [BOS, x_0..x_{L-2}] and its logits at position i predict x_i.
   AR    causal attention; every non-pad target counts.
   MDM   t ~ sampler, target i masked w.p. 1 - alpha(t) (its copy in the input, if any, becomes
         [MASK]), bidirectional attention, loss w(t) * CE on masked targets. Divided by the number of
-        non-pad tokens this is the unbiased continuous-time NELBO per token.
+        non-pad tokens this is the NELBO per token.
   prefix  prefix-LM: the first P targets (P ~ U{0..L-1} per sequence, or batch['prefix_len']) are
         a prompt seen bidirectionally (input positions 0..P); loss only on targets i >= P, whose
         inputs are never visible to the position predicting them.
@@ -14,19 +15,88 @@ u = [BOS, x_0..x_{L-2}] and its logits at position i predict x_i.
         / all tokens. n_mdm follows the MDM fraction rho = 1 - ar_weight exactly over steps
         (`mdm_count`), so rho = 0 is exactly AR and rho = 1 exactly MDM.
 Token dropout (train.token_dropout, AR and prefix-LM only): inputs replaced by [MASK] at rate p
-during training, targets unchanged.
-Each mode first computes sums (`*_terms`) so the modes compose and evaluation reuses them.
+during training, targets unchanged. Each mode first computes sums (`*_terms`) so the modes
+compose, microbatches add up and validation reuses them.
+
+To add an objective: an OBJECTIVES entry below (and, if it trains a new kind of loss, its terms
+in this file). Config validation, validation metrics, --mode eval, --mode sample, probes and the
+sweep collector all read the registry.
 """
+import dataclasses
+import fractions
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from dlm_jax import config as config_lib
-from dlm_jax import masking
-from dlm_jax import sharding
+from dlm_jax.core import noise as noise_lib
+from dlm_jax.core import sharding
+from dlm_jax.core.kernels import token_ce
 from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+
+
+def parse_fraction(s) -> fractions.Fraction:
+  """'63/64' -> Fraction(63, 64); '0.75' -> Fraction(3, 4)."""
+  return fractions.Fraction(str(s).strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What an objective trains and what the rest of the code does with it."""
+  mdm_share: Callable        # cfg -> Fraction of each batch's sequences trained as MDM
+  ar_attention: Callable     # cfg -> attention of the AR share: 'causal' or 'prefix'
+  validation: Callable       # cfg -> validation modes, of 'ar', 'mdm', 'prefix'
+  estimators: tuple          # eval.estimators=auto (likelihood estimators of --mode eval)
+  task_estimator: str        # eval.task_estimator=auto (zero-shot option scores)
+  sample_modes: tuple        # sample.mode=auto
+  headline: tuple            # the validation metric a sweep reports as the run's loss, in order
+
+
+def _dual_ar_attention(cfg):
+  return cfg.dual.ar_attention
+
+
+# every likelihood estimator of --mode eval (infer/likelihood.py computes them)
+ESTIMATORS = ('ar', 'nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix',
+              'fused')
+MDM_ESTIMATORS = ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_mix')
+OBJECTIVES = {
+    'ar': Objective(lambda cfg: fractions.Fraction(0), lambda cfg: 'causal',
+                    lambda cfg: ('ar',), ('ar',), 'ar', ('ar',), ('ar_nll',)),
+    'mdm': Objective(lambda cfg: fractions.Fraction(1), lambda cfg: 'causal',
+                     lambda cfg: ('mdm',), MDM_ESTIMATORS, 'nelbo', ('mdm',), ('mdm_nelbo',)),
+    'dual': Objective(lambda cfg: 1 - parse_fraction(cfg.dual.ar_weight), _dual_ar_attention,
+                      lambda cfg: ('ar', 'mdm') + (('prefix',) if _dual_ar_attention(cfg) ==
+                                                   'prefix' else ()),
+                      ('ar', 'nelbo', 'chain', 'pll', 'pll_mix', 'fused'), 'nelbo', ('ar', 'mdm'),
+                      ('ar_nll', 'mdm_nelbo')),
+    # prefix-LM; validation also reports the causal NLL, so it compares with AR
+    'prefix': Objective(lambda cfg: fractions.Fraction(0), lambda cfg: 'prefix',
+                        lambda cfg: ('ar', 'prefix'), ('ar',), 'ar', ('ar',),
+                        ('ar_nll', 'prefix_nll')),
+}
+
+
+def of(cfg) -> Objective:
+  return OBJECTIVES[cfg.objective]
+
+
+def mdm_fraction(cfg) -> fractions.Fraction:
+  """Share of sequences trained as MDM under the configured objective."""
+  return of(cfg).mdm_share(cfg)
+
+
+def prefix_ar(cfg) -> bool:
+  return of(cfg).ar_attention(cfg) == 'prefix'
+
+
+def mdm_count(cfg, step: int, batch_size: int) -> int:
+  """MDM sequences in the batch of `step`: floor((s+1) rho B) - floor(s rho B), exact rationals, so
+  fractions like 1/256 are honoured over steps even when rho * B is not an integer."""
+  rho = mdm_fraction(cfg) * batch_size
+  return math.floor((step + 1) * rho) - math.floor(step * rho)
 
 
 def shift_inputs(targets_BxL, mask_BxL=None):
@@ -34,30 +104,6 @@ def shift_inputs(targets_BxL, mask_BxL=None):
   x_BxL = targets_BxL if mask_BxL is None else jnp.where(mask_BxL, MASK, targets_BxL)
   bos_Bx1 = jnp.full((x_BxL.shape[0], 1), BOS, x_BxL.dtype)
   return jnp.concatenate([bos_Bx1, x_BxL[:, :-1]], axis=1)
-
-
-@jax.custom_vjp
-def token_ce(logits_BxLxV, targets_BxL):
-  """-log softmax(logits)[target] per token (as optax's integer-label cross-entropy), with a
-  backward that forms softmax - onehot in one elementwise pass (no scatter of the labels)."""
-  return _ce_fwd(logits_BxLxV, targets_BxL)[0]
-
-
-def _ce_fwd(logits_BxLxV, targets_BxL):
-  lse_BxL = jax.nn.logsumexp(logits_BxLxV, -1)
-  label_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], -1)[..., 0]
-  return lse_BxL - label_BxL, (logits_BxLxV, lse_BxL, targets_BxL)
-
-
-def _ce_bwd(res, g_BxL):
-  logits_BxLxV, lse_BxL, targets_BxL = res
-  V = logits_BxLxV.shape[-1]
-  onehot = jnp.arange(V, dtype=targets_BxL.dtype) == targets_BxL[..., None]
-  d_BxLxV = (jnp.exp(logits_BxLxV - lse_BxL[..., None]) - onehot) * g_BxL[..., None]
-  return d_BxLxV.astype(logits_BxLxV.dtype), None
-
-
-token_ce.defvjp(_ce_fwd, _ce_bwd)
 
 
 def input_segments(inputs_BxL):
@@ -138,18 +184,6 @@ def _take(batch, idx, spread=None):
   return out if spread is None else jax.tree_util.tree_map(spread, out)
 
 
-def mdm_count(cfg, step: int, batch_size: int) -> int:
-  """MDM sequences in the batch of `step`: floor((s+1) rho B) - floor(s rho B), exact rationals, so
-  fractions like 1/256 are honoured over steps even when rho * B is not an integer."""
-  rho = config_lib.mdm_fraction(cfg) * batch_size
-  return math.floor((step + 1) * rho) - math.floor(step * rho)
-
-
-def prefix_ar(cfg) -> bool:
-  return cfg.objective == 'prefix' or (cfg.objective == 'dual' and
-                                       cfg.dual.ar_attention == 'prefix')
-
-
 def draw(cfg, batch, rng, n_mdm, train=True):
   """Every random choice of a step, made once for the global batch: which rows train MDM (dual),
   the MDM rows' t, masks and weights, the AR rows' prefix lengths and token-dropout masks.
@@ -158,7 +192,7 @@ def draw(cfg, batch, rng, n_mdm, train=True):
   and only then splitting it is what makes gradient accumulation the same update."""
   rng_noise, rng_perm, rng_prefix, rng_tok = jax.random.split(rng, 4)
   B, L = batch['targets'].shape
-  if cfg.objective == 'dual':
+  if 0 < n_mdm < B:  # a mixed batch (dual): which rows train which mode
     perm_B = jax.random.permutation(rng_perm, B)
     idx_mdm, idx_ar = perm_B[:n_mdm], perm_B[n_mdm:]
   else:
@@ -170,7 +204,7 @@ def draw(cfg, batch, rng, n_mdm, train=True):
     if train and cfg.train.token_dropout > 0:
       noise['drop'] = token_dropout_mask(rng_tok, B, L, cfg.train.token_dropout)
   if n_mdm > 0:
-    _, noise['mask'], noise['w'], noise['elbo'] = masking.Noise(cfg.diffusion).sample(
+    _, noise['mask'], noise['w'], noise['elbo'] = noise_lib.Noise(cfg.diffusion).sample(
         rng_noise, batch['targets'], batch.get('prefix_len'))
   return idx_ar, idx_mdm, noise
 
@@ -206,7 +240,7 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=No
   rng_draw, rng_drop = jax.random.split(rng)
   B = batch['targets'].shape[0]
   if n_mdm is None:
-    n_mdm = int(round(config_lib.mdm_fraction(cfg) * B))
+    n_mdm = int(round(mdm_fraction(cfg) * B))
   idx_ar, idx_mdm, noise = draw(cfg, batch, rng_draw, n_mdm, train)
   if micro is not None:
     rng_drop = jax.random.fold_in(rng_drop, micro[0])
@@ -248,7 +282,7 @@ def metrics_from_sums(sums, cfg):
   if 'ar_sum' in sums:
     out['prefix_nll' if prefix_ar(cfg) else 'ar_nll'] = sums['ar_sum'] / sums['ar_tokens']
   if 'mdm_sum' in sums:
-    if masking.Noise(cfg.diffusion).nelbo_exact:
+    if noise_lib.Noise(cfg.diffusion).nelbo_exact:
       out['mdm_nelbo'] = sums['mdm_sum'] / sums['mdm_tokens']
     if cfg.diffusion.weighting == 'plain':
       out['mdm_loss'] = sums['mdm_loss_sum'] / sums['mdm_tokens']

@@ -13,43 +13,13 @@ longer than data.seq_len by itself keeps (and is scored on) its last data.seq_le
 cuts are counted in the result (`truncated`, `continuation_truncated`).
 """
 import math
+import os
 
 import numpy as np
 
 from dlm_jax.data import benchmarks
-from dlm_jax.data.corpus import DataError
-from dlm_jax.data.tokenizers import PAD
-
-
-def encode_pair(tok, context, continuation):
-  """(context ids, continuation ids) as lm-eval-harness splits them."""
-  n = len(context) - len(context.rstrip())
-  if n:
-    context, continuation = context[:-n], context[-n:] + continuation
-  whole, ctx = tok.encode_batch([context + continuation, context])
-  whole, ctx = np.asarray(whole), np.asarray(ctx)
-  return whole[:len(ctx)], whole[len(ctx):]
-
-
-def rows(pairs, seq_len):
-  """(targets_NxL, score_NxL, rows cut, rows whose continuation was cut) for (context ids,
-  continuation ids) pairs. A row longer than seq_len keeps its last seq_len tokens (as
-  lm-eval-harness keeps the last max_length + 1): the context is cut from the left first; a
-  continuation longer than seq_len keeps only its last seq_len tokens, and only those are scored."""
-  N = len(pairs)
-  x = np.full((N, seq_len), PAD, np.int32)
-  score = np.zeros((N, seq_len), bool)
-  cut = cut_cont = 0
-  for n, (c, t) in enumerate(pairs):
-    ids = np.concatenate([c, t])
-    n_t = len(t)
-    if len(ids) > seq_len:
-      ids, cut = ids[-seq_len:], cut + 1
-      if n_t > seq_len:
-        n_t, cut_cont = seq_len, cut_cont + 1
-    x[n, :len(ids)] = ids
-    score[n, len(ids) - n_t:len(ids)] = True
-  return x, score, cut, cut_cont
+from dlm_jax.errors import DataError
+from dlm_jax.infer import likelihood
 
 
 def _stderr(hits):
@@ -66,9 +36,9 @@ def score_items(scorer, estimator, items, tok, seq_len, batch_rows=256):
     else:
       opts = list(zip(it['contexts'], it['continuations']))
     for c, t in opts:
-      pairs.append(encode_pair(tok, c, t))
+      pairs.append(likelihood.encode_pair(tok, c, t))
       owner.append(k)
-  x, score, cut, cut_cont = rows(pairs, seq_len)
+  x, score, cut, cut_cont = likelihood.rows(pairs, seq_len)
   ll = np.zeros(len(pairs))
   for s in range(0, len(pairs), batch_rows):
     ll[s:s + batch_rows] = scorer(estimator, x[s:s + batch_rows], score[s:s + batch_rows])['logp']
@@ -103,7 +73,6 @@ def score_items(scorer, estimator, items, tok, seq_len, batch_rows=256):
 
 def resolve_task(name, tasks_dir):
   """A task name (a file <tasks_dir>/<name>.jsonl) or a path to a JSONL file."""
-  import os  # pylint: disable=g-import-not-at-top
   if name.endswith('.jsonl') or os.sep in name:
     return os.path.splitext(os.path.basename(name))[0], os.path.expanduser(name)
   path = os.path.join(os.path.expanduser(tasks_dir), f'{name}.jsonl')

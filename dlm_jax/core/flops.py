@@ -1,0 +1,89 @@
+"""The model-size table and the only place parameters and FLOPs are counted.
+
+Conventions (Kaplan/Chinchilla, PaLM appendix B):
+  N_total      every parameter of the initialised pytree;
+  N_nonembed   N_total minus the token embedding and (if untied) the output head;
+  FLOPs/token  training = 3 x forward; forward = 2 x (matmul parameters, head included) +
+               attention 4 * L * d per layer (QK^T and AV), counted in full for every attention kind
+               because the dense kernels compute the full L x L score matrix.
+"""
+import dataclasses
+import math
+
+
+def default_mlp_dim(d_model: int) -> int:
+  """SwiGLU hidden width: 8/3 d rounded up to a multiple of 64 (keeps 3 d f ~ 8 d^2)."""
+  return int(math.ceil(8 * d_model / 3 / 64) * 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  d_model: int
+  num_layers: int
+  num_heads: int
+
+  @property
+  def mlp_dim(self):
+    return default_mlp_dim(self.d_model)
+
+
+# Named sizes; N_nonembed is roughly 12 d^2 layers (see `python -m dlm_jax.flops` for the table).
+SIZES = {
+    'nano': Size(64, 2, 2),
+    'micro': Size(128, 4, 4),
+    'tiny': Size(256, 4, 4),
+    'mini': Size(384, 6, 6),
+    'small': Size(512, 8, 8),
+    'base': Size(768, 12, 12),
+    'medium': Size(1024, 24, 16),
+    'large': Size(1536, 24, 16),
+    'xl': Size(2048, 24, 16),
+}
+
+
+def param_counts(d_model, num_layers, mlp_dim, vocab_size, tie_embeddings=True):
+  """Exact counts for model.Transformer: dict(N_total, N_nonembed, N_embed, N_head)."""
+  d, f = d_model, mlp_dim
+  per_layer = 4 * d * d + 3 * d * f + 2 * d   # q,k,v,o + gate,up,down + two RMSNorm scales
+  embed = vocab_size * d
+  head = 0 if tie_embeddings else d * vocab_size
+  nonembed = num_layers * per_layer + d       # + final norm
+  return dict(N_total=embed + head + nonembed, N_nonembed=nonembed, N_embed=embed, N_head=head)
+
+
+def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=True):
+  """Matmul FLOPs per token of one forward (x3 when training), attention included."""
+  d, f = d_model, mlp_dim
+  matmul_params = num_layers * (4 * d * d + 3 * d * f) + d * vocab_size
+  forward = 2 * matmul_params + num_layers * 4 * seq_len * d
+  return 3 * forward if training else forward
+
+
+def from_config(model_cfg, seq_len):
+  """Counts and per-token training FLOPs for a resolved config.model."""
+  m = model_cfg
+  out = param_counts(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, m.tie_embeddings)
+  out['flops_per_token'] = flops_per_token(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size,
+                                           seq_len)
+  return out
+
+
+def table(vocab_size=8192, seq_len=1024):
+  rows = []
+  for name, s in SIZES.items():
+    c = param_counts(s.d_model, s.num_layers, s.mlp_dim, vocab_size)
+    fl = flops_per_token(s.d_model, s.num_layers, s.mlp_dim, vocab_size, seq_len)
+    rows.append((name, s.d_model, s.num_layers, s.num_heads, s.mlp_dim, c['N_total'],
+                 c['N_nonembed'], fl))
+  return rows
+
+
+def main(argv):
+  """python -m dlm_jax.flops [VOCAB] [SEQ_LEN]: the named size table."""
+  v = int(argv[1]) if len(argv) > 1 else 8192
+  L = int(argv[2]) if len(argv) > 2 else 1024
+  print(f'vocab={v} seq_len={L} (tied embeddings)')
+  print(f'{"size":8s} {"d":>5s} {"layers":>6s} {"heads":>5s} {"mlp":>5s} {"N_total":>14s} '
+        f'{"N_nonembed":>14s} {"train FLOPs/tok":>16s}')
+  for r in table(v, L):
+    print(f'{r[0]:8s} {r[1]:5d} {r[2]:6d} {r[3]:5d} {r[4]:5d} {r[5]:14,d} {r[6]:14,d} {r[7]:16.3e}')

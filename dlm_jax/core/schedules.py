@@ -1,0 +1,346 @@
+"""Noise schedules alpha(t) and the time samplers that draw t: the laws the noise process
+(core/noise.py) is built from.
+
+Forward process: each maskable token is kept with probability alpha(t), else replaced by [MASK].
+The continuous-time NELBO weight is w(t) = -alpha'(t) / (1 - alpha(t)) (linear: 1/t).
+Times live on [eps, 1]. A time sampler is a law q on (0, 1) truncated to [eps, 1], drawn by its
+exact inverse CDF from u in [0, 1) (the lower half of u through the CDF, the upper half through
+the survival function, so float32 rounding cuts off neither tail and nothing is clipped), so any
+sampler combines with low-discrepancy u_i = (u + i / B) mod 1 across the batch.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy import special
+
+# ----------------------------------------------------------------------------- schedules
+
+
+class Schedule:
+  """alpha(t) with its derivative; `weight` is the ELBO weight w(t); `mask_prob` = 1 - alpha(t)
+  (computed without cancellation where it matters) and `t_of_mask_prob` its inverse."""
+  name = ''
+
+  def alpha(self, t):
+    raise NotImplementedError
+
+  def dalpha(self, t):
+    raise NotImplementedError
+
+  def weight(self, t):
+    return -self.dalpha(t) / (1.0 - self.alpha(t))
+
+  def mask_prob(self, t):
+    return 1.0 - self.alpha(t)
+
+  def t_of_mask_prob(self, s):
+    raise NotImplementedError
+
+
+class Linear(Schedule):
+  """alpha = 1 - t; w = 1/t."""
+  name = 'linear'
+
+  def alpha(self, t):
+    return 1.0 - t
+
+  def dalpha(self, t):
+    return -jnp.ones_like(t)
+
+  def weight(self, t):
+    return 1.0 / t
+
+  def mask_prob(self, t):
+    return t
+
+  def t_of_mask_prob(self, s):
+    return s
+
+
+class Cosine(Schedule):
+  """alpha = cos(pi t / 2)."""
+  name = 'cosine'
+
+  def alpha(self, t):
+    return jnp.cos(0.5 * jnp.pi * t)
+
+  def dalpha(self, t):
+    return -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * t)
+
+  def weight(self, t):
+    # sin/(1-cos) = cot(x/2), stable for small t
+    return 0.5 * jnp.pi / jnp.tan(0.25 * jnp.pi * t)
+
+  def mask_prob(self, t):
+    return 2.0 * jnp.sin(0.25 * jnp.pi * t) ** 2  # 1 - cos(x) without cancellation
+
+  def t_of_mask_prob(self, s):
+    return 4.0 / jnp.pi * jnp.arcsin(jnp.sqrt(0.5 * s))
+
+
+class Polynomial(Schedule):
+  """alpha = 1 - t^k; w = k / t."""
+  name = 'polynomial'
+
+  def __init__(self, k=2.0):
+    self.k = k
+
+  def alpha(self, t):
+    return 1.0 - t ** self.k
+
+  def dalpha(self, t):
+    return -self.k * t ** (self.k - 1.0)
+
+  def weight(self, t):
+    return self.k / t
+
+  def mask_prob(self, t):
+    return t ** self.k
+
+  def t_of_mask_prob(self, s):
+    return s ** (1.0 / self.k)
+
+
+class LogLinear(Schedule):
+  """MDLM/SEDD log-linear noise: sigma(t) = -log(1 - (1 - delta) t), alpha = exp(-sigma)."""
+  name = 'loglinear'
+
+  def __init__(self, delta=1e-3):
+    self.delta = delta
+
+  def alpha(self, t):
+    return 1.0 - (1.0 - self.delta) * t
+
+  def dalpha(self, t):
+    return -(1.0 - self.delta) * jnp.ones_like(t)
+
+  def weight(self, t):
+    return 1.0 / t
+
+  def mask_prob(self, t):
+    return (1.0 - self.delta) * t
+
+  def t_of_mask_prob(self, s):
+    return s / (1.0 - self.delta)
+
+
+SCHEDULES = ('linear', 'cosine', 'polynomial', 'loglinear')
+
+
+def get_schedule(name: str, dcfg=None) -> Schedule:
+  if name == 'linear':
+    return Linear()
+  if name == 'cosine':
+    return Cosine()
+  if name == 'polynomial':
+    return Polynomial(dcfg.poly_k if dcfg is not None else 2.0)
+  if name == 'loglinear':
+    return LogLinear(dcfg.eps if dcfg is not None else 1e-3)
+  raise ValueError(f'unknown schedule {name!r} (one of {", ".join(SCHEDULES)})')
+
+
+# ----------------------------------------------------------------------------- time samplers
+
+
+class TimeDist:
+  """A law on (0, 1) truncated to [eps, 1]. Subclasses give the untruncated law's density
+  `pdf0`, CDF `cdf0` and survival function `sf0` (1 - cdf0, accurate in the upper tail) with
+  their inverses `icdf0` and `isf0`."""
+  name = ''
+
+  def __init__(self, eps):
+    self.eps = eps
+
+  def pdf0(self, t):
+    raise NotImplementedError
+
+  def cdf0(self, t):
+    raise NotImplementedError
+
+  def icdf0(self, p):
+    raise NotImplementedError
+
+  def sf0(self, t):
+    return 1.0 - self.cdf0(t)
+
+  def isf0(self, q):
+    return self.icdf0(1.0 - q)
+
+  def _bounds(self):
+    """(mass below eps, mass above 1, mass of [eps, 1]) of the untruncated law."""
+    eps, one = jnp.float32(self.eps), jnp.float32(1.0)
+    below, above = self.cdf0(eps), self.sf0(one)
+    return below, above, jnp.where(below < 0.5, self.cdf0(one) - below, self.sf0(eps) - above)
+
+  def density(self, t):
+    """q(t) of the truncated law on [eps, 1] (0 outside)."""
+    inside = (t >= self.eps) & (t <= 1.0)
+    return jnp.where(inside, self.pdf0(t) / self._bounds()[2], 0.0)
+
+  def from_uniform(self, u):
+    """Exact inverse CDF of the truncated law. u < 1/2 goes through the CDF and u >= 1/2 through
+    the survival function, so float32 rounding cuts off neither tail (p = 1 - 1e-9 is not a
+    float32, but its complement is), and nothing is clipped to a sub-interval."""
+    below, above, mass = self._bounds()
+    lower = self.icdf0(below + jnp.minimum(u, 0.5) * mass)
+    upper = self.isf0(above + (1.0 - jnp.maximum(u, 0.5)) * mass)
+    return jnp.clip(jnp.where(u < 0.5, lower, upper), self.eps, 1.0)
+
+
+class Uniform(TimeDist):
+  name = 'uniform'
+
+  def pdf0(self, t):
+    return jnp.ones_like(t)
+
+  def cdf0(self, t):
+    return t
+
+  def icdf0(self, p):
+    return p
+
+  def from_uniform(self, u):
+    return self.eps + (1.0 - self.eps) * u
+
+
+def _bisect(f, target, increasing, iters=40):
+  """t in [0, 1] with f(t) = target for a monotone f (elementwise)."""
+  lo, hi = jnp.zeros_like(target), jnp.ones_like(target)
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = 0.5 * (lo + hi)
+    left = (f(mid) < target) if increasing else (f(mid) > target)
+    return jnp.where(left, mid, lo), jnp.where(left, hi, mid)
+  lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+  return 0.5 * (lo + hi)
+
+
+class Beta(TimeDist):
+  """Beta(a, b); inverses by bisection on the regularised incomplete beta function."""
+  name = 'beta'
+
+  def __init__(self, eps, a, b):
+    super().__init__(eps)
+    self.a, self.b = float(a), float(b)
+    self.log_norm = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+  def pdf0(self, t):
+    t = jnp.clip(t, 1e-30, 1.0)
+    return jnp.exp((self.a - 1) * jnp.log(t) + (self.b - 1) * jnp.log1p(-t) - self.log_norm)
+
+  def cdf0(self, t):
+    return special.betainc(self.a, self.b, jnp.clip(t, 0.0, 1.0))
+
+  def sf0(self, t):
+    return special.betainc(self.b, self.a, jnp.clip(1.0 - t, 0.0, 1.0))
+
+  def icdf0(self, p):
+    return _bisect(self.cdf0, p, increasing=True)
+
+  def isf0(self, q):
+    return _bisect(self.sf0, q, increasing=False)
+
+
+class _Gaussian(TimeDist):
+  """A law whose standardised variable z = (g(t) - mu) / sigma is N(0, 1) for an increasing g."""
+
+  def __init__(self, eps, mu, sigma):
+    super().__init__(eps)
+    self.mu, self.sigma = float(mu), float(sigma)
+
+  def z(self, t):
+    raise NotImplementedError
+
+  def t_of_z(self, z):
+    raise NotImplementedError
+
+  def cdf0(self, t):
+    return special.ndtr(self.z(t))
+
+  def sf0(self, t):
+    return special.ndtr(-self.z(t))
+
+  def icdf0(self, p):
+    return self.t_of_z(special.ndtri(p))
+
+  def isf0(self, q):
+    return self.t_of_z(-special.ndtri(q))
+
+
+class LogitNormal(_Gaussian):
+  """logit(t) ~ N(mu, sigma^2)."""
+  name = 'logit_normal'
+
+  def z(self, t):
+    t = jnp.clip(t, 0.0, 1.0)
+    return (jnp.log(t) - jnp.log1p(-t) - self.mu) / self.sigma
+
+  def t_of_z(self, z):
+    return jax.nn.sigmoid(self.mu + self.sigma * z)
+
+  def pdf0(self, t):
+    z = self.z(t)
+    inside = (t > 0) & (t < 1)
+    tt = jnp.where(inside, t, 0.5)
+    return jnp.where(inside, jnp.exp(-0.5 * z * z) / (self.sigma * jnp.sqrt(2 * jnp.pi) *
+                                                      tt * (1 - tt)), 0.0)
+
+
+class TruncatedNormal(_Gaussian):
+  """N(mu, sigma^2) truncated to [eps, 1]."""
+  name = 'truncated_normal'
+
+  def z(self, t):
+    return (t - self.mu) / self.sigma
+
+  def t_of_z(self, z):
+    return self.mu + self.sigma * z
+
+  def pdf0(self, t):
+    z = self.z(t)
+    return jnp.exp(-0.5 * z * z) / (self.sigma * jnp.sqrt(2 * jnp.pi))
+
+
+class UniformMixture(TimeDist):
+  """lam * U(eps, 1) + (1 - lam) * dist ("defensive" importance sampling).
+
+  Under `elbo` weighting the per-sample weight w(t) u(t) / q(t) is bounded by w(t) / lam, so
+  bell-shaped samplers whose tails are thinner than the ELBO weight (logit-normal: q vanishes
+  faster than any power of t as t -> 0) keep a finite-variance estimator. The component is chosen
+  by u itself (u < lam: uniform), so low-discrepancy u stays stratified."""
+
+  def __init__(self, dist, lam):
+    super().__init__(dist.eps)
+    self.dist, self.lam = dist, float(lam)
+    self.name = f'{dist.name}+uniform{lam:g}'
+
+  def density(self, t):
+    inside = (t >= self.eps) & (t <= 1.0)
+    u = jnp.where(inside, 1.0 / (1.0 - self.eps), 0.0)
+    return self.lam * u + (1.0 - self.lam) * self.dist.density(t)
+
+  def from_uniform(self, u):
+    lam = self.lam
+    t_uni = self.eps + (1.0 - self.eps) * jnp.clip(u / lam, 0.0, 1.0)
+    t_bell = self.dist.from_uniform(jnp.clip((u - lam) / (1.0 - lam), 0.0, 1.0))
+    return jnp.where(u < lam, t_uni, t_bell)
+
+
+TIME_SAMPLERS = ('uniform', 'beta', 'logit_normal', 'truncated_normal')
+
+
+def get_time_dist(dcfg) -> TimeDist:
+  name, sp, eps = dcfg.time_sampler, dcfg.sampler_params, dcfg.eps
+  if name == 'uniform':
+    return Uniform(eps)
+  if name == 'beta':
+    dist = Beta(eps, sp.beta_a, sp.beta_b)
+  elif name == 'logit_normal':
+    dist = LogitNormal(eps, sp.mu, sp.sigma)
+  elif name == 'truncated_normal':
+    dist = TruncatedNormal(eps, sp.mu, sp.sigma)
+  else:
+    raise ValueError(f'unknown time sampler {name!r} (one of {", ".join(TIME_SAMPLERS)})')
+  return UniformMixture(dist, sp.uniform_mix) if sp.uniform_mix > 0 else dist

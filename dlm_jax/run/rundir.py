@@ -1,0 +1,207 @@
+"""The run directory: the contract between training and analysis. Every file a run writes and
+every reader of them lives here:
+
+  config.json        the fully resolved config          metrics.jsonl   one object per logged step
+  tb/                TensorBoard events                  eval/*.json     validation, --mode eval
+  checkpoints/       orbax (run/checkpoint.py)           samples.jsonl   decoded samples
+  summary.json       the end of a run: sizes, tokens, FLOPs, final and best metrics, estimands,
+                     wall time, status (done | failed: ... | preempted at step N | interrupted)
+"""
+import json
+import math
+import os
+
+import jax
+from tensorboardX import SummaryWriter
+
+from dlm_jax import config as config_lib
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
+from dlm_jax.data import tokenizers
+from dlm_jax.errors import TrainingError
+from dlm_jax.run import checkpoint
+from dlm_jax.run import validate
+
+
+CONFIG, METRICS, SUMMARY, SAMPLES = 'config.json', 'metrics.jsonl', 'summary.json', 'samples.jsonl'
+
+
+def path(workdir, *parts):
+  """A file of the run directory: path(wd, SUMMARY), path(wd, 'eval', 'validation.json')."""
+  return os.path.join(workdir, *parts)
+
+
+def atomic_json(file, obj):
+  """Writes a JSON file by rename (never half a file), from process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = file + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, file)
+
+
+def read_json(file, default=None):
+  if default is not None and not os.path.exists(file):
+    return default
+  with open(file, encoding='utf-8') as f:
+    return json.load(f)
+
+
+class MetricWriter:
+  """metrics.jsonl (one object per logged step) and TensorBoard events, from process 0 only."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if self.active:
+      self.f = open(path(workdir, METRICS), 'a', encoding='utf-8')
+      self.tb = SummaryWriter(path(workdir, 'tb'))
+
+  def write(self, step, values, prefix='', jsonl=True):
+    if not self.active:
+      return
+    if jsonl:
+      row = dict(step=int(step), **{prefix + k: v for k, v in values.items()})
+      self.f.write(json.dumps(row) + '\n')
+      self.f.flush()
+    for k, v in values.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self.tb.add_scalar(prefix + k, v, int(step))
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.f.close()
+      self.tb.close()
+
+
+def read_metrics(workdir):
+  """The rows of metrics.jsonl (a torn last line from a killed process is skipped)."""
+  rows = []
+  file = path(workdir, METRICS)
+  if os.path.exists(file):
+    for line in open(file, encoding='utf-8'):
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return rows
+
+
+def truncate_metrics(workdir, step):
+  """On resume, drop rows logged after the restored checkpoint so each step appears once."""
+  file = path(workdir, METRICS)
+  if jax.process_index() != 0 or not os.path.exists(file):
+    return
+  keep = [json.dumps(r) + '\n' for r in read_metrics(workdir) if r.get('step', step + 1) <= step]
+  with open(file + '.tmp', 'w', encoding='utf-8') as f:
+    f.writelines(keep)
+  os.replace(file + '.tmp', file)
+
+
+def read_validation(workdir, up_to=None):
+  """eval/validation.json: one dict per validation (step, tokens, metrics)."""
+  rows = read_json(path(workdir, 'eval', 'validation.json'), default=[])
+  return [r for r in rows if up_to is None or r['step'] <= up_to]
+
+
+def write_validation(workdir, history):
+  atomic_json(path(workdir, 'eval', 'validation.json'), history)
+
+
+def validation_curve(workdir, key):
+  """(tokens, values) of a run's validation metric `key`."""
+  rows = [r for r in read_validation(workdir) if key in r]
+  return [r['tokens'] for r in rows], [r[key] for r in rows]
+
+
+def read_summary(workdir):
+  return read_json(path(workdir, SUMMARY))
+
+
+def status_of(workdir) -> str:
+  """done | failed: ... | partial | missing (from summary.json and checkpoints)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    return f'failed: {workdir} exists and is not a directory'
+  if os.path.exists(path(workdir, SUMMARY)):
+    try:
+      return read_summary(workdir).get('status', 'unknown')
+    except json.JSONDecodeError:
+      return 'failed: unreadable summary.json'
+  if os.path.isdir(path(workdir, 'checkpoints')):
+    return 'partial'
+  return 'missing'
+
+
+def is_done(workdir) -> bool:
+  return status_of(workdir) == 'done'
+
+
+def check_workdir(workdir, cfg):
+  """Refuses a workdir whose config.json belongs to a different run (nothing is written)."""
+  file = path(workdir, CONFIG)
+  if not os.path.exists(file):
+    ckpt = path(workdir, 'checkpoints')
+    if os.path.isdir(ckpt) and os.listdir(ckpt):
+      raise TrainingError(f'{workdir} holds checkpoints but no config.json; refusing to mix runs')
+    return False
+  diffs = config_lib.diff_for_resume(read_json(file), cfg.to_dict())
+  if diffs:
+    raise TrainingError(f'{workdir} holds a different run (config.json differs: '
+                        f'{"; ".join(diffs[:5])}); use a new --workdir')
+  return True
+
+
+def make_summary(setup, step, history, final, wall, status):
+  cfg = setup.cfg
+  D = step * cfg.train.batch_size * cfg.data.seq_len
+  U = int(setup.data_info['unique_tokens'])
+  metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb', 'exact_match'))]
+  best = {k: (max if k.endswith('exact_match') else min)(h[k] for h in history if k in h)
+          for k in metric_keys}
+  return dict(
+      objective=cfg.objective,
+      ratio=float(1 - objectives.mdm_fraction(cfg)),  # the AR weight, as in the dual-LM sweep
+      mdm_fraction=float(objectives.mdm_fraction(cfg)),
+      size=cfg.model.size or f'd{cfg.model.d_model}_l{cfg.model.num_layers}',
+      N_total=setup.counts['N_total'], N_nonembed=setup.counts['N_nonembed'],
+      flops_per_token=setup.counts['flops_per_token'],
+      D=D, U=U, epochs=D / U, C=setup.counts['flops_per_token'] * D, steps=step,
+      final={k: final[k] for k in metric_keys}, best=best,
+      unigram_entropy=setup.data_info['unigram_entropy'],
+      estimands=validate.estimands(cfg),
+      wall_time_s=wall, status=status)
+
+
+def load_config(run_dir, overrides=None):
+  """A run's config from its config.json, with dotted overrides ({'eval.nelbo_samples': 64})."""
+  file = path(run_dir, CONFIG)
+  if not os.path.exists(file):
+    raise TrainingError(f'{run_dir}: not a run directory (no config.json)')
+  cfg = config_lib.from_run(read_json(file))
+  cfg.update_from_flattened_dict(dict(overrides or {}))
+  return config_lib.validate(cfg, training=False)
+
+
+def load_run(run_dir, overrides=None):
+  """(cfg, tokenizer, model, params, step) of a trained run, from its config.json and latest
+  checkpoint, without loading its data: what a sampler, a notebook or lm-eval needs.
+  overrides: {dotted key: value} applied to the run's config (e.g. {'eval.nelbo_samples': 64})."""
+  cfg = load_config(run_dir, overrides)
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  params, step = checkpoint.load_params(run_dir, cfg, what=run_dir)
+  return cfg, tok, model_lib.Transformer(cfg.model), params, step
+
+
+def format_summary(summary, workdir):
+  """The end of a run for people: final validation metrics, what each estimates, tokens, time."""
+  lines = ['', 'final validation (nats/token):']
+  lines += [f'  {k:12s} {v:8.4f}' for k, v in summary['final'].items()]
+  lines.append(f'  {"unigram":12s} {summary["unigram_entropy"]:8.4f}  (validation tokens under '
+               'the train unigram distribution)')
+  lines += [f'  {k}: {what}' for k, what in summary.get('estimands', {}).items()
+            if k in summary['final']]
+  lines.append(f'trained {summary["D"]:,} tokens ({summary["epochs"]:.2f} epochs) in '
+               f'{summary["wall_time_s"]:.0f} s; N_total={summary["N_total"]:,}')
+  lines.append(f'outputs: {os.path.abspath(workdir)}')
+  return '\n'.join(lines)

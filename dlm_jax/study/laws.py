@@ -1,0 +1,360 @@
+"""The scaling laws and their fitters: Chinchilla (Approach 3), IsoFLOP (Approach 2),
+data-constrained (Muennighoff et al.), pure power laws in compute, and the dual objective's
+optimal AR weight. The driver, bootstrap and CLI are in study/scaling.py.
+
+Chinchilla follows the published procedure exactly (Hoffmann et al. 2022, as replicated by
+Besiroglu et al. 2024): minimise sum_i Huber_1e-3(LSE(a - alpha log N_i, b - beta log D_i, e)
+- log L_i) with L-BFGS from every point of the grid alpha, beta in {0, 0.5, ..., 2},
+e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}, keeping the best; A = e^a, B = e^b, E = e^e.
+Bootstrap refits (resampled runs) start from the 16 best grid starts of the full-data fit.
+"""
+import dataclasses
+import itertools
+import math
+import warnings
+
+import numpy as np
+from scipy import optimize
+from scipy import special
+
+from dlm_jax.errors import FitError
+
+
+DELTA = 1e-3
+
+
+GRID = dict(alpha=np.arange(0, 2.01, 0.5), beta=np.arange(0, 2.01, 0.5),
+            e=np.arange(-1, 1.01, 0.5), a=np.arange(0, 25.1, 5), b=np.arange(0, 25.1, 5))
+
+
+CHINCHILLA = ('E', 'A', 'B', 'alpha', 'beta')
+
+
+def _need_runs(n, k, law):
+  if n < k + 1:
+    raise FitError(f'{law}: {n} runs cannot determine {k} parameters (need at least {k + 1})')
+
+
+def _huber_lse(theta, logN, logD, logL, delta=DELTA):
+  """Objective and gradient of the Chinchilla fit for theta = (a, b, e, alpha, beta)."""
+  a, b, e, al, be = theta
+  t = np.stack([a - al * logN, b - be * logD, np.full_like(logN, e)])
+  lse = special.logsumexp(t, axis=0)
+  r = lse - logL
+  obj = special.huber(delta, r).sum()
+  dr = np.clip(r, -delta, delta)  # d huber / d r
+  w = np.exp(t - lse) * dr  # softmax weights times residual derivative
+  grad = np.array([w[0].sum(), w[1].sum(), w[2].sum(), -(w[0] * logN).sum(),
+                   -(w[1] * logD).sum()])
+  return obj, grad
+
+
+@dataclasses.dataclass
+class Fit:
+  law: str
+  params: dict
+  objective: float
+  n_runs: int
+  converged: bool
+  grad_norm: float = 0.0
+  extra: dict = dataclasses.field(default_factory=dict)
+  starts: list = dataclasses.field(default_factory=list)
+
+  def to_json(self):
+    d = dict(law=self.law, params=self.params, objective=self.objective, n_runs=self.n_runs,
+             converged=self.converged, grad_norm=self.grad_norm, **self.extra)
+    return d
+
+
+def _free_mask(fix, names):
+  return np.array([n not in fix for n in names])
+
+
+TIGHT = dict(maxiter=2000, gtol=1e-12, ftol=1e-15)
+
+
+def _lbfgs(fun, x0, free, fixed_vals, options=None):
+  """L-BFGS-B over the free coordinates of x (fixed ones held at fixed_vals); scipy's default
+  tolerances for the grid, TIGHT to polish the winner."""
+  x0 = np.where(free, x0, fixed_vals)
+
+  def f(z):
+    x = x0.copy()
+    x[free] = z
+    o, g = fun(x)
+    return o, g[free]
+  res = optimize.minimize(f, x0[free], jac=True, method='L-BFGS-B',
+                          options=options or dict(maxiter=1000))
+  x = x0.copy()
+  x[free] = res.x
+  return x, float(res.fun), bool(res.success), float(np.linalg.norm(res.jac))
+
+
+def _chinchilla_fixed(fix):
+  """Fixed values in the optimiser's coordinates (a, b, e, alpha, beta)."""
+  names = ('A', 'B', 'E', 'alpha', 'beta')
+  vals = np.zeros(5)
+  for i, n in enumerate(names):
+    if n in fix:
+      vals[i] = math.log(fix[n]) if n in ('A', 'B', 'E') else fix[n]
+  return _free_mask(fix, names), vals
+
+
+def fit_chinchilla(N, D, loss, fix=None, starts=None, delta=DELTA):
+  """The Approach-3 fit; `starts` (optimiser coordinates) replaces the full grid."""
+  fix = fix or {}
+  N, D, loss = (np.asarray(x, float) for x in (N, D, loss))
+  free, fixed_vals = _chinchilla_fixed(fix)
+  _need_runs(len(N), int(free.sum()), 'chinchilla')
+  logN, logD, logL = np.log(N), np.log(D), np.log(loss)
+  fun = lambda th: _huber_lse(th, logN, logD, logL, delta)
+  if starts is None:
+    starts = [np.array([a, b, e, al, be]) for a, b, e, al, be in itertools.product(
+        GRID['a'], GRID['b'], GRID['e'], GRID['alpha'], GRID['beta'])]
+  # a fixed coordinate makes its grid dimension redundant: start once per distinct point
+  starts = list({tuple(np.where(free, np.asarray(x0, float), fixed_vals)): x0
+                 for x0 in starts}.keys())
+  results = []
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    for x0 in starts:
+      x, obj, ok, gn = _lbfgs(fun, np.asarray(x0, float), free, fixed_vals)
+      if np.isfinite(obj):
+        results.append((obj, x, ok, gn, x0))
+  results.sort(key=lambda r: r[0])
+  x, obj, ok, gn = _lbfgs(fun, results[0][1], free, fixed_vals, TIGHT)
+  a, b, e, al, be = x
+  params = dict(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(al), beta=float(be))
+  return Fit('chinchilla', params, obj, len(N), ok, gn,
+             starts=[np.asarray(r[4], float) for r in results[:16]])
+
+
+def compute_optimal(params, C):
+  """N_opt(C), D_opt(C) for L = E + A/N^alpha + B/D^beta with C = 6 N D."""
+  A, B, al, be = params['A'], params['B'], params['alpha'], params['beta']
+  G = (al * A / (be * B)) ** (1 / (al + be))
+  C = np.asarray(C, float)
+  return G * (C / 6) ** (be / (al + be)), (C / 6) ** (al / (al + be)) / G
+
+
+def chinchilla_loss(params, N, D):
+  return params['E'] + params['A'] / np.asarray(N, float) ** params['alpha'] + \
+      params['B'] / np.asarray(D, float) ** params['beta']
+
+
+def effective_data(U_D, D, R_D_star):
+  """D' = U_D + U_D R_D* (1 - exp(-R_D / R_D*)), R_D = D/U_D - 1 (repeated epochs)."""
+  R_D = np.maximum(np.asarray(D, float) / U_D - 1, 0)
+  return U_D + U_D * R_D_star * (1 - np.exp(-R_D / R_D_star))
+
+
+def effective_params(N, U_D, R_N_star, base):
+  """N' = U_N + U_N R_N* (1 - exp(-R_N / R_N*)), U_N = min(N, N_opt(U_D)), R_N = N/U_N - 1;
+  N_opt(U_D) is the compute-optimal size of the budget whose D_opt equals U_D."""
+  A, B, al, be = base['A'], base['B'], base['alpha'], base['beta']
+  G = (al * A / (be * B)) ** (1 / (al + be))
+  n_opt = G * (U_D * G) ** (be / al)
+  U_N = np.minimum(N, n_opt)
+  R_N = np.maximum(np.asarray(N, float) / U_N - 1, 0)
+  return U_N + U_N * R_N_star * (1 - np.exp(-R_N / R_N_star))
+
+
+def data_constrained_loss(params, N, D, U):
+  return chinchilla_loss(params, effective_params(N, U, params['R_N_star'], params),
+                         effective_data(U, D, params['R_D_star']))
+
+
+def _dc_objective(log_r, base, N, D, U, logL, delta=DELTA):
+  p = dict(base, R_D_star=math.exp(log_r[0]), R_N_star=math.exp(log_r[1]))
+  pred = data_constrained_loss(p, N, D, U)
+  return special.huber(delta, np.log(pred) - logL).sum()
+
+
+def fit_data_constrained(N, D, U, loss, fix=None, base_fit=None):
+  """Muennighoff et al.: the base law (E, A, B, alpha, beta) from the runs that see each token
+  at most once (or fixed with --fix), then R_D*, R_N* on all runs by the same Huber objective in
+  log space, L-BFGS in log R* from a grid; plus the profile objective over R_D*."""
+  fix = fix or {}
+  N, D, U, loss = (np.asarray(x, float) for x in (N, D, U, loss))
+  single = D <= U * (1 + 1e-9)
+  if all(k in fix for k in CHINCHILLA):
+    base = {k: float(fix[k]) for k in CHINCHILLA}
+  else:
+    if single.sum() < 6 - sum(k in fix for k in CHINCHILLA):
+      raise FitError(f'data_constrained: {int(single.sum())} single-epoch runs (D <= U) cannot '
+                     'fit the base law; add such runs or --fix E=...,A=...,B=...,alpha=...,'
+                     'beta=...')
+    base = (base_fit or fit_chinchilla(N[single], D[single], loss[single],
+                                       {k: v for k, v in fix.items() if k in CHINCHILLA})).params
+  logL = np.log(loss)
+  free = np.array(['R_D_star' not in fix, 'R_N_star' not in fix])
+  _need_runs(len(N), int(free.sum()), 'data_constrained')
+  fixed = np.array([math.log(fix.get('R_D_star', 1.0)), math.log(fix.get('R_N_star', 1.0))])
+  grid = np.log([1, 3, 10, 30, 100, 300, 1000])
+  best = None
+  for x0 in itertools.product(grid, grid):
+    x0 = np.where(free, np.array(x0), fixed)
+
+    def f(z, x0=x0):
+      x = x0.copy()
+      x[free] = z
+      return _dc_objective(x, base, N, D, U, logL)
+    res = optimize.minimize(f, x0[free], method='L-BFGS-B', bounds=[(-5, 12)] * int(free.sum()))
+    if best is None or res.fun < best[0]:
+      x = x0.copy()
+      x[free] = res.x
+      best = (float(res.fun), x, bool(res.success))
+  obj, x, ok = best
+  params = dict(base, R_D_star=math.exp(x[0]), R_N_star=math.exp(x[1]))
+  prof_r = np.exp(np.linspace(math.log(1), math.log(3000), 25))
+  prof = []
+  for r in prof_r:  # profile over R_D*: minimise over R_N* with R_D* held
+    res = optimize.minimize_scalar(lambda ln: _dc_objective([math.log(r), ln], base, N, D, U, logL),
+                                   bounds=(-5, 12), method='bounded')
+    prof.append(float(res.fun))
+  return Fit('data_constrained', params, obj, len(N), ok,
+             extra=dict(base_from='fixed' if all(k in fix for k in CHINCHILLA) else
+                        f'{int(single.sum())} single-epoch runs',
+                        profile_R_D_star=dict(R_D_star=prof_r.tolist(), objective=prof)))
+
+
+def fit_power(C, loss, family=None):
+  """log L = log k + gamma log C per family (least squares); with two families, the compute
+  multiplier C_2/C_1 needed by the second for the first's loss at the geometric-mean loss."""
+  C, loss = np.asarray(C, float), np.asarray(loss, float)
+  family = np.asarray(family if family is not None else ['all'] * len(C), dtype=object)
+  params, fams = {}, sorted(set(family.tolist()))
+  for f in fams:
+    m = family == f
+    _need_runs(int(m.sum()), 2, f'power ({f})')
+    gamma, logk = np.polyfit(np.log(C[m]), np.log(loss[m]), 1)
+    params[f] = dict(k=float(math.exp(logk)), gamma=float(gamma))
+  extra = {}
+  if len(fams) == 2:
+    L_ref = float(math.exp(np.mean(np.log(loss))))
+    extra = dict(compute_multiplier=compute_multiplier(params, fams, L_ref), multiplier_of=f'{fams[1]} / {fams[0]}',
+                 at_loss=L_ref)
+  resid = sum(float(((np.log(loss[family == f]) - np.log(params[f]['k']) -
+                      params[f]['gamma'] * np.log(C[family == f])) ** 2).sum()) for f in fams)
+  return Fit('power', params, resid, len(C), True, extra=extra)
+
+
+def compute_multiplier(params, fams, L):
+  """C_2 / C_1: compute family fams[1] needs to reach loss L, relative to fams[0]."""
+  c = [(L / params[f]['k']) ** (1 / params[f]['gamma']) for f in fams]
+  return c[1] / c[0]
+
+
+def group_budgets(C, rel=0.25):
+  """Budget labels: runs whose C agree within a factor 1 + rel share a budget (sweeps space
+  budgets by 2x or more; rounding D to whole batches moves C by a few percent)."""
+  order = np.argsort(C)
+  labels, cur, ref = np.zeros(len(C), int), -1, None
+  for i in order:
+    if ref is None or C[i] > ref * (1 + rel):
+      cur, ref = cur + 1, C[i]
+    labels[i] = cur
+  return labels
+
+
+def window_around_min(x, loss, window):
+  """Indices of the `window` sizes nearest (in rank) to the smallest loss, shifted to stay inside
+  the grid; all of them when window is 0 or covers the grid."""
+  order = np.argsort(x)
+  if not window or window >= len(x):
+    return order
+  k = int(np.argmin(loss[order]))
+  lo = min(max(k - window // 2, 0), len(x) - window)
+  return order[lo:lo + window]
+
+
+def fit_isoflop(N, C, loss, runs=None, window=0):
+  """Approach 2: per budget a parabola of loss in log N, its vertex N_opt(C) with a 95% residual
+  bootstrap interval (budgets with > 3 sizes); then log N_opt = log G + a log C by least squares.
+  A budget needs >= 3 sizes. window > 0 fits each parabola to the `window` sizes around the
+  budget's smallest loss only (for grids reaching far past the optimum, where undertrained large
+  models flatten the profile into a non-parabolic plateau); 0 uses every size, as published."""
+  N, C, loss = (np.asarray(x, float) for x in (N, C, loss))
+  lab = group_budgets(C)
+  budgets, warn = [], []
+  for g in sorted(set(lab.tolist())):
+    m = lab == g
+    cb = float(np.exp(np.mean(np.log(C[m]))))
+    if len(set(N[m].tolist())) < 3:
+      names = ', '.join(str(r) for r in (np.asarray(runs)[m] if runs is not None else N[m]))
+      raise FitError(f'isoflop: budget C={cb:.3g} has {len(set(N[m].tolist()))} distinct sizes '
+                     f'(runs: {names}); a parabola needs at least 3')
+    idx = np.flatnonzero(m)
+    idx = idx[window_around_min(np.log(N[idx]), loss[idx], window)]
+    x, y = np.log(N[idx]), loss[idx]
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 <= 0:
+      warn.append(f'budget C={cb:.3g}: loss is not convex in log N; vertex undefined')
+      continue
+    xv = -c1 / (2 * c2)
+    if not x.min() <= xv <= x.max():
+      warn.append(f'budget C={cb:.3g}: vertex N={math.exp(xv):.3g} lies outside the sampled '
+                  f'sizes [{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]')
+    ci = vertex_interval(x, y, (c2, c1, c0), 500, np.random.default_rng(0))
+    budgets.append(dict(C=cb, N_opt=float(math.exp(xv)), loss_opt=float(c0 + c1 * xv + c2 * xv**2),
+                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(len(idx)),
+                        N_opt_ci=[float(np.exp(v)) for v in ci] if ci else None))
+  if len(budgets) < 2:
+    raise FitError(f'isoflop: {len(budgets)} budgets with a vertex; need at least 2 to fit '
+                   'N_opt ~ C^a')
+  lc = np.log([b['C'] for b in budgets])
+  a, logG = np.polyfit(lc, np.log([b['N_opt'] for b in budgets]), 1)
+  return Fit('isoflop', dict(a=float(a), G=float(np.exp(logG)), b=float(1 - a)), 0.0, len(N),
+             True, extra=dict(budgets=budgets, warnings=warn, window=int(window)))
+
+
+def vertex_interval(x, y, coeffs, n_boot, rng, clip=False, level=95):
+  """Percentile interval of a fitted parabola's vertex by residual bootstrap (residuals scaled
+  by sqrt(n / (n - 3)) for the three fitted coefficients); None without residual freedom."""
+  if len(x) <= 3:
+    return None
+  fitted = np.polyval(coeffs, x)
+  resid = (y - fitted) * math.sqrt(len(y) / (len(y) - 3))
+  boots = []
+  for _ in range(n_boot):
+    b2, b1, _ = np.polyfit(x, fitted + rng.choice(resid, len(resid)), 2)
+    if b2 > 0:
+      v = -b1 / (2 * b2)
+      boots.append(float(np.clip(v, x.min(), x.max())) if clip else float(v))
+  if not boots:
+    return None
+  a = (100 - level) / 2
+  return [float(np.percentile(boots, a)), float(np.percentile(boots, 100 - a))]
+
+
+def logit(p):
+  p = np.clip(np.asarray(p, float), 1 / 256, 255 / 256)  # 0 and 1 sit one grid step outside
+  return np.log(p / (1 - p))
+
+
+def optimal_ratio(ratio, epochs, loss, n_boot=500, seed=0):
+  """The loss-minimising AR weight per repetition level R: the grid argmin, and the vertex of a
+  parabola in logit(weight) through the argmin and its neighbours (up to 5 points), with a 95%
+  interval from a residual bootstrap of that parabola (with 5 points it undercovers: 79% measured
+  for the nominal 95% on simulated data, tests/test_scaling.py). Returns {R: {...}}."""
+  ratio, epochs, loss = (np.asarray(x, float) for x in (ratio, epochs, loss))
+  rng = np.random.default_rng(seed)
+  out = {}
+  for R in sorted(set(np.round(epochs).tolist())):
+    m = np.round(epochs) == R
+    order = np.argsort(ratio[m])
+    w, L = ratio[m][order], loss[m][order]
+    if len(w) < 3:
+      raise FitError(f'optimal_ratio: R={R:g} has {len(w)} ratios; need at least 3')
+    i = int(np.argmin(L))
+    lo, hi = max(0, min(i - 2, len(w) - 5)), min(len(w), max(i + 3, 5))
+    x, y = logit(w[lo:hi]), L[lo:hi]
+    res = dict(grid_best=float(w[i]), grid_loss=float(L[i]))
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 > 0:
+      vertex = float(np.clip(-c1 / (2 * c2), x.min(), x.max()))
+      ci = vertex_interval(x, y, (c2, c1, c0), n_boot, rng, clip=True)
+      sig = lambda z: float(1 / (1 + np.exp(-z)))
+      res.update(vertex=sig(vertex), ci=[sig(z) for z in ci] if ci else None)
+    out[float(R)] = res
+  return out

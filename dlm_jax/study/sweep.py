@@ -1,0 +1,349 @@
+"""Sweeps: named sets of runs, their launchers and the collector.
+
+A sweep file (configs/sweeps/*.py) defines `get_sweep()` returning a `Sweep`: a base config file
+and {run name: {dotted config key: value}}. Names are deterministic, so a run's workdir is
+<root>/<name> and relaunching a sweep finds its earlier runs: finished runs (summary.json with
+status done) are skipped, partial ones resume from their checkpoints, failed ones are retried.
+
+  python -m dlm_jax.sweep list    configs/sweeps/isoflop_micro.py
+  python -m dlm_jax.sweep local   configs/sweeps/isoflop_micro.py --workers 2 [--dry-run]
+  python -m dlm_jax.sweep slurm   configs/sweeps/isoflop_micro.py [--submit] [--partition P]
+  python -m dlm_jax.sweep tpu     configs/sweeps/isoflop_micro.py --zone Z --type v4-8 --bucket B
+  python -m dlm_jax.sweep collect configs/sweeps/isoflop_micro.py [--csv runs.csv]
+
+The local launcher runs up to --workers runs at once, each in a fresh `python -m dlm_jax.main`
+process sharing a persistent XLA compilation cache (<root>/.xla_cache); a failing run is recorded
+(<root>/<name>/launcher.log and the table's error column) and never stops the others.
+"""
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from dlm_jax.core import objectives
+from dlm_jax.errors import SweepError
+from dlm_jax.run import rundir
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
+
+@dataclasses.dataclass
+class Sweep:
+  name: str
+  base_config: str        # a config file, relative to the repository root
+  runs: dict              # {run name: {dotted key: value}}
+  description: str = ''
+
+
+
+def load_sweep(path) -> Sweep:
+  if not os.path.exists(path):
+    raise SweepError(f'sweep file not found: {path}')
+  spec = importlib.util.spec_from_file_location('sweep_file', path)
+  mod = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, 'get_sweep'):
+      raise SweepError(f'{path}: defines no get_sweep()')
+    sw = mod.get_sweep()
+  except SweepError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a broken sweep file: name it
+    where = f' (line {e.lineno})' if isinstance(e, SyntaxError) else ''
+    raise SweepError(f'{path}{where}: {type(e).__name__}: {e}') from None
+  for name in sw.runs:
+    if not name or '/' in name or name.startswith('.'):
+      raise SweepError(f'{path}: run name {name!r} is not a plain directory name')
+  return sw
+
+
+def overrides(setting: dict) -> list[str]:
+  return [f'--config.{k}={v}' for k, v in setting.items()]
+
+
+def fmt_num(x) -> str:
+  """Short deterministic number for run names: 1.5e+11 -> 1.5e11, 0.25 -> 0.25."""
+  if isinstance(x, float) and (x >= 1e4 or (0 < x < 1e-3)):
+    m, e = f'{x:.3g}'.split('e')
+    return f'{m}e{int(e)}'
+  return f'{x:g}' if isinstance(x, float) else str(x)
+
+
+
+
+def command(config_path, workdir, setting, python=sys.executable):
+  return [python, '-m', 'dlm_jax.main', '--config', config_path, '--workdir', workdir,
+          *overrides(setting)]
+
+
+def worker_env(root, workers):
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.xla_cache'))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  if workers > 1:  # one intra-op thread per run, so concurrent runs do not oversubscribe cores
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
+                        'intra_op_parallelism_threads=1').strip()
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def _run_one(cmd, workdir, env):
+  t = time.time()
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'launcher.log'), 'a', encoding='utf-8') as log:
+      log.write(f'$ {shlex.join(cmd)}\n')
+      log.flush()
+      r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                         check=False)
+  except OSError as e:  # the run directory cannot be made or written: this run fails, not the sweep
+    return f'failed: cannot write {workdir}: {e.strerror or e}', time.time() - t
+  if r.returncode == 0:
+    return 'done', time.time() - t
+  tail = open(os.path.join(workdir, 'launcher.log'), encoding='utf-8').read().strip()
+  last = [l for l in tail.splitlines() if l.startswith('error:')] or tail.splitlines()[-1:]
+  return f'failed: exit {r.returncode}: {last[-1][:300] if last else ""}', time.time() - t
+
+
+def run_local(config_path: str, root: str, settings: dict, log=print, workers=1,
+              dry_run=False) -> dict:
+  """Runs every setting not yet done, `workers` at a time; {name: 'done' | 'failed: ...'}."""
+  status, todo = {}, []
+  for name, setting in settings.items():
+    wd = os.path.join(root, name)
+    if rundir.is_done(wd):
+      status[name] = 'done'
+    else:
+      todo.append((name, command(config_path, wd, setting), wd))
+  log(f'{len(status)} runs already done, {len(todo)} to run with {workers} worker(s)')
+  if dry_run:
+    for name, cmd, _ in todo:
+      log(shlex.join(cmd))
+      status[name] = 'pending'
+    return status
+  env = worker_env(root, workers)
+  t0 = time.time()
+  with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+    futs = {pool.submit(_run_one, cmd, wd, env): name for name, cmd, wd in todo}
+    for i, fut in enumerate(concurrent.futures.as_completed(futs), 1):
+      name = futs[fut]
+      st, dt = fut.result()
+      status[name] = st
+      log(f'[{i}/{len(todo)}] {name}: {st} ({dt:.0f} s; {time.time() - t0:.0f} s elapsed)')
+  return status
+
+
+# ------------------------------------------------------------------------------------ collector
+
+COLUMNS = ('run', 'status', 'objective', 'ratio', 'size', 'N', 'N_total', 'N_nonembed', 'D', 'U',
+           'epochs', 'C', 'loss', 'loss_metric', 'steps', 'wall_time_s', 'error')
+
+
+def loss_of(summary, which='final'):
+  """The run's headline validation loss (the objective registry's `headline`: AR NLL where the
+  run has an AR share, else the MDM NELBO; a dual run's NELBO stays in its own column)."""
+  f = summary.get(which, {})
+  obj = objectives.OBJECTIVES.get(summary.get('objective'))
+  for k in (obj.headline if obj else ()):
+    if k in f:
+      return f[k], k
+  return float('nan'), ''
+
+
+def collect(root, names):
+  """One row per expected run, in sweep order; missing, failed and unfinished runs are rows
+  with their status (never dropped)."""
+  rows = []
+  for name in names:
+    wd = os.path.join(root, name)
+    st = rundir.status_of(wd)
+    if st.startswith(('preempted', 'interrupted')):  # resumable: the next `local` continues it
+      st = 'partial'
+    row = dict(run=name, status=st if st in ('done', 'missing', 'partial') else 'failed',
+               error='' if st in ('done', 'missing', 'partial') else st)
+    if os.path.exists(rundir.path(wd, rundir.SUMMARY)):
+      try:
+        s = rundir.read_summary(wd)
+      except json.JSONDecodeError:
+        s = {}
+      loss, key = loss_of(s)
+      row.update({k: s.get(k) for k in ('objective', 'ratio', 'size', 'N_total', 'N_nonembed', 'D',
+                                        'U', 'epochs', 'C', 'steps', 'wall_time_s')})
+      row.update(N=s.get('N_nonembed'), loss=loss, loss_metric=key)
+      for which in ('final', 'best'):
+        for k, v in s.get(which, {}).items():
+          row[f'{which}_{k}'] = v
+    elif st == 'missing' and os.path.isdir(wd):
+      row.update(status='failed', error=_last_error(wd) or 'no summary.json')
+    rows.append(row)
+  return rows
+
+
+def _last_error(wd):
+  p = os.path.join(wd, 'launcher.log')
+  if not os.path.exists(p):
+    return ''
+  lines = [l for l in open(p, encoding='utf-8').read().splitlines() if l.strip()]
+  errs = [l for l in lines if l.startswith('error:')]
+  return (errs or lines[-1:] or [''])[-1][:300]
+
+
+def write_csv(rows, path):
+  """Atomically: a failed write (full disk) leaves the previous table intact."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  keys = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
+  try:
+    with open(path + '.tmp', 'w', newline='', encoding='utf-8') as f:
+      w = csv.DictWriter(f, keys)
+      w.writeheader()
+      for r in rows:
+        w.writerow({k: r.get(k, '') for k in keys})
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    raise SweepError(f'could not write {path} ({e}); the previous table, if any, is kept') from None
+
+
+def read_csv(path):
+  """A runs table (runs.csv) as a list of row dicts (strings): the one reader of the file."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return list(csv.DictReader(f))
+  except FileNotFoundError:
+    raise SweepError(f'{path}: no such runs table') from None
+
+
+def dataframe(rows):
+  """A pandas DataFrame of collected rows (dicts or CSV strings), numeric columns as numbers."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  df = pd.DataFrame(rows)
+  for c in df.columns:
+    conv = pd.to_numeric(df[c].replace('', float('nan')), errors='coerce')
+    if conv.notna().sum() == (df[c].astype(str) != '').sum() and conv.notna().any():
+      df[c] = conv
+  return df
+
+
+
+
+# ------------------------------------------------------------------------------------ clusters
+
+def slurm_array(sw, root, config_path, partition='', time_limit='04:00:00', python='python'):
+  """An sbatch script running run k of the sweep as array task k (one GPU per task)."""
+  names = list(sw.runs)
+  lines = ['#!/usr/bin/env bash', f'#SBATCH --job-name=sweep-{sw.name}',
+           f'#SBATCH --array=0-{len(names) - 1}', '#SBATCH --ntasks=1', '#SBATCH --gpus=1',
+           f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out']
+  if partition:
+    lines.append(f'#SBATCH --partition={partition}')
+  lines += ['set -euo pipefail', f'cd {shlex.quote(ROOT)}',
+            f'export JAX_COMPILATION_CACHE_DIR={shlex.quote(os.path.join(root, ".xla_cache"))}',
+            'case "$SLURM_ARRAY_TASK_ID" in']
+  for i, n in enumerate(names):
+    cmd = command(config_path, os.path.join(root, n), sw.runs[n], python)
+    lines.append(f'  {i}) exec {shlex.join(cmd)} ;;')
+  lines += ['esac']
+  return '\n'.join(lines) + '\n'
+
+
+def tpu_commands(sw, root_bucket_path, zone, tpu_type, bucket, config_path):
+  """launch/tpu_pod.sh invocations, one slice per run (runs stay resumable in the bucket)."""
+  out = []
+  for n, setting in sw.runs.items():
+    slug = ('sw-' + sw.name + '-' + n).lower().replace('_', '-').replace('.', '-')[:60]
+    out.append(shlex.join(['launch/tpu_pod.sh', '--name', slug, '--zone', zone, '--type',
+                           tpu_type, '--bucket', bucket, '--config', config_path, '--run',
+                           f'{root_bucket_path}/{n}', '--spot', '--', *overrides(setting)]))
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog='python -m dlm_jax.sweep', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('action', choices=('list', 'local', 'slurm', 'tpu', 'collect'))
+  ap.add_argument('sweep', help='a sweep file (configs/sweeps/*.py)')
+  ap.add_argument('--root', default='', help='runs directory (default runs/sweeps/<name>)')
+  ap.add_argument('--workers', type=int, default=1)
+  ap.add_argument('--dry-run', action='store_true')
+  ap.add_argument('--only', default='', help='comma-separated run names')
+  ap.add_argument('--csv', default='', help='collect: output (default <root>/runs.csv)')
+  ap.add_argument('--submit', action='store_true', help='slurm: run sbatch')
+  ap.add_argument('--partition', default='')
+  ap.add_argument('--time', default='04:00:00')
+  ap.add_argument('--python', default='python')
+  ap.add_argument('--zone', default='')
+  ap.add_argument('--type', default='v4-8')
+  ap.add_argument('--bucket', default='')
+  a = ap.parse_args(argv)
+  try:
+    sw = load_sweep(a.sweep)
+  except SweepError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  root = os.path.abspath(a.root or os.path.join(ROOT, 'runs', 'sweeps', sw.name))
+  runs = sw.runs
+  if a.only:
+    want = a.only.split(',')
+    unknown = [w for w in want if w not in runs]
+    if unknown:
+      print(f'error: --only: unknown runs {", ".join(unknown)}', file=sys.stderr)
+      sys.exit(2)
+    runs = {k: runs[k] for k in want}
+  cfg = os.path.join(ROOT, sw.base_config)
+  if a.action == 'list':
+    for n, s in runs.items():
+      print(f'{rundir.status_of(os.path.join(root, n)):8s} {n}  {" ".join(overrides(s))}')
+    print(f'{len(runs)} runs in {root}')
+  elif a.action == 'local':
+    st = run_local(cfg, root, runs, workers=a.workers, dry_run=a.dry_run)
+    failed = {k: v for k, v in st.items() if v.startswith('failed')}
+    rows = collect(root, list(sw.runs))
+    if not a.dry_run:
+      try:
+        write_csv(rows, os.path.join(root, 'runs.csv'))
+      except SweepError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    print(f'{sum(v == "done" for v in st.values())} done, {len(failed)} failed'
+          + (f' ({", ".join(failed)})' if failed else ''))
+    sys.exit(1 if failed else 0)
+  elif a.action == 'collect':
+    rows = collect(root, list(runs))
+    out = a.csv or os.path.join(root, 'runs.csv')
+    try:
+      write_csv(rows, out)
+    except SweepError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+    bad = [r for r in rows if r['status'] != 'done']
+    print(f'{len(rows) - len(bad)} done runs -> {out}')
+    for r in bad:
+      print(f'  {r["status"]:8s} {r["run"]} {r.get("error", "")}')
+  elif a.action == 'slurm':
+    script = slurm_array(sw, root, cfg, a.partition, a.time, a.python)
+    path = os.path.join(root, 'sweep.sbatch')
+    if a.dry_run or not a.submit:
+      print(script, end='')
+      print(f'# sbatch {path}')
+    if not a.dry_run:
+      os.makedirs(root, exist_ok=True)
+      open(path, 'w', encoding='utf-8').write(script)
+      if a.submit:
+        subprocess.run(['sbatch', path], check=True)
+  elif a.action == 'tpu':
+    if not (a.zone and a.bucket):
+      print('error: tpu needs --zone and --bucket', file=sys.stderr)
+      sys.exit(2)
+    for c in tpu_commands(sw, f'sweeps/{sw.name}', a.zone, a.type, a.bucket, sw.base_config):
+      print(c)
+
+
+if __name__ == '__main__':
+  main()
