@@ -341,15 +341,14 @@ class Sampler:
 
 
 def settings_from_config(cfg, mode):
-  """Settings for `mode` from sample.*; guidance applies to MDM (and is an error for sample.mode
-  ar, not silently dropped)."""
+  """Settings for `mode` from the sample.* keys of the same names; length 0 is the context,
+  guidance applies to MDM (and is an error for sample.mode ar, not silently dropped)."""
   sc = cfg.sample
-  guidance = sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0
-  return Settings(mode=mode, length=sc.length or cfg.data.seq_len, steps=sc.steps, grid=sc.grid,
-                  strategy=sc.strategy, block_size=sc.block_size, temperature=sc.temperature,
-                  top_k=sc.top_k, top_p=sc.top_p, guidance=guidance,
-                  reuse_logits=sc.reuse_logits, kv_cache=sc.kv_cache,
-                  stop_at_eos=sc.stop_at_eos)
+  keys = {f.name: sc[f.name] for f in dataclasses.fields(Settings) if f.name in sc}
+  keys.update(mode=mode, length=sc.length or cfg.data.seq_len,
+              guidance=sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0)
+  return Settings(**keys)
+
 
 def modes_for(cfg):
   """The modes sample.mode asks for; auto: every mode the objective trains."""
