@@ -18,6 +18,7 @@ from scipy import optimize
 from scipy import special
 
 from dlm_jax.errors import FitError
+from dlm_jax.study import optim
 
 
 DELTA = 1e-3
@@ -100,33 +101,117 @@ def _chinchilla_fixed(fix):
   return _free_mask(fix, names), vals
 
 
+def huber_lse_batch(theta, logN, logD, logL, weights=None, delta=DELTA):
+  """Objectives (S,) and gradients (S, 5) of the Chinchilla fit for S parameter vectors
+  theta = (a, b, e, alpha, beta) at once; weights: (S, n) run weights (bootstrap counts)."""
+  a, b, e, al, be = (theta[:, i:i + 1] for i in range(5))
+  t0, t1 = a - al * logN, b - be * logD
+  m = np.maximum(np.maximum(t0, t1), e)
+  p0, p1, p2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
+  z = p0 + p1 + p2
+  r = m + np.log(z) - logL
+  ar = np.abs(r)
+  hub = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
+  dr = np.clip(r, -delta, delta) / z
+  if weights is not None:
+    hub, dr = hub * weights, dr * weights
+  q0, q1 = p0 * dr, p1 * dr
+  grad = np.stack([q0.sum(1), q1.sum(1), (p2 * dr).sum(1), -(q0 @ logN), -(q1 @ logD)], 1)
+  return hub.sum(1), grad
+
+
+def grid_starts():
+  """The published grid of starting points (optimiser coordinates a, b, e, alpha, beta)."""
+  return np.array(list(itertools.product(GRID['a'], GRID['b'], GRID['e'], GRID['alpha'],
+                                         GRID['beta'])), float)
+
+
 def fit_chinchilla(N, D, loss, fix=None, starts=None, delta=DELTA):
-  """The Approach-3 fit; `starts` (optimiser coordinates) replaces the full grid."""
+  """The Approach-3 fit; `starts` (optimiser coordinates) replaces the full grid. Every start
+  runs at once (optim.minimize); the best is polished with scipy's L-BFGS-B at tight tolerances,
+  as the published procedure's best run is."""
   fix = fix or {}
   N, D, loss = (np.asarray(x, float) for x in (N, D, loss))
   free, fixed_vals = _chinchilla_fixed(fix)
   _need_runs(len(N), int(free.sum()), 'chinchilla')
   logN, logD, logL = np.log(N), np.log(D), np.log(loss)
-  fun = lambda th: _huber_lse(th, logN, logD, logL, delta)
-  if starts is None:
-    starts = [np.array([a, b, e, al, be]) for a, b, e, al, be in itertools.product(
-        GRID['a'], GRID['b'], GRID['e'], GRID['alpha'], GRID['beta'])]
+  starts = grid_starts() if starts is None else np.asarray(starts, float).reshape(-1, 5)
   # a fixed coordinate makes its grid dimension redundant: start once per distinct point
-  starts = list({tuple(np.where(free, np.asarray(x0, float), fixed_vals)): x0
-                 for x0 in starts}.keys())
-  results = []
+  starts = np.unique(np.where(free, starts, fixed_vals), axis=0)
+  with np.errstate(all='ignore'):
+    res = optim.minimize(lambda th, idx: huber_lse_batch(th, logN, logD, logL, delta=delta),
+                         starts, free, maxiter=300, gtol=1e-6, ftol=1e-10)
+  order = np.argsort(np.where(np.isfinite(res['f']), res['f'], np.inf))
+  fun = lambda th: tuple(v[0] for v in huber_lse_batch(th[None], logN, logD, logL, delta=delta))
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', RuntimeWarning)
-    for x0 in starts:
-      x, obj, ok, gn = _lbfgs(fun, np.asarray(x0, float), free, fixed_vals)
-      if np.isfinite(obj):
-        results.append((obj, x, ok, gn, x0))
-  results.sort(key=lambda r: r[0])
-  x, obj, ok, gn = _lbfgs(fun, results[0][1], free, fixed_vals, TIGHT)
+    x, obj, ok, gn = _lbfgs(fun, res['x'][order[0]], free, fixed_vals, TIGHT)
+  return Fit('chinchilla', chinchilla_params(x), obj, len(N), ok, gn,
+             starts=[starts[i] for i in order[:16]])
+
+
+def chinchilla_params(x):
   a, b, e, al, be = x
-  params = dict(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(al), beta=float(be))
-  return Fit('chinchilla', params, obj, len(N), ok, gn,
-             starts=[np.asarray(r[4], float) for r in results[:16]])
+  return dict(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(al), beta=float(be))
+
+
+def fit_chinchilla_draws(N, D, loss, counts, starts, fix=None, delta=DELTA):
+  """Chinchilla fits of K bootstrap resamples at once: run weights counts (K, n), each draw
+  started from `starts` (the full fit's best grid points). Returns (params per draw, converged
+  per draw)."""
+  fix = fix or {}
+  logN, logD, logL = (np.log(np.asarray(x, float)) for x in (N, D, loss))
+  free, fixed_vals = _chinchilla_fixed(fix)
+  starts = np.where(free, np.asarray(starts, float).reshape(-1, 5), fixed_vals)
+  K, m = len(counts), len(starts)
+  x0 = np.tile(starts, (K, 1))
+  w = np.asarray(counts, float)
+
+  def fun(th, idx):
+    return huber_lse_batch(th, logN, logD, logL, w[idx // m], delta)
+  with np.errstate(all='ignore'):
+    res = optim.minimize(fun, x0, free, maxiter=2000, gtol=1e-10, ftol=1e-14)
+  f = np.where(np.isfinite(res['f']), res['f'], np.inf).reshape(K, m)
+  best = np.argmin(f, 1)
+  pick = np.arange(K) * m + best
+  return ([chinchilla_params(res['x'][i]) for i in pick],
+          res['converged'][pick] & np.isfinite(f[np.arange(K), best]))
+
+
+def profile_interval(N, D, loss, main, which, fix=None, delta=DELTA, half_width=0.5,
+                     points=41, chi2=3.841):
+  """Profile-likelihood 95% interval of alpha or beta: the Huber objective minimised over the
+  other parameters with `which` held, on a grid around the estimate (every grid value and start
+  at once). Read as a likelihood with residual scale s = mean(|r| min(|r|, delta)) (sigma^2 where
+  the residuals sit in Huber's quadratic part, delta times the Laplace scale in its linear part),
+  the interval holds the values whose profile rises less than s chi2_1(0.95) / 2 above the
+  minimum. Percentile bootstraps undercover with few runs; this interval does not rely on
+  resampling them."""
+  fix = fix or {}
+  k = {'alpha': 3, 'beta': 4}[which]
+  logN, logD, logL = (np.log(np.asarray(x, float)) for x in (N, D, loss))
+  p = main.params
+  x_hat = np.array([math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'],
+                    p['beta']])
+  r = np.log(chinchilla_loss(p, N, D)) - logL
+  scale = float(np.mean(np.abs(r) * np.minimum(np.abs(r), delta)))
+  values = np.clip(x_hat[k] + np.linspace(-half_width, half_width, points), 0.0, None)
+  free, fixed_vals = _chinchilla_fixed(fix)
+  starts = np.concatenate([x_hat[None], np.where(free, np.asarray(main.starts), fixed_vals)])
+  x0 = np.repeat(starts[None], points, 0)
+  x0[:, :, k] = values[:, None]
+  x0 = x0.reshape(-1, 5)
+  free_k = free.copy()
+  free_k[k] = False
+  with np.errstate(all='ignore'):
+    res = optim.minimize(lambda th, idx: huber_lse_batch(th, logN, logD, logL, delta=delta),
+                         x0, free_k, maxiter=1000, gtol=1e-9, ftol=1e-13)
+  prof = np.min(np.where(np.isfinite(res['f']), res['f'], np.inf).reshape(points, -1), 1)
+  thr = 0.5 * chi2 * scale
+  inside = np.flatnonzero(prof - main.objective <= thr)
+  lo, hi = values[inside[0]], values[inside[-1]]
+  return dict(lo=float(lo), hi=float(hi), open=bool(inside[0] == 0 or inside[-1] == points - 1),
+              threshold=thr, values=values.tolist(), profile=prof.tolist())
 
 
 def compute_optimal(params, C):
@@ -164,58 +249,105 @@ def data_constrained_loss(params, N, D, U):
                          effective_data(U, D, params['R_D_star']))
 
 
-def _dc_objective(log_r, base, N, D, U, logL, delta=DELTA):
-  p = dict(base, R_D_star=math.exp(log_r[0]), R_N_star=math.exp(log_r[1]))
-  pred = data_constrained_loss(p, N, D, U)
-  return special.huber(delta, np.log(pred) - logL).sum()
+def _dc_batch(log_r, base, N, D, U, logL, weights=None, delta=DELTA):
+  """Objectives (S,) and central-difference gradients (S, 2) of the data-constrained stage for S
+  points log (R_D*, R_N*), each with its own base law (dict of (S, 1) arrays) and run weights."""
+  def obj(lr):
+    p = dict(base, R_D_star=np.exp(lr[:, :1]), R_N_star=np.exp(lr[:, 1:]))
+    with np.errstate(all='ignore'):
+      r = np.log(data_constrained_loss(p, N, D, U)) - logL
+    h = special.huber(delta, r)
+    return np.sum(h if weights is None else h * weights, 1)
+  f = obj(log_r)
+  eps = 1e-6
+  g = np.stack([(obj(log_r + eps * e) - obj(log_r - eps * e)) / (2 * eps)
+                for e in np.eye(2)], 1)
+  return f, g
+
+
+R_GRID = np.log([1, 3, 10, 30, 100, 300, 1000])
+R_BOUNDS = (-5.0, 12.0)
+
+
+def _dc_stage(base_list, N, D, U, logL, fix, weights=None):
+  """log (R_D*, R_N*) minimising the Huber objective for each base law in base_list (one problem
+  per base, each started from the whole 7 x 7 grid at once); returns (log R (K, 2), objective
+  (K,), converged (K,))."""
+  free = np.array(['R_D_star' not in fix, 'R_N_star' not in fix])
+  fixed = np.array([math.log(fix.get('R_D_star', 1.0)), math.log(fix.get('R_N_star', 1.0))])
+  starts = np.unique(np.where(free, np.array(list(itertools.product(R_GRID, R_GRID))), fixed),
+                     axis=0)
+  K, m = len(base_list), len(starts)
+  base = {k: np.repeat(np.array([[b[k]] for b in base_list], float), m, 0) for k in CHINCHILLA}
+  w = None if weights is None else np.repeat(np.asarray(weights, float), m, 0)
+  fun = lambda x, idx: _dc_batch(x, {k: v[idx] for k, v in base.items()}, N, D, U, logL,
+                                 None if w is None else w[idx])
+  res = optim.minimize(fun, np.tile(starts, (K, 1)), free, *R_BOUNDS, maxiter=500, gtol=1e-9,
+                       ftol=1e-13)
+  f = np.where(np.isfinite(res['f']), res['f'], np.inf).reshape(K, m)
+  pick = np.arange(K) * m + np.argmin(f, 1)
+  return res['x'][pick], f.min(1), res['converged'][pick]
 
 
 def fit_data_constrained(N, D, U, loss, fix=None, base_fit=None):
   """Muennighoff et al.: the base law (E, A, B, alpha, beta) from the runs that see each token
   at most once (or fixed with --fix), then R_D*, R_N* on all runs by the same Huber objective in
-  log space, L-BFGS in log R* from a grid; plus the profile objective over R_D*."""
+  log space, L-BFGS in log R* from a grid (every start at once); plus the profile objective over
+  R_D*."""
   fix = fix or {}
   N, D, U, loss = (np.asarray(x, float) for x in (N, D, U, loss))
-  single = D <= U * (1 + 1e-9)
-  if all(k in fix for k in CHINCHILLA):
-    base = {k: float(fix[k]) for k in CHINCHILLA}
-  else:
-    if single.sum() < 6 - sum(k in fix for k in CHINCHILLA):
-      raise FitError(f'data_constrained: {int(single.sum())} single-epoch runs (D <= U) cannot '
-                     'fit the base law; add such runs or --fix E=...,A=...,B=...,alpha=...,'
-                     'beta=...')
-    base = (base_fit or fit_chinchilla(N[single], D[single], loss[single],
-                                       {k: v for k, v in fix.items() if k in CHINCHILLA})).params
+  base = base_fit.params if base_fit else data_constrained_base(N, D, U, loss, fix)
   logL = np.log(loss)
   free = np.array(['R_D_star' not in fix, 'R_N_star' not in fix])
   _need_runs(len(N), int(free.sum()), 'data_constrained')
-  fixed = np.array([math.log(fix.get('R_D_star', 1.0)), math.log(fix.get('R_N_star', 1.0))])
-  grid = np.log([1, 3, 10, 30, 100, 300, 1000])
-  best = None
-  for x0 in itertools.product(grid, grid):
-    x0 = np.where(free, np.array(x0), fixed)
-
-    def f(z, x0=x0):
-      x = x0.copy()
-      x[free] = z
-      return _dc_objective(x, base, N, D, U, logL)
-    res = optimize.minimize(f, x0[free], method='L-BFGS-B', bounds=[(-5, 12)] * int(free.sum()))
-    if best is None or res.fun < best[0]:
-      x = x0.copy()
-      x[free] = res.x
-      best = (float(res.fun), x, bool(res.success))
-  obj, x, ok = best
-  params = dict(base, R_D_star=math.exp(x[0]), R_N_star=math.exp(x[1]))
+  x, obj, ok = _dc_stage([base], N, D, U, logL, fix)
+  params = dict(base, R_D_star=math.exp(x[0, 0]), R_N_star=math.exp(x[0, 1]))
+  # the profile over R_D*: R_N* minimised with R_D* held, every (R_D*, R_N* start) at once
   prof_r = np.exp(np.linspace(math.log(1), math.log(3000), 25))
-  prof = []
-  for r in prof_r:  # profile over R_D*: minimise over R_N* with R_D* held
-    res = optimize.minimize_scalar(lambda ln: _dc_objective([math.log(r), ln], base, N, D, U, logL),
-                                   bounds=(-5, 12), method='bounded')
-    prof.append(float(res.fun))
-  return Fit('data_constrained', params, obj, len(N), ok,
+  starts = np.array([(math.log(r), g) for r in prof_r for g in (
+      R_GRID if 'R_N_star' not in fix else [math.log(fix['R_N_star'])])])
+  b = {k: np.full((len(starts), 1), float(base[k])) for k in CHINCHILLA}
+  res = optim.minimize(lambda z, idx: _dc_batch(z, {k: v[idx] for k, v in b.items()}, N, D, U,
+                                                logL), starts, [False, True], *R_BOUNDS,
+                       maxiter=500, gtol=1e-9, ftol=1e-13)
+  prof = np.min(res['f'].reshape(len(prof_r), -1), 1)
+  return Fit('data_constrained', params, float(obj[0]), len(N), bool(ok[0]),
              extra=dict(base_from='fixed' if all(k in fix for k in CHINCHILLA) else
-                        f'{int(single.sum())} single-epoch runs',
-                        profile_R_D_star=dict(R_D_star=prof_r.tolist(), objective=prof)))
+                        f'{int((D <= U * (1 + 1e-9)).sum())} single-epoch runs',
+                        profile_R_D_star=dict(R_D_star=prof_r.tolist(),
+                                              objective=[float(p) for p in prof])))
+
+
+def data_constrained_base(N, D, U, loss, fix, counts=None, starts=None):
+  """The base law of the data-constrained fit: fixed, or Chinchilla on the single-epoch runs
+  (of each bootstrap draw when counts are given: a list of params per draw)."""
+  single = D <= U * (1 + 1e-9)
+  if all(k in fix for k in CHINCHILLA):
+    base = {k: float(fix[k]) for k in CHINCHILLA}
+    return base if counts is None else [base] * len(counts)
+  if single.sum() < 6 - sum(k in fix for k in CHINCHILLA):
+    raise FitError(f'data_constrained: {int(single.sum())} single-epoch runs (D <= U) cannot '
+                   'fit the base law; add such runs or --fix E=...,A=...,B=...,alpha=...,'
+                   'beta=...')
+  sub = {k: v for k, v in fix.items() if k in CHINCHILLA}
+  if counts is None:
+    return fit_chinchilla(N[single], D[single], loss[single], sub).params
+  return fit_chinchilla_draws(N[single], D[single], loss[single], counts[:, single], starts,
+                              sub)[0]
+
+
+def fit_data_constrained_draws(N, D, U, loss, counts, fix=None, base_starts=None):
+  """Data-constrained fits of K bootstrap resamples at once; (params per draw, converged)."""
+  fix = fix or {}
+  N, D, U, loss = (np.asarray(x, float) for x in (N, D, U, loss))
+  if base_starts is None:  # the best grid points of the full data's base fit
+    single = D <= U * (1 + 1e-9)
+    base_starts = fit_chinchilla(N[single], D[single], loss[single],
+                                 {k: v for k, v in fix.items() if k in CHINCHILLA}).starts
+  bases = data_constrained_base(N, D, U, loss, fix, counts, base_starts)
+  x, _, ok = _dc_stage(bases, N, D, U, np.log(loss), fix, counts)
+  return ([dict(b, R_D_star=math.exp(r[0]), R_N_star=math.exp(r[1])) for b, r in zip(bases, x)],
+          ok)
 
 
 def fit_power(C, loss, family=None):

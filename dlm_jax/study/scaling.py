@@ -2,7 +2,7 @@
 study/laws.py: to add one, its loss and fitter there and a LAWS entry here).
 
   python -m dlm_jax.scaling fit --runs RUNS.csv --law chinchilla|isoflop|data_constrained|power \
-      [--bootstrap K] [--fix NAME=VALUE,...] [--seed S] --out FIT.json
+      [--bootstrap K (200)] [--no-profile] [--fix NAME=VALUE,...] [--seed S] --out FIT.json
 
 RUNS.csv columns: N, D, loss; optional U (unique tokens), C (FLOPs; default 6 N D), family, run.
 """
@@ -18,8 +18,12 @@ from dlm_jax.study import laws
 from dlm_jax.study import sweep
 
 
+NUMERIC = ('N', 'D', 'U', 'C', 'loss', 'N_total', 'N_nonembed', 'epochs', 'ratio', 'seed')
+
+
 def read_runs(path):
-  """RUNS.csv -> dict of numpy columns (N, D, loss required)."""
+  """RUNS.csv -> dict of numpy columns (N, D, loss required; other columns kept, numeric ones
+  as numbers). A cell that should be a number and is not names its column and row."""
   try:
     rows = sweep.read_csv(path)
   except SweepError:
@@ -35,10 +39,21 @@ def read_runs(path):
     try:
       out[col] = np.array([float(v) if v not in ('', None) else np.nan for v in vals])
     except ValueError:
+      if col in NUMERIC:
+        i = next(i for i, v in enumerate(vals) if not _is_number(v))
+        raise FitError(f'{path}: column {col}, row {i + 2}: {vals[i]!r} is not a number') from None
       out[col] = np.array(vals, dtype=object)
   if 'run' not in out:
     out['run'] = np.array([f'row {i + 2}' for i in range(len(rows))], dtype=object)
   return out
+
+
+def _is_number(v):
+  try:
+    float(v if v not in ('', None) else 'nan')
+    return True
+  except ValueError:
+    return False
 
 
 def check_positive(runs, cols):
@@ -64,9 +79,11 @@ LAWS = {
 }
 
 
-def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0):
-  """Fits `law` to the runs table (dict of columns); returns the FIT.json dict. window: isoflop
-  only, the sizes around each budget's minimum its parabola uses (0: all, as published)."""
+def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
+  """Fits `law` to the runs table (dict of columns); returns the FIT.json dict. bootstrap: K
+  resamples for percentile intervals of every parameter and derived quantity; profile
+  (chinchilla): profile-likelihood intervals for alpha and beta. window: isoflop only, the sizes
+  around each budget's minimum its parabola uses (0: all, as published)."""
   fix = fix or {}
   if law not in LAWS:
     raise FitError(f'unknown law {law!r}: use {", ".join(LAWS)}')
@@ -89,42 +106,85 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0):
     print(f'warning: {law}: {w}', file=sys.stderr)
   out = main.to_json()
   out['fixed'] = fix
+  Cs = np.logspace(np.log10(np.min(runs['C'])), np.log10(np.max(runs['C'])), 5)
   if law == 'chinchilla':
-    Cs = np.logspace(np.log10(np.min(runs['C'])), np.log10(np.max(runs['C'])), 5)
     n_opt, d_opt = laws.compute_optimal(main.params, Cs)
     out['frontier'] = dict(C=Cs.tolist(), N_opt=n_opt.tolist(), D_opt=d_opt.tolist())
+    if profile:
+      out['profile'] = {k: laws.profile_interval(runs['N'], runs['D'], runs['loss'], main, k,
+                                                 fix) for k in ('alpha', 'beta') if k not in fix}
   if bootstrap:
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(bootstrap):
-      idx = rng.integers(0, n, n)
-      try:
-        with warnings.catch_warnings():
-          warnings.simplefilter('ignore')
-          f = one(idx, main.starts if law == 'chinchilla' else None)
-      except FitError:
-        continue  # e.g. a resample with too few sizes in a budget
-      draws.append(flat_params(f))
-    keys = sorted(set().union(*draws)) if draws else []
-    out['ci'] = {k: [float(np.percentile([d[k] for d in draws if k in d], 2.5)),
-                     float(np.percentile([d[k] for d in draws if k in d], 97.5))] for k in keys}
-    out['bootstrap'] = dict(requested=bootstrap, used=len(draws), seed=seed, level=0.95)
+    counts = resample_counts(runs, bootstrap, np.random.default_rng(seed))
+    draws, failed = bootstrap_draws(law, runs, counts, main, fix, one)
+    flat = [flat_params(d, law, Cs) for d in draws]
+    keys = sorted(set().union(*flat)) if flat else []
+    out['ci'] = {k: [float(np.percentile([d[k] for d in flat if k in d], 2.5)),
+                     float(np.percentile([d[k] for d in flat if k in d], 97.5))] for k in keys}
+    out['bootstrap'] = dict(requested=bootstrap, used=len(draws), failed=failed, seed=seed,
+                            level=0.95, resampled='seeds within cells' if 'seed' in runs else
+                            'runs')
   return out
 
 
-def flat_params(f):
-  """Scalar parameters and derived quantities of a Fit, flattened for intervals."""
+def resample_counts(runs, K, rng):
+  """(K, n) bootstrap counts: the runs drawn with replacement; with a `seed` column, the seeds
+  of each cell (runs that differ only in seed) are drawn with replacement within the cell."""
+  n = len(runs['loss'])
+  if 'seed' not in runs:
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(K)])
+  key = [tuple(np.asarray(runs[c])[i] for c in CELL_COLUMNS if c in runs) for i in range(n)]
+  cells = [np.flatnonzero([k == c for k in key]) for c in dict.fromkeys(key)]
+  counts = np.zeros((K, n), int)
+  for members in cells:
+    for k in range(K):
+      counts[k] += np.bincount(rng.choice(members, len(members)), minlength=n)
+  return counts
+
+
+CELL_COLUMNS = ('objective', 'family', 'ratio', 'size', 'N', 'D', 'U')
+
+
+def bootstrap_draws(law, runs, counts, main, fix, one):
+  """(fitted params per successful draw, number of draws that failed or did not converge).
+  Chinchilla and data-constrained draws are all fitted at once (from the full fit's best grid
+  starts); the closed-form laws refit each draw."""
+  if law == 'chinchilla':
+    params, ok = laws.fit_chinchilla_draws(runs['N'], runs['D'], runs['loss'], counts,
+                                           main.starts, fix)
+    return [p for p, g in zip(params, ok) if g], int((~ok).sum())
+  if law == 'data_constrained':
+    params, ok = laws.fit_data_constrained_draws(runs['N'], runs['D'], runs['U'], runs['loss'],
+                                                 counts, fix)
+    return [p for p, g in zip(params, ok) if g], int((~ok).sum())
+  draws, failed = [], 0
+  for c in counts:
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        draws.append(one(np.repeat(np.arange(len(c)), c)))
+    except FitError:  # e.g. a resample with too few sizes in a budget
+      failed += 1
+  return draws, failed
+
+
+def flat_params(f, law, Cs):
+  """Scalar parameters and derived quantities of a fit (a laws.Fit, or a params dict), flattened
+  for intervals: the exponent a of N_opt ~ C^a and N_opt, D_opt at the frontier budgets Cs
+  (Chinchilla laws), the compute multiplier (power laws with two families)."""
+  p = f.params if isinstance(f, laws.Fit) else f
   out = {}
-  if f.law == 'power':
-    for fam, p in f.params.items():
-      out[f'{fam}.k'], out[f'{fam}.gamma'] = p['k'], p['gamma']
+  if law == 'power':
+    for fam, q in p.items():
+      out[f'{fam}.k'], out[f'{fam}.gamma'] = q['k'], q['gamma']
     if 'compute_multiplier' in f.extra:
       out['compute_multiplier'] = f.extra['compute_multiplier']
-  else:
-    out.update({k: v for k, v in f.params.items() if isinstance(v, float)})
-  if f.law == 'chinchilla':
-    p = f.params
+    return out
+  out.update({k: float(v) for k, v in p.items() if isinstance(v, (float, int))})
+  if law in ('chinchilla', 'data_constrained'):
     out['a_opt'] = p['beta'] / (p['alpha'] + p['beta'])  # N_opt ~ C^a_opt
+    n_opt, d_opt = laws.compute_optimal(p, Cs)
+    for C, nn, dd in zip(Cs, n_opt, d_opt):
+      out[f'N_opt@{C:.3g}'], out[f'D_opt@{C:.3g}'] = float(nn), float(dd)
   return out
 
 
@@ -148,7 +208,10 @@ def main(argv=None):
   f = sub.add_parser('fit', help='fit a law to a runs table')
   f.add_argument('--runs', required=True)
   f.add_argument('--law', required=True, choices=list(LAWS))
-  f.add_argument('--bootstrap', type=int, default=0)
+  f.add_argument('--bootstrap', type=int, default=200,
+                 help='resamples for percentile intervals (0: none)')
+  f.add_argument('--no-profile', action='store_true',
+                 help='chinchilla: skip the profile-likelihood intervals of alpha and beta')
   f.add_argument('--fix', default='')
   f.add_argument('--seed', type=int, default=0)
   f.add_argument('--window', type=int, default=0,
@@ -157,7 +220,8 @@ def main(argv=None):
   f.add_argument('--out', required=True)
   a = ap.parse_args(argv)
   try:
-    res = fit(a.law, read_runs(a.runs), parse_fix(a.fix), a.seed, a.bootstrap, a.window)
+    res = fit(a.law, read_runs(a.runs), parse_fix(a.fix), a.seed, a.bootstrap, a.window,
+              profile=not a.no_profile)
   except FitError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
