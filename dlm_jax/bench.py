@@ -10,6 +10,9 @@
   python -m dlm_jax.bench sample --runs ar=RUN_A,mdm=RUN_B --scorer RUN_S --length 128 \
       --sample_steps 16,64,256,L [--num 8] [--strategy ancestral] [--out F]
 
+  python -m dlm_jax.bench fit --law chinchilla|isoflop|data_constrained|power \
+      (--table RUNS.csv | --simulate 240) [--bootstrap 200] [--out F]
+
 `train`: `step` for a named size / length / batch / objective / dtype over configs/default.py,
 with MFU against --peak_tflops, else the vendor peak on GPU/TPU, else an in-process matmul of the
 run's dtype (the achievable peak on CPU), peak device memory where the backend reports it, and a
@@ -22,7 +25,9 @@ second of each likelihood estimator at eval.chunk rows per pass, after a warm-up
 compiles. `sample`: unconditional samples of --length tokens from trained runs (each mode from
 its run; a dual run may serve both), AR with the KV cache (and without, for reference) and MDM at
 each T; reports tokens/s after a compiling call, model passes, generative perplexity under the
---scorer run and unigram entropy. Each prints JSON lines (append them to a results file with --out).
+--scorer run and unigram entropy. `fit`: wall time of one fit of the law (with profile intervals
+for chinchilla) and of --bootstrap resamples, on a runs table or a simulated one
+(study/scaling.simulated_runs). Each prints JSON lines (append them to a results file with --out).
 """
 import dataclasses
 import json
@@ -45,13 +50,14 @@ from dlm_jax.core import sampling
 from dlm_jax.core import schedules
 from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
-from dlm_jax.errors import ConfigError
+from dlm_jax.errors import ConfigError, FitError
 from dlm_jax.infer import likelihood
 from dlm_jax.infer import sample
 from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
 from dlm_jax.run import setup as setup_lib
 from dlm_jax.run import step as step_lib
+from dlm_jax.study import scaling
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -71,6 +77,10 @@ _OBJ = flags.DEFINE_string('objective', '', 'train: ar | mdm | dual | prefix (de
 _DTYPE = flags.DEFINE_string('dtype', '', 'train: compute dtype f32 | bf16 (params stay f32).')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'train: peak TFLOP/s per device for MFU; 0: the '
                            'vendor figure on GPU/TPU, else an in-process matmul of the dtype.')
+_LAW = flags.DEFINE_string('law', 'chinchilla', 'fit: the law (study/scaling.LAWS).')
+_TABLE = flags.DEFINE_string('table', '', 'fit: a runs table (python -m dlm_jax.sweep collect).')
+_SIMULATE = flags.DEFINE_integer('simulate', 0, 'fit: a simulated table of this many runs.')
+_BOOT = flags.DEFINE_integer('bootstrap', 200, 'fit: bootstrap resamples to time.')
 _EST = flags.DEFINE_string('estimators', 'ar,nelbo,chain,pll,pll_word_l2r,pll_mix,fused',
                            'eval: comma list of likelihood estimators.')
 
@@ -274,13 +284,41 @@ def format_train(r):
   return '\n'.join(f'  {k:14s} {v}' for k, v in rows)
 
 
+def bench_fit(law, runs, bootstrap):
+  """Seconds for the fit alone (profile intervals included for chinchilla) and for the fit with
+  `bootstrap` resamples, and how many of them failed."""
+  profile = law == 'chinchilla'
+  t0 = time.perf_counter()
+  scaling.fit(law, runs, profile=profile)
+  t1 = time.perf_counter()
+  out = scaling.fit(law, runs, bootstrap=bootstrap, profile=profile)
+  t2 = time.perf_counter()
+  return dict(bench='fit', law=law, runs=len(runs['loss']), fit_s=round(t1 - t0, 2),
+              bootstrap=bootstrap, with_bootstrap_s=round(t2 - t1, 2),
+              failed=out['bootstrap']['failed'] if bootstrap else 0,
+              device=f'{os.cpu_count()}-core CPU')
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('train', 'step', 'eval', 'sample'):
-    print('usage: python -m dlm_jax.bench train|step|eval|sample [--config <file>] '
+  if len(argv) != 2 or argv[1] not in ('train', 'step', 'eval', 'sample', 'fit'):
+    print('usage: python -m dlm_jax.bench train|step|eval|sample|fit [--config <file>] '
           '[--size S --seq L --batch B --objective O --dtype bf16 --peak_tflops P] [--steps N] '
-          '[--rows R] [--estimators E] [--runs M=DIR,..] [--scorer DIR] [--out F]',
-          file=sys.stderr)
+          '[--rows R] [--estimators E] [--runs M=DIR,..] [--scorer DIR] [--law L '
+          '--table CSV | --simulate N --bootstrap K] [--out F]', file=sys.stderr)
     sys.exit(2)
+  if argv[1] == 'fit':
+    try:
+      runs = (scaling.simulated_runs(_SIMULATE.value) if _SIMULATE.value
+              else scaling.read_runs(_TABLE.value))
+      res = bench_fit(_LAW.value, runs, _BOOT.value)
+    except FitError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    print(json.dumps(res))
+    if _OUT.value:
+      with open(_OUT.value, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(res) + '\n')
+    return
   if argv[1] == 'sample':
     runs = [tuple(p.split('=', 1)) for p in _RUNS.value.split(',') if p.strip()]
     if not runs or any(len(r) != 2 or r[0] not in ('ar', 'mdm') for r in runs):

@@ -44,10 +44,10 @@ def scaling_nb():
       v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV', "
                        "'docs/isoflop_micro/runs.csv')\nOUT_DIR = os.environ.get("
                        "'DLM_JAX_NB_OUT', 'notebook_out/scaling')\nBOOTSTRAP = int("
-                       "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '20'))\n"
+                       "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '200'))  # resamples per fit\n"
                        "# IsoFLOP parabolas through the K sizes around each budget's minimum (0: all)\n"
                        "ISOFLOP_WINDOW = int(os.environ.get('DLM_JAX_NB_ISOFLOP_WINDOW', '3'))\n"
-                       "# the Chinchilla fit runs L-BFGS from 4,500 grid points per family (minutes)\n"
+                       "# Chinchilla fits: 4,500 grid starts at once, seconds per family\n"
                        "CHINCHILLA = os.environ.get('DLM_JAX_NB_CHINCHILLA', '1') == '1'"),
       v4.new_markdown_cell('## The runs (missing and failed runs stay in the table)'),
       v4.new_code_cell("rows = sweep.read_csv(RUNS_CSV)\ndf = sweep.dataframe(rows)\n"
@@ -56,16 +56,23 @@ def scaling_nb():
       v4.new_markdown_cell('## Fits and plots'),
       v4.new_code_cell("files, fits = plot.sweep_plots(rows, OUT_DIR, bootstrap=BOOTSTRAP, "
                        "which=('compute', 'isoflop') + (('chinchilla',) if CHINCHILLA else ()), "
-                       "isoflop_window=ISOFLOP_WINDOW, chinchilla_bootstrap=0)\n"
+                       "isoflop_window=ISOFLOP_WINDOW)\n"
                        "for f in files:\n  if f.endswith('.png'):\n    display(Image(f))"),
       v4.new_code_cell("for name, fit in fits.items():\n"
                        "  print(name, json.dumps(fit['params'], default=float)[:300])\n"
-                       "  if 'ci' in fit:\n    print('   95% CI', {k: [round(v, 4) for v in iv] "
-                       "for k, iv in fit['ci'].items()})"),
+                       "  if 'ci' in fit:\n    b = fit['bootstrap']\n"
+                       "    print(f\"   95% bootstrap intervals ({b['used']} draws, {b['failed']} "
+                       "failed):\", {k: [round(v, 4) for v in iv] for k, iv in fit['ci'].items() "
+                       "if '@' not in k})\n"
+                       "  for k, p in fit.get('profile', {}).items():\n"
+                       "    print(f\"   95% profile-likelihood interval of {k}: "
+                       "[{p['lo']:.3f}, {p['hi']:.3f}]\")"),
       v4.new_markdown_cell('## Compute multiplier and compute-optimal frontier'),
       v4.new_code_cell("pf = fits.get('power_frontier', {})\nif 'compute_multiplier' in pf:\n"
+                       "  ci = pf.get('ci', {}).get('compute_multiplier')\n"
                        "  print(f\"{pf['multiplier_of']} compute for equal loss at L="
-                       "{pf['at_loss']:.3f}: {pf['compute_multiplier']:.2f}x\")\n"
+                       "{pf['at_loss']:.3f}: {pf['compute_multiplier']:.2f}x\", "
+                       "f'(95% CI {ci[0]:.2f}-{ci[1]:.2f})' if ci else '')\n"
                        "for fam in ('ar', 'mdm'):\n  ch = fits.get(f'chinchilla_{fam}')\n"
                        "  if ch:\n    C = np.logspace(11, 13, 3)\n"
                        "    n, d = laws.compute_optimal(ch['params'], C)\n"

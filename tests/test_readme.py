@@ -7,6 +7,7 @@ home are run here with the README's own arguments. A README command with no test
 `test_every_readme_command_is_run_by_a_test`.
 """
 import csv
+import json
 import os
 import re
 import subprocess
@@ -178,17 +179,18 @@ def _runs_table(path):
 
 
 def test_scaling_fit_and_plot_curves_commands(tmp_path):
-  """`scaling fit --law isoflop --bootstrap 100` and `plot curves` as the README writes them."""
+  """`scaling fit --law chinchilla` (200 bootstrap draws and profile intervals by default) and
+  `plot curves` as the README writes them."""
   _runs_table(tmp_path / 'runs.csv')
-  _run(['-m', 'dlm_jax.scaling', 'fit', '--runs', 'runs.csv', '--law', 'isoflop', '--bootstrap',
-        '100', '--out', 'fit.json'], cwd=tmp_path)
-  assert (tmp_path / 'fit.json').exists()
+  _run(['-m', 'dlm_jax.scaling', 'fit', '--runs', 'runs.csv', '--law', 'chinchilla', '--out',
+        'fit.json'], cwd=tmp_path)
+  fit = json.load(open(tmp_path / 'fit.json'))
+  assert fit['bootstrap']['requested'] == 200 and set(fit['profile']) == {'alpha', 'beta'}
   _, run, _ = train_tiny_run(tmp_path, 'dual', steps=4)
   _run(['-m', 'dlm_jax.plot', 'curves', run, '--out', str(tmp_path / 'curves')])
   assert [p for p in os.listdir(tmp_path) if p.startswith('curves')]
 
 
-@pytest.mark.slow
 def test_plot_sweep_command(tmp_path):
   """`plot sweep runs.csv --out-dir plots/` (every law fitted per family, Chinchilla included)."""
   _runs_table(tmp_path / 'runs.csv')

@@ -3,7 +3,7 @@ and sweep.py.
 
   python -m dlm_jax.plot curves RUN_DIR... [--metric mdm_nelbo] --out curves
   python -m dlm_jax.plot sweep RUNS.csv --out-dir docs/isoflop_micro [--bootstrap 100]
-      [--isoflop-window 3] [--chinchilla-bootstrap 0]
+      [--isoflop-window 3]
   python -m dlm_jax.plot sample-bench BENCH.jsonl --out docs/sample_bench
 
 `sweep` draws, per objective family: loss vs compute with the fitted power law, IsoFLOP curves
@@ -69,12 +69,10 @@ def _arr(rows, k):
 PLOTS = ('compute', 'isoflop', 'chinchilla', 'dual')
 
 
-def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=0,
-                chinchilla_bootstrap=None):
+def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=0):
   """Sweep plots for a collected table (list of dicts); returns (files, fits). isoflop_window:
   sizes around each budget's minimum the IsoFLOP parabolas use (0: all; laws.fit_isoflop).
-  chinchilla_bootstrap: resamples for the Chinchilla fits (each a multi-start L-BFGS fit, by far
-  the slowest); None: `bootstrap`."""
+  Chinchilla fits also carry profile-likelihood intervals of alpha and beta."""
   fams = _families(rows)
   files, fits = [], {}
   os.makedirs(out_dir, exist_ok=True)
@@ -84,8 +82,7 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=
   if 'isoflop' in which:
     files += _isoflop_plot(fams, colors, fits, out_dir, bootstrap, seed, isoflop_window)
   if 'chinchilla' in which:
-    files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap if chinchilla_bootstrap is None
-                              else chinchilla_bootstrap, seed)
+    files += _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed)
   if 'dual' in which:
     files += _dual_plot(rows, fits, out_dir)
   with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
@@ -171,7 +168,8 @@ def _chinchilla_plot(fams, colors, fits, out_dir, bootstrap, seed):
     if len(rs) < 8:
       continue
     N, D, L = _arr(rs, 'N'), _arr(rs, 'D'), _arr(rs, 'loss')
-    ch = scaling.fit('chinchilla', dict(N=N, D=D, loss=L), bootstrap=bootstrap, seed=seed)
+    ch = scaling.fit('chinchilla', dict(N=N, D=D, loss=L), bootstrap=bootstrap, seed=seed,
+                     profile=True)
     fits[f'chinchilla_{f}'] = ch
     ax.scatter(L, laws.chinchilla_loss(ch['params'], N, D), s=12, color=colors[f],
                label=f'{f}: alpha={ch["params"]["alpha"]:.2f} beta={ch["params"]["beta"]:.2f}')
@@ -265,8 +263,6 @@ def main(argv=None):
   s.add_argument('--bootstrap', type=int, default=0)
   s.add_argument('--isoflop-window', type=int, default=0,
                  help='fit each IsoFLOP parabola to the K sizes around the budget minimum')
-  s.add_argument('--chinchilla-bootstrap', type=int, default=None,
-                 help='resamples for the Chinchilla fits (default: --bootstrap)')
   b = sub.add_parser('sample-bench')
   b.add_argument('results')
   b.add_argument('--out', default='sample_bench')
@@ -277,8 +273,7 @@ def main(argv=None):
     print('\n'.join(sample_bench(read_jsonl(a.results), a.out)))
   else:
     files, _ = sweep_plots(sweep.read_csv(a.table), a.out_dir, a.bootstrap,
-                           isoflop_window=a.isoflop_window,
-                           chinchilla_bootstrap=a.chinchilla_bootstrap)
+                           isoflop_window=a.isoflop_window)
     print('\n'.join(files))
 
 

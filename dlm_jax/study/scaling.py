@@ -188,6 +188,28 @@ def flat_params(f, law, Cs):
   return out
 
 
+HOFFMANN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, R_D_star=15.0, R_N_star=5.0)
+
+
+def simulated_runs(n, seed=0, noise=0.01, params=None):
+  """A runs table of n runs on an IsoFLOP grid (n // 8 sizes around the optimum at each of 8
+  budgets 1e18-1e21), unique tokens U = D / R with R cycling 1, 2, 4, 8, 16, loss from the
+  data-constrained law (Hoffmann et al.'s Chinchilla fit, R_D* = 15, R_N* = 5) times
+  log-normal noise: every law can be fitted to it (benchmarks, coverage)."""
+  p = params or HOFFMANN
+  rng = np.random.default_rng(seed)
+  per = max(n // 8, 3)
+  C = np.repeat(np.logspace(18, 21, 8), per)[:n]
+  k = np.tile(np.linspace(-1.2, 1.2, per), 8)[:n]
+  N = laws.compute_optimal(p, C)[0] * np.exp(k)
+  D = C / (6 * N)
+  U = D / np.resize([1, 2, 4, 8, 16], n)
+  loss = laws.data_constrained_loss(p, N, D, U) * np.exp(rng.normal(0, noise, n))
+  family = np.resize(['ar', 'mdm'], n).astype(object)
+  return dict(N=N, D=D, U=U, C=C, loss=loss, family=family,
+              run=np.array([f'sim{i}' for i in range(n)], dtype=object))
+
+
 def parse_fix(s):
   out = {}
   for part in filter(None, (s or '').split(',')):
