@@ -2,8 +2,8 @@
 
 Each message names the key, file or argument at fault and reads as one line; main.py prints it
 after `error: ` and exits with `exit_code`, without a traceback. 2: the input is wrong (fix the
-command or config); 1: the run could not go on (data, disk, a diverged loss); 128 + n: stopped by
-signal n after checkpointing.
+command or config); 1: the run could not go on (data, disk, a diverged loss); 3: the run directory
+is held by another process; 128 + n: stopped by signal n after checkpointing.
 """
 import signal
 
@@ -38,6 +38,11 @@ class SweepError(Error, ValueError):
   exit_code = 2
 
 
+class BusyError(Error, RuntimeError):
+  """The run directory is held by another process (run/rundir.lock); names the holder."""
+  exit_code = 3
+
+
 class DataError(Error, ValueError):
   """Bad or missing input data; the message names the file and the problem."""
 
@@ -57,11 +62,11 @@ class CheckpointWriteError(TrainingError):
 class Preempted(TrainingError):
   """SIGTERM / SIGINT: the run checkpointed its current step and stopped; rerun to resume."""
 
-  def __init__(self, step, signum):
+  def __init__(self, step, signum, message=''):
     self.step, self.signum = step, signum
     self.exit_code = 128 + signum
-    super().__init__(f'preempted ({signal.Signals(signum).name}) at step {step}: checkpoint '
-                     'saved; rerun the same command to resume')
+    super().__init__(message or f'preempted ({signal.Signals(signum).name}) at step {step}: '
+                     'checkpoint saved; rerun the same command to resume')
 
 
 def os_errors_as(kind, note=''):

@@ -1,7 +1,8 @@
 """python -m dlm_jax.main --config configs/default.py --workdir runs/x [--mode train|eval|sample]
 Config files are Python executed as code (the ml_collections convention): run only configs you
 trust. Every error is one `error:` line and the error's exit status (errors.py): 2 for bad input,
-before anything is written; 1 when a run cannot go on; 128 + n when stopped by signal n.
+before anything is written; 1 when a run cannot go on; 3 when another process holds the run
+directory (one writer per run: run/rundir.lock); 128 + n when stopped by signal n.
 """
 import sys
 
@@ -38,14 +39,15 @@ def run(argv):
   cfg = config_lib.validate(_CONFIG.value, training=_MODE.value == 'train')
   sharding.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value,
                                   force=_DIST.value)  # before any other JAX call
-  if _MODE.value == 'eval':
-    print(evaluate.format_table(evaluate.run(cfg, _WORKDIR.value)))
-  elif _MODE.value == 'sample':
-    print(sample.format_summary(sample.run(cfg, _WORKDIR.value)[1]))
-  else:
-    summary = loop.train_and_evaluate(cfg, _WORKDIR.value)
-    if jax.process_index() == 0:
-      print(rundir.format_summary(summary, _WORKDIR.value))
+  with rundir.lock(_WORKDIR.value, _MODE.value):  # one writer per run directory
+    if _MODE.value == 'eval':
+      print(evaluate.format_table(evaluate.run(cfg, _WORKDIR.value)))
+    elif _MODE.value == 'sample':
+      print(sample.format_summary(sample.run(cfg, _WORKDIR.value)[1]))
+    else:
+      summary = loop.train_and_evaluate(cfg, _WORKDIR.value)
+      if jax.process_index() == 0:
+        print(rundir.format_summary(summary, _WORKDIR.value))
 
 
 def main(argv=None):

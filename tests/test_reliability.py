@@ -304,3 +304,114 @@ def test_unwritable_run_file_is_one_clear_error(tmp_path):
   assert errors == [f"error: IsADirectoryError: [Errno 21] Is a directory: '{wd}/metrics.jsonl'; "
                     'the checkpoints already written are kept'], r.stderr[-2000:]
   assert (wd / 'config.json').exists()
+
+
+# ------------------------------------------------------------------ one writer per run directory
+
+def _long_run_config(tmp_path, steps=60):
+  cfg = tmp_path / 'long.py'
+  cfg.write_text(textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+      from conftest import tiny_config
+      def get_config():
+        c = tiny_config('ar', num_steps={steps}, eval_every=20, checkpoint_every=10)
+        c.sample.num_samples = 0
+        return c
+  '''))
+  return cfg
+
+
+def _wait_for_rows(wd, n, p, timeout=300):
+  metrics, deadline = os.path.join(wd, 'metrics.jsonl'), time.time() + timeout
+  while time.time() < deadline and p.poll() is None and not (
+      os.path.exists(metrics) and len(open(metrics).readlines()) >= n):
+    time.sleep(0.01)
+  assert p.poll() is None, 'the first run ended before the second started'
+
+
+def test_a_second_writer_is_refused_and_the_first_keeps_every_row(tmp_path):
+  """Two trainings (and an eval) on one --workdir: the later ones are refused at once with one
+  line naming the workdir and the holder's pid; the first finishes with every metrics row, its
+  validation and its own summary. (Before: both ran, the second truncated metrics.jsonl.)"""
+  cfg, wd = _long_run_config(tmp_path, steps=300), str(tmp_path / 'run')
+  cmd = [sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}', f'--workdir={wd}']
+  first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_rows(wd, 2, first)
+  others = [subprocess.Popen(cmd + extra, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for extra in ([], ['--mode=eval'], ['--mode=sample'])]
+  for p in others:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 3, err[-2000:]
+    assert err.strip().splitlines() == [
+        f'error: {wd} is in use (train by pid {first.pid} on {os.uname().nodename} since '
+        + err.split(' since ')[1].strip()], err
+  assert first.poll() is None, 'the first run ended before the others were refused'
+  _, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-2000:]
+  assert [x['step'] for x in rows(wd)] == list(range(1, 301))
+  assert json.load(open(os.path.join(wd, 'summary.json')))['steps'] == 300
+  # the lock is released with its holder: the same command now resumes (finds the run done)
+  r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_sweep_local_forwards_sigterm_and_leaves_no_orphan(tmp_path):
+  """SIGTERM to `sweep local`: the training child checkpoints and stops, the launcher waits for
+  it, writes runs.csv and exits 143 naming the stopped run; a rerun resumes and finishes."""
+  cfg = _long_run_config(tmp_path, steps=400)
+  (tmp_path / 'sweep.py').write_text(textwrap.dedent(f'''
+      from dlm_jax.sweep import Sweep
+      def get_sweep():
+        return Sweep('t', {str(cfg)!r}, {{'only': {{}}, 'later': {{}}}})
+  '''))
+  root = tmp_path / 'runs'
+  cmd = [sys.executable, '-m', 'dlm_jax.sweep', 'local', str(tmp_path / 'sweep.py'), '--root',
+         str(root)]
+  p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  _wait_for_rows(str(root / 'only'), 3, p)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 128 + signal.SIGTERM, out + err
+  assert err.strip().splitlines()[-1].startswith('sweep stopped (SIGTERM): only: stopped'), err
+  assert 'later: not started' in err and 'Traceback' not in err
+  # no orphan: the child is gone (its lock is free) and it checkpointed before stopping
+  import fcntl  # pylint: disable=import-outside-toplevel
+  with open(root / 'only' / '.lock') as f:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  assert os.path.isdir(root / 'only' / 'checkpoints')
+  assert (root / 'runs.csv').exists()
+
+
+@pytest.mark.parametrize('mode,blocker', [('eval', 'eval/scores.json'),
+                                          ('sample', 'samples.jsonl'),
+                                          ('eval', '.lock')])
+def test_results_that_cannot_be_written_are_refused_before_any_work(tmp_path, mode, blocker):
+  """--mode eval / sample where a result file cannot be written (here a directory stands in its
+  place; a read-only disk fails the same way): one line naming the file, before the checkpoint
+  is even read, and the run's files unchanged. (Before: everything computed, then a traceback.)"""
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+      from conftest import tiny_config
+      def get_config():
+        c = tiny_config('dual', num_steps=2)
+        c.sample.num_samples = 2
+        c.sample.length = 8
+        return c
+  '''))
+  wd = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}', f'--workdir={wd}']
+  assert subprocess.run(cmd, env=ENV, capture_output=True, check=False).returncode == 0
+  target = wd / blocker
+  if target.exists():
+    target.unlink()
+  target.mkdir()
+  files = lambda: {p: p.read_bytes() for p in wd.rglob('*') if p.is_file() and p.name != '.lock'}
+  before = files()
+  r = subprocess.run(cmd + [f'--mode={mode}'], env=ENV, capture_output=True, text=True, check=False)
+  assert r.returncode in (1, 2) and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(target) in r.stderr, r.stderr
+  assert files() == before

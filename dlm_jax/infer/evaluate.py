@@ -65,6 +65,8 @@ def run(cfg, workdir):
   e = cfg.eval
   if not os.path.isdir(workdir):
     raise TrainingError(f'--workdir {workdir}: no such run directory')
+  rundir.check_writable(rundir.path(workdir, 'eval', f'{e.name}.json'),
+                        rundir.path(workdir, 'eval', e.name) + '/')
   tasks = [zeroshot.resolve_task(t.strip(), e.tasks_dir) for t in e.tasks.split(',') if t.strip()]
   items = {name: benchmarks.read(path, e.task_limit) for name, path in tasks}  # fail early
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)

@@ -78,6 +78,7 @@ def run(cfg, workdir):
   Returns (rows, summary)."""
   if not os.path.isdir(workdir):
     raise TrainingError(f'--workdir {workdir}: no such run directory')
+  rundir.check_writable(rundir.path(workdir, rundir.SAMPLES))
   sc = cfg.sample
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   cfg = config_lib.resolve(cfg, tok.vocab_size, training=False)

@@ -6,10 +6,15 @@ every reader of them lives here:
   checkpoints/       orbax (run/checkpoint.py)           samples.jsonl   decoded samples
   summary.json       the end of a run: sizes, tokens, FLOPs, final and best metrics, estimands,
                      wall time, status (done | failed: ... | preempted at step N | interrupted)
+  .lock              who holds the directory: one writer at a time (`lock`)
 """
+import contextlib
+import datetime
+import fcntl
 import json
 import math
 import os
+import socket
 
 import jax
 from tensorboardX import SummaryWriter
@@ -18,7 +23,7 @@ from dlm_jax import config as config_lib
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
-from dlm_jax.errors import TrainingError
+from dlm_jax.errors import BusyError, ConfigError, TrainingError
 from dlm_jax.run import checkpoint
 from dlm_jax.run import validate
 
@@ -39,6 +44,63 @@ def atomic_json(file, obj):
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, file)
+
+
+LOCK = '.lock'
+
+
+@contextlib.contextmanager
+def lock(workdir, mode):
+  """Holds an exclusive OS lock (flock) on the run directory for the whole run: a second
+  train / eval / sample on the same workdir is refused at once, naming the holder. The kernel
+  releases the lock when the holder dies, however it dies. Multi-process runs: process 0 holds
+  it. flock is not reliable on every network filesystem (older NFS): there, keep one writer by
+  hand."""
+  if jax.process_index() != 0:
+    yield
+    return
+  if mode == 'train':
+    os.makedirs(workdir, exist_ok=True)
+  elif not os.path.isdir(workdir):
+    yield  # nothing to hold: the mode reports the missing run
+    return
+  file = path(workdir, LOCK)
+  try:
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:  # checked before any work, so no result is computed and then lost
+    raise ConfigError(f'--workdir {workdir}: cannot write {file} ({e.strerror or e})') from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 512, 0).decode('utf-8', 'replace').strip() or 'another process'
+      raise BusyError(f'{workdir} is in use ({holder}); wait for it to end or use another '
+                      '--workdir') from None
+    os.ftruncate(fd, 0)
+    now = datetime.datetime.now().isoformat(timespec='seconds')
+    os.pwrite(fd, f'{mode} by pid {os.getpid()} on {socket.gethostname()} since {now}'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def check_writable(*files):
+  """Before any work: each file (or, ending in '/', directory) of the results can be written, so
+  nothing is computed and then lost to a read-only or mistyped path."""
+  for f in files:
+    d = f.rstrip('/') if f.endswith('/') else os.path.dirname(f)
+    try:
+      os.makedirs(d, exist_ok=True)
+      if not f.endswith('/') and os.path.lexists(f):
+        if os.path.isdir(f):
+          raise IsADirectoryError(21, 'Is a directory', f)
+        open(f, 'a', encoding='utf-8').close()  # appends nothing; fails where writing would
+      probe = os.path.join(d, f'.write_probe.{os.getpid()}')
+      open(probe, 'w', encoding='utf-8').close()
+      os.remove(probe)
+    except OSError as e:
+      raise TrainingError(f'cannot write {e.filename or f} ({e.strerror or e}); nothing was '
+                          'computed') from None
 
 
 def read_json(file, default=None):

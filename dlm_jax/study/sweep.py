@@ -23,12 +23,14 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from dlm_jax.core import objectives
-from dlm_jax.errors import SweepError
+from dlm_jax.errors import Preempted, SweepError
 from dlm_jax.run import rundir
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -95,27 +97,64 @@ def worker_env(root, workers):
   return env
 
 
-def _run_one(cmd, workdir, env):
+class Children:
+  """The launcher's live training processes. A SIGTERM / SIGINT to the launcher is forwarded to
+  each (they checkpoint and stop), no further run starts, and the launcher waits for them: a
+  stopped sweep leaves no orphan writing into a run directory."""
+
+  def __init__(self):
+    self.procs, self.lock, self.signum = set(), threading.Lock(), 0
+
+  def forward(self, signum, frame=None):
+    del frame
+    with self.lock:
+      self.signum = self.signum or signum
+      for p in self.procs:
+        if p.poll() is None:
+          p.send_signal(signum)
+
+  def run(self, cmd, log, env):
+    """The run's exit status, or None when the sweep was stopped before it started."""
+    with self.lock:
+      if self.signum:
+        return None
+      # its own session: a Ctrl-C at the terminal reaches the launcher only, which forwards it once
+      p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                           start_new_session=True)
+      self.procs.add(p)
+    try:
+      return p.wait()
+    finally:
+      with self.lock:
+        self.procs.discard(p)
+
+
+def _run_one(cmd, workdir, env, children):
   t = time.time()
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'launcher.log'), 'a', encoding='utf-8') as log:
       log.write(f'$ {shlex.join(cmd)}\n')
       log.flush()
-      r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                         check=False)
+      code = children.run(cmd, log, env)
   except OSError as e:  # the run directory cannot be made or written: this run fails, not the sweep
     return f'failed: cannot write {workdir}: {e.strerror or e}', time.time() - t
-  if r.returncode == 0:
+  if code is None:
+    return 'not started (sweep stopped)', 0.0
+  if code == 0:
     return 'done', time.time() - t
   tail = open(os.path.join(workdir, 'launcher.log'), encoding='utf-8').read().strip()
   last = [l for l in tail.splitlines() if l.startswith('error:')] or tail.splitlines()[-1:]
-  return f'failed: exit {r.returncode}: {last[-1][:300] if last else ""}', time.time() - t
+  if code in (128 + signal.SIGTERM, 128 + signal.SIGINT) and children.signum:
+    return f'stopped (checkpointed): {last[-1][:300] if last else ""}', time.time() - t
+  return f'failed: exit {code}: {last[-1][:300] if last else ""}', time.time() - t
 
 
 def run_local(config_path: str, root: str, settings: dict, log=print, workers=1,
               dry_run=False) -> dict:
-  """Runs every setting not yet done, `workers` at a time; {name: 'done' | 'failed: ...'}."""
+  """Runs every setting not yet done, `workers` at a time; {name: 'done' | 'failed: ...' |
+  'stopped ...'}. A SIGTERM / SIGINT stops the sweep: forwarded to the running children, waited
+  for, then raised as Preempted (exit 128 + n)."""
   status, todo = {}, []
   for name, setting in settings.items():
     wd = os.path.join(root, name)
@@ -131,13 +170,25 @@ def run_local(config_path: str, root: str, settings: dict, log=print, workers=1,
     return status
   env = worker_env(root, workers)
   t0 = time.time()
-  with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-    futs = {pool.submit(_run_one, cmd, wd, env): name for name, cmd, wd in todo}
-    for i, fut in enumerate(concurrent.futures.as_completed(futs), 1):
-      name = futs[fut]
-      st, dt = fut.result()
-      status[name] = st
-      log(f'[{i}/{len(todo)}] {name}: {st} ({dt:.0f} s; {time.time() - t0:.0f} s elapsed)')
+  children = Children()
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = {s: signal.signal(s, children.forward) for s in (signal.SIGTERM, signal.SIGINT)
+              } if main_thread else {}
+  try:
+    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+      futs = {pool.submit(_run_one, cmd, wd, env, children): name for name, cmd, wd in todo}
+      for i, fut in enumerate(concurrent.futures.as_completed(futs), 1):
+        name = futs[fut]
+        st, dt = fut.result()
+        status[name] = st
+        log(f'[{i}/{len(todo)}] {name}: {st} ({dt:.0f} s; {time.time() - t0:.0f} s elapsed)')
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+  if children.signum:
+    raise Preempted(None, children.signum, f'sweep stopped ({signal.Signals(children.signum).name}'
+                    f'): {", ".join(f"{k}: {v}" for k, v in status.items() if v != "done")}; '
+                    'rerun the same command to resume')
   return status
 
 
@@ -302,7 +353,12 @@ def main(argv=None):
       print(f'{rundir.status_of(os.path.join(root, n)):8s} {n}  {" ".join(overrides(s))}')
     print(f'{len(runs)} runs in {root}')
   elif a.action == 'local':
-    st = run_local(cfg, root, runs, workers=a.workers, dry_run=a.dry_run)
+    try:
+      st = run_local(cfg, root, runs, workers=a.workers, dry_run=a.dry_run)
+    except Preempted as e:  # the children were stopped and waited for; the table still written
+      write_csv(collect(root, list(sw.runs)), os.path.join(root, 'runs.csv'))
+      print(e, file=sys.stderr)
+      sys.exit(e.exit_code)
     failed = {k: v for k, v in st.items() if v.startswith('failed')}
     rows = collect(root, list(sw.runs))
     if not a.dry_run:
