@@ -6,6 +6,11 @@ a config's keys and types are the schema's (also for a config not built from bas
 value is possible, calling each core component's own check. Errors are `ConfigError`s whose
 one-line message names the key (main.py prints it and exits 2). Imports only core/ and below.
 """
+import difflib
+import importlib.util
+import math
+import os
+
 import ml_collections
 
 from dlm_jax.core import flops
@@ -182,6 +187,49 @@ def _check_keys(cfg):
                         f'{value!r}') from None
 
 
+def load_file(path):
+  """Runs a config file's get_config() (config files are Python executed as code: run only
+  those you trust) and returns its ConfigDict; anything wrong is one ConfigError naming the
+  file."""
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config {path}: no such file')
+  try:
+    spec = importlib.util.spec_from_file_location('dlm_jax_user_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # any error of user code, named
+    raise ConfigError(f'--config {path}: {type(e).__name__}: {_first_line(e)}') from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise ConfigError(f'--config {path}: defines no get_config()')
+  try:
+    cfg = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'--config {path}: get_config() raised {type(e).__name__}: '
+                      f'{_first_line(e)}') from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f'--config {path}: get_config() returned a {type(cfg).__name__}, not an '
+                      'ml_collections.ConfigDict (start from dlm_jax.config.base())')
+  return cfg
+
+
+def _first_line(e):
+  text = str(e).strip()
+  return text.splitlines()[0].strip("'\"") if text else type(e).__name__
+
+
+def check_override(cfg, key):
+  """A --config.KEY=VALUE override names a key of cfg; else one line with the closest keys."""
+  node = cfg
+  for i, part in enumerate(key.split('.')):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      here = '.'.join(key.split('.')[:i])
+      options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, options, n=1)
+      hint = f' (did you mean config.{here + "." if here else ""}{close[0]}?)' if close else ''
+      raise ConfigError(f'--config.{key}: unknown key{hint}')
+    node = node[part]
+
+
 def _need(cond, key, msg):
   if not cond:
     raise ConfigError(f'config.{key}: {msg}')
@@ -194,12 +242,36 @@ def _choice(cfg, key, options):
   _need(v in options, key, f'{v!r} is not one of {", ".join(options)}')
 
 
+TOKENIZERS = ('bpe', 'gpt2', 'byte')  # named tokenizers (data/tokenizers.get_tokenizer)
+
+
+def _check_prompts(spec):
+  """sample.prompts: '', data:N with N >= 1, or an existing file (checked before training, not
+  at its end)."""
+  if not spec:
+    return
+  if spec.startswith('data:'):
+    _need(spec[5:].isdigit() and int(spec[5:]) >= 1, 'sample.prompts',
+          f'{spec!r}: data:N needs a whole number of tokens N >= 1')
+    return
+  _need(os.path.isfile(spec), 'sample.prompts', f'file not found: {spec}')
+
+
 def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.ConfigDict:
   """Checks keys, types and values against the schema; returns cfg, raises ConfigError.
   training=False (evaluating or sampling a run) skips what only training uses: whether the time
   sampler's NELBO weights can be unbiased."""
   _check_keys(cfg)
+  present = dict(_walk(cfg))
+  for key, _ in _walk(base()):
+    _need(key in present, key, 'missing (build the config from dlm_jax.config.base())')
+  for key, v in _walk(cfg):  # inf / nan pass every comparison below that is written as a refusal
+    _need(not isinstance(v, float) or math.isfinite(v), key, f'{v} is not a finite number')
   m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+  _need(d.tokenizer in TOKENIZERS or (d.tokenizer.endswith('.json') and os.path.isfile(
+      os.path.expanduser(d.tokenizer))), 'data.tokenizer',
+        f'{d.tokenizer!r} is not {", ".join(TOKENIZERS)} or an existing tokenizers .json file')
+  _check_prompts(cfg.sample.prompts.strip())
   _choice(cfg, 'objective', tuple(objectives.OBJECTIVES))
   try:
     w = objectives.parse_fraction(cfg.dual.ar_weight)

@@ -16,7 +16,16 @@ def run_main(*args, workdir):
 
 
 @pytest.mark.parametrize('override,needle', [
-    ('--config.model.num_layer=3', 'num_layer'),
+    ('--config.model.num_layer=3',
+     'error: --config.model.num_layer: unknown key (did you mean config.model.num_layers?)'),
+    ('--config.foo.bar=1', 'error: --config.foo.bar: unknown key'),
+    ('--config.data.tokenizer=bpee', "config.data.tokenizer: 'bpee' is not bpe, gpt2, byte"),
+    ('--config.train.lr=inf', 'config.train.lr: inf is not a finite number'),
+    ('--config.diffusion.eps=nan', 'config.diffusion.eps: nan is not a finite number'),
+    ('--config.sample.prompts=data:-5', "config.sample.prompts: 'data:-5': data:N needs"),
+    ('--config.sample.prompts=data:abc', "config.sample.prompts: 'data:abc': data:N needs"),
+    ('--config.sample.prompts=/nonexistent/p.txt', 'config.sample.prompts: file not found: '
+                                                  '/nonexistent/p.txt'),
     ('--config.train.num_steps=abc', 'num_steps'),
     ('--config.train.num_steps=-5', 'config.train.num_steps'),
     ('--config.dual.ar_weight=3/2', 'config.dual.ar_weight'),
@@ -91,6 +100,38 @@ def test_resume_diff_allows_only_harmless_changes():
   assert config.diff_for_resume(a, b.to_dict()) == []
   b.model.d_model = 512
   assert config.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
+
+
+CONFIG_FILES = {
+    'dict.py': ('def get_config():\n  return {"objective": "ar"}\n',
+                'get_config() returned a dict, not an ml_collections.ConfigDict'),
+    'raises.py': ('def get_config():\n  raise RuntimeError("no such recipe")\n',
+                  'get_config() raised RuntimeError: no such recipe'),
+    'partial.py': ('import ml_collections\ndef get_config():\n  c = ml_collections.ConfigDict()\n'
+                   '  c.objective = "ar"\n  return c\n',
+                   'missing (build the config from dlm_jax.config.base())'),
+    'syntax.py': ('def get_config(:\n', 'SyntaxError'),
+    'none.py': ('x = 1\n', 'defines no get_config()'),
+}
+
+
+@pytest.mark.parametrize('name', [*CONFIG_FILES, 'missing.py'])
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, name):
+  """A missing --config, or one whose get_config() raises, returns a dict or a ConfigDict not
+  built from base(): one line naming the file (or the missing key), exit 2, nothing written.
+  (Before: chained tracebacks, exit 1, or an AttributeError deep in validation.)"""
+  path = tmp_path / name
+  if name in CONFIG_FILES:
+    path.write_text(CONFIG_FILES[name][0])
+  wd = tmp_path / 'run'
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config', str(path), '--workdir',
+                      str(wd)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+  lines = r.stderr.strip().splitlines()
+  want = CONFIG_FILES[name][1] if name in CONFIG_FILES else 'no such file'
+  assert len(lines) == 1 and want in lines[0], r.stderr
+  assert str(path) in lines[0] or 'base()' in lines[0], r.stderr
+  assert not wd.exists()
 
 
 def test_missing_corpus_is_a_clear_error_and_writes_nothing(tmp_path):

@@ -415,3 +415,34 @@ def test_results_that_cannot_be_written_are_refused_before_any_work(tmp_path, mo
   assert r.returncode in (1, 2) and 'Traceback' not in r.stderr, r.stderr[-2000:]
   assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(target) in r.stderr, r.stderr
   assert files() == before
+
+
+def _no_specials(path):
+  tokenizers = pytest.importorskip('tokenizers')
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({'a': 0, 'b': 1, '[UNK]': 2},
+                                                         unk_token='[UNK]'))
+  tok.save(str(path))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'no_specials'])
+def test_a_bad_tokenizer_file_is_named_before_any_work(tmp_path, damage):
+  """data.tokenizer pointing at a truncated or garbage JSON file, or one without the special
+  tokens at ids 0-3: one line naming the file, exit 1, no run directory left behind."""
+  from dlm_jax.data import tokenizers  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'tok.json'
+  if damage == 'truncated':
+    text = open(tokenizers.BPE_FILE, encoding='utf-8').read()
+    path.write_text(text[:len(text) // 2])
+  elif damage == 'garbage':
+    path.write_bytes(b'\x00\xffnot json at all')
+  else:
+    _no_specials(path)
+  wd = tmp_path / 'run'
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config',
+                      os.path.join(ROOT, 'configs', 'default.py'), f'--workdir={wd}',
+                      f'--config.data.tokenizer={path}'], env=ENV, capture_output=True, text=True,
+                     check=False)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: tokenizer file {path}'), r.stderr
+  assert not wd.exists()

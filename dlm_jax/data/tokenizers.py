@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from dlm_jax.errors import ConfigError, DataError
+
 PAD, BOS, EOS, MASK = 0, 1, 2, 3
 SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
 BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
@@ -38,14 +40,18 @@ class HFTokenizer:
 
   def __init__(self, path, name=None):
     import tokenizers  # pylint: disable=g-import-not-at-top
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'tokenizer file not found: {path}')
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    if not os.path.isfile(path):
+      raise DataError(f'tokenizer file not found: {path}')
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except  # the Rust parser's errors are untyped
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f'tokenizer file {path} cannot be read: {msg}') from None
     self.name = name or path
     for i, s in enumerate(SPECIALS):
       if self._tok.token_to_id(s) != i:
-        raise ValueError(f'tokenizer {path}: special token {s} must have id {i}, '
-                         f'has {self._tok.token_to_id(s)}')
+        raise DataError(f'tokenizer file {path}: special token {s} must have id {i}, has '
+                        f'{self._tok.token_to_id(s)} (train it with scripts/train_tokenizer.py)')
     self.vocab_size = self._tok.get_vocab_size()
 
   def encode_batch(self, texts):
@@ -98,8 +104,8 @@ def get_tokenizer(name: str):
     return HFTokenizer(BPE_FILE, name='bpe')
   if name.endswith('.json'):
     return HFTokenizer(os.path.expanduser(name))
-  raise ValueError(f'unknown tokenizer {name!r}: use bpe, gpt2, byte or a path to a tokenizers '
-                   '.json')
+  raise ConfigError(f'config.data.tokenizer: unknown tokenizer {name!r}: use bpe, gpt2, byte or a '
+                    'path to a tokenizers .json')
 
 
 def train_bpe(texts, vocab_size=8192, out=BPE_FILE):

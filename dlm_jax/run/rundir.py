@@ -59,7 +59,9 @@ def lock(workdir, mode):
   if jax.process_index() != 0:
     yield
     return
+  created = False
   if mode == 'train':
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
   elif not os.path.isdir(workdir):
     yield  # nothing to hold: the mode reports the missing run
@@ -81,6 +83,9 @@ def lock(workdir, mode):
     os.pwrite(fd, f'{mode} by pid {os.getpid()} on {socket.gethostname()} since {now}'.encode(), 0)
     yield
   finally:
+    if created and os.listdir(workdir) == [LOCK]:  # failed before writing: leave nothing behind
+      os.remove(file)
+      os.rmdir(workdir)
     os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
 
 
