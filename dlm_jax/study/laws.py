@@ -467,12 +467,17 @@ def fit_isoflop(N, C, loss, runs=None, window=0):
       warn.append(f'budget C={cb:.3g}: loss is not convex in log N; vertex undefined')
       continue
     xv = -c1 / (2 * c2)
+    with np.errstate(over='ignore'):
+      n_opt = float(np.exp(xv))
+    if not 0 < n_opt < np.inf:  # an almost flat parabola: the vertex is out of reach
+      warn.append(f'budget C={cb:.3g}: loss is almost flat in log N; vertex undefined')
+      continue
     if not x.min() <= xv <= x.max():
-      warn.append(f'budget C={cb:.3g}: vertex N={math.exp(xv):.3g} lies outside the sampled '
+      warn.append(f'budget C={cb:.3g}: vertex N={n_opt:.3g} lies outside the sampled '
                   f'sizes [{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]')
     ci = vertex_interval(x, y, (c2, c1, c0), 500, np.random.default_rng(0))
-    budgets.append(dict(C=cb, N_opt=float(math.exp(xv)), loss_opt=float(c0 + c1 * xv + c2 * xv**2),
-                        D_opt=float(cb / (6 * math.exp(xv))), n_runs=int(len(idx)),
+    budgets.append(dict(C=cb, N_opt=n_opt, loss_opt=float(c0 + c1 * xv + c2 * xv**2),
+                        D_opt=float(cb / (6 * n_opt)), n_runs=int(len(idx)),
                         N_opt_ci=[float(np.exp(v)) for v in ci] if ci else None))
   if len(budgets) < 2:
     raise FitError(f'isoflop: {len(budgets)} budgets with a vertex; need at least 2 to fit '
