@@ -59,7 +59,9 @@ from dlm_jax.run import setup as setup_lib
 from dlm_jax.run import step as step_lib
 from dlm_jax.study import scaling
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
+_CONFIG = config_flags.DEFINE_config_file(  # the repository's, from any working directory
+    'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                           'default.py'), 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
 _OUT = flags.DEFINE_string('out', '', 'Append the JSON result to this file.')
 _ROWS = flags.DEFINE_integer('rows', 32, 'eval: validation windows scored per estimator.')

@@ -446,3 +446,48 @@ def test_a_bad_tokenizer_file_is_named_before_any_work(tmp_path, damage):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'error: tokenizer file {path}'), r.stderr
   assert not wd.exists()
+
+
+SWEEP_FILES = {
+    'not_a_sweep': ('def get_sweep():\n  return 5\n',
+                    "get_sweep() returned 'int', not a dlm_jax.sweep.Sweep"),
+    'missing_base': ('from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
+                     '  return Sweep("x", "configs/nope.py", {"a": {}})\n',
+                     'base config: --config {root}/configs/nope.py: no such file'),
+    'bad_key': ('from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
+                '  return Sweep("x", "configs/default.py", {"a": {"model.num_layer": 3}})\n',
+                "run 'a': --config.model.num_layer: unknown key (did you mean "
+                'config.model.num_layers?)'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SWEEP_FILES))
+def test_a_bad_sweep_file_is_named_before_any_run_starts(tmp_path, name):
+  """A sweep file returning something else than a Sweep, naming a missing base config or a key
+  the base config does not have: `list` and `local` stop at once with one line naming the file
+  (before: found only as each run started, or an AttributeError traceback)."""
+  text, want = SWEEP_FILES[name]
+  (tmp_path / 's.py').write_text(text)
+  for action in ('list', 'local'):
+    r = subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', action, str(tmp_path / 's.py'),
+                        '--root', str(tmp_path / 'runs')], env=ENV, cwd=ROOT, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stderr.strip() == f'error: {tmp_path / "s.py"}: {want.format(root=ROOT)}', r.stderr
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_other_entry_points_refuse_bad_arguments_in_one_line(tmp_path):
+  """`flops abc` (before: a ValueError traceback, exit 1), and `bench step` from outside the
+  repository (before: its default config path was relative to the working directory)."""
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.flops', 'abc'], env=ENV, cwd=ROOT,
+                     capture_output=True, text=True, check=False)
+  assert r.returncode == 2 and r.stderr.strip() == (
+      'error: python -m dlm_jax.flops [VOCAB] [SEQ_LEN] takes positive integers, got abc')
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.bench', 'step', '--steps', '1',
+                      '--config.model.d_model=32', '--config.model.num_layers=1',
+                      '--config.model.num_heads=2', '--config.train.batch_size=2',
+                      '--config.data.seq_len=16', '--config.data.tokenizer=byte'],
+                     env=ENV, cwd=tmp_path, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout.strip().splitlines()[-1])['d_model'] == 32

@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 
+from dlm_jax import config as config_lib
 from dlm_jax.core import objectives
-from dlm_jax.errors import Preempted, SweepError
+from dlm_jax.errors import ConfigError, Preempted, SweepError
 from dlm_jax.run import rundir
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -60,10 +61,28 @@ def load_sweep(path) -> Sweep:
   except Exception as e:  # pylint: disable=broad-except  # a broken sweep file: name it
     where = f' (line {e.lineno})' if isinstance(e, SyntaxError) else ''
     raise SweepError(f'{path}{where}: {type(e).__name__}: {e}') from None
+  if not isinstance(sw, Sweep):
+    raise SweepError(f'{path}: get_sweep() returned {type(sw).__name__!r}, not a '
+                     'dlm_jax.sweep.Sweep')
   for name in sw.runs:
     if not name or '/' in name or name.startswith('.'):
       raise SweepError(f'{path}: run name {name!r} is not a plain directory name')
+  try:  # found here, not when each run starts
+    cfg = config_lib.load_file(base_config_path(sw))
+  except ConfigError as e:
+    raise SweepError(f'{path}: base config: {e}') from None
+  for name, setting in sw.runs.items():
+    for key in setting:
+      try:
+        config_lib.check_override(cfg, key)
+      except ConfigError as e:
+        raise SweepError(f'{path}: run {name!r}: {e}') from None
   return sw
+
+
+def base_config_path(sw):
+  """The sweep's base config file: absolute, or relative to the repository root."""
+  return sw.base_config if os.path.isabs(sw.base_config) else os.path.join(ROOT, sw.base_config)
 
 
 def overrides(setting: dict) -> list[str]:
@@ -347,7 +366,7 @@ def main(argv=None):
       print(f'error: --only: unknown runs {", ".join(unknown)}', file=sys.stderr)
       sys.exit(2)
     runs = {k: runs[k] for k in want}
-  cfg = os.path.join(ROOT, sw.base_config)
+  cfg = base_config_path(sw)
   if a.action == 'list':
     for n, s in runs.items():
       print(f'{rundir.status_of(os.path.join(root, n)):8s} {n}  {" ".join(overrides(s))}')
