@@ -3,6 +3,7 @@ import hashlib
 import json
 import lzma
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,7 +90,6 @@ def test_prepared_errors(prepared_bpe, tmp_path, small_corpus):
   with pytest.raises(DataError, match='already holds a prepared dataset'):
     prepared.prepare(small_corpus, prepared_bpe, 'bpe')
   broken = tmp_path / 'broken'
-  import shutil
   shutil.copytree(prepared_bpe, broken)
   os.remove(broken / 'train-00001-of-00003.array_record')
   with pytest.raises(DataError, match='shard train-00001-of-00003.array_record listed in '
@@ -155,3 +155,40 @@ def test_tfds_builder_prepare_then_train(small_corpus, tmp_path):
   s = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
   assert s['status'] == 'done' and s['steps'] == 6
   assert np.isfinite(s['final']['ar_nll']) and np.isfinite(s['final']['mdm_nelbo'])
+
+
+@pytest.mark.parametrize('damage', ['xz_truncated', 'manifest_garbage', 'manifest_list',
+                                    'manifest_no_splits', 'lengths_truncated'])
+def test_damaged_data_is_one_line_naming_the_file(prepared_bpe, small_corpus, tmp_path, damage):
+  """A corpus .jsonl.xz cut short, a malformed manifest.json, a truncated train.lengths.npy: the
+  run stops before training with one line naming the file (before: EOFError / KeyError /
+  ValueError tracebacks) and leaves no run directory."""
+  if damage == 'xz_truncated':
+    data = lzma.compress(open(small_corpus, 'rb').read())
+    corpus = tmp_path / 'docs.jsonl.xz'
+    corpus.write_bytes(data[:len(data) // 2])
+    bad = corpus
+  else:
+    corpus = tmp_path / 'prep'
+    shutil.copytree(prepared_bpe, corpus)
+    bad = corpus / ('train.lengths.npy' if damage == 'lengths_truncated' else 'manifest.json')
+    if damage == 'manifest_garbage':
+      bad.write_text('{"format": ')
+    elif damage == 'manifest_list':
+      bad.write_text('[1, 2]')
+    elif damage == 'manifest_no_splits':
+      m = json.loads(bad.read_text())
+      del m['splits']
+      bad.write_text(json.dumps(m))
+    else:
+      os.truncate(bad, os.path.getsize(bad) // 2)
+  wd = tmp_path / 'run'
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config',
+                      os.path.join(ROOT, 'configs', 'default.py'), f'--workdir={wd}',
+                      f'--config.data.corpus={corpus}', '--config.train.num_steps=2'],
+                     cwd=ROOT, capture_output=True, text=True, check=False,
+                     env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'))
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and str(bad) in lines[0], r.stderr[-2000:]
+  assert not wd.exists()

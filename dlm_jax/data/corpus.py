@@ -38,6 +38,9 @@ def _read_text(path):
   except UnicodeDecodeError as e:
     raise DataError(f'{path}: not valid UTF-8 ({e.reason} at byte {e.start}); '
                     're-encode the file as UTF-8') from None
+  except (EOFError, lzma.LZMAError) as e:  # a copy cut short, or not xz at all
+    raise DataError(f'{path}: truncated or corrupt xz file ({type(e).__name__}: '
+                    f'{str(e).strip() or "ended early"}); copy it again') from None
 
 
 def jsonl_records(path):

@@ -46,8 +46,14 @@ def load_manifest(path):
     m = json.load(open(f, encoding='utf-8'))
   except json.JSONDecodeError as e:
     raise DataError(f'{f}: malformed JSON ({e.msg})') from None
-  if m.get('format') != FORMAT:
-    raise DataError(f'{f}: format {m.get("format")!r}, expected {FORMAT!r}')
+  if not isinstance(m, dict) or m.get('format') != FORMAT:
+    got = m.get('format') if isinstance(m, dict) else type(m).__name__
+    raise DataError(f'{f}: format {got!r}, expected {FORMAT!r}')
+  missing = [k for k in ('splits', 'dtype', 'tokenizer', 'vocab_size') if k not in m]
+  if missing or not isinstance(m['splits'], dict) or not all(
+      isinstance(e, dict) and isinstance(e.get('shards'), list) for e in m['splits'].values()):
+    raise DataError(f'{f}: malformed manifest (missing or malformed: '
+                    f'{", ".join(missing) or "splits"}); re-run python -m dlm_jax.prepare')
   return m
 
 
@@ -205,7 +211,13 @@ class PreparedSource:
                           f'({type(e).__name__}: {str(e).strip() or "unreadable"}); re-run '
                           'python -m dlm_jax.prepare') from None
       raise
-    lengths = np.load(os.path.join(path, f'{split}.lengths.npy')).astype(np.int64)
+    lengths_file = os.path.join(path, f'{split}.lengths.npy')
+    try:
+      lengths = np.load(lengths_file, allow_pickle=False).astype(np.int64)
+    except (OSError, ValueError, EOFError) as e:
+      raise DataError(f'{lengths_file}: truncated or unreadable ({type(e).__name__}: '
+                      f'{str(e).strip().splitlines()[0] if str(e).strip() else "empty"}); re-run '
+                      'python -m dlm_jax.prepare') from None
     if len(self._src) != lengths.size:
       raise DataError(f'{path}: {split} shards hold {len(self._src)} records but '
                       f'{split}.lengths.npy lists {lengths.size}; re-run prepare')
