@@ -5,7 +5,9 @@ after `error: ` and exits with `exit_code`, without a traceback. 2: the input is
 command or config); 1: the run could not go on (data, disk, a diverged loss); 3: the run directory
 is held by another process; 128 + n: stopped by signal n after checkpointing.
 """
+import functools
 import signal
+import sys
 
 
 class Error(Exception):
@@ -83,3 +85,16 @@ def os_errors_as(kind, note=''):
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
     return run
   return wrap
+
+
+def cli(main):
+  """Decorator for a command-line entry point: a project Error ends it as one `error:` line (a
+  Preempted as its own message) and the error's exit status, never a traceback."""
+  @functools.wraps(main)
+  def run(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except Error as e:
+      print(e if isinstance(e, Preempted) else f'error: {e}', file=sys.stderr)
+      sys.exit(e.exit_code)
+  return run

@@ -69,12 +69,9 @@ def run(argv):
         print(rundir.format_summary(summary, _WORKDIR.value))
 
 
+@errors.cli
 def main(argv=None):
-  try:
-    run(sys.argv if argv is None else argv)
-  except errors.Error as e:
-    print(e if isinstance(e, errors.Preempted) else f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  run(sys.argv if argv is None else argv)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ import sys
 from absl import app
 from absl import flags
 
+from dlm_jax import errors
 from dlm_jax.data import benchmarks
 from dlm_jax.data import prepared
 from dlm_jax.errors import DataError
@@ -59,6 +60,7 @@ def _tasks():
   print(f'wrote {_OUT.value}')
 
 
+@errors.cli
 def main(argv):
   del argv
   if _TASKS.value and _OUT.value:

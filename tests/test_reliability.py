@@ -1,10 +1,12 @@
 """Faults a long sweep meets: SIGKILL, unreadable checkpoints, NaNs, a full disk, broken runs.
 
 Each test is one row of RELIABILITY.md."""
+import csv
 import json
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -491,3 +493,81 @@ def test_other_entry_points_refuse_bad_arguments_in_one_line(tmp_path):
                      env=ENV, cwd=tmp_path, capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads(r.stdout.strip().splitlines()[-1])['d_model'] == 32
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4, and a sweep file naming it."""
+  d = tmp_path_factory.mktemp('finished')
+  cfg = d / 'cfg.py'
+  cfg.write_text(textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+      from conftest import tiny_config
+      def get_config():
+        c = tiny_config('ar', num_steps=4, eval_every=2, checkpoint_every=2)
+        c.sample.num_samples = 0
+        return c
+  '''))
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}',
+                      f'--workdir={d / "runs" / "r"}'], env=ENV, capture_output=True, text=True,
+                     check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  (d / 'sweep.py').write_text(f'from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
+                              f'  return Sweep("s", {str(cfg)!r}, {{"r": {{}}, "other": {{}}}})\n')
+  return d
+
+
+def _copy_run(finished_run, tmp_path):
+  shutil.copytree(finished_run, tmp_path / 'c')
+  base = tmp_path / 'c'
+  for f in ('cfg.py', 'sweep.py'):  # point them at the copy
+    (base / f).write_text((base / f).read_text().replace(str(finished_run), str(base)))
+  return base, base / 'runs' / 'r'
+
+
+@pytest.mark.parametrize('damage', ['summary.json', 'config.json', 'eval/validation.json'])
+def test_a_damaged_run_file_is_named_and_sweeps_go_on(finished_run, tmp_path, damage):
+  """A torn summary.json, config.json or eval/validation.json: rerunning the run (or plotting
+  its curve) stops with one line naming the file, nothing else changed; `sweep list` and
+  `collect` report it as that run's status and still write runs.csv."""
+  base, wd = _copy_run(finished_run, tmp_path)
+  f = wd / damage
+  f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+  before = {p: p.read_bytes() for p in wd.rglob('*') if p.is_file() and p.name != '.lock'}
+  if damage == 'eval/validation.json':
+    cmd = [sys.executable, '-m', 'dlm_jax.plot', 'curves', str(wd), '--out', str(tmp_path / 'c')]
+  else:
+    cmd = [sys.executable, '-m', 'dlm_jax.main', f'--config={base / "cfg.py"}', f'--workdir={wd}']
+  r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, check=False)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines() == [f'error: {f}: damaged (JSONDecodeError: '
+                                           + r.stderr.split('JSONDecodeError: ')[1].strip()]
+  assert {p: p.read_bytes() for p in wd.rglob('*') if p.is_file() and p.name != '.lock'} == before
+  if damage == 'summary.json':
+    for action in ('list', 'collect'):
+      r = subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', action, str(base / 'sweep.py'),
+                          '--root', str(base / 'runs')], env=ENV, cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+      assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    rows = {row['run']: row for row in csv.DictReader(open(base / 'runs' / 'runs.csv'))}
+    assert rows['r']['status'] == 'failed' and f'{f}: damaged' in rows['r']['error']
+    assert rows['other']['status'] == 'missing'
+
+
+def test_damaged_metrics_rows_are_skipped_with_a_warning_and_the_rest_kept(finished_run,
+                                                                           tmp_path):
+  """metrics.jsonl with a line that is not an object and one that is not UTF-8 in the middle:
+  resuming keeps every readable row, warns naming file and line, and logs each step once."""
+  base, wd = _copy_run(finished_run, tmp_path)
+  shutil.rmtree(wd / 'checkpoints' / '4')
+  (wd / 'summary.json').unlink()
+  m = wd / 'metrics.jsonl'
+  lines = m.read_bytes().splitlines(keepends=True)
+  m.write_bytes(lines[0] + b'[1, 2]\n' + b'\xff\xfe{"step": 9}\n' + b''.join(lines[1:]))
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', f'--config={base / "cfg.py"}',
+                      f'--workdir={wd}'], env=ENV, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  warnings = [l for l in r.stderr.splitlines() if l.startswith('warning:')]
+  assert [w.split(': skipped')[0] for w in warnings] == [f'warning: {m}:2', f'warning: {m}:3']
+  assert [x['step'] for x in rows(str(wd))] == [1, 2, 3, 4]

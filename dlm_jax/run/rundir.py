@@ -15,6 +15,7 @@ import json
 import math
 import os
 import socket
+import sys
 
 import jax
 from tensorboardX import SummaryWriter
@@ -23,7 +24,7 @@ from dlm_jax import config as config_lib
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
-from dlm_jax.errors import BusyError, ConfigError, TrainingError
+from dlm_jax.errors import BusyError, ConfigError, DataError, TrainingError
 from dlm_jax.run import checkpoint
 from dlm_jax.run import validate
 
@@ -108,11 +109,22 @@ def check_writable(*files):
                           'computed') from None
 
 
-def read_json(file, default=None):
+def read_json(file, default=None, kind=None):
+  """A run file; a torn or non-UTF-8 one (a process killed mid-write outside atomic_json, a
+  disk error) or one of the wrong kind (dict / list) is a DataError naming the file."""
   if default is not None and not os.path.exists(file):
     return default
-  with open(file, encoding='utf-8') as f:
-    return json.load(f)
+  try:
+    with open(file, encoding='utf-8') as f:
+      obj = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f'{file}: damaged ({type(e).__name__}: {getattr(e, "msg", None) or e.reason}'
+                    '); restore it or remove the run') from None
+  kind = kind or (type(default) if default is not None else None)
+  if kind is not None and not isinstance(obj, kind):
+    raise DataError(f'{file}: damaged (a JSON {type(obj).__name__}, expected a {kind.__name__}); '
+                    'restore it or remove the run')
+  return obj
 
 
 class MetricWriter:
@@ -143,15 +155,29 @@ class MetricWriter:
 
 
 def read_metrics(workdir):
-  """The rows of metrics.jsonl (a torn last line from a killed process is skipped)."""
+  """The rows of metrics.jsonl. A torn last line (a killed process) is skipped quietly; any
+  other line that is not a JSON object (or not UTF-8) is skipped with a warning naming the file
+  and line, so every readable row is kept."""
   rows = []
   file = path(workdir, METRICS)
-  if os.path.exists(file):
-    for line in open(file, encoding='utf-8'):
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass
+  if not os.path.exists(file):
+    return rows
+  with open(file, 'rb') as f:
+    lines = f.read().split(b'\n')
+  last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
+  for i, raw in enumerate(lines):
+    if not raw.strip():
+      continue
+    try:
+      row = json.loads(raw.decode('utf-8'))
+      if not isinstance(row, dict):
+        raise ValueError(f'a JSON {type(row).__name__}, not an object')
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+      if i != last or raw.rstrip().endswith(b'}'):
+        print(f'warning: {file}:{i + 1}: skipped a damaged row ({type(e).__name__}: '
+              f'{str(e)[:80]})', file=sys.stderr)
+      continue
+    rows.append(row)
   return rows
 
 
@@ -168,7 +194,10 @@ def truncate_metrics(workdir, step):
 
 def read_validation(workdir, up_to=None):
   """eval/validation.json: one dict per validation (step, tokens, metrics)."""
-  rows = read_json(path(workdir, 'eval', 'validation.json'), default=[])
+  file = path(workdir, 'eval', 'validation.json')
+  rows = read_json(file, default=[])
+  if not all(isinstance(r, dict) and isinstance(r.get('step'), int) for r in rows):
+    raise DataError(f'{file}: damaged (an entry without a step); restore it or remove the run')
   return [r for r in rows if up_to is None or r['step'] <= up_to]
 
 
@@ -183,7 +212,7 @@ def validation_curve(workdir, key):
 
 
 def read_summary(workdir):
-  return read_json(path(workdir, SUMMARY))
+  return read_json(path(workdir, SUMMARY), kind=dict)
 
 
 def status_of(workdir) -> str:
@@ -193,8 +222,8 @@ def status_of(workdir) -> str:
   if os.path.exists(path(workdir, SUMMARY)):
     try:
       return read_summary(workdir).get('status', 'unknown')
-    except json.JSONDecodeError:
-      return 'failed: unreadable summary.json'
+    except DataError as e:
+      return f'failed: {e}'
   if os.path.isdir(path(workdir, 'checkpoints')):
     return 'partial'
   return 'missing'
@@ -212,7 +241,7 @@ def check_workdir(workdir, cfg):
     if os.path.isdir(ckpt) and os.listdir(ckpt):
       raise TrainingError(f'{workdir} holds checkpoints but no config.json; refusing to mix runs')
     return False
-  diffs = config_lib.diff_for_resume(read_json(file), cfg.to_dict())
+  diffs = config_lib.diff_for_resume(read_json(file, kind=dict), cfg.to_dict())
   if diffs:
     raise TrainingError(f'{workdir} holds a different run (config.json differs: '
                         f'{"; ".join(diffs[:5])}); use a new --workdir')
@@ -245,7 +274,7 @@ def load_config(run_dir, overrides=None):
   file = path(run_dir, CONFIG)
   if not os.path.exists(file):
     raise TrainingError(f'{run_dir}: not a run directory (no config.json)')
-  cfg = config_lib.from_run(read_json(file))
+  cfg = config_lib.from_run(read_json(file, kind=dict))
   cfg.update_from_flattened_dict(dict(overrides or {}))
   return config_lib.validate(cfg, training=False)
 

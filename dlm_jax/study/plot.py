@@ -19,6 +19,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from dlm_jax import errors  # pylint: disable=wrong-import-position
 from dlm_jax.core import objectives  # pylint: disable=wrong-import-position
 from dlm_jax.errors import FitError  # pylint: disable=wrong-import-position
 from dlm_jax.run import rundir  # pylint: disable=wrong-import-position
@@ -249,6 +250,7 @@ def read_jsonl(path):
   return [json.loads(line) for line in open(path, encoding='utf-8') if line.strip()]
 
 
+@errors.cli
 def main(argv=None):
   ap = argparse.ArgumentParser(prog='python -m dlm_jax.plot', description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)

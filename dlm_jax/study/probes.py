@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from dlm_jax import errors
 from dlm_jax.core import objectives
 from dlm_jax.data import corpus as corpus_lib
 from dlm_jax.data import pipeline
@@ -172,6 +173,7 @@ def _run(sw_name, base, settings, out, workers):
   return root
 
 
+@errors.cli
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('probe', choices=('reversal', 'shift'))

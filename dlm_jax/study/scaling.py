@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from dlm_jax import errors
 from dlm_jax.errors import FitError, SweepError
 from dlm_jax.study import laws
 from dlm_jax.study import sweep
@@ -223,6 +224,7 @@ def parse_fix(s):
   return out
 
 
+@errors.cli
 def main(argv=None):
   ap = argparse.ArgumentParser(prog='python -m dlm_jax.scaling', description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,7 +20,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -30,8 +29,9 @@ import threading
 import time
 
 from dlm_jax import config as config_lib
+from dlm_jax import errors
 from dlm_jax.core import objectives
-from dlm_jax.errors import ConfigError, Preempted, SweepError
+from dlm_jax.errors import ConfigError, DataError, Preempted, SweepError
 from dlm_jax.run import rundir
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -242,7 +242,7 @@ def collect(root, names):
     if os.path.exists(rundir.path(wd, rundir.SUMMARY)):
       try:
         s = rundir.read_summary(wd)
-      except json.JSONDecodeError:
+      except DataError:  # reported in the row's status
         s = {}
       loss, key = loss_of(s)
       row.update({k: s.get(k) for k in ('objective', 'ratio', 'size', 'N_total', 'N_nonembed', 'D',
@@ -334,6 +334,7 @@ def tpu_commands(sw, root_bucket_path, zone, tpu_type, bucket, config_path):
   return out
 
 
+@errors.cli
 def main(argv=None):
   ap = argparse.ArgumentParser(prog='python -m dlm_jax.sweep', description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
