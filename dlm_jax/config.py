@@ -418,6 +418,7 @@ def from_run(d: dict) -> ml_collections.ConfigDict:
 
 
 # Keys that may differ between a run's config.json and the command resuming it.
+# train.num_steps too, but only under a constant learning rate (diff_for_resume)
 RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'model.scan_unroll', 'train.compile_cache',
                      'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'train.keep_period',
@@ -434,4 +435,9 @@ def diff_for_resume(old: dict, new: dict) -> list[str]:
   for k in sorted(set(a) | set(b)):
     if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES):
       out.append(f'{k}: {a.get(k)!r} -> {b.get(k)!r}')
+  k = 'train.num_steps'
+  if a.get(k) != b.get(k) and b.get('train.lr_schedule') != 'constant':
+    out.append(f'{k}: {a.get(k)!r} -> {b.get(k)!r} (the {b.get("train.lr_schedule")} learning '
+               "rate depends on it, so resuming would reshape it mid-run; continue in a new "
+               "--workdir with init_from, or train with lr_schedule='constant')")
   return out

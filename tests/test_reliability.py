@@ -57,7 +57,7 @@ def assert_same_run(ref, wd, steps):
   exactly, and each step is logged once."""
   a, b = rows(ref), rows(wd)
   assert [r['step'] for r in b] == list(range(1, steps + 1))
-  clock = ('tokens_per_s', 'flops_per_s')
+  clock = ('tokens_per_s', 'flops_per_s', 'wall_time_s')
   for x, y in zip(a, b):
     assert {k: v for k, v in x.items() if k not in clock} == {
         k: v for k, v in y.items() if k not in clock}, (x['step'], x, y)
@@ -571,3 +571,46 @@ def test_damaged_metrics_rows_are_skipped_with_a_warning_and_the_rest_kept(finis
   warnings = [l for l in r.stderr.splitlines() if l.startswith('warning:')]
   assert [w.split(': skipped')[0] for w in warnings] == [f'warning: {m}:2', f'warning: {m}:3']
   assert [x['step'] for x in rows(str(wd))] == [1, 2, 3, 4]
+
+
+def test_a_resume_keeps_the_record_straight(finished_run, tmp_path):
+  """Rerunning a finished 4-step run with fewer steps is refused before config.json is touched;
+  with more steps under a cosine schedule too (it would reshape the learning rate mid-run);
+  a rerun after a stop between the samples and summary.json does not list the samples twice;
+  wall_time_s adds up every process."""
+  base, wd = _copy_run(finished_run, tmp_path)
+  cfg = base / 'cfg.py'
+  cfg.write_text(cfg.read_text().replace('c.sample.num_samples = 0', 'c.sample.num_samples = 2\n'
+                                         '  c.sample.length = 8'))
+  (wd / 'config.json').write_text((wd / 'config.json').read_text().replace(
+      '"num_samples": 0', '"num_samples": 2').replace('"length": 0', '"length": 8'))
+  before = {p: p.read_bytes() for p in wd.rglob('*') if p.is_file() and p.name != '.lock'}
+  cmd = lambda *a: subprocess.run([sys.executable, '-m', 'dlm_jax.main', f'--config={cfg}',
+                                   f'--workdir={wd}', *a], env=ENV, capture_output=True,
+                                  text=True, check=False)
+  for n in (2, 6):
+    r = cmd(f'--config.train.num_steps={n}')
+    assert r.returncode == 1 and f'train.num_steps: 4 -> {n} (the cosine learning rate depends' \
+        in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+  # under a constant learning rate more steps resume, fewer are refused: the run is past them
+  (wd / 'config.json').write_text((wd / 'config.json').read_text().replace(
+      '"lr_schedule": "cosine"', '"lr_schedule": "constant"'))
+  r = cmd('--config.train.num_steps=2', '--config.train.lr_schedule=constant')
+  assert r.returncode == 2 and r.stderr.strip() == (
+      f'error: config.train.num_steps: {wd} is already trained to step 4; 2 steps would rewrite '
+      'its record (use a new --workdir)'), r.stderr[-2000:]
+  before[wd / 'config.json'] = (wd / 'config.json').read_bytes()
+  assert {p: p.read_bytes() for p in wd.rglob('*') if p.is_file() and p.name != '.lock'} == before
+  # stopped after the samples, before summary.json: the rerun rewrites its own samples
+  (wd / 'summary.json').unlink()
+  first_wall = json.loads(before[wd / 'summary.json'])['wall_time_s']
+  for _ in range(2):
+    r = cmd('--config.train.lr_schedule=constant')
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wd / 'summary.json').unlink()  # stopped again between the samples and the summary
+  r = cmd('--config.train.lr_schedule=constant')
+  assert r.returncode == 0, r.stderr[-2000:]
+  samples = [json.loads(l) for l in open(wd / 'samples.jsonl')]
+  assert len(samples) == 2 and all(s['source'] == 'end of training' and s['step'] == 4
+                                   for s in samples)
+  assert json.load(open(wd / 'summary.json'))['wall_time_s'] > first_wall

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 from dlm_jax.core import objectives
 from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
-from dlm_jax.errors import Preempted, TrainingError, os_errors_as
+from dlm_jax.errors import ConfigError, Preempted, TrainingError, os_errors_as
 from dlm_jax.run import checkpoint
 from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
@@ -75,8 +75,8 @@ class StepLog:
   """Checks each step's metrics (fetched one step late: no host sync per step) and writes one
   metrics.jsonl row and progress-bar update every log_every steps."""
 
-  def __init__(self, setup, workdir, start, mngr):
-    self.cfg, self.setup, self.mngr = setup.cfg, setup, mngr
+  def __init__(self, setup, workdir, start, mngr, t_start):
+    self.cfg, self.setup, self.mngr, self.t_start = setup.cfg, setup, mngr, t_start
     self.writer = rundir.MetricWriter(workdir)
     self.tokens_per_step = self.cfg.train.batch_size * self.cfg.data.seq_len
     self.window, self.t_last, self.last_logged = [], time.time(), start
@@ -93,7 +93,9 @@ class StepLog:
     if not finite:
       what = (f'non-finite loss or gradient at step {step + 1} (loss={m["loss"]}, '
               f'grad_norm={m["grad_norm"]})')
-      good = f'the last good checkpoint is step {self.mngr.latest_step()}'
+      last = self.mngr.latest_step()
+      good = ('no checkpoint was written yet' if last is None else
+              f'the last good checkpoint is step {last}')
       if cfg.train.nan_policy == 'stop':
         raise TrainingError(f'{what}; {good} (train.nan_policy=skip skips such updates)')
       if skipped > cfg.train.nan_max_skips:
@@ -110,7 +112,8 @@ class StepLog:
       row = dict(avg, tokens=(step + 1) * tps,
                  epochs=(step + 1) * tps / self.setup.data_info['unique_tokens'],
                  tokens_per_s=steps * tps / dt,
-                 flops_per_s=steps * tps * self.setup.counts['flops_per_token'] / dt)
+                 flops_per_s=steps * tps * self.setup.counts['flops_per_token'] / dt,
+                 wall_time_s=time.time() - self.t_start)
       if skipped:
         row['skipped'] = skipped
       self.writer.write(step + 1, row)
@@ -150,7 +153,11 @@ def train_and_evaluate(cfg, workdir) -> dict:
     if done.get('status') == 'done' and done.get('steps') == cfg.train.num_steps:
       print(f'{workdir} is already done ({done["steps"]} steps); nothing to do')
       return done
-  has_ckpt = checkpoint.latest_committed(rundir.path(workdir, 'checkpoints')) is not None
+  latest = checkpoint.latest_committed(rundir.path(workdir, 'checkpoints'))
+  if latest is not None and latest > cfg.train.num_steps:  # before config.json is rewritten
+    raise ConfigError(f'config.train.num_steps: {workdir} is already trained to step {latest}; '
+                      f'{cfg.train.num_steps} steps would rewrite its record (use a new --workdir)')
+  has_ckpt = latest is not None
   init = (checkpoint.load_init_params(cfg.init_from, cfg, setup.mesh)  # fails before any write
           if cfg.init_from and not has_ckpt else None)
   os.makedirs(rundir.path(workdir, 'eval'), exist_ok=True)
@@ -177,7 +184,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
       bytes_per_token=setup.data_info['val_bytes'] / setup.data_info['val_tokens'],
       params_sharding=state_sharding.params)
   rundir.truncate_metrics(workdir, start)
-  log = StepLog(setup, workdir, start, mngr)
+  # wall time of every process that worked on the run, up to the restored checkpoint's last row
+  t_start -= rundir.wall_time_before(workdir) if resuming else 0.0
+  log = StepLog(setup, workdir, start, mngr, t_start)
   history = rundir.read_validation(workdir, up_to=start) if resuming else []
 
   def run_eval(step, state):
@@ -241,7 +250,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
                                                                                      state)
   log.writer.close()
   params = state.ema_params if state.ema_params is not None else state.params
-  samples = run_samples.write_samples(setup, params, workdir)
+  samples = run_samples.write_samples(setup, params, workdir, final_step)
 
   summary = rundir.make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
   summary['samples'] = len(samples)

@@ -181,6 +181,12 @@ def read_metrics(workdir):
   return rows
 
 
+def wall_time_before(workdir):
+  """Seconds the earlier processes of a resumed run spent, as of the last metrics row kept."""
+  rows = [x for x in read_metrics(workdir) if 'wall_time_s' in x]
+  return float(rows[-1]['wall_time_s']) if rows else 0.0
+
+
 def truncate_metrics(workdir, step):
   """On resume, drop rows logged after the restored checkpoint so each step appears once."""
   file = path(workdir, METRICS)

@@ -118,9 +118,13 @@ def write_jsonl(path, rows):
       f.write(json.dumps(r, ensure_ascii=False) + '\n')
 
 
-def write_samples(setup, params, workdir):
-  """At the end of training: sample.num_samples samples in each mode, appended to
-  samples.jsonl (no scoring)."""
+END_OF_TRAINING = 'end of training'
+
+
+def write_samples(setup, params, workdir, step):
+  """At the end of training: sample.num_samples samples in each mode, written to samples.jsonl
+  (no scoring) in place of any an earlier process wrote for the same step (a run stopped
+  between its samples and summary.json, then rerun, does not list them twice)."""
   cfg = setup.cfg
   if cfg.sample.num_samples == 0:
     return []
@@ -132,7 +136,22 @@ def write_samples(setup, params, workdir):
                                    None if cfg.data.task else setup.val_windows)
   sts = settings_for(cfg, prompts, suffixes)
   rows = run_samples(sampler, setup.tokenizer, sts, prompts, jax.random.PRNGKey(cfg.seed + 7),
-                     batch_size=cfg.sample.batch_size, suffixes=suffixes)
+                     batch_size=cfg.sample.batch_size, suffixes=suffixes,
+                     extra=dict(step=int(step), source=END_OF_TRAINING))
   if jax.process_index() == 0:
-    write_jsonl(rundir.path(workdir, rundir.SAMPLES), rows)
+    file = rundir.path(workdir, rundir.SAMPLES)
+    kept = []
+    if os.path.exists(file):
+      for line in open(file, encoding='utf-8'):
+        try:
+          r = json.loads(line)
+        except ValueError:
+          r = {}
+        if not (isinstance(r, dict) and r.get('source') == END_OF_TRAINING and
+                r.get('step') == int(step)):
+          kept.append(line if line.endswith('\n') else line + '\n')
+    with open(file + '.tmp', 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(file + '.tmp', file)
+    write_jsonl(file, rows)
   return rows
