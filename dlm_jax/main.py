@@ -46,6 +46,9 @@ def _preflight(argv):
 
 
 def run(argv):
+  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
+    print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
+    return
   _preflight(argv)
   try:
     rest = flags.FLAGS(argv)

@@ -13,7 +13,11 @@ status done) are skipped, partial ones resume from their checkpoints, failed one
 
 The local launcher runs up to --workers runs at once, each in a fresh `python -m dlm_jax.main`
 process sharing a persistent XLA compilation cache (<root>/.xla_cache); a failing run is recorded
-(<root>/<name>/launcher.log and the table's error column) and never stops the others.
+(<root>/<name>/launcher.log and the table's error column) and never stops the others. A SIGTERM
+or Ctrl-C is forwarded to the running children, which checkpoint and stop; the launcher waits.
+
+Sweep files, and the config files they name, are Python executed as code (the ml_collections
+convention): run only files you trust.
 """
 import argparse
 import concurrent.futures
