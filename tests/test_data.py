@@ -1,10 +1,13 @@
 import json
+import os
 
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from dlm_jax.data import corpus, pipeline, tokenizers
 from dlm_jax.data.tokenizers import EOS
+from dlm_jax.errors import DataError
 from dlm_jax.run import setup as setup_lib
 
 
@@ -111,3 +114,39 @@ def test_unique_tokens_larger_than_split_is_a_clear_error():
   cfg.data.unique_tokens = 10**9
   with pytest.raises(corpus.DataError, match='exceeds the training split, which has'):
     setup_lib.build(cfg)
+
+
+def test_token_cache_is_keyed_on_content(tmp_path):
+  """An edit that keeps the corpus file's size and modification time still invalidates the
+  cached tokens (before: the key was size and mtime, so stale tokens were reused)."""
+  corpus = tmp_path / 'c.jsonl'
+  corpus.write_text(''.join(json.dumps({'id': f'd{i}', 'text': 'alpha beta gamma. ' * 40}) + '\n'
+                            for i in range(40)))
+  c = tiny_config().data
+  c.corpus, c.tokenizer, c.cache_dir, c.val_fraction = str(corpus), 'byte', str(tmp_path / 'k'), 0.1
+  first = np.concatenate(pipeline.token_streams(c)[:2])
+  st = os.stat(corpus)
+  corpus.write_text(corpus.read_text().replace('alpha', 'omega'))  # same size
+  os.utime(corpus, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(corpus).st_size == st.st_size and os.stat(corpus).st_mtime_ns == st.st_mtime_ns
+  second = np.concatenate(pipeline.token_streams(c)[:2])
+  assert not np.array_equal(first, second)
+  assert len(os.listdir(tmp_path / 'k' / 'tokens')) == 2
+
+
+def test_a_full_disk_while_caching_tokens_names_the_cache_and_leaves_no_temp_file(
+    tmp_path, monkeypatch):
+  c = tiny_config().data
+  c.tokenizer, c.cache_dir = 'byte', str(tmp_path / 'k')
+
+  def full(path, arr):
+    del arr
+    with open(path, 'wb') as f:
+      f.write(b'partial')
+    raise OSError(28, 'No space left on device', path)
+  monkeypatch.setattr(pipeline.np, 'save', full)
+  with pytest.raises(DataError, match=r'cannot write the token cache under .*k/tokens/\w+ \(No '
+                     r'space left on device\); free space there or point data.cache_dir'):
+    pipeline.token_streams(c)
+  left = [f for _, _, fs in os.walk(tmp_path / 'k') for f in fs]
+  assert left == []

@@ -29,18 +29,20 @@ def cache_dir(dcfg):
 
 
 def _source_fingerprint(source):
+  """A hash of the source's content (every file's relative name and bytes): an edit that keeps
+  a file's size and modification time still changes it, so stale tokens are never reused. The
+  corpus is read whole to be tokenised anyway; hashing it costs a fraction of that."""
   path = corpus_lib.EMBEDDED if source == 'embedded' else os.path.expanduser(source)
   if not os.path.exists(path):
     raise DataError(f'corpus {source!r}: no such file or directory ({path})')
   h = hashlib.sha256(source.encode())
-  if os.path.isdir(path):
-    for root, _, files in sorted(os.walk(path)):
-      for f in sorted(files):
-        st = os.stat(os.path.join(root, f))
-        h.update(f'{f}:{st.st_size}:{st.st_mtime_ns}'.encode())
-  else:
-    st = os.stat(path)
-    h.update(f'{st.st_size}:{st.st_mtime_ns}'.encode())
+  files = ([os.path.join(root, f) for root, _, fs in sorted(os.walk(path)) for f in sorted(fs)]
+           if os.path.isdir(path) else [path])
+  for f in files:
+    h.update(os.path.relpath(f, path).encode() + b'\0')
+    with open(f, 'rb') as fh:
+      for block in iter(lambda: fh.read(1 << 20), b''):
+        h.update(block)
   return h.hexdigest()[:16]
 
 
@@ -77,12 +79,20 @@ def token_streams(dcfg):
   # atomic: write then rename, so a crash never leaves half a file; per-process temporary names,
   # so concurrent runs (a sweep's workers) tokenising the same corpus never collide
   tag = f'.tmp{os.getpid()}'
-  for s, f in files.items():
-    np.save(f + tag + '.npy', streams[s])
-    os.replace(f + tag + '.npy', f)
-  with open(meta_path + tag, 'w') as f:
-    json.dump(info, f)
-  os.replace(meta_path + tag, meta_path)
+  temps = [f + tag + '.npy' for f in files.values()] + [meta_path + tag]
+  try:
+    for s, f in files.items():
+      np.save(f + tag + '.npy', streams[s])
+      os.replace(f + tag + '.npy', f)
+    with open(meta_path + tag, 'w', encoding='utf-8') as f:
+      json.dump(info, f)
+    os.replace(meta_path + tag, meta_path)
+  except OSError as e:  # a full disk or quota: no half-written cache, and say which disk
+    for t in temps:
+      if os.path.exists(t):
+        os.remove(t)
+    raise DataError(f'cannot write the token cache under {d} ({e.strerror or e}); free space '
+                    'there or point data.cache_dir (or DLM_JAX_CACHE) at another disk') from None
   return streams['train'], streams['validation'], info
 
 
