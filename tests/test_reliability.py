@@ -603,3 +603,19 @@ def test_a_resume_keeps_the_record_straight(finished_run, tmp_path):
   assert len(samples) == 2 and all(s['source'] == 'end of training' and s['step'] == 4
                                    for s in samples)
   assert json.load(open(wd / 'summary.json'))['wall_time_s'] > first_wall
+
+
+def test_a_checkpoint_failure_reason_is_the_real_cause():
+  """The reason shown for an unreadable checkpoint is the innermost real error, not a library's
+  internal iterator end (before: `(StopIteration: 0)`)."""
+  try:
+    try:
+      try:
+        next(iter([]))
+      except StopIteration:
+        raise ValueError('array file is truncated: read 12 of 4096 bytes')  # pylint: disable=raise-missing-from
+    except ValueError as inner:
+      raise RuntimeError('restore failed') from inner
+  except RuntimeError as e:
+    assert checkpoint._root_cause(e) == (  # pylint: disable=protected-access
+        'ValueError: array file is truncated: read 12 of 4096 bytes')

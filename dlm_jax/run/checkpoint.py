@@ -62,9 +62,14 @@ def newest_readable(mngr, read, what, set_aside=False):
 
 def _root_cause(e):
   """The innermost exception of a chain, in one short line (orbax wraps TensorStore's reason)."""
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
-  msg = ' '.join(str(e).split()) or '?'
+  chain = [e]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  # an iterator's end caught inside a library (StopIteration: 0) is control flow, not a reason
+  reasons = [x for x in chain if not isinstance(x, (StopIteration, StopAsyncIteration,
+                                                     GeneratorExit))]
+  e = (reasons or chain)[-1]
+  msg = ' '.join(str(e).split()) or 'no message'
   if len(msg) > 300:  # the start says what failed, the end usually says why
     msg = msg[:150] + ' ... ' + msg[-150:]
   return f'{type(e).__name__}: {msg}'
