@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from dlm_jax.run import rundir
 from dlm_jax.study import sweep
 
 
@@ -51,13 +52,13 @@ def main():
           'ft_mdm': ('MDM (scratch)', 'MDM'),
           'ft_ar2diff': (f'AR, then {a.cpt} steps MDM', 'MDM')}
   for name, (pre, fine) in desc.items():
-    f = sweep.summary(run(name))['final']
+    f = rundir.read_summary(run(name))['final']
     mode = {'ft_ar': 'ar', 'ft_prefix': 'prefix'}.get(name, 'mdm')
     em = f[f'{mode}_exact_match']
     nll = f['mdm_nelbo' if mode == 'mdm' else f'{mode}_nll']
     lines.append(f'| {name} | {pre} | {fine} | {em:.3f} | {nll:.3f} |')
   for name in ('pre_ar', 'pre_mdm', 'cpt_ar2diff'):
-    f = sweep.summary(run(name))['final']
+    f = rundir.read_summary(run(name))['final']
     lines.append(f'| {name} (LM validation) | | | | {f.get("ar_nll", f.get("mdm_nelbo")):.3f} |')
   table = '\n'.join(lines)
   open(os.path.join(root, 'results.md'), 'w').write(table + '\n')

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from dlm_jax.run import rundir
 from dlm_jax.study import sweep
 
 D = 125 * 32 * 128
@@ -40,7 +41,7 @@ def settings():
 
 
 def metrics(root, name):
-  s = sweep.summary(os.path.join(root, name))
+  s = rundir.read_summary(os.path.join(root, name))
   return s, {k: (s['best'].get(k), s['final'].get(k)) for k in ('ar_nll', 'mdm_nelbo')}
 
 

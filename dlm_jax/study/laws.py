@@ -443,7 +443,7 @@ def window_around_min(x, loss, window):
   return order[lo:lo + window]
 
 
-def fit_isoflop(N, C, loss, runs=None, window=0):
+def fit_isoflop(N, C, loss, runs=None, window=0, vertex_ci=True):
   """Approach 2: per budget a parabola of loss in log N, its vertex N_opt(C) with a 95% residual
   bootstrap interval (budgets with > 3 sizes); then log N_opt = log G + a log C by least squares.
   A budget needs >= 3 sizes. window > 0 fits each parabola to the `window` sizes around the
@@ -475,7 +475,7 @@ def fit_isoflop(N, C, loss, runs=None, window=0):
     if not x.min() <= xv <= x.max():
       warn.append(f'budget C={cb:.3g}: vertex N={n_opt:.3g} lies outside the sampled '
                   f'sizes [{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]')
-    ci = vertex_interval(x, y, (c2, c1, c0), 500, np.random.default_rng(0))
+    ci = vertex_interval(x, y, (c2, c1, c0), 500, np.random.default_rng(0)) if vertex_ci else None
     budgets.append(dict(C=cb, N_opt=n_opt, loss_opt=float(c0 + c1 * xv + c2 * xv**2),
                         D_opt=float(cb / (6 * n_opt)), n_runs=int(len(idx)),
                         N_opt_ci=[float(np.exp(v)) for v in ci] if ci else None))

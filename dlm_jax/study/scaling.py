@@ -67,16 +67,17 @@ def check_positive(runs, cols):
                      f'{", ".join(str(n) for n in np.asarray(names)[bad][:10])}')
 
 
-# name -> (the columns it needs, fit(runs, fix, starts, window) -> laws.Fit)
+# name -> (the columns it needs, fit(runs, fix, starts, window, draw) -> laws.Fit); draw: a
+# bootstrap refit, which needs only the parameters
 LAWS = {
-    'chinchilla': (('N', 'D', 'loss'), lambda r, fix, starts, window: laws.fit_chinchilla(
+    'chinchilla': (('N', 'D', 'loss'), lambda r, fix, starts, window, draw: laws.fit_chinchilla(
         r['N'], r['D'], r['loss'], fix, starts)),
-    'isoflop': (('N', 'loss'), lambda r, fix, starts, window: laws.fit_isoflop(
-        r['N'], r['C'], r['loss'], r.get('run'), window)),
-    'data_constrained': (('N', 'D', 'U', 'loss'), lambda r, fix, starts, window:
+    'isoflop': (('N', 'loss'), lambda r, fix, starts, window, draw: laws.fit_isoflop(
+        r['N'], r['C'], r['loss'], r.get('run'), window, vertex_ci=not draw)),
+    'data_constrained': (('N', 'D', 'U', 'loss'), lambda r, fix, starts, window, draw:
                          laws.fit_data_constrained(r['N'], r['D'], r['U'], r['loss'], fix)),
-    'power': (('loss',), lambda r, fix, starts, window: laws.fit_power(r['C'], r['loss'],
-                                                                        r.get('family'))),
+    'power': (('loss',), lambda r, fix, starts, window, draw: laws.fit_power(
+        r['C'], r['loss'], r.get('family'))),
 }
 
 
@@ -98,8 +99,8 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
     runs['C'] = 6 * np.asarray(runs['N'], float) * np.asarray(runs['D'], float)
   check_positive(runs, tuple(cols) + ('C',))
 
-  def one(idx, starts=None):
-    return fit_law({k: np.asarray(v)[idx] for k, v in runs.items()}, fix, starts, window)
+  def one(idx, starts=None, draw=False):
+    return fit_law({k: np.asarray(v)[idx] for k, v in runs.items()}, fix, starts, window, draw)
 
   n = len(runs['loss'])
   main = one(np.arange(n))
@@ -162,7 +163,7 @@ def bootstrap_draws(law, runs, counts, main, fix, one):
     try:
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        draws.append(one(np.repeat(np.arange(len(c)), c)))
+        draws.append(one(np.repeat(np.arange(len(c)), c), draw=True))
     except FitError:  # e.g. a resample with too few sizes in a budget
       failed += 1
   return draws, failed
