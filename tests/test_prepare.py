@@ -157,8 +157,10 @@ def test_tfds_builder_prepare_then_train(small_corpus, tmp_path):
   assert np.isfinite(s['final']['ar_nll']) and np.isfinite(s['final']['mdm_nelbo'])
 
 
-@pytest.mark.parametrize('damage', ['xz_truncated', 'manifest_garbage', 'manifest_list',
-                                    'manifest_no_splits', 'lengths_truncated'])
+@pytest.mark.parametrize('damage', [
+    'xz_truncated', 'manifest_no_splits', 'lengths_truncated',
+    pytest.param('manifest_garbage', marks=pytest.mark.slow),
+    pytest.param('manifest_list', marks=pytest.mark.slow)])
 def test_damaged_data_is_one_line_naming_the_file(prepared_bpe, small_corpus, tmp_path, damage):
   """A corpus .jsonl.xz cut short, a malformed manifest.json, a truncated train.lengths.npy: the
   run stops before training with one line naming the file (before: EOFError / KeyError /

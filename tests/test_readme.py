@@ -191,6 +191,7 @@ def test_scaling_fit_and_plot_curves_commands(tmp_path):
   assert [p for p in os.listdir(tmp_path) if p.startswith('curves')]
 
 
+@pytest.mark.slow  # the same fits and plots as the notebook test, which runs by default
 def test_plot_sweep_command(tmp_path):
   """`plot sweep runs.csv --out-dir plots/` (every law fitted per family, Chinchilla included)."""
   _runs_table(tmp_path / 'runs.csv')

@@ -294,7 +294,7 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path):
     (tmp_path / 'long.txt').write_text('x' * 40 + '\n')
     bad = config.from_run(cfg.to_dict())
     bad.sample[key] = value
-    with pytest.raises((errors.SampleError, errors.TrainingError), match=msg):
+    with pytest.raises((errors.SampleError, errors.TrainingError, errors.ConfigError), match=msg):
       sample_app.run(bad, run)
   assert len(open(os.path.join(run, 'samples.jsonl')).readlines()) == 8
 
