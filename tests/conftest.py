@@ -4,12 +4,6 @@ import sys
 import pytest
 
 os.environ.setdefault('DLM_JAX_CACHE', os.path.join(os.path.dirname(__file__), '..', '.cache'))
-# one persistent XLA compilation cache for the suite and every process it starts: the CLI tests
-# train the same tiny models many times, and each fresh process would otherwise compile them
-# again (a cached executable is the one a fresh compile produces, so results are unchanged)
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(os.path.dirname(__file__), '..', '.cache', 'xla'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
 

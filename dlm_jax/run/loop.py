@@ -79,7 +79,11 @@ class StepLog:
     self.cfg, self.setup, self.mngr, self.t_start = setup.cfg, setup, mngr, t_start
     self.writer = rundir.MetricWriter(workdir)
     self.tokens_per_step = self.cfg.train.batch_size * self.cfg.data.seq_len
-    self.window, self.t_last, self.last_logged = [], time.time(), start
+    self.workdir, self.window, self.t_last, self.last_logged = workdir, [], time.time(), start
+    self.timed_from = start  # rates count only the steps this process timed
+    saved = rundir.read_window(workdir, start) if start else None
+    if saved:  # resuming mid-window: the steps before the checkpoint count in the next row
+      self.window, self.last_logged = saved
     self.bar = tqdm.tqdm(total=self.cfg.train.num_steps, initial=start, desc='train',
                          unit='step', dynamic_ncols=True,
                          disable=None if jax.process_index() == 0 else True)
@@ -106,7 +110,7 @@ class StepLog:
       self.window.append(m)
     if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.num_steps:
       dt = time.time() - self.t_last
-      steps, tps = step + 1 - self.last_logged, self.tokens_per_step
+      steps, tps = step + 1 - max(self.last_logged, self.timed_from), self.tokens_per_step
       w = self.window
       avg = {k: float(np.mean([x[k] for x in w])) for k in w[-1] if k in w[0]} if w else {}
       row = dict(avg, tokens=(step + 1) * tps,
@@ -120,6 +124,9 @@ class StepLog:
       if avg:
         self.bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
       self.window, self.t_last, self.last_logged = [], time.time(), step + 1
+
+  def save_window(self, step):
+    rundir.save_window(self.workdir, step, self.window, self.last_logged)
 
   def close(self):
     self.bar.close()
@@ -216,11 +223,13 @@ def train_and_evaluate(cfg, workdir) -> dict:
           if done % cfg.train.eval_every == 0 and done != cfg.train.num_steps:
             run_eval(done, state)
           if done % cfg.train.checkpoint_every == 0:
+            log.save_window(done)
             checkpoint.save(mngr, done, state, data_iter)
         if stop.requested(done):
           if pending is not None:
             log.consume(*pending)
           if mngr.latest_step() != done:
+            log.save_window(done)
             checkpoint.save(mngr, done, state, data_iter)
           checkpoint.finish(mngr)
           raise Preempted(done, stop.signum)

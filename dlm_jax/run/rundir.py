@@ -7,6 +7,8 @@ every reader of them lives here:
   summary.json       the end of a run: sizes, tokens, FLOPs, final and best metrics, estimands,
                      wall time, status (done | failed: ... | preempted at step N | interrupted)
   .lock              who holds the directory: one writer at a time (`lock`)
+  window.json        the metrics of a logging window cut by a checkpoint (so a resumed run's
+                     next row averages the same steps as an uninterrupted run's)
 """
 import contextlib
 import datetime
@@ -30,6 +32,7 @@ from dlm_jax.run import validate
 
 
 CONFIG, METRICS, SUMMARY, SAMPLES = 'config.json', 'metrics.jsonl', 'summary.json', 'samples.jsonl'
+WINDOW = 'window.json'
 
 
 def path(workdir, *parts):
@@ -179,6 +182,23 @@ def read_metrics(workdir):
       continue
     rows.append(row)
   return rows
+
+
+def save_window(workdir, step, window, last_logged, keep=8):
+  """Records the not-yet-logged metrics of the window at checkpoint `step` (the newest `keep`
+  checkpoints' windows are kept)."""
+  if jax.process_index() != 0:
+    return
+  saved = read_json(path(workdir, WINDOW), default={})
+  saved[str(step)] = dict(last_logged=int(last_logged),
+                          window=[{k: float(v) for k, v in m.items()} for m in window])
+  atomic_json(path(workdir, WINDOW), {k: saved[k] for k in sorted(saved, key=int)[-keep:]})
+
+
+def read_window(workdir, step):
+  """(window, last_logged) saved at checkpoint `step`, or None."""
+  saved = read_json(path(workdir, WINDOW), default={}).get(str(step))
+  return (saved['window'], saved['last_logged']) if saved else None
 
 
 def wall_time_before(workdir):
