@@ -212,8 +212,9 @@ def profile_interval(N, D, loss, main, which, fix=None, delta=DELTA, half_width=
   k = {'alpha': 3, 'beta': 4}[which]
   logN, logD, logL = (np.log(np.asarray(x, float)) for x in (N, D, loss))
   p = main.params
-  x_hat = np.array([math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'],
-                    p['beta']])
+  tiny = np.finfo(float).tiny  # E = e^e underflows to 0 where the fit drives it away
+  x_hat = np.array([math.log(max(p['A'], tiny)), math.log(max(p['B'], tiny)),
+                    math.log(max(p['E'], tiny)), p['alpha'], p['beta']])
   r = np.log(chinchilla_loss(p, N, D)) - logL
   free, fixed_vals = _chinchilla_fixed(fix)
   thr = 0.5 * chi2 * huber_scale(r, int(free.sum()), delta)
