@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT
 from dlm_jax.study import sweep
 
@@ -68,6 +70,7 @@ def test_local_sweep_collect_and_rerun(tmp_path):
   assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'curves.svg').exists()
 
 
+@pytest.mark.slow  # missing rows also in test_reliability::test_a_damaged_run_file_is_named...
 def test_collect_lists_missing_runs_and_dry_runs(tmp_path):
   sw, root = _sweep(tmp_path), str(tmp_path / 'empty')
   p = _cli('collect', sw, '--root', root)
@@ -102,6 +105,7 @@ FAULTS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # a failing run among good ones also in test_local_sweep_collect_and_rerun
 def test_sweep_with_injected_failures_reports_exactly_those_runs(tmp_path):
   """Failures injected into a 5-run sweep: a missing corpus, a NaN loss, a run directory that
   cannot be created, and a run whose disk fills. The sweep finishes the others, the collector
