@@ -230,6 +230,24 @@ def check_override(cfg, key):
     node = node[part]
 
 
+def check_cli(argv):
+  """The --config file and each --config.KEY override, checked before absl loads them, so a
+  missing file, a broken get_config() or a misspelled key is one line naming it."""
+  args = list(argv[1:])
+  for i, a in enumerate(args):
+    if a in ('--config', '-config') and i + 1 < len(args):
+      path = args[i + 1]
+    elif a.startswith(('--config=', '-config=')):
+      path = a.split('=', 1)[1]
+    else:
+      continue
+    cfg = load_file(path)
+    for b in args:
+      if b.startswith('--config.'):
+        check_override(cfg, b[len('--config.'):].split('=', 1)[0])
+    return
+
+
 def _need(cond, key, msg):
   if not cond:
     raise ConfigError(f'config.{key}: {msg}')

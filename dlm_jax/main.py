@@ -27,29 +27,11 @@ _DIST = flags.DEFINE_bool('distributed', False, 'Multi-process: the cluster from
 _TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for the others.')
 
 
-def _preflight(argv):
-  """The --config file and each --config.KEY override, checked before absl loads them, so a
-  missing file, a broken get_config() or a misspelled key is one line naming it."""
-  args = list(argv[1:])
-  for i, a in enumerate(args):
-    if a in ('--config', '-config') and i + 1 < len(args):
-      path = args[i + 1]
-    elif a.startswith(('--config=', '-config=')):
-      path = a.split('=', 1)[1]
-    else:
-      continue
-    cfg = config_lib.load_file(path)
-    for b in args:
-      if b.startswith('--config.'):
-        config_lib.check_override(cfg, b[len('--config.'):].split('=', 1)[0])
-    return
-
-
 def run(argv):
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
     print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
     return
-  _preflight(argv)
+  config_lib.check_cli(argv)
   try:
     rest = flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError, SyntaxError) as e:
