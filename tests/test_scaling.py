@@ -104,16 +104,19 @@ def test_power_law_and_compute_multiplier():
   assert f.extra['compute_multiplier'] == pytest.approx(16, rel=1e-6)
 
 
+DC_LAW = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
+
+
+def repeated_data_grid():
+  """N, D, U of the data-constrained tests: 3 unique-token budgets x 4 sizes x 7 repetitions."""
+  return map(np.array, zip(*[(N, U * R, U) for U in (1e9, 3e9, 1e10)
+                             for N in (1e8, 3e8, 1e9, 3e9) for R in (1, 2, 4, 8, 16, 40, 100)]))
+
+
 def test_data_constrained_recovers_r_star():
   rng = np.random.default_rng(1)
-  law = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
-  rows = []
-  for U in (1e9, 3e9, 1e10):
-    for N in (1e8, 3e8, 1e9, 3e9):
-      for R in (1, 2, 4, 8, 16, 40, 100):
-        rows.append((N, U * R, U))
-  N, D, U = map(np.array, zip(*rows))
-  L = laws.data_constrained_loss(law, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
+  N, D, U = repeated_data_grid()
+  L = laws.data_constrained_loss(DC_LAW, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
   f = laws.fit_data_constrained(N, D, U, L, fix={k: TRUE[k] for k in laws.CHINCHILLA})
   assert f.params['R_D_star'] == pytest.approx(15, rel=0.3)
   assert f.params['R_N_star'] == pytest.approx(5, rel=0.5)
@@ -315,14 +318,9 @@ def test_profile_interval_brackets_the_estimate_and_bootstrap_reports_failures(t
 
 def test_cli_data_constrained_law(tmp_path):
   rng = np.random.default_rng(1)
-  law = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
-  rows = []
-  for U in (1e9, 3e9, 1e10):
-    for N in (1e8, 3e8, 1e9, 3e9):
-      for R in (1, 2, 4, 8, 16, 40, 100):
-        D = U * R
-        rows.append((N, D, U, scaling.laws.data_constrained_loss(law, N, D, U) *
-                     math.exp(rng.normal(0, 0.001))))
+  N, D, U = repeated_data_grid()
+  L = laws.data_constrained_loss(DC_LAW, N, D, U) * np.exp(rng.normal(0, 0.001, len(N)))
+  rows = list(zip(N, D, U, L))
   fix = ','.join(f'{k}={TRUE[k]}' for k in laws.CHINCHILLA)
   fit = _cli_fit(tmp_path, 'data_constrained', rows, ['N', 'D', 'U', 'loss'], '--fix', fix,
                  '--bootstrap', '20')
@@ -358,10 +356,8 @@ def _coverage_isoflop(seed):
 
 def _coverage_data_constrained(seed):
   rng = np.random.default_rng(seed)
-  law = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
-  N, D, U = map(np.array, zip(*[(N, U * R, U) for U in (1e9, 3e9, 1e10)
-                                for N in (1e8, 3e8, 1e9, 3e9) for R in (1, 2, 4, 8, 16, 40, 100)]))
-  L = laws.data_constrained_loss(law, N, D, U) * np.exp(rng.normal(0, 0.003, len(N)))
+  N, D, U = repeated_data_grid()
+  L = laws.data_constrained_loss(DC_LAW, N, D, U) * np.exp(rng.normal(0, 0.003, len(N)))
   out = scaling.fit('data_constrained', dict(N=N, D=D, U=U, loss=L), bootstrap=100, seed=seed,
                     fix={k: TRUE[k] for k in laws.CHINCHILLA})
   return {'bootstrap R_D_star': out['ci']['R_D_star'][0] <= 15 <= out['ci']['R_D_star'][1]}
