@@ -45,7 +45,6 @@ from ml_collections import config_flags
 
 from dlm_jax import config as config_lib
 from dlm_jax.core import model as model_lib
-from dlm_jax.core import objectives
 from dlm_jax.core import sampling
 from dlm_jax.core import schedules
 from dlm_jax.core import sharding
@@ -53,6 +52,7 @@ from dlm_jax.data import pipeline
 from dlm_jax.errors import ConfigError, FitError
 from dlm_jax.infer import likelihood
 from dlm_jax.infer import sample
+from dlm_jax.run import memory
 from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
 from dlm_jax.run import setup as setup_lib
@@ -143,13 +143,13 @@ def bench_step(cfg, steps, peak_tflops=0.0, measure_peak=False):
   setup = setup_lib.build(cfg)
   cfg, mesh = setup.cfg, setup.mesh
   tx, _, state_sh, step_fn = step_lib.prepare(setup)
-  state = jax.jit(lambda: step_lib.init_state(setup, tx), out_shardings=state_sh)()
+  t0 = time.time()
+  compiled, need = memory.preflight(setup, tx, state_sh, step_fn)  # compile only; fits or refused
+  compile_s = time.time() - t0
+  state = jax.block_until_ready(
+      jax.jit(lambda: step_lib.init_state(setup, tx), out_shardings=state_sh)())
   it = setup_lib.train_iterator(setup)
   batches = [sharding.global_batch(next(it), mesh) for _ in range(4)]
-  n_mdm = objectives.mdm_count(cfg, 0, cfg.train.batch_size)
-  t0 = time.time()
-  compiled = step_fn.lower(state, batches[0], n_mdm).compile()  # ahead of time: compile only
-  compile_s = time.time() - t0
   xla_flops = _cost_flops(compiled)
   state, m = compiled(state, batches[0])
   jax.block_until_ready(m)
@@ -181,7 +181,7 @@ def bench_step(cfg, steps, peak_tflops=0.0, measure_peak=False):
       xla_flops_per_token=xla_flops / tokens if xla_flops else None,
       peak_flops_per_s=peak, peak_source=peak_source if peak else None,
       mfu=flops_s / (peak * jax.device_count()) if peak else None,
-      peak_memory_bytes=mem,
+      peak_memory_bytes=mem, step_bytes_per_device=need['total'],
       param_bytes_per_device=sharding.bytes_per_device(state.params),
       loss=float(m['loss']), date=time.strftime('%Y-%m-%d'))
 
@@ -282,7 +282,8 @@ def format_train(r):
           ('step (median)', f'{r["step_s_median"] * 1e3:.1f} ms (p90 {r["step_s_p90"] * 1e3:.1f})'),
           ('tokens/s', f'{r["tokens_per_s"]:,.0f}'),
           ('model FLOP/s', f'{r["model_flops_per_s"] / 1e9:,.1f} GFLOP/s'),
-          ('MFU', mfu), ('peak memory', gib)]
+          ('MFU', mfu), ('peak memory', gib),
+          ('step memory', f'{r["step_bytes_per_device"] / 2**30:.2f} GiB per device (XLA)')]
   return '\n'.join(f'  {k:14s} {v}' for k, v in rows)
 
 

@@ -2,7 +2,7 @@
 
 Each message names the key, file or argument at fault and reads as one line; main.py prints it
 after `error: ` and exits with `exit_code`, without a traceback. 2: the input is wrong (fix the
-command or config); 1: the run could not go on (data, disk, a diverged loss); 3: the run directory
+command or config; a run that cannot fit in memory included); 1: the run could not go on (data, disk, a diverged loss); 3: the run directory
 is held by another process; 128 + n: stopped by signal n after checkpointing.
 """
 import functools
@@ -57,6 +57,24 @@ class TrainingError(Error, RuntimeError):
   """A run that cannot go on (NaN loss, incompatible workdir); the message says where and why."""
 
 
+class ResourceError(Error, RuntimeError):
+  """A run that cannot fit in memory (run/memory.py); names the sizes and what to change."""
+  exit_code = 2
+
+
+MEMORY_ADVICE = ('a smaller model (model.size / d_model / num_layers), a smaller train.batch_size '
+                 'or a larger train.grad_accum, model.remat=full, or more devices (mesh.fsdp)')
+
+
+def out_of_memory(error):
+  """A ResourceError for an allocation failure XLA reported (RESOURCE_EXHAUSTED), else None."""
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' not in text:
+    return None
+  first = next((l.strip() for l in text.splitlines() if l.strip()), text)[:300]
+  return ResourceError(f'out of memory ({first}); use {MEMORY_ADVICE}')
+
+
 class CheckpointWriteError(TrainingError):
   """A checkpoint could not be written (full disk, quota, permissions); earlier ones are kept."""
 
@@ -93,7 +111,13 @@ def cli(main):
   @functools.wraps(main)
   def run(*args, **kwargs):
     try:
-      return main(*args, **kwargs)
+      try:
+        return main(*args, **kwargs)
+      except Exception as e:  # an allocation failure anywhere: one line, not XLA's traceback
+        oom = out_of_memory(e) if not isinstance(e, Error) else None
+        if oom is None:
+          raise
+        raise oom from None
     except Error as e:
       print(e if isinstance(e, Preempted) else f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)

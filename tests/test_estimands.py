@@ -21,7 +21,7 @@ from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import objectives
 from dlm_jax.core import schedules
 from dlm_jax.data import pipeline
-from dlm_jax.data.tokenizers import EOS, MASK, PAD
+from dlm_jax.data.tokenizers import EOS, PAD
 from dlm_jax.infer import likelihood
 from dlm_jax.run import loop
 from dlm_jax.run import step as step_lib

@@ -625,3 +625,75 @@ def test_a_checkpoint_failure_reason_is_the_real_cause():
   except RuntimeError as e:
     assert checkpoint._root_cause(e) == (  # pylint: disable=protected-access
         'ValueError: array file is truncated: read 12 of 4096 bytes')
+
+
+# A model whose parameters and Adam moments alone (~7.7 GiB) exceed a 6 GiB address space; tiny
+# batches keep the compile short.
+TOO_BIG = ['--config.model.size=large', '--config.train.batch_size=2', '--config.data.seq_len=32',
+           '--config.eval.batch_size=2']
+
+
+def _address_space_limit(nbytes):
+  def limit():  # `ulimit -v`: an allocation past it fails (before the fix: a hang at 0% CPU)
+    resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+  return limit
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path):
+  wd = tmp_path / 'run'
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config=configs/default.py',
+                      f'--workdir={wd}', *TOO_BIG], env=ENV, cwd=ROOT, capture_output=True,
+                     text=True, timeout=600, preexec_fn=_address_space_limit(6 * 2 ** 30))
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  (line,) = [l for l in r.stderr.splitlines() if l.strip()]
+  assert line.startswith('error: the train step needs ') and ' GiB per device (parameters 2.5' \
+      in line, line
+  assert 'free (the address-space limit (ulimit -v 6291456))' in line
+  assert 'model.size' in line and 'train.batch_size' in line and 'mesh.fsdp' in line
+  assert not os.path.exists(wd / 'config.json')  # refused before anything was written
+
+
+def test_an_allocation_failure_is_one_line_and_never_a_hang(tmp_path):
+  """The estimate made to pass (as if XLA had under-counted): the allocation of the state fails
+  under the address-space limit; one line, exit 2, no hang (the timeout fails the test)."""
+  code = ('import sys\nfrom dlm_jax.run import memory\n'
+          'memory.check = lambda need, devices=None: "memory: check skipped"\n'
+          'from dlm_jax import main\nmain.main(["dlm_jax.main"] + sys.argv[1:])\n')
+  r = subprocess.run([sys.executable, '-c', code, '--config=configs/default.py',
+                      f'--workdir={tmp_path / "run"}', *TOO_BIG], env=ENV, cwd=ROOT,
+                     capture_output=True, text=True, timeout=600,
+                     preexec_fn=_address_space_limit(6 * 2 ** 30))
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  (line,) = [l for l in r.stderr.splitlines() if l.strip()]
+  assert line.startswith('error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating ')
+  assert 'model.size' in line and 'train.batch_size' in line, line
+
+
+def test_the_memory_estimate_counts_every_byte_of_the_state(tiny):
+  """parameters = 4 N_total (float32), Adam moments 2 x that, EMA another copy; the report names
+  what is free, and a device with less than the step needs refuses it."""
+  from dlm_jax.run import memory, setup as setup_lib  # pylint: disable=g-import-not-at-top
+  setup = setup_lib.build(tiny('dual', ema_decay=0.9))
+  tx, _, state_sh, step_fn = step_lib.prepare(setup)
+  _, need = memory.preflight(setup, tx, state_sh, step_fn)
+  n = setup.counts['N_total']
+  assert need['parameters'] == need['ema'] == 4 * n
+  assert 8 * n <= need['optimizer'] <= 8 * n + 16  # + Adam's step count
+  batch = 8 * 32 * 4  # targets int32
+  assert need['batch'] == batch
+  assert need['total'] >= 13 * n + batch + need['temporaries'] > 13 * n
+
+  class Device:  # an accelerator that reports its memory
+    device_kind = 'fake accelerator'
+
+    def __init__(self, limit):
+      self.limit = limit
+
+    def memory_stats(self):
+      return dict(bytes_limit=self.limit, bytes_in_use=0)
+
+  assert 'free (fake accelerator memory)' in memory.check(need, [Device(need['total'])])
+  with pytest.raises(errors.ResourceError, match=r'per device .* but only .* free \(fake'):
+    memory.check(need, [Device(need['total']), Device(need['total'] - 1)])

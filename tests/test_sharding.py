@@ -12,11 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import ROOT, tiny_config
 from dlm_jax import config as config_lib
-from dlm_jax.core import objectives
 from dlm_jax.core import sharding
 from dlm_jax.run import loop
-from dlm_jax.run import setup as setup_lib
-from dlm_jax.run import step as step_lib
 
 
 def _losses(workdir):

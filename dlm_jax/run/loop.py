@@ -17,6 +17,7 @@ from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
 from dlm_jax.errors import ConfigError, Preempted, TrainingError, os_errors_as
 from dlm_jax.run import checkpoint
+from dlm_jax.run import memory
 from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
 from dlm_jax.run import setup as setup_lib
@@ -143,8 +144,10 @@ def _start(setup, workdir, tx, state_sharding, data_iter, mngr, init):
   if latest is not None:
     print(f'resumed {workdir} from step {latest}')
     return state, latest
-  return jax.jit(lambda p: step_lib.init_state(setup, tx, p),
-                 out_shardings=state_sharding)(init), None
+  state = jax.jit(lambda p: step_lib.init_state(setup, tx, p), out_shardings=state_sharding)(init)
+  # waits on every buffer: one that failed to allocate raises here (reading only the step of a
+  # state whose other buffers failed waits forever on the CPU backend)
+  return jax.block_until_ready(state), None
 
 
 @os_errors_as(TrainingError, '; the checkpoints already written are kept')
@@ -165,19 +168,21 @@ def train_and_evaluate(cfg, workdir) -> dict:
     raise ConfigError(f'config.train.num_steps: {workdir} is already trained to step {latest}; '
                       f'{cfg.train.num_steps} steps would rewrite its record (use a new --workdir)')
   has_ckpt = latest is not None
+  tx, _, state_sharding, step_fn = step_lib.prepare(setup)
+  _, need = memory.preflight(setup, tx, state_sharding, step_fn)  # cannot fit: refused here
   init = (checkpoint.load_init_params(cfg.init_from, cfg, setup.mesh)  # fails before any write
           if cfg.init_from and not has_ckpt else None)
   os.makedirs(rundir.path(workdir, 'eval'), exist_ok=True)
   rundir.atomic_json(rundir.path(workdir, rundir.CONFIG), cfg.to_dict())
 
-  tx, _, state_sharding, step_fn = step_lib.prepare(setup)
   data_iter = setup_lib.train_iterator(setup)
   mngr = checkpoint.checkpoint_manager(workdir, cfg.train)
   state, _ = _start(setup, workdir, tx, state_sharding, data_iter, mngr, init)
   start = int(state.step)
   layout = dict(mesh=dict(mesh.shape), processes=jax.process_count(),
                 param_bytes=int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state.params))),
-                param_bytes_per_device=int(sharding.bytes_per_device(state.params)))
+                param_bytes_per_device=int(sharding.bytes_per_device(state.params)),
+                step_bytes_per_device=int(need['total']))  # XLA's count (run/memory.py)
   if jax.process_index() == 0:
     print(f'mesh {layout["mesh"]} over {layout["processes"]} process(es); parameters '
           f'{layout["param_bytes"] / 2**20:.2f} MiB, {layout["param_bytes_per_device"] / 2**20:.2f}'
