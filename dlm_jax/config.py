@@ -33,11 +33,15 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       size='',                 # a name from flops.SIZES overrides d_model/num_layers/num_heads/mlp_dim
       vocab_size=0,            # 0: the tokenizer's vocabulary size
+      vocab_real=0,            # ids in use (0: all); the rest pad the vocabulary, never predicted
       d_model=256,
       num_layers=4,
       num_heads=4,
+      num_kv_heads=0,          # grouped-query attention: key/value heads (0: num_heads)
       mlp_dim=0,               # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 64
-      rope_base=10000.0,
+      rope_base=10000.0,       # RoPE theta
+      norm_eps=1e-6,           # RMSNorm epsilon
+      qkv_bias=False,          # biases on the q, k, v projections (Qwen2)
       tie_embeddings=True,
       dtype='float32',         # compute dtype: float32 | bfloat16
       param_dtype='float32',
@@ -287,8 +291,10 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
     _need(not isinstance(v, float) or math.isfinite(v), key, f'{v} is not a finite number')
   m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
   _need(d.tokenizer in TOKENIZERS or (d.tokenizer.endswith('.json') and os.path.isfile(
-      os.path.expanduser(d.tokenizer))), 'data.tokenizer',
-        f'{d.tokenizer!r} is not {", ".join(TOKENIZERS)} or an existing tokenizers .json file')
+      os.path.expanduser(d.tokenizer))) or (d.tokenizer.startswith('hf:') and os.path.isfile(
+          os.path.join(os.path.expanduser(d.tokenizer[3:]), 'tokenizer.json'))), 'data.tokenizer',
+        f'{d.tokenizer!r} is not {", ".join(TOKENIZERS)}, an existing tokenizers .json file or '
+        'hf:<the tokenizer directory of an imported checkpoint>')
   _check_prompts(cfg.sample.prompts.strip())
   _choice(cfg, 'objective', tuple(objectives.OBJECTIVES))
   try:
@@ -310,6 +316,11 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads',
         f'head dim {m.d_model // m.num_heads} must be even for RoPE')
   _need(m.mlp_dim >= 0 and m.vocab_size >= 0, 'model.mlp_dim', 'must be >= 0')
+  _need(m.num_kv_heads >= 0 and (m.num_kv_heads == 0 or m.num_heads % m.num_kv_heads == 0),
+        'model.num_kv_heads', f'{m.num_kv_heads} must be 0 or divide num_heads={m.num_heads}')
+  _need(m.norm_eps > 0, 'model.norm_eps', f'must be positive, got {m.norm_eps}')
+  _need(0 <= m.vocab_real and (m.vocab_size == 0 or m.vocab_real <= m.vocab_size),
+        'model.vocab_real', f'{m.vocab_real} must be in [0, model.vocab_size={m.vocab_size}]')
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.param_dtype', ('float32', 'bfloat16'))
   _choice(cfg, 'model.remat', ('auto', 'none', 'full', 'dots'))
@@ -386,9 +397,10 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   return cfg
 
 
-def resolve(cfg: ml_collections.ConfigDict, vocab_size: int,
-            training=True) -> ml_collections.ConfigDict:
-  """Fills derived values (named size, vocab, mlp width) so config.json records what ran."""
+def resolve(cfg: ml_collections.ConfigDict, vocab_size: int, training=True,
+            vocab_real=0) -> ml_collections.ConfigDict:
+  """Fills derived values (named size, vocab, mlp width) so config.json records what ran;
+  vocab_real: the tokenizer's ids in use when it pads its vocabulary."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   m = cfg.model
   if m.size:
@@ -396,6 +408,8 @@ def resolve(cfg: ml_collections.ConfigDict, vocab_size: int,
     m.d_model, m.num_layers, m.num_heads, m.mlp_dim = s.d_model, s.num_layers, s.num_heads, s.mlp_dim
   if m.vocab_size == 0:
     m.vocab_size = vocab_size
+  if m.vocab_real == 0 and vocab_real not in (0, m.vocab_size):
+    m.vocab_real = vocab_real
   elif m.vocab_size < vocab_size:
     raise ConfigError(f'config.model.vocab_size: {m.vocab_size} is smaller than the tokenizer '
                       f'vocabulary ({vocab_size})')

@@ -40,6 +40,11 @@ class SweepError(Error, ValueError):
   exit_code = 2
 
 
+class InteropError(Error, ValueError):
+  """A checkpoint that cannot be imported or exported (interop/); names the file or tensor."""
+  exit_code = 2
+
+
 class BusyError(Error, RuntimeError):
   """The run directory is held by another process (run/rundir.lock); names the holder."""
   exit_code = 3

@@ -86,11 +86,13 @@ def test_mask_logit_never_predicted(setup):
 
 @pytest.mark.parametrize('tie', [True, False])
 @pytest.mark.parametrize('scan', [True, False])
-def test_param_counts_match_pytree(tie, scan):
-  cfg = mcfg(tie_embeddings=tie, scan_layers=scan, num_layers=3, mlp_dim=96)
+@pytest.mark.parametrize('kv,bias', [(0, False), (2, True), (1, False)])
+def test_param_counts_match_pytree(tie, scan, kv, bias):
+  cfg = mcfg(tie_embeddings=tie, scan_layers=scan, num_layers=3, mlp_dim=96, num_kv_heads=kv,
+             qkv_bias=bias)
   _, params = model_lib.init_params(cfg, jax.random.PRNGKey(0), 8)
   n = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  c = flops.param_counts(32, 3, 96, 50, tie)
+  c = flops.param_counts(32, 3, 96, 50, tie, num_heads=4, num_kv_heads=kv, qkv_bias=bias)
   assert n == c['N_total']
   emb = params['embed']['embedding'].size + (0 if tie else params['head']['kernel'].size)
   assert n - emb == c['N_nonembed']

@@ -47,21 +47,25 @@ def _batch(L, segments=False, B=4):
   return b
 
 
-@pytest.mark.parametrize('objective,segments', [
-    ('ar', False), ('dual', True),  # dual: causal and bidirectional, with segment masks
-    pytest.param('mdm', False, marks=pytest.mark.slow),
-    pytest.param('prefix', False, marks=pytest.mark.slow)])
-def test_fast_path_equals_plain_path(objective, segments):
+@pytest.mark.parametrize('objective,segments,arch', [
+    ('ar', False, {}), ('dual', True, {}),  # dual: causal and bidirectional, with segment masks
+    ('dual', False, dict(num_kv_heads=2, qkv_bias=True)),  # grouped-query attention, biases
+    pytest.param('mdm', False, {}, marks=pytest.mark.slow),
+    pytest.param('prefix', False, {}, marks=pytest.mark.slow)])
+def test_fast_path_equals_plain_path(objective, segments, arch):
   """float32: XLA's fused attention + scan + remat give the loss and gradients of explicit
   softmax attention, unrolled layers, no remat."""
-  plain = _setup(objective, attention='reference', scan_layers=False, remat='none')
-  _, params = model_lib.init_params(_setup(objective).model, jax.random.PRNGKey(0), 32)
+  plain = _setup(objective, attention='reference', scan_layers=False, remat='none', **arch)
+  _, params = model_lib.init_params(_setup(objective, **arch).model, jax.random.PRNGKey(0), 32)
+  if arch.get('qkv_bias'):  # biases away from their zero init, so their gradients count
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 if jax.tree_util.keystr(p).endswith("['bias']") else x, params)
   batch = _batch(32, segments)
   ref_loss, ref_g = _loss_and_grads(plain, _unroll(params, 2), batch)
   for attention, remat, unroll in (('xla', 'none', 1), ('xla', 'full', 1), ('xla', 'dots', 1),
                                    ('explicit', 'none', 2)):
     fast = _setup(objective, attention=attention, scan_layers=True, remat=remat,
-                  scan_unroll=unroll)
+                  scan_unroll=unroll, **arch)
     loss, g = _loss_and_grads(fast, params, batch)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(_unroll(g, 2)), jax.tree_util.tree_leaves(ref_g)):

@@ -42,20 +42,26 @@ SIZES = {
 }
 
 
-def param_counts(d_model, num_layers, mlp_dim, vocab_size, tie_embeddings=True):
-  """Exact counts for model.Transformer: dict(N_total, N_nonembed, N_embed, N_head)."""
+def param_counts(d_model, num_layers, mlp_dim, vocab_size, tie_embeddings=True, num_heads=1,
+                 num_kv_heads=0, qkv_bias=False):
+  """Exact counts for model.Transformer: dict(N_total, N_nonembed, N_embed, N_head). With
+  grouped-query attention the k and v projections are d x (K H) each."""
   d, f = d_model, mlp_dim
-  per_layer = 4 * d * d + 3 * d * f + 2 * d   # q,k,v,o + gate,up,down + two RMSNorm scales
+  kv = d * (num_kv_heads or num_heads) // num_heads  # K x head_dim
+  per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d  # q,o + k,v + gate,up,down + 2 norms
+  per_layer += (d + 2 * kv) if qkv_bias else 0
   embed = vocab_size * d
   head = 0 if tie_embeddings else d * vocab_size
   nonembed = num_layers * per_layer + d       # + final norm
   return dict(N_total=embed + head + nonembed, N_nonembed=nonembed, N_embed=embed, N_head=head)
 
 
-def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=True):
+def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=True,
+                    num_heads=1, num_kv_heads=0):
   """Matmul FLOPs per token of one forward (x3 when training), attention included."""
   d, f = d_model, mlp_dim
-  matmul_params = num_layers * (4 * d * d + 3 * d * f) + d * vocab_size
+  kv = d * (num_kv_heads or num_heads) // num_heads
+  matmul_params = num_layers * (2 * d * d + 2 * d * kv + 3 * d * f) + d * vocab_size
   forward = 2 * matmul_params + num_layers * 4 * seq_len * d
   return 3 * forward if training else forward
 
@@ -63,9 +69,11 @@ def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=
 def from_config(model_cfg, seq_len):
   """Counts and per-token training FLOPs for a resolved config.model."""
   m = model_cfg
-  out = param_counts(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, m.tie_embeddings)
+  kv = m.get('num_kv_heads', 0)
+  out = param_counts(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, m.tie_embeddings,
+                     m.num_heads, kv, m.get('qkv_bias', False))
   out['flops_per_token'] = flops_per_token(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size,
-                                           seq_len)
+                                           seq_len, num_heads=m.num_heads, num_kv_heads=kv)
   return out
 
 

@@ -4,7 +4,8 @@ Shape letters in tensor names, everywhere in the package: B batch rows, L sequen
 S key / cache length, D model width, N attention heads, H head dim, F MLP width, V vocabulary,
 R scored rows, P masked-variant passes, K Monte Carlo samples, G time-grid points, J blocks.
 
-RoPE, RMSNorm (pre-norm), SwiGLU, optional tied embeddings, layers under `nn.scan`. One set of
+RoPE, RMSNorm (pre-norm), SwiGLU, grouped-query attention, optional q/k/v biases, optional tied
+embeddings, layers under `nn.scan`: the Llama / Mistral / Qwen2 function (interop/hf.py). One set of
 parameters runs with three attention kinds, chosen per call:
   causal         position i attends to j <= i
   bidirectional  every position attends to every position
@@ -33,9 +34,13 @@ class ModelConfig:
   d_model: int = 256
   num_layers: int = 4
   num_heads: int = 4
+  num_kv_heads: int = 0          # grouped-query attention: key/value heads (0: num_heads)
   mlp_dim: int = 0
   vocab_size: int = 0
+  vocab_real: int = 0            # rows in use; the rest pad the vocabulary, never predicted
   rope_base: float = 10000.0
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False         # biases on the q, k, v projections (Qwen2)
   tie_embeddings: bool = True
   dtype: str = 'float32'
   param_dtype: str = 'float32'
@@ -148,7 +153,7 @@ class RMSNorm(nn.Module):
 
 class Block(nn.Module):
   """Pre-norm attention + SwiGLU MLP; returns (x, kv) so it can run under nn.scan. With a KV
-  cache (k_BxSxNxH, v_BxSxNxH) the T inputs sit at positions pos..pos+T-1: their keys and values
+  cache (k_BxSxKxH, v_BxSxKxH: K key/value heads) the T inputs sit at positions pos..pos+T-1: their keys and values
   are written into the cache at pos and the queries attend over the whole cache under `mask`;
   kv is then the updated cache (else None)."""
   cfg: ModelConfig
@@ -159,47 +164,52 @@ class Block(nn.Module):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     N, H = c.num_heads, c.d_model // c.num_heads
+    K = c.num_kv_heads or N
     normal = nn.initializers.normal(0.02)
     std_out = 0.02 / (2 * c.num_layers) ** 0.5  # residual-branch outputs (GPT-2 scaling)
     out_normal = nn.initializers.normal(std_out)
     init = lambda *axes: nn.with_logical_partitioning(normal, axes)
     out_init = lambda *axes: nn.with_logical_partitioning(out_normal, axes)
     dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dt, param_dtype=pdt)
-    qkv = lambda name: dense((N, H), kernel_init=init('embed', 'heads', 'head_dim'), name=name)
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'head_dim'))
+    qkv = lambda n, name: dense((n, H), kernel_init=init('embed', 'heads', 'head_dim'),
+                                use_bias=c.qkv_bias, bias_init=bias_init, name=name)
+    # each group of N / K query heads shares a key/value head (HF's repeat_kv order)
+    groups = lambda y_BxLxKxH: y_BxLxKxH if K == N else jnp.repeat(y_BxLxKxH, N // K, axis=2)
 
-    h_BxLxD = RMSNorm(dt, pdt, name='attn_norm')(x_BxLxD)
+    h_BxLxD = RMSNorm(dt, pdt, c.norm_eps, name='attn_norm')(x_BxLxD)
     heads = lambda y: constrain(y, self.mesh, BATCH, None, 'tensor', None)
     offset = 0 if kv is None else pos
-    q_BxLxNxH = heads(rope(qkv('q')(h_BxLxD), c.rope_base, offset))
-    k_BxLxNxH = heads(rope(qkv('k')(h_BxLxD), c.rope_base, offset))
-    v_BxLxNxH = heads(qkv('v')(h_BxLxD))
-    if kv is not None:
-      k_cache_BxSxNxH, v_cache_BxSxNxH = kv
+    q_BxLxNxH = heads(rope(qkv(N, 'q')(h_BxLxD), c.rope_base, offset))
+    k_BxLxKxH = rope(qkv(K, 'k')(h_BxLxD), c.rope_base, offset)
+    v_BxLxKxH = qkv(K, 'v')(h_BxLxD)
+    if kv is not None:  # decoding: this step's keys / values into the cache, attend over it
       start = (0, pos, 0, 0)
-      k_cache_BxSxNxH = jax.lax.dynamic_update_slice(
-          k_cache_BxSxNxH, k_BxLxNxH.astype(k_cache_BxSxNxH.dtype), start)
-      v_cache_BxSxNxH = jax.lax.dynamic_update_slice(
-          v_cache_BxSxNxH, v_BxLxNxH.astype(v_cache_BxSxNxH.dtype), start)
-      kv = (k_cache_BxSxNxH, v_cache_BxSxNxH)
-      o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_cache_BxSxNxH, v_cache_BxSxNxH,
-                                               mask=mask)
+      kv = tuple(jax.lax.dynamic_update_slice(cache_BxSxKxH, new_BxLxKxH.astype(
+          cache_BxSxKxH.dtype), start) for cache_BxSxKxH, new_BxLxKxH in zip(
+              kv, (k_BxLxKxH, v_BxLxKxH)))
+      k_BxLxKxH, v_BxLxKxH = kv  # (length S)
+      is_causal, impl = False, 'xla'
     elif c.attn_dropout > 0 and not deterministic:
-      drop = lambda p: nn.Dropout(c.attn_dropout)(p, deterministic=False)
-      o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal, drop)
+      impl = 'dropout'
     else:
       impl = attention_impl(c, has_mask=mask is not None)
-      if impl == 'explicit':
-        o_BxLxNxH = softmax_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal)
-      elif impl == 'reference':
-        o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, is_causal)
-      else:
-        o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask,
-                                                 is_causal=is_causal, implementation=impl)
+    k_BxSxNxH, v_BxSxNxH = heads(groups(k_BxLxKxH)), heads(groups(v_BxLxKxH))
+    if impl == 'dropout':
+      drop = lambda p: nn.Dropout(c.attn_dropout)(p, deterministic=False)
+      o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal, drop)
+    elif impl == 'explicit':
+      o_BxLxNxH = softmax_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal)
+    elif impl == 'reference':
+      o_BxLxNxH = reference_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask, is_causal)
+    else:
+      o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask,
+                                               is_causal=is_causal, implementation=impl)
     o_BxLxD = dense(c.d_model, axis=(-2, -1), kernel_init=out_init('heads', 'head_dim', 'embed'),
                     name='o')(o_BxLxNxH)
     x_BxLxD = x_BxLxD + nn.Dropout(c.resid_dropout)(o_BxLxD, deterministic=deterministic)
 
-    h_BxLxD = RMSNorm(dt, pdt, name='mlp_norm')(x_BxLxD)
+    h_BxLxD = RMSNorm(dt, pdt, c.norm_eps, name='mlp_norm')(x_BxLxD)
     D, F = c.d_model, c.mlp_dim
     gate_DxF, up_DxF = (Kernel((D, F), ('embed', 'mlp'), 0.02, pdt, name=n)().astype(dt)
                         for n in ('gate', 'up'))
@@ -273,7 +283,7 @@ class Transformer(nn.Module):
         new_kv.append(kv_i)
       if kv is not None:
         kv = tuple(jnp.stack([layer[j] for layer in new_kv]) for j in (0, 1))
-    x_BxLxD = RMSNorm(dt, pdt, name='final_norm')(x_BxLxD)
+    x_BxLxD = RMSNorm(dt, pdt, c.norm_eps, name='final_norm')(x_BxLxD)
     if c.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
@@ -283,18 +293,20 @@ class Transformer(nn.Module):
                               name='head')(x_BxLxD)
     # a select, not .at[].set: the scatter's transpose in the backward pass cost 0.5 s of a 9 s
     # CPU step (profile in BENCHMARKS.md)
-    is_mask_V = jnp.arange(logits_BxLxV.shape[-1]) == MASK
-    logits_BxLxV = jnp.where(is_mask_V, NEG_INF, logits_BxLxV.astype(jnp.float32))
+    ids_V = jnp.arange(logits_BxLxV.shape[-1])
+    never_V = (ids_V == MASK) | (ids_V >= (c.vocab_real or c.vocab_size))  # + vocabulary padding
+    logits_BxLxV = jnp.where(never_V, NEG_INF, logits_BxLxV.astype(jnp.float32))
     if cache is None:
       return logits_BxLxV
     return logits_BxLxV, dict(k=kv[0], v=kv[1])
 
 
 def init_cache(cfg, batch: int, length: int):
-  """An empty KV cache for `length` positions: k, v of shape layers x B x S x heads x head_dim in
-  the compute dtype."""
+  """An empty KV cache for `length` positions: k, v of shape layers x B x S x K x head_dim in the
+  compute dtype (K key/value heads: grouped-query attention caches K, not N)."""
   cfg = ModelConfig.of(cfg)
-  shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads or cfg.num_heads,
+           cfg.d_model // cfg.num_heads)
   return dict(k=jnp.zeros(shape, DTYPES[cfg.dtype]), v=jnp.zeros(shape, DTYPES[cfg.dtype]))
 
 

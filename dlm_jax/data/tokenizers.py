@@ -7,8 +7,10 @@ counts and per-token likelihoods compare with published GPT-2-tokenised numbers)
 separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
 the vocabulary (embedding row) but its logit is never predicted (SUBS parameterisation).
 """
+import dataclasses
 import functools
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from dlm_jax.errors import ConfigError, DataError
 
 PAD, BOS, EOS, MASK = 0, 1, 2, 3
 SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
+VOCAB_MAP = 'vocab_map.json'  # beside an imported checkpoint's tokenizer.json (MappedTokenizer)
 BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
 GPT2_FILES = tuple(os.path.join(os.path.dirname(__file__), 'corpus', f)
                    for f in ('gpt2_vocab.json.xz', 'gpt2_merges.txt.xz'))
@@ -24,7 +27,7 @@ GPT2_FILES = tuple(os.path.join(os.path.dirname(__file__), 'corpus', f)
 class ByteTokenizer:
   """UTF-8 bytes shifted past the four special ids; vocab 260."""
   name = 'byte'
-  vocab_size = 256 + len(SPECIALS)
+  vocab_size = vocab_real = 256 + len(SPECIALS)
 
   def encode_batch(self, texts):
     return [np.frombuffer(t.encode('utf-8'), np.uint8).astype(np.int32) + len(SPECIALS)
@@ -52,7 +55,7 @@ class HFTokenizer:
       if self._tok.token_to_id(s) != i:
         raise DataError(f'tokenizer file {path}: special token {s} must have id {i}, has '
                         f'{self._tok.token_to_id(s)} (train it with scripts/train_tokenizer.py)')
-    self.vocab_size = self._tok.get_vocab_size()
+    self.vocab_size = self.vocab_real = self._tok.get_vocab_size()
 
   def encode_batch(self, texts):
     return [np.asarray(e.ids, np.int32)
@@ -77,11 +80,16 @@ class GPT2Tokenizer:
       vocab = json.load(f)
     with lzma.open(GPT2_FILES[1], 'rt', encoding='utf-8') as f:
       merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]
-    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    self._tok = tok
-    self.vocab_size = len(vocab) + self.OFFSET
+    def build(v):
+      tok = tokenizers.Tokenizer(models.BPE(vocab=v, merges=merges))
+      tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+      tok.decoder = decoders.ByteLevel()
+      return tok
+    self._tok = build(vocab)
+    # the same tokenizer with this project's ids (specials 0-3, GPT-2 ids + 4): what export writes
+    self.shifted = lambda: build(dict({s: i for i, s in enumerate(SPECIALS)},
+                                      **{t: i + self.OFFSET for t, i in vocab.items()}))
+    self.vocab_size = self.vocab_real = len(vocab) + self.OFFSET
 
   def encode_gpt2(self, texts):
     """GPT-2's own ids (for checking against OpenAI's tokenizer)."""
@@ -94,6 +102,132 @@ class GPT2Tokenizer:
     return self._tok.decode([int(i) - self.OFFSET for i in ids if int(i) >= self.OFFSET])
 
 
+@dataclasses.dataclass(frozen=True)
+class VocabMap:
+  """The permutation between an imported checkpoint's ids (embedding rows) and dlm_jax's, whose
+  four special ids are fixed: the checkpoint's pad / bos / eos move to PAD / BOS / EOS, its other
+  ids follow from 4 in their order; specials it lacks (always [MASK]) get new rows; the
+  vocabulary is padded to a multiple of 128 (shardable) with rows never predicted."""
+  rows: int                       # the checkpoint's embedding rows (>= its tokenizer's size)
+  eos: int
+  bos: Optional[int] = None
+  pad: Optional[int] = None
+  MULTIPLE = 128
+
+  def specials(self):
+    """{checkpoint id: dlm_jax id} of the specials it has."""
+    out = {self.eos: EOS}
+    if self.bos is not None and self.bos not in out:
+      out[self.bos] = BOS
+    if self.pad is not None and self.pad not in out:  # Qwen2's pad is its eos: PAD is new
+      out[self.pad] = PAD
+    return out
+
+  @property
+  def real(self):
+    return len(SPECIALS) + self.rows - len(self.specials())
+
+  @property
+  def size(self):
+    return -(-self.real // self.MULTIPLE) * self.MULTIPLE
+
+  @functools.cached_property
+  def to_dlm(self):
+    """int64[rows]: the dlm_jax id of each checkpoint id."""
+    sp = self.specials()
+    others = np.asarray([h for h in range(self.rows) if h not in sp], np.int64)
+    out = np.empty(self.rows, np.int64)
+    out[others] = len(SPECIALS) + np.arange(len(others))
+    for h, i in sp.items():
+      out[h] = i
+    return out
+
+  @functools.cached_property
+  def from_dlm(self):
+    """int64[size]: the checkpoint id of each dlm_jax id; -1 where it has none."""
+    out = np.full(self.size, -1, np.int64)
+    out[self.to_dlm] = np.arange(self.rows)
+    return out
+
+  def rows_in(self, table_VxD):
+    """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; new specials start as
+    the mean row (as transformers' resize_token_embeddings initialises added tokens), padding
+    rows as zeros."""
+    table_VxD = np.asarray(table_VxD)
+    out = np.zeros((self.size, table_VxD.shape[1]), table_VxD.dtype)
+    out[self.to_dlm] = table_VxD
+    new = [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0]
+    out[new] = table_VxD.astype(np.float64).mean(0).astype(table_VxD.dtype)
+    return out
+
+  def rows_out(self, table_VxD):
+    """dlm_jax's [size, D] table back as the checkpoint's [rows, D]."""
+    return np.asarray(table_VxD)[self.to_dlm]
+
+  def to_json(self):
+    return dict(rows=self.rows, eos=self.eos, bos=self.bos, pad=self.pad)
+
+  @classmethod
+  def from_json(cls, d):
+    return cls(rows=int(d['rows']), eos=int(d['eos']), bos=d.get('bos'), pad=d.get('pad'))
+
+  @classmethod
+  def of_hf_config(cls, hf, rows, path='config.json'):
+    first = lambda x: x[0] if isinstance(x, list) else x
+    eos = first(hf.get('eos_token_id'))
+    if eos is None:
+      raise DataError(f'{path}: eos_token_id is missing: a run needs an end-of-text token')
+    bos, pad = first(hf.get('bos_token_id')), first(hf.get('pad_token_id'))
+    for key, v in (('eos_token_id', eos), ('bos_token_id', bos), ('pad_token_id', pad)):
+      if v is not None and not 0 <= int(v) < rows:
+        raise DataError(f'{path}: {key}={v} is outside the {rows} embedding rows')
+    return cls(rows=int(rows), eos=int(eos), bos=None if bos is None else int(bos),
+               pad=None if pad is None else int(pad))
+
+
+class MappedTokenizer:
+  """An imported checkpoint's own tokenizer.json, its ids permuted as its embeddings were
+  (VocabMap; `python -m dlm_jax.hf import` writes both): data.tokenizer = 'hf:<dir>'."""
+
+  def __init__(self, directory):
+    import json  # pylint: disable=g-import-not-at-top
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    self.name = f'hf:{directory}'
+    path, vpath = os.path.join(directory, 'tokenizer.json'), os.path.join(directory, VOCAB_MAP)
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+      with open(vpath, encoding='utf-8') as f:
+        self.map = VocabMap.from_json(json.load(f))
+    except Exception as e:  # pylint: disable=broad-except  # the Rust parser's errors are untyped
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f'tokenizer {directory} cannot be read: {msg}') from None
+    self.vocab_size, self.vocab_real = self.map.size, self.map.real
+
+  @staticmethod
+  def check(path, vmap):
+    """Refuses a tokenizer.json that cannot be read or lacks the checkpoint's eos token."""
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f'{path} cannot be read: {msg}') from None
+    if tok.id_to_token(vmap.eos) is None:
+      raise DataError(f'{path}: no token has the end-of-text id eos_token_id={vmap.eos} that a '
+                      'run needs')
+    if tok.get_vocab_size() > vmap.rows:
+      raise DataError(f'{path}: {tok.get_vocab_size()} tokens, more than the checkpoint\'s '
+                      f'{vmap.rows} embedding rows')
+
+  def encode_batch(self, texts):
+    return [self.map.to_dlm[np.asarray(e.ids, np.int64)].astype(np.int32)
+            for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids):
+    ids = [int(i) for i in ids if len(SPECIALS) <= int(i) < self.vocab_real]
+    return self._tok.decode([int(self.map.from_dlm[i]) for i in ids])
+
+
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name: str):
   if name == 'byte':
@@ -104,8 +238,10 @@ def get_tokenizer(name: str):
     return HFTokenizer(BPE_FILE, name='bpe')
   if name.endswith('.json'):
     return HFTokenizer(os.path.expanduser(name))
-  raise ConfigError(f'config.data.tokenizer: unknown tokenizer {name!r}: use bpe, gpt2, byte or a '
-                    'path to a tokenizers .json')
+  if name.startswith('hf:'):
+    return MappedTokenizer(os.path.expanduser(name[3:]))
+  raise ConfigError(f'config.data.tokenizer: unknown tokenizer {name!r}: use bpe, gpt2, byte, a '
+                    'path to a tokenizers .json or hf:<imported tokenizer dir>')
 
 
 def train_bpe(texts, vocab_size=8192, out=BPE_FILE):

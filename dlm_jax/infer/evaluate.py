@@ -70,7 +70,8 @@ def run(cfg, workdir):
   tasks = [zeroshot.resolve_task(t.strip(), e.tasks_dir) for t in e.tasks.split(',') if t.strip()]
   items = {name: benchmarks.read(path, e.task_limit) for name, path in tasks}  # fail early
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False)
+  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False,
+                           vocab_real=tok.vocab_real)
   params, step = checkpoint.load_params(workdir, cfg, what=f'--workdir {workdir}')
   model = model_lib.Transformer(cfg.model)
   scorer = likelihood.Scorer.from_config(model, params, cfg, tok)

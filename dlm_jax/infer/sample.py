@@ -81,7 +81,8 @@ def run(cfg, workdir):
   rundir.check_writable(rundir.path(workdir, rundir.SAMPLES))
   sc = cfg.sample
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False)
+  cfg = config_lib.resolve(cfg, tok.vocab_size, training=False,
+                           vocab_real=tok.vocab_real)
   prompts, suffixes = run_samples.read_prompts(cfg, tok)
   sts = run_samples.settings_for(cfg, prompts, suffixes)
   scorer = None

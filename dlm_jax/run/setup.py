@@ -50,7 +50,7 @@ def enable_compile_cache(tcfg):
 def build(cfg) -> Setup:
   """The Setup of a config: resolved, with its mesh checked and its data loaded."""
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  cfg = config_lib.resolve(cfg, tok.vocab_size)
+  cfg = config_lib.resolve(cfg, tok.vocab_size, vocab_real=tok.vocab_real)
   model_lib.attention_impl(cfg.model)  # a kernel this backend cannot run: a ConfigError
   enable_compile_cache(cfg.train)
   mesh = sharding.make_mesh(cfg.mesh)

@@ -1,0 +1,162 @@
+"""Hugging Face checkpoints in and out (interop/hf.py says how the weights map).
+
+  python -m dlm_jax.hf import ~/models/SmolLM2-135M --workdir runs/smollm
+      a local model directory (config.json, *.safetensors or a sharded index, tokenizer.json) of
+      LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM -> a run directory (step 0) that
+      init_from, --mode eval, --mode sample and lmeval accept. Reads with numpy only (no torch).
+  python -m dlm_jax.hf export runs/x exported/x [--dtype bfloat16]
+      any run (AR, MDM, dual) -> a directory AutoModelForCausalLM.from_pretrained loads.
+"""
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app
+from absl import flags
+
+from dlm_jax import config as config_lib
+from dlm_jax import errors
+from dlm_jax.core import flops
+from dlm_jax.data import tokenizers
+from dlm_jax.errors import DataError, InteropError
+from dlm_jax.interop import hf
+from dlm_jax.interop import safetensors
+from dlm_jax.run import checkpoint
+from dlm_jax.run import rundir
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'import: the run directory to create.')
+_PDTYPE = flags.DEFINE_enum('param_dtype', 'float32', ['float32', 'bfloat16'],
+                            'import: dtype the parameters are stored (and trained) in.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'export: dtype of the written tensors.')
+_SEQ = flags.DEFINE_integer('seq_len', 0, 'import: data.seq_len of the run (0: min(2048, the '
+                            "checkpoint's max_position_embeddings)).")
+DTYPES = {'float32': np.float32, 'bfloat16': jax.numpy.bfloat16}
+
+MDM_NOTE = """This model was trained by dlm_jax ({objective}). Its weights load as a {arch}; note:
+- inputs are shifted: the logits at position i predict token i+1, as in any causal LM;
+- an MDM (or dual) model is a masked-diffusion model: it predicts with *bidirectional* attention
+  (pass a full attention mask, not the causal one) and reads masked positions as the token id
+  {mask} ([MASK], `<mask>`), whose own logit must be set to -inf before sampling;
+- PAD={pad}, BOS={bos}, EOS={eos}; sample with `python -m dlm_jax.main --mode sample` for the
+  MDM samplers (ancestral, confidence, guidance).
+"""
+
+
+def _empty_target(path, what):
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise InteropError(f'{what} {path} already exists and is not empty (use a new directory)')
+
+
+def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
+  """Converts a HF model directory into a dlm_jax run directory; returns its summary."""
+  t0 = time.time()
+  if not os.path.isdir(src):
+    raise InteropError(f'{src}: no such model directory')
+  _empty_target(workdir, '--workdir')
+  cfg_path = os.path.join(src, 'config.json')
+  hf_cfg = hf.read_json(cfg_path)
+  m = hf.model_keys(hf_cfg, cfg_path)
+  reader = safetensors.Reader(src)
+  if 'model.embed_tokens.weight' not in reader:
+    raise InteropError(f'{src}: tensor model.embed_tokens.weight is missing from the checkpoint')
+  try:
+    vocab = tokenizers.VocabMap.of_hf_config(
+        hf_cfg, reader.shape('model.embed_tokens.weight')[0], cfg_path)
+    tok_path = os.path.join(src, 'tokenizer.json')
+    if not os.path.exists(tok_path):
+      raise DataError(f'{tok_path}: no such file (the checkpoint\'s own tokenizer is needed)')
+    tokenizers.MappedTokenizer.check(tok_path, vocab)
+  except DataError as e:
+    raise InteropError(str(e)) from None
+  params = hf.params_from_hf(reader, m, vocab, DTYPES[param_dtype])  # every tensor checked
+
+  cfg = config_lib.base()
+  cfg.objective = 'ar'
+  cfg.model.update(m)
+  cfg.model.vocab_size, cfg.model.vocab_real = vocab.size, vocab.real
+  cfg.model.param_dtype = param_dtype
+  tok_dir = os.path.join(os.path.abspath(workdir), 'tokenizer')
+  cfg.data.tokenizer = f'hf:{tok_dir}'
+  cfg.data.seq_len = seq_len or min(2048, int(hf_cfg.get('max_position_embeddings', 2048)))
+  os.makedirs(tok_dir)
+  for f in hf.TOKENIZER_FILES:
+    if os.path.exists(os.path.join(src, f)):
+      shutil.copy(os.path.join(src, f), tok_dir)
+  rundir.atomic_json(os.path.join(tok_dir, tokenizers.VOCAB_MAP), vocab.to_json())
+  rundir.atomic_json(os.path.join(tok_dir, hf.HF_CONFIG), hf_cfg)
+  cfg = config_lib.validate(cfg, training=False)
+  rundir.atomic_json(rundir.path(workdir, rundir.CONFIG), cfg.to_dict())
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'))
+  mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  mngr.wait_until_finished()
+  counts = flops.from_config(cfg.model, cfg.data.seq_len)
+  summary = dict(status='imported', source=os.path.abspath(src),
+                 architecture=hf_cfg['architectures'][0], steps=0, N_total=counts['N_total'],
+                 vocab=dict(checkpoint_rows=vocab.rows, dlm_rows=vocab.size,
+                            mapped_specials={str(k): v for k, v in vocab.specials().items()}),
+                 seconds=round(time.time() - t0, 1))
+  rundir.atomic_json(rundir.path(workdir, rundir.SUMMARY), summary)
+  return summary
+
+
+def export_run(run, out, dtype='float32'):
+  """Writes a transformers model directory for a run's latest (EMA) parameters."""
+  cfg_path = os.path.join(run, rundir.CONFIG)
+  if not os.path.exists(cfg_path):
+    raise InteropError(f'{run}: not a run directory (no config.json)')
+  _empty_target(out, 'output directory')
+  cfg = config_lib.from_run(rundir.read_json(cfg_path, kind=dict))
+  params, step = checkpoint.load_params(run, cfg)
+  m = cfg.model.to_dict()
+  tok = cfg.data.tokenizer
+  vocab = base = None
+  if tok.startswith('hf:'):
+    tdir = tok[3:]
+    vocab = tokenizers.VocabMap.from_json(hf.read_json(os.path.join(tdir, tokenizers.VOCAB_MAP)))
+    base = hf.read_json(os.path.join(tdir, hf.HF_CONFIG))
+  tensors = hf.params_to_hf(params, m, vocab, DTYPES[dtype])
+  conf = hf.hf_config(m, cfg.model.vocab_size, cfg.data.seq_len, dtype, base)
+  os.makedirs(out, exist_ok=True)
+  safetensors.write(os.path.join(out, 'model.safetensors'), tensors, {'format': 'pt'})
+  rundir.atomic_json(os.path.join(out, 'config.json'), conf)
+  if vocab is not None:
+    for f in hf.TOKENIZER_FILES:
+      if os.path.exists(os.path.join(tdir, f)):
+        shutil.copy(os.path.join(tdir, f), out)
+  else:
+    hf.write_native_tokenizer(tok, out)
+  with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
+    f.write(MDM_NOTE.format(objective=cfg.objective, arch=conf['architectures'][0],
+                            mask=tokenizers.MASK, pad=tokenizers.PAD, bos=tokenizers.BOS,
+                            eos=tokenizers.EOS))
+  return dict(step=step, architecture=conf['architectures'][0], tensors=len(tensors),
+              objective=cfg.objective)
+
+
+@errors.cli
+def main(argv):
+  usage = ('usage: python -m dlm_jax.hf import HF_DIR --workdir RUN | '
+           'python -m dlm_jax.hf export RUN OUT')
+  if len(argv) < 2 or argv[1] not in ('import', 'export'):
+    raise InteropError(usage)
+  if argv[1] == 'import':
+    if len(argv) != 3 or not _WORKDIR.value:
+      raise InteropError(usage)
+    s = import_checkpoint(argv[2], _WORKDIR.value, _PDTYPE.value, _SEQ.value)
+    print(f'imported {s["architecture"]} from {argv[2]}: N_total={s["N_total"]:,}, vocabulary '
+          f'{s["vocab"]["checkpoint_rows"]:,} -> {s["vocab"]["dlm_rows"]:,} rows, in '
+          f'{s["seconds"]} s -> {_WORKDIR.value}')
+  else:
+    if len(argv) != 4:
+      raise InteropError(usage)
+    s = export_run(argv[2], argv[3], _DTYPE.value)
+    print(f'exported {argv[2]} (step {s["step"]}, {s["objective"]}) as '
+          f'{s["architecture"]}: {s["tensors"]} tensors -> {argv[3]}')
+
+
+if __name__ == '__main__':
+  app.run(main)

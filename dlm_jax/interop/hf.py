@@ -1,0 +1,185 @@
+"""Hugging Face checkpoints in and out: Llama, Mistral and Qwen2 causal LMs <-> dlm_jax runs.
+
+Both models are the same function: pre-norm RMSNorm, RoPE in the half-split (rotate_half)
+layout, SwiGLU, grouped-query attention, optional q/k/v biases (Qwen2), tied or untied head.
+Only the layout of the weights differs (torch Linear stores [out, in]; dlm_jax stores the
+kernels [in, out] with heads split out, and stacks the layers when they are scanned), and the
+vocabulary: dlm_jax fixes PAD=0, BOS=1, EOS=2, MASK=3 for every tokenizer, so an imported
+vocabulary is permuted (data/tokenizers.VocabMap): the checkpoint's pad / bos / eos ids move to
+0 / 1 / 2, its other ids follow from 4 in their order, and missing specials get new rows. The
+[MASK] row is new: it (and a new PAD or BOS row) starts as the mean of the checkpoint's rows, as
+`transformers`' resize_token_embeddings initialises added tokens; the vocabulary is then padded
+to a multiple of 128 (shardable over `tensor`) with zero rows whose logits are never predicted.
+Export inverts all of it, so import -> export returns the original tensors bit for bit.
+"""
+import json
+import os
+import shutil
+from typing import Optional
+
+import numpy as np
+
+from dlm_jax.data import tokenizers
+from dlm_jax.data.tokenizers import BOS, EOS, PAD, SPECIALS, VocabMap
+from dlm_jax.errors import InteropError
+
+SUPPORTED = ('LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM')
+HF_CONFIG = 'hf_config.json'  # an imported checkpoint's own config.json, kept for export
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'generation_config.json')
+
+
+def model_keys(hf, path='config.json'):
+  """config.model keys of a HF config, or a ConfigError naming what is not supported."""
+  arch = (hf.get('architectures') or ['?'])[0]
+  if arch not in SUPPORTED:
+    raise InteropError(f'{path}: architecture {arch} is not supported (supported: '
+                      f'{", ".join(SUPPORTED)})')
+  d, n = hf['hidden_size'], hf['num_attention_heads']
+  # RoPE: `rope_theta` (+ `rope_scaling`) up to transformers 4, `rope_parameters` from 5
+  rope = hf.get('rope_parameters') or dict(hf.get('rope_scaling') or {}, rope_type=(
+      hf.get('rope_scaling') or {}).get('rope_type', (hf.get('rope_scaling') or {}).get(
+          'type', 'default')))
+  theta = float(rope.get('rope_theta', hf.get('rope_theta', 10000.0)))
+  checks = [
+      (hf.get('hidden_act', 'silu') == 'silu', 'hidden_act', 'only silu (SwiGLU)'),
+      (rope.get('rope_type', 'default') == 'default', 'rope_scaling',
+       f'RoPE scaling ({rope.get("rope_type")}) is not implemented'),
+      (not hf.get('mlp_bias'), 'mlp_bias', 'MLP biases are not implemented'),
+      (arch == 'Qwen2ForCausalLM' or not hf.get('attention_bias'), 'attention_bias',
+       'an output-projection bias is not implemented (q/k/v biases are: Qwen2)'),
+      (hf.get('head_dim') in (None, d // n), 'head_dim', f'must be hidden_size / heads = {d // n}'),
+      (not hf.get('use_sliding_window') and (arch != 'MistralForCausalLM' or
+                                             hf.get('sliding_window') is None),
+       'sliding_window', 'sliding-window attention is not implemented'),
+  ]
+  for ok, key, why in checks:
+    if not ok:
+      raise InteropError(f'{path}: {key}={hf.get(key)!r} is not supported ({why})')
+  return dict(d_model=d, num_layers=hf['num_hidden_layers'], num_heads=n,
+              num_kv_heads=hf.get('num_key_value_heads') or n,
+              mlp_dim=hf['intermediate_size'], rope_base=theta,
+              norm_eps=float(hf.get('rms_norm_eps', 1e-6)),
+              tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+              qkv_bias=arch == 'Qwen2ForCausalLM', size='')
+
+
+# (HF name with {i} for the layer, dlm_jax path, to dlm_jax, from dlm_jax); shapes from cfg
+def _layer_tensors(m):
+  D, N, K, F = m['d_model'], m['num_heads'], m['num_kv_heads'], m['mlp_dim']
+  H = D // N
+  heads_in = lambda n: (lambda w: w.T.reshape(D, n, H), lambda k: k.reshape(D, n * H).T)
+  bias = lambda n: (lambda b: b.reshape(n, H), lambda b: b.reshape(n * H))
+  plain = (lambda w: w.T, lambda k: k.T)
+  same = (lambda w: w, lambda w: w)
+  out = [('self_attn.q_proj.weight', ('q', 'kernel'), *heads_in(N), (N * H, D)),
+         ('self_attn.k_proj.weight', ('k', 'kernel'), *heads_in(K), (K * H, D)),
+         ('self_attn.v_proj.weight', ('v', 'kernel'), *heads_in(K), (K * H, D)),
+         ('self_attn.o_proj.weight', ('o', 'kernel'), lambda w: w.T.reshape(N, H, D),
+          lambda k: k.reshape(N * H, D).T, (D, N * H)),
+         ('mlp.gate_proj.weight', ('gate', 'kernel'), *plain, (F, D)),
+         ('mlp.up_proj.weight', ('up', 'kernel'), *plain, (F, D)),
+         ('mlp.down_proj.weight', ('down', 'kernel'), *plain, (D, F)),
+         ('input_layernorm.weight', ('attn_norm', 'scale'), *same, (D,)),
+         ('post_attention_layernorm.weight', ('mlp_norm', 'scale'), *same, (D,))]
+  if m['qkv_bias']:
+    out += [('self_attn.q_proj.bias', ('q', 'bias'), *bias(N), (N * H,)),
+            ('self_attn.k_proj.bias', ('k', 'bias'), *bias(K), (K * H,)),
+            ('self_attn.v_proj.bias', ('v', 'bias'), *bias(K), (K * H,))]
+  return out
+
+
+def _get(reader, name, shape):
+  if name not in reader:
+    raise InteropError(f'tensor {name} (shape {list(shape)}) is missing from the checkpoint')
+  if reader.shape(name) != tuple(shape):
+    raise InteropError(f'tensor {name} has shape {list(reader.shape(name))}, expected '
+                    f'{list(shape)}')
+  return reader[name]
+
+
+def params_from_hf(reader, m, vocab: VocabMap, dtype, scan_layers=True):
+  """dlm_jax params (numpy, `dtype`) from a safetensors Reader. Each stacked array is allocated
+  once and filled layer by layer from the memory-mapped file: one copy in memory."""
+  D, Lyr = m['d_model'], m['num_layers']
+  cast = lambda x: np.asarray(x).astype(dtype, copy=False)
+  params = {'embed': {'embedding': cast(vocab.rows_in(
+      _get(reader, 'model.embed_tokens.weight', (vocab.rows, D))))}}
+  for hf_name, (mod, leaf), to_dlm, _, shape in _layer_tensors(m):
+    first = to_dlm(_get(reader, f'model.layers.0.{hf_name}', shape))
+    if scan_layers:
+      stacked = np.empty((Lyr,) + first.shape, dtype)
+      for i in range(Lyr):
+        stacked[i] = to_dlm(_get(reader, f'model.layers.{i}.{hf_name}', shape))
+      params.setdefault('layers', {}).setdefault(mod, {})[leaf] = stacked
+    else:
+      for i in range(Lyr):
+        params.setdefault(f'layers_{i}', {}).setdefault(mod, {})[leaf] = cast(
+            to_dlm(_get(reader, f'model.layers.{i}.{hf_name}', shape)))
+  params['final_norm'] = {'scale': cast(_get(reader, 'model.norm.weight', (D,)))}
+  if not m['tie_embeddings']:
+    params['head'] = {'kernel': cast(vocab.rows_in(
+        _get(reader, 'lm_head.weight', (vocab.rows, D))).T)}
+  return params
+
+
+def params_to_hf(params, m, vocab: Optional[VocabMap], dtype):
+  """{HF tensor name: numpy array} of dlm_jax params (vocab None: ids kept as they are)."""
+  rows = (lambda t: np.asarray(t)) if vocab is None else vocab.rows_out
+  cast = lambda x: np.asarray(x).astype(dtype, copy=False)
+  out = {'model.embed_tokens.weight': cast(rows(params['embed']['embedding']))}
+  for i in range(m['num_layers']):
+    layer = params['layers'] if 'layers' in params else params[f'layers_{i}']
+    pick = (lambda x, i=i: x[i]) if 'layers' in params else (lambda x: x)
+    for hf_name, (mod, leaf), _, from_dlm, _ in _layer_tensors(m):
+      out[f'model.layers.{i}.{hf_name}'] = cast(from_dlm(np.asarray(pick(layer[mod][leaf]))))
+  out['model.norm.weight'] = cast(params['final_norm']['scale'])
+  if not m['tie_embeddings']:
+    out['lm_head.weight'] = cast(rows(np.asarray(params['head']['kernel']).T))
+  return out
+
+
+def hf_config(m, vocab_size, max_positions, dtype_name, base=None):
+  """A transformers config.json for dlm_jax model keys: `base` (an imported checkpoint's own
+  config) kept where given, else Llama (Qwen2 with q/k/v biases) with dlm_jax's special ids."""
+  if base is not None:
+    return dict(base, torch_dtype=dtype_name, dtype=dtype_name)
+  arch = 'Qwen2ForCausalLM' if m['qkv_bias'] else 'LlamaForCausalLM'
+  return dict(architectures=[arch], model_type='qwen2' if m['qkv_bias'] else 'llama',
+              hidden_size=m['d_model'], num_hidden_layers=m['num_layers'],
+              num_attention_heads=m['num_heads'],
+              num_key_value_heads=m['num_kv_heads'] or m['num_heads'],
+              intermediate_size=m['mlp_dim'], vocab_size=vocab_size, hidden_act='silu',
+              rope_theta=m['rope_base'], rms_norm_eps=m['norm_eps'],
+              rope_parameters=dict(rope_type='default', rope_theta=m['rope_base']),
+              tie_word_embeddings=m['tie_embeddings'], max_position_embeddings=max_positions,
+              bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, attention_bias=False,
+              torch_dtype=dtype_name, dtype=dtype_name)
+
+
+def read_json(path):
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise InteropError(f'{path}: no such file') from None
+  except (OSError, ValueError) as e:
+    raise InteropError(f'{path}: not readable JSON ({type(e).__name__}: {e})') from None
+
+
+
+def write_native_tokenizer(name, out):
+  """tokenizer.json (+ tokenizer_config.json naming the specials) for a run's own tokenizer, ids
+  as dlm_jax's: False for `byte`, which has no tokenizers-library equivalent."""
+  if name == 'byte':
+    return False
+  if name == 'gpt2':
+    tokenizers.get_tokenizer('gpt2').shifted().save(os.path.join(out, 'tokenizer.json'))
+  else:
+    shutil.copy(tokenizers.BPE_FILE if name == 'bpe' else os.path.expanduser(name),
+                os.path.join(out, 'tokenizer.json'))
+  pad, bos, eos, mask = SPECIALS
+  with open(os.path.join(out, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+    json.dump(dict(tokenizer_class='PreTrainedTokenizerFast', bos_token=bos, eos_token=eos,
+                   pad_token=pad, mask_token=mask, add_bos_token=False), f, indent=1)
+  return True

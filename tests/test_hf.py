@@ -1,0 +1,244 @@
+"""Hugging Face interop against the transformers implementation as the oracle: tiny random Llama
+(GQA), Qwen2 (q/k/v biases, no bos, pad = eos) and Mistral models built here, no network.
+
+Import -> dlm_jax logits equal transformers' (float32, 1e-4) on the same ids; export ->
+transformers logits equal dlm_jax's; import -> export is bit-identical; KV-cached greedy decoding
+equals transformers' generate token for token. Needs the [hf] extra (transformers, CPU torch)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dlm_jax import config as config_lib
+from dlm_jax import hf as hf_cli
+from dlm_jax.core import flops
+from dlm_jax.core import model as model_lib
+from dlm_jax.core import sampling
+from dlm_jax.data import tokenizers
+from dlm_jax.interop import safetensors
+from dlm_jax.run import checkpoint
+
+torch = pytest.importorskip('torch', reason='the [hf] extra (transformers + CPU torch) is needed')
+transformers = pytest.importorskip('transformers', reason='the [hf] extra is needed')
+
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+V = 300
+
+
+def _tokenizer(path, specials):
+  """A small byte-level BPE trained on the embedded corpus, with the checkpoint's specials."""
+  import tokenizers as tk  # pylint: disable=g-import-not-at-top
+  from dlm_jax.data import corpus  # pylint: disable=g-import-not-at-top
+  texts = [d.text for d in corpus.load_documents('embedded')[:200]]
+  tok = tk.Tokenizer(tk.models.BPE())
+  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tk.decoders.ByteLevel()
+  tok.train_from_iterator(texts, tk.trainers.BpeTrainer(
+      vocab_size=V - 20, special_tokens=specials, show_progress=False,
+      initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet()))
+  tok.save(path)
+
+
+KINDS = {
+    'llama_gqa': ('LlamaConfig', dict(num_key_value_heads=2, tie_word_embeddings=False)),
+    'llama_tied': ('LlamaConfig', dict(num_key_value_heads=4, tie_word_embeddings=True)),
+    'qwen2_bias': ('Qwen2Config', dict(num_key_value_heads=2, tie_word_embeddings=False,
+                                       bos_token_id=None, pad_token_id=2,
+                                       use_sliding_window=False)),
+    'mistral': ('MistralConfig', dict(num_key_value_heads=1, tie_word_embeddings=False,
+                                      sliding_window=None)),
+}
+
+
+def build_hf(directory, kind, dtype=None):
+  """A random tiny HF model of `kind` saved as safetensors with its tokenizer.json."""
+  cls, extra = KINDS[kind]
+  kw = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5,
+            rope_theta=5000.0, bos_token_id=1, eos_token_id=2)
+  kw.update(extra)
+  conf = getattr(transformers, cls)(**kw)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(conf).eval()
+  with torch.no_grad():  # biases and norm scales away from their init, so a mix-up shows
+    for name, p in model.named_parameters():
+      if name.endswith('bias'):
+        p.normal_(0, 0.5)
+      elif 'norm' in name:
+        p.uniform_(0.5, 1.5)
+  if dtype is not None:
+    model = model.to(dtype)
+  model.save_pretrained(directory, safe_serialization=True)
+  _tokenizer(os.path.join(directory, 'tokenizer.json'), ['<unk>', '<s>', '</s>'])
+  return model
+
+
+def hf_logits(model, ids):
+  with torch.no_grad():
+    return model(torch.tensor(ids)).logits.float().numpy()
+
+
+def dlm_model(run):
+  cfg = config_lib.from_run(json.load(open(os.path.join(run, 'config.json'))))
+  params, _ = checkpoint.load_params(run, cfg)
+  return cfg, model_lib.Transformer(cfg.model), params
+
+
+@pytest.fixture(scope='module', params=list(KINDS))
+def imported(request, tmp_path_factory):
+  d = tmp_path_factory.mktemp(request.param)
+  model = build_hf(str(d / 'hf'), request.param)
+  hf_cli.import_checkpoint(str(d / 'hf'), str(d / 'run'), seq_len=64)
+  return request.param, d, model
+
+
+def test_import_logits_equal_transformers(imported):
+  kind, d, model = imported
+  cfg, dlm, params = dlm_model(str(d / 'run'))
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  ids = np.random.default_rng(0).integers(0, V, (2, 24))
+  want = hf_logits(model, ids)
+  got = np.asarray(dlm.apply({'params': params}, jnp.asarray(vmap.to_dlm[ids]), 'causal'))
+  np.testing.assert_allclose(got[..., vmap.to_dlm], want, atol=1e-4, rtol=1e-4)
+  # [MASK] and the padding rows are never predicted; the vocabulary stays shardable
+  never = np.setdiff1d(np.arange(cfg.model.vocab_size), vmap.to_dlm)
+  never = never[never >= tokenizers.MASK]
+  assert cfg.model.vocab_size % 128 == 0 and np.all(got[..., never] < -1e8)
+  assert cfg.model.num_kv_heads == model.config.num_key_value_heads
+  assert cfg.model.qkv_bias == (kind == 'qwen2_bias')
+  n_hf = sum(p.numel() for p in model.parameters())
+  added = (cfg.model.vocab_size - V) * cfg.model.d_model * (1 if cfg.model.tie_embeddings else 2)
+  assert flops.from_config(cfg.model, 64)['N_total'] == n_hf + added
+
+
+def test_import_then_export_is_bit_identical_and_loads(imported, tmp_path):
+  _, d, model = imported
+  out = str(tmp_path / 'out')
+  hf_cli.export_run(str(d / 'run'), out)
+  a, b = safetensors.Reader(str(d / 'hf')), safetensors.Reader(out)
+  assert sorted(a.files) == sorted(b.files)
+  for name in a.files:
+    assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+  back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  ids = np.random.default_rng(1).integers(0, V, (1, 16))
+  np.testing.assert_array_equal(hf_logits(back, ids), hf_logits(model, ids))
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert tok('the cat')['input_ids']  # the checkpoint's own tokenizer travels with it
+
+
+def test_bf16_checkpoint_imports_and_round_trips(tmp_path):
+  model = build_hf(str(tmp_path / 'hf'), 'llama_gqa', dtype=torch.bfloat16)
+  hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(tmp_path / 'run'), seq_len=64)
+  hf_cli.export_run(str(tmp_path / 'run'), str(tmp_path / 'out'), dtype='bfloat16')
+  a, b = safetensors.Reader(str(tmp_path / 'hf')), safetensors.Reader(str(tmp_path / 'out'))
+  for name in a.files:
+    assert str(a[name].dtype) == 'bfloat16' and np.array_equal(a[name], b[name]), name
+  cfg, dlm, params = dlm_model(str(tmp_path / 'run'))
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  ids = np.random.default_rng(0).integers(0, V, (1, 12))
+  want = hf_logits(model.float(), ids)  # the same bf16 weights, computed in float32
+  got = np.asarray(dlm.apply({'params': params}, jnp.asarray(vmap.to_dlm[ids]), 'causal'))
+  np.testing.assert_allclose(got[..., vmap.to_dlm], want, atol=1e-4, rtol=1e-4)
+
+
+def test_sharded_checkpoint_imports_like_one_file(tmp_path):
+  model = build_hf(str(tmp_path / 'one'), 'llama_gqa')
+  model.save_pretrained(str(tmp_path / 'sharded'), max_shard_size='60KB')
+  assert os.path.exists(tmp_path / 'sharded' / safetensors.INDEX)
+  os.link(tmp_path / 'one' / 'tokenizer.json', tmp_path / 'sharded' / 'tokenizer.json')
+  hf_cli.import_checkpoint(str(tmp_path / 'one'), str(tmp_path / 'r1'), seq_len=64)
+  hf_cli.import_checkpoint(str(tmp_path / 'sharded'), str(tmp_path / 'r2'), seq_len=64)
+  (_, _, p1), (_, _, p2) = dlm_model(str(tmp_path / 'r1')), dlm_model(str(tmp_path / 'r2'))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+
+
+@pytest.mark.parametrize('objective,tie,kv', [('ar', False, 2), ('mdm', True, 1),
+                                               ('dual', False, 4)])
+def test_export_of_a_native_model_loads_in_transformers(tmp_path, objective, tie, kv):
+  """A dlm_jax model (random init, any objective) exported: transformers' logits equal dlm_jax's
+  on every column but [MASK], whose logit dlm_jax never predicts."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dlm_jax.run import rundir  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  c = tiny_config(objective)
+  c.model.num_kv_heads, c.model.tie_embeddings = kv, tie
+  c.model.num_heads = 4
+  cfg = config_lib.resolve(c, tokenizers.get_tokenizer(c.data.tokenizer).vocab_size)
+  _, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(3), 16)
+  run = str(tmp_path / 'run')
+  os.makedirs(run)
+  rundir.atomic_json(os.path.join(run, 'config.json'), cfg.to_dict())
+  mngr = ocp.CheckpointManager(os.path.join(run, 'checkpoints'))
+  mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  mngr.wait_until_finished()
+  hf_cli.export_run(run, str(tmp_path / 'out'))
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'out')).eval()
+  ids = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (2, 16))
+  got = hf_logits(back, ids)
+  want = np.asarray(model_lib.Transformer(cfg.model).apply({'params': params}, jnp.asarray(ids),
+                                                           'causal'))
+  keep = np.arange(cfg.model.vocab_size) != tokenizers.MASK
+  np.testing.assert_allclose(got[..., keep], want[..., keep], atol=1e-4, rtol=1e-4)
+  tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'out'))
+  text = 'The cat sat on the mat.'
+  assert tok(text)['input_ids'] == list(tokenizers.get_tokenizer('bpe').encode_batch([text])[0])
+  assert 'bidirectional' in open(tmp_path / 'out' / 'README.md').read()
+
+
+def test_kv_cached_greedy_decoding_equals_transformers_generate(tmp_path):
+  model = build_hf(str(tmp_path / 'hf'), 'llama_gqa')
+  hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(tmp_path / 'run'), seq_len=64)
+  cfg, dlm, params = dlm_model(str(tmp_path / 'run'))
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  prompt = [5, 17, 42, 99, 7]
+  st = sampling.Settings(mode='ar', length=20, temperature=0.0, stop_at_eos=False)
+  out = sampling.Sampler(dlm, params, context=64).generate(
+      jax.random.PRNGKey(0), [vmap.to_dlm[prompt]], st)['tokens'][0]
+  with torch.no_grad():  # dlm_jax never generates PAD or BOS: neither may transformers
+    gen = model.generate(torch.tensor([[1] + prompt]), max_new_tokens=20, do_sample=False,
+                         suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
+  want = gen[0, 1 + len(prompt):].numpy()
+  np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], want)
+
+
+@pytest.mark.parametrize('case', ['architecture', 'tensor', 'shape', 'eos', 'workdir'])
+def test_bad_checkpoints_are_one_line_and_write_nothing(tmp_path, case):
+  src, run = tmp_path / 'hf', tmp_path / 'run'
+  build_hf(str(src), 'llama_gqa')
+  conf = json.load(open(src / 'config.json'))
+  tensors = {k: np.array(v) for k, v in ((k, safetensors.Reader(str(src))[k])
+                                         for k in safetensors.Reader(str(src)).files)}
+  expect = {'architecture': 'architecture GPT2LMHeadModel is not supported (supported: '
+                            'LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)',
+            'tensor': 'tensor model.layers.1.mlp.up_proj.weight (shape [96, 64]) is missing',
+            'shape': 'tensor model.layers.0.self_attn.k_proj.weight has shape [64, 64], '
+                     'expected [32, 64]',
+            'eos': 'no token has the end-of-text id eos_token_id=1000',
+            'workdir': 'already exists and is not empty'}[case]
+  if case == 'architecture':
+    conf['architectures'] = ['GPT2LMHeadModel']
+  elif case == 'tensor':
+    del tensors['model.layers.1.mlp.up_proj.weight']
+  elif case == 'shape':
+    tensors['model.layers.0.self_attn.k_proj.weight'] = np.zeros((64, 64), np.float32)
+  elif case == 'eos':
+    conf['eos_token_id'] = 1000
+    tensors['model.embed_tokens.weight'] = np.zeros((1001, 64), np.float32)
+    tensors['lm_head.weight'] = np.zeros((1001, 64), np.float32)
+  else:
+    os.makedirs(run / 'old')
+  json.dump(conf, open(src / 'config.json', 'w'))
+  safetensors.write(str(src / 'model.safetensors'), tensors, {'format': 'pt'})
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.hf', 'import', str(src),
+                      f'--workdir={run}'], env=ENV, capture_output=True, text=True)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  (line,) = [l for l in r.stderr.splitlines() if l.strip()]
+  assert line.startswith('error: ') and expect in line, line
+  assert (os.listdir(run) == ['old']) if case == 'workdir' else not os.path.exists(run)
