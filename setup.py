@@ -36,6 +36,9 @@ setuptools.setup(
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours
         'lmeval': ['lm_eval>=0.4.13', 'torch>=2.13.0'],
+        # transformers as the oracle of the Hugging Face interop tests (tests/test_hf.py); the
+        # import / export commands themselves need only numpy
+        'hf': ['transformers>=5.0', 'torch>=2.13.0'],
         'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
         'tpu': ['jax[tpu]>=0.10.2'],
     },

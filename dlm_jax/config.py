@@ -34,6 +34,8 @@ def base() -> ml_collections.ConfigDict:
       size='',                 # a name from flops.SIZES overrides d_model/num_layers/num_heads/mlp_dim
       vocab_size=0,            # 0: the tokenizer's vocabulary size
       vocab_real=0,            # ids in use (0: all); the rest pad the vocabulary, never predicted
+      unpredicted='',          # more ids never predicted: '0,1' = PAD, BOS (the specials an
+                               # imported checkpoint lacks: its likelihoods stay exactly its own)
       d_model=256,
       num_layers=4,
       num_heads=4,
@@ -319,6 +321,12 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(m.num_kv_heads >= 0 and (m.num_kv_heads == 0 or m.num_heads % m.num_kv_heads == 0),
         'model.num_kv_heads', f'{m.num_kv_heads} must be 0 or divide num_heads={m.num_heads}')
   _need(m.norm_eps > 0, 'model.norm_eps', f'must be positive, got {m.norm_eps}')
+  _need(all(x.strip().isdigit() for x in m.unpredicted.split(',') if x.strip()),
+        'model.unpredicted', f'{m.unpredicted!r} is not a comma list of token ids')
+  _need(not (d.packing == 'pad' and cfg.diffusion.pad == 'predict' and str(objectives.PAD) in [
+      x.strip() for x in m.unpredicted.split(',')]), 'model.unpredicted',
+        f'lists PAD ({objectives.PAD}), which data.packing=pad with diffusion.pad=predict trains '
+        'the model to predict: remove it there, or use diffusion.pad=visible')
   _need(0 <= m.vocab_real and (m.vocab_size == 0 or m.vocab_real <= m.vocab_size),
         'model.vocab_real', f'{m.vocab_real} must be in [0, model.vocab_size={m.vocab_size}]')
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))

@@ -35,6 +35,26 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
 _SEQ = flags.DEFINE_integer('seq_len', 0, 'import: data.seq_len of the run (0: min(2048, the '
                             "checkpoint's max_position_embeddings)).")
 DTYPES = {'float32': np.float32, 'bfloat16': jax.numpy.bfloat16}
+INIT_CONFIG = 'init_config.py'
+INIT_TEMPLATE = '''"""Written by `python -m dlm_jax.hf import {src}`: runs that start from this
+checkpoint. As written, AR2Diff (masked diffusion, bidirectional attention, from the AR weights):
+  python -m dlm_jax.main --config {run}/init_config.py --workdir runs/<new> \\
+      --config.data.corpus=<data> --config.train.num_steps=<N>
+--config.objective=ar continues autoregressive pretraining instead. The same file evaluates or
+samples the imported model itself: --workdir {run} --mode eval (or sample) --config.objective=ar.
+"""
+from dlm_jax import config
+
+
+def get_config():
+  c = config.base()
+  c.objective = 'mdm'
+  c.init_from = {run!r}
+  c.model.update({model!r})
+  c.data.tokenizer = {tokenizer!r}
+  c.data.seq_len = {seq_len!r}
+  return c
+'''
 
 MDM_NOTE = """This model was trained by dlm_jax ({objective}). Its weights load as a {arch}; note:
 - inputs are shifted: the logits at position i predict token i+1, as in any causal LM;
@@ -78,6 +98,9 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   cfg.objective = 'ar'
   cfg.model.update(m)
   cfg.model.vocab_size, cfg.model.vocab_real = vocab.size, vocab.real
+  # PAD / BOS rows the checkpoint lacks are new: never predicted, so the imported model's
+  # likelihoods are exactly the checkpoint's ([MASK] never is, whatever the config)
+  cfg.model.unpredicted = ','.join(str(i) for i in vocab.new_specials() if i != tokenizers.MASK)
   cfg.model.param_dtype = param_dtype
   tok_dir = os.path.join(os.path.abspath(workdir), 'tokenizer')
   cfg.data.tokenizer = f'hf:{tok_dir}'
@@ -100,6 +123,10 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
                             mapped_specials={str(k): v for k, v in vocab.specials().items()}),
                  seconds=round(time.time() - t0, 1))
   rundir.atomic_json(rundir.path(workdir, rundir.SUMMARY), summary)
+  with open(os.path.join(workdir, INIT_CONFIG), 'w', encoding='utf-8') as f:
+    f.write(INIT_TEMPLATE.format(src=src, run=os.path.abspath(workdir), model={
+        k: cfg.model[k] for k in checkpoint.ARCH_KEYS + ('param_dtype',)},
+                                 tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len))
   return summary
 
 

@@ -117,6 +117,26 @@ def test_import_logits_equal_transformers(imported):
   assert flops.from_config(cfg.model, 64)['N_total'] == n_hf + added
 
 
+def test_imported_likelihood_is_the_checkpoints(tmp_path):
+  """The AR log-likelihood of a text under the imported model (its own tokenizer, BOS first as
+  dlm_jax shifts inputs) equals transformers' on [bos] + ids: the new PAD row and [MASK] take no
+  probability (model.unpredicted)."""
+  from dlm_jax.infer import likelihood  # pylint: disable=g-import-not-at-top
+  model = build_hf(str(tmp_path / 'hf'), 'llama_tied')
+  hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(tmp_path / 'run'), seq_len=64)
+  cfg, dlm, params = dlm_model(str(tmp_path / 'run'))
+  assert cfg.model.unpredicted == '0'  # Llama has bos and eos, no pad
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  ids = tok.encode_batch(['The cat sat on the mat, and the dog sat on the log.'])[0]
+  got = likelihood.Scorer(dlm, params)('ar', ids[None], np.ones((1, len(ids)), bool))['logp'][0]
+  hf_ids = tok.map.from_dlm[ids]
+  with torch.no_grad():
+    lp = torch.log_softmax(model(torch.tensor([[1] + list(hf_ids)])).logits[0, :-1].double(), -1)
+  want = float(lp[torch.arange(len(ids)), torch.tensor(hf_ids)].sum())
+  assert got == pytest.approx(want, rel=1e-5)
+  assert tok.decode(ids) == 'The cat sat on the mat, and the dog sat on the log.'
+
+
 def test_import_then_export_is_bit_identical_and_loads(imported, tmp_path):
   _, d, model = imported
   out = str(tmp_path / 'out')
@@ -242,3 +262,70 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(tmp_path, case):
   (line,) = [l for l in r.stderr.splitlines() if l.strip()]
   assert line.startswith('error: ') and expect in line, line
   assert (os.listdir(run) == ['old']) if case == 'workdir' else not os.path.exists(run)
+
+
+SHORT = ['--config.train.num_steps=4', '--config.train.batch_size=8', '--config.eval.batch_size=8',
+         '--config.eval.num_batches=2', '--config.train.eval_every=4',
+         '--config.train.checkpoint_every=4', '--config.train.warmup_steps=1',
+         '--config.eval.likelihood_rows=8', '--config.sample.num_samples=2',
+         '--config.sample.length=12', '--config.sample.steps=6']
+
+
+def _cli(*args):
+  r = subprocess.run([sys.executable, '-m', *args], env=ENV, capture_output=True, text=True,
+                     timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stdout
+
+
+def test_ar2diff_from_a_pretrained_checkpoint_end_to_end(tmp_path):
+  """The README's commands: import -> MDM continued pretraining from the AR weights
+  (init_config.py) -> --mode eval -> --mode sample; and the imported model evaluated as AR."""
+  build_hf(str(tmp_path / 'hf'), 'llama_gqa')
+  out = _cli('dlm_jax.hf', 'import', str(tmp_path / 'hf'), f'--workdir={tmp_path / "llama"}',
+             '--seq_len=64')
+  assert 'imported LlamaForCausalLM' in out
+  init = str(tmp_path / 'llama' / 'init_config.py')
+  mdm = str(tmp_path / 'mdm')
+  out = _cli('dlm_jax.main', f'--config={init}', f'--workdir={mdm}', *SHORT)
+  assert f'initialised from {tmp_path / "llama"} step 0' in out
+  _cli('dlm_jax.main', f'--config={init}', f'--workdir={mdm}', '--mode=eval', *SHORT)
+  res = json.load(open(os.path.join(mdm, 'eval', 'scores.json')))
+  assert 0 < res['likelihood']['nelbo']['nats_per_token'] < 10
+  _cli('dlm_jax.main', f'--config={init}', f'--workdir={mdm}', '--mode=sample', *SHORT)
+  rows = [json.loads(l) for l in open(os.path.join(mdm, 'samples.jsonl'))]
+  assert len(rows) == 4 and all(r['mode'] == 'mdm' and r['tokens'] for r in rows)  # end + --mode
+  _cli('dlm_jax.main', f'--config={init}', f'--workdir={tmp_path / "llama"}', '--mode=eval',
+       '--config.objective=ar', *SHORT)
+  res = json.load(open(tmp_path / 'llama' / 'eval' / 'scores.json'))
+  assert res['step'] == 0 and 0 < res['likelihood']['ar']['nats_per_token'] < np.log(V) + 1
+
+
+def test_a_native_run_exported_and_reimported_is_the_same_model(tmp_path):
+  """dlm_jax's own export carries its special ids (mask_token_id included), so re-importing it
+  maps every id to itself: the parameters come back bit for bit."""
+  from conftest import train_tiny_run  # pylint: disable=g-import-not-at-top
+  _, run, _ = train_tiny_run(tmp_path, 'ar', steps=2, tokenizer='bpe')
+  _cli('dlm_jax.hf', 'export', run, str(tmp_path / 'out'))
+  _cli('dlm_jax.hf', 'import', str(tmp_path / 'out'), f'--workdir={tmp_path / "back"}',
+       '--seq_len=32')
+  (c1, _, p1), (c2, _, p2) = dlm_model(run), dlm_model(str(tmp_path / 'back'))
+  assert c2.model.unpredicted == '' and c2.model.vocab_size == c1.model.vocab_size
+  jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
+  text = 'Ünïcode, spaces  and all: ok.'
+  t1, t2 = tokenizers.get_tokenizer(c1.data.tokenizer), tokenizers.get_tokenizer(
+      c2.data.tokenizer)
+  np.testing.assert_array_equal(t1.encode_batch([text])[0], t2.encode_batch([text])[0])
+
+
+@pytest.mark.parametrize('name', ['byte', 'gpt2'])
+def test_exported_tokenizers_have_dlm_jax_ids(tmp_path, name):
+  """`byte` and `gpt2` travel as tokenizers JSON files that give the same ids and text back."""
+  import tokenizers as tk  # pylint: disable=g-import-not-at-top
+  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  hf.write_native_tokenizer(name, str(tmp_path))
+  exported, ours = tk.Tokenizer.from_file(str(tmp_path / 'tokenizer.json')), \
+      tokenizers.get_tokenizer(name)
+  for text in ['Ünïcode, bytes \x00 and all: ok.', ' two  spaces\n\ttab', '日本語 text']:
+    ids = exported.encode(text, add_special_tokens=False).ids
+    assert ids == list(ours.encode_batch([text])[0]) and exported.decode(ids) == text

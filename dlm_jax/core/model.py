@@ -11,7 +11,8 @@ parameters runs with three attention kinds, chosen per call:
   bidirectional  every position attends to every position
   prefix         bidirectional over the first P_b positions of sequence b, causal after
 and optional segment ids, so packed documents never attend across boundaries. The [MASK] logit is
-never predicted (set to -1e9): MDM and AR share one output distribution over real tokens.
+never predicted (set to -1e9): MDM and AR share one output distribution over real tokens; nor are
+the vocabulary's padding rows and the ids of model.unpredicted.
 """
 import dataclasses
 import functools
@@ -38,6 +39,8 @@ class ModelConfig:
   mlp_dim: int = 0
   vocab_size: int = 0
   vocab_real: int = 0            # rows in use; the rest pad the vocabulary, never predicted
+  unpredicted: str = ''          # more ids never predicted, e.g. '0,1': specials an imported
+                                 # checkpoint lacks (its likelihoods stay the checkpoint's)
   rope_base: float = 10000.0
   norm_eps: float = 1e-6
   qkv_bias: bool = False         # biases on the q, k, v projections (Qwen2)
@@ -295,10 +298,17 @@ class Transformer(nn.Module):
     # CPU step (profile in BENCHMARKS.md)
     ids_V = jnp.arange(logits_BxLxV.shape[-1])
     never_V = (ids_V == MASK) | (ids_V >= (c.vocab_real or c.vocab_size))  # + vocabulary padding
+    for i in unpredicted_ids(c):
+      never_V = never_V | (ids_V == i)
     logits_BxLxV = jnp.where(never_V, NEG_INF, logits_BxLxV.astype(jnp.float32))
     if cache is None:
       return logits_BxLxV
     return logits_BxLxV, dict(k=kv[0], v=kv[1])
+
+
+def unpredicted_ids(cfg):
+  """The ids of model.unpredicted ('0,1' -> (0, 1))."""
+  return tuple(int(x) for x in cfg.unpredicted.split(',') if x.strip())
 
 
 def init_cache(cfg, batch: int, length: int):

@@ -55,7 +55,7 @@ def token_streams(dcfg):
   """(train_stream, val_stream, info) as int32 arrays; EOS after every document."""
   tok = tokenizers.get_tokenizer(dcfg.tokenizer)
   tok_id = dcfg.tokenizer if dcfg.tokenizer in ('bpe', 'gpt2', 'byte') else _source_fingerprint(
-      dcfg.tokenizer)
+      dcfg.tokenizer[3:] if dcfg.tokenizer.startswith('hf:') else dcfg.tokenizer)
   key = hashlib.sha256(json.dumps([_source_fingerprint(dcfg.corpus), tok_id,
                                    float(dcfg.val_fraction), 1]).encode()).hexdigest()[:20]
   d = os.path.join(cache_dir(dcfg), 'tokens', key)

@@ -112,6 +112,7 @@ class VocabMap:
   eos: int
   bos: Optional[int] = None
   pad: Optional[int] = None
+  mask: Optional[int] = None      # `mask_token_id`: written by dlm_jax's own export
   MULTIPLE = 128
 
   def specials(self):
@@ -121,6 +122,8 @@ class VocabMap:
       out[self.bos] = BOS
     if self.pad is not None and self.pad not in out:  # Qwen2's pad is its eos: PAD is new
       out[self.pad] = PAD
+    if self.mask is not None and self.mask not in out:
+      out[self.mask] = MASK
     return out
 
   @property
@@ -149,6 +152,10 @@ class VocabMap:
     out[self.to_dlm] = np.arange(self.rows)
     return out
 
+  def new_specials(self):
+    """dlm_jax's special ids the checkpoint has no row for ([MASK] always)."""
+    return [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0]
+
   def rows_in(self, table_VxD):
     """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; new specials start as
     the mean row (as transformers' resize_token_embeddings initialises added tokens), padding
@@ -156,8 +163,7 @@ class VocabMap:
     table_VxD = np.asarray(table_VxD)
     out = np.zeros((self.size, table_VxD.shape[1]), table_VxD.dtype)
     out[self.to_dlm] = table_VxD
-    new = [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0]
-    out[new] = table_VxD.astype(np.float64).mean(0).astype(table_VxD.dtype)
+    out[self.new_specials()] = table_VxD.astype(np.float64).mean(0).astype(table_VxD.dtype)
     return out
 
   def rows_out(self, table_VxD):
@@ -165,11 +171,12 @@ class VocabMap:
     return np.asarray(table_VxD)[self.to_dlm]
 
   def to_json(self):
-    return dict(rows=self.rows, eos=self.eos, bos=self.bos, pad=self.pad)
+    return dict(rows=self.rows, eos=self.eos, bos=self.bos, pad=self.pad, mask=self.mask)
 
   @classmethod
   def from_json(cls, d):
-    return cls(rows=int(d['rows']), eos=int(d['eos']), bos=d.get('bos'), pad=d.get('pad'))
+    return cls(rows=int(d['rows']), eos=int(d['eos']), bos=d.get('bos'), pad=d.get('pad'),
+               mask=d.get('mask'))
 
   @classmethod
   def of_hf_config(cls, hf, rows, path='config.json'):
@@ -177,12 +184,12 @@ class VocabMap:
     eos = first(hf.get('eos_token_id'))
     if eos is None:
       raise DataError(f'{path}: eos_token_id is missing: a run needs an end-of-text token')
-    bos, pad = first(hf.get('bos_token_id')), first(hf.get('pad_token_id'))
-    for key, v in (('eos_token_id', eos), ('bos_token_id', bos), ('pad_token_id', pad)):
+    ids = {k: first(hf.get(f'{k}_token_id')) for k in ('bos', 'pad', 'mask')}
+    for key, v in dict(ids, eos=eos).items():
       if v is not None and not 0 <= int(v) < rows:
-        raise DataError(f'{path}: {key}={v} is outside the {rows} embedding rows')
-    return cls(rows=int(rows), eos=int(eos), bos=None if bos is None else int(bos),
-               pad=None if pad is None else int(pad))
+        raise DataError(f'{path}: {key}_token_id={v} is outside the {rows} embedding rows')
+    return cls(rows=int(rows), eos=int(eos),
+               **{k: None if v is None else int(v) for k, v in ids.items()})
 
 
 class MappedTokenizer:

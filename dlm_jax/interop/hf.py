@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from dlm_jax.data import tokenizers
-from dlm_jax.data.tokenizers import BOS, EOS, PAD, SPECIALS, VocabMap
+from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD, SPECIALS, VocabMap
 from dlm_jax.errors import InteropError
 
 SUPPORTED = ('LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM')
@@ -66,7 +66,8 @@ def model_keys(hf, path='config.json'):
 
 # (HF name with {i} for the layer, dlm_jax path, to dlm_jax, from dlm_jax); shapes from cfg
 def _layer_tensors(m):
-  D, N, K, F = m['d_model'], m['num_heads'], m['num_kv_heads'], m['mlp_dim']
+  D, N, F = m['d_model'], m['num_heads'], m['mlp_dim']
+  K = m['num_kv_heads'] or N
   H = D // N
   heads_in = lambda n: (lambda w: w.T.reshape(D, n, H), lambda k: k.reshape(D, n * H).T)
   bias = lambda n: (lambda b: b.reshape(n, H), lambda b: b.reshape(n * H))
@@ -153,7 +154,8 @@ def hf_config(m, vocab_size, max_positions, dtype_name, base=None):
               rope_theta=m['rope_base'], rms_norm_eps=m['norm_eps'],
               rope_parameters=dict(rope_type='default', rope_theta=m['rope_base']),
               tie_word_embeddings=m['tie_embeddings'], max_position_embeddings=max_positions,
-              bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, attention_bias=False,
+              bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, mask_token_id=MASK,
+              attention_bias=False,
               torch_dtype=dtype_name, dtype=dtype_name)
 
 
@@ -168,12 +170,27 @@ def read_json(path):
 
 
 
+def _byte_tokenizer():
+  """`byte` as a tokenizers BPE without merges over GPT-2's byte-to-character alphabet: byte b is
+  id b + 4, as ByteTokenizer has it."""
+  import tokenizers as tk  # pylint: disable=g-import-not-at-top
+  keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # printable: their own character
+  chars = {b: chr(b) for b in keep}
+  chars.update({b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in chars)})
+  vocab = dict({s: i for i, s in enumerate(SPECIALS)},
+               **{chars[b]: b + len(SPECIALS) for b in range(256)})
+  tok = tk.Tokenizer(tk.models.BPE(vocab=vocab, merges=[]))
+  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.decoder = tk.decoders.ByteLevel()
+  return tok
+
+
 def write_native_tokenizer(name, out):
-  """tokenizer.json (+ tokenizer_config.json naming the specials) for a run's own tokenizer, ids
-  as dlm_jax's: False for `byte`, which has no tokenizers-library equivalent."""
+  """tokenizer.json (+ tokenizer_config.json naming the specials) for a run's own tokenizer,
+  with dlm_jax's ids."""
   if name == 'byte':
-    return False
-  if name == 'gpt2':
+    _byte_tokenizer().save(os.path.join(out, 'tokenizer.json'))
+  elif name == 'gpt2':
     tokenizers.get_tokenizer('gpt2').shifted().save(os.path.join(out, 'tokenizer.json'))
   else:
     shutil.copy(tokenizers.BPE_FILE if name == 'bpe' else os.path.expanduser(name),
@@ -182,4 +199,3 @@ def write_native_tokenizer(name, out):
   with open(os.path.join(out, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
     json.dump(dict(tokenizer_class='PreTrainedTokenizerFast', bos_token=bos, eos_token=eos,
                    pad_token=pad, mask_token=mask, add_bos_token=False), f, indent=1)
-  return True

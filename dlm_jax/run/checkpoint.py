@@ -129,7 +129,8 @@ def restore(mngr, step, abstract_state, data_iter=None):
   return mngr.restore(step, args=ocp.args.Composite(**args))['state']
 
 
-ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size', 'tie_embeddings',
+ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'mlp_dim', 'vocab_size',
+             'vocab_real', 'unpredicted', 'tie_embeddings', 'qkv_bias', 'rope_base', 'norm_eps',
              'scan_layers')
 
 
@@ -141,8 +142,8 @@ def load_params(run_dir, cfg, mesh=None, what=None):
   if not os.path.exists(cfg_path):
     raise TrainingError(f'{what}: no run there (no config.json)')
   other = json.load(open(cfg_path, encoding='utf-8'))['model']
-  for k in ARCH_KEYS:
-    if other.get(k) != cfg.model[k]:
+  for k in ARCH_KEYS:  # keys a run written before they existed lacks: that run had the default
+    if other.get(k, getattr(model_lib.ModelConfig, k)) != cfg.model[k]:
       raise TrainingError(f'{what}: architecture differs: model.{k} is '
                           f'{other.get(k)!r} there and {cfg.model[k]!r} here')
   ckpt = os.path.join(os.path.abspath(run_dir), 'checkpoints')
