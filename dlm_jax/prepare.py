@@ -8,6 +8,10 @@ r"""Tokenise a corpus into array_record shards + manifest (see dlm_jax/data/prep
   python -m dlm_jax.prepare --source tfds:wikitext/wikitext-103-raw-v1 --tokenizer gpt2 \
       --out data/wt103_gpt2          # (its records are lines: one "document" per line)
   python -m dlm_jax.prepare --source my_texts/ --tokenizer bpe --out data/mine
+  python -m dlm_jax.prepare --source ~/data/fineweb-edu/sample/10BT --text_field text \
+      --tokenizer hf:runs/smollm/tokenizer --out data/fineweb_smollm
+      (parquet / arrow files or directories of them, or a datasets.save_to_disk directory;
+      with an imported checkpoint's own tokenizer, see python -m dlm_jax.hf)
 
 tfds sources must be built in array_record format where you have the files
 (`tfds build <name> --file_format=array_record`, or tfds_text.py for local text); they are read
@@ -30,14 +34,16 @@ from dlm_jax.data import prepared
 from dlm_jax.errors import DataError
 
 _SOURCE = flags.DEFINE_string('source', None, 'tfds:<name> (a tfds dataset built locally in '
-                              'array_record format), embedded, or a .txt/.jsonl file or dir.')
+                              'array_record format), embedded, a .txt/.jsonl file or dir, or '
+                              '.parquet/.arrow files (a dir of them, a save_to_disk dir).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (must not hold a prepared dataset).')
 _TOK = flags.DEFINE_string('tokenizer', 'bpe', 'bpe | gpt2 | byte | path to a tokenizers .json')
 _SPLIT = flags.DEFINE_multi_string('split', [], 'ours=tfds split, e.g. validation=test or '
                                    "'validation=train[-100000:]' (tfds sources).")
 _DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tfds data_dir (default '
                                 '~/tensorflow_datasets).')
-_FIELD = flags.DEFINE_string('text_field', 'text', 'Feature holding the text (tfds sources).')
+_FIELD = flags.DEFINE_string('text_field', 'text', 'Feature / column holding the text (tfds, '
+                             'parquet and arrow sources).')
 _VAL = flags.DEFINE_float('val_fraction', 0.04, 'Validation share of documents (local sources).')
 _SHARD = flags.DEFINE_integer('docs_per_shard', 250_000, 'Documents per array_record shard.')
 _TASKS = flags.DEFINE_string('tasks', '', 'Build zero-shot task files instead: all or a comma '
@@ -79,7 +85,9 @@ def main(argv):
   try:
     m = prepared.prepare(_SOURCE.value, _OUT.value, _TOK.value, splits or None, _DATA_DIR.value,
                          _FIELD.value, _VAL.value, _SHARD.value)
-  except (DataError, ValueError, FileNotFoundError) as e:
+  except errors.Error:
+    raise  # its own exit status (errors.cli): 2 for a bad argument such as --text_field
+  except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   for s, e in m['splits'].items():

@@ -194,3 +194,77 @@ def test_damaged_data_is_one_line_naming_the_file(prepared_bpe, small_corpus, tm
   lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and str(bad) in lines[0], r.stderr[-2000:]
   assert not wd.exists()
+
+
+def _write_layout(layout, texts, src):
+  """The same documents in a parquet / arrow layout; returns (source path, id of each text)."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  table = lambda t: pa.table({'id': [str(i) for i in range(len(t))], 'text': t})
+  os.makedirs(src)
+  if layout == 'parquet':  # one file, small row groups: read batch by batch
+    pq.write_table(table(texts), src / 'docs.parquet', row_group_size=16)
+    return str(src / 'docs.parquet'), [f'docs.parquet/{i}' for i in range(len(texts))]
+  if layout == 'parquet_dir':  # FineWeb-Edu's layout: sample/10BT/000_00000.parquet, ...
+    os.makedirs(src / 'sample' / '10BT')
+    half = len(texts) // 2
+    ids = []
+    for k, part in enumerate((texts[:half], texts[half:])):
+      name = f'sample/10BT/{k:03d}_00000.parquet'
+      pq.write_table(table(part), src / name, row_group_size=16)
+      ids += [f'{name}/{i}' for i in range(len(part))]
+    return str(src), ids
+  if layout == 'arrow':
+    with pa.ipc.new_file(str(src / 'docs.arrow'), table(texts).schema) as w:
+      w.write_table(table(texts), max_chunksize=16)
+    return str(src / 'docs.arrow'), [f'docs.arrow/{i}' for i in range(len(texts))]
+  datasets = pytest.importorskip('datasets')
+  datasets.Dataset.from_dict({'text': texts}).save_to_disk(str(src))
+  names = sorted(f for f in os.listdir(src) if f.endswith('.arrow'))
+  assert names == ['data-00000-of-00001.arrow']
+  return str(src), [f'{names[0]}/{i}' for i in range(len(texts))]
+
+
+@pytest.mark.parametrize('layout', ['parquet', 'parquet_dir', 'arrow', 'save_to_disk'])
+def test_parquet_and_arrow_sources_prepare_like_jsonl(small_corpus, tmp_path, layout):
+  """A parquet / arrow source streams the same documents as the .jsonl holding them under the
+  same ids: identical shards, split and counts."""
+  pytest.importorskip('pyarrow')
+  texts = [json.loads(l)['text'] for l in open(small_corpus)]
+  source, ids = _write_layout(layout, texts, tmp_path / 'src')
+  ref = tmp_path / 'ref.jsonl'
+  ref.write_text(''.join(json.dumps(dict(id=i, text=t)) + '\n' for i, t in zip(ids, texts)))
+  a = prepared.prepare(source, str(tmp_path / 'a'), 'bpe', val_fraction=0.1, docs_per_shard=25)
+  b = prepared.prepare(str(ref), str(tmp_path / 'b'), 'bpe', val_fraction=0.1, docs_per_shard=25)
+  for split in ('train', 'validation'):
+    for k in ('documents', 'tokens', 'bytes'):
+      assert a['splits'][split][k] == b['splits'][split][k], (split, k)
+    sa = prepared.PreparedSource(str(tmp_path / 'a'), split, 32)
+    sb = prepared.PreparedSource(str(tmp_path / 'b'), split, 32)
+    np.testing.assert_array_equal(np.stack([sa[i] for i in range(len(sa))]),
+                                  np.stack([sb[i] for i in range(len(sb))]))
+
+
+def test_a_saved_dataset_dict_keeps_its_splits(small_corpus, tmp_path):
+  datasets = pytest.importorskip('datasets')
+  texts = [json.loads(l)['text'] for l in open(small_corpus)]
+  datasets.DatasetDict(train=datasets.Dataset.from_dict({'text': texts[:70]}),
+                       test=datasets.Dataset.from_dict({'text': texts[70:]})).save_to_disk(
+                           str(tmp_path / 'dd'))
+  m = prepared.prepare(str(tmp_path / 'dd'), str(tmp_path / 'out'), 'byte')
+  assert m['splits']['train']['documents'] == 70 and m['splits']['validation']['documents'] == 10
+  assert m['splits']['validation']['bytes'] == sum(len(t.encode()) + 1 for t in texts[70:])
+
+
+def test_a_parquet_file_without_the_text_field_is_one_line_and_writes_nothing(tmp_path):
+  pa = pytest.importorskip('pyarrow')
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pq.write_table(pa.table({'url': ['a', 'b'], 'content': ['x y', 'z']}), tmp_path / 'd.parquet')
+  out = tmp_path / 'out'
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.prepare', f'--source={tmp_path / "d.parquet"}',
+                      f'--out={out}'], env=dict(os.environ, PYTHONPATH=ROOT),
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip() == (f"error: --text_field 'text': {tmp_path / 'd.parquet'} has no such "
+                              'column (columns: url, content)')
+  assert not os.path.exists(out) and not os.path.exists(str(out) + '.incomplete')

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from dlm_jax.data import corpus as corpus_lib
 from dlm_jax.data import tfds_text  # pylint: disable=unused-import  # registers local_text
+from dlm_jax.data import arrow
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
 from dlm_jax.data.tokenizers import EOS, PAD
@@ -80,6 +81,19 @@ def tfds_documents(name, split, data_dir, text_field='text'):
 def local_documents(source, val_fraction):
   train, val = corpus_lib.split_documents(corpus_lib.load_documents(source), val_fraction)
   return {'train': ((d.id, d.text) for d in train), 'validation': ((d.id, d.text) for d in val)}
+
+
+def arrow_splits(source, text_field, val_fraction):
+  """Streams of (id, text) per split of a parquet / arrow source: a saved DatasetDict's own train
+  and validation (else test) splits, otherwise the document-id hash split of local corpora."""
+  saved = arrow.saved_splits(source)
+  val = next((saved[k] for k in ('validation', 'valid', 'test') if k in saved), None)
+  if 'train' in saved and val:
+    return {'train': arrow.documents(saved['train'], text_field),
+            'validation': arrow.documents(val, text_field)}
+  pick = lambda want: ((i, t) for i, t in arrow.documents(source, text_field)
+                       if corpus_lib.is_validation(i, val_fraction) == want)
+  return {'train': pick(False), 'validation': pick(True)}
 
 
 def write_split(docs, tok, out, split, docs_per_shard=250_000, chunk=1024):
@@ -150,6 +164,9 @@ def prepare(source, out, tokenizer='bpe', splits=None, tfds_data_dir=None, text_
   if is_prepared(out):
     raise DataError(f'{out} already holds a prepared dataset; use a new --out')
   tok = tokenizers.get_tokenizer(tokenizer)
+  tabular = not source.startswith('tfds:') and arrow.is_arrow_source(source)
+  if tabular:
+    arrow.check(source, text_field)  # before anything is written
   tmp = out.rstrip('/') + '.incomplete'
   if os.path.exists(tmp):
     import shutil  # pylint: disable=g-import-not-at-top
@@ -163,7 +180,8 @@ def prepare(source, out, tokenizer='bpe', splits=None, tfds_data_dir=None, text_
     if splits:
       raise DataError('--split applies to tfds sources; local corpora are split by document id '
                       'hash with --val_fraction')
-    docs = local_documents(source, val_fraction)
+    docs = (arrow_splits(source, text_field, val_fraction) if tabular else
+            local_documents(source, val_fraction))
   t0 = time.time()
   manifest = dict(format=FORMAT, source=source, tokenizer=tokenizer, vocab_size=tok.vocab_size,
                   dtype='uint16' if tok.vocab_size <= 2**16 else 'int32',
