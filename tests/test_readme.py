@@ -82,6 +82,13 @@ RUN_BY = [
     (r'^python -m dlm_jax\.plot curves', ['test_readme.py::test_scaling_fit_and_plot_curves_commands']),
     (r'^python -m dlm_jax\.plot sweep', ['test_readme.py::test_plot_sweep_command',
                                          'test_notebooks.py::test_notebook_executes']),
+    (r'^python -m dlm_jax\.hf import|init_config\.py',
+     ['test_hf.py::test_ar2diff_from_a_pretrained_checkpoint_end_to_end']),
+    (r'^python -m dlm_jax\.hf export',
+     ['test_hf.py::test_a_native_run_exported_and_reimported_is_the_same_model',
+      'test_hf.py::test_import_then_export_is_bit_identical_and_loads']),
+    (r'^python -m dlm_jax\.prepare --source ~/data/fineweb',
+     ['test_prepare.py::test_parquet_and_arrow_sources_prepare_like_jsonl']),
     (r'^bash launch/(tpu_pod|slurm)\.sh', ['test_launch.py::test_tpu_dry_run',
                                            'test_launch.py::test_slurm_dry_run']),
 ]
