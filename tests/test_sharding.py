@@ -271,17 +271,20 @@ def test_two_processes_sigterm_to_one_stops_both_at_the_same_step(tmp_path):
                              atol=1e-5)
 
 
-def test_tensor_parallel_mesh_matches_single_device(tmp_path):
+@pytest.mark.parametrize('arch', [{}, dict(num_kv_heads=1, qkv_bias=True, tie_embeddings=False)])
+def test_tensor_parallel_mesh_matches_single_device(tmp_path, arch):
   """fsdp=2 x tensor=2 on 4 fake CPU devices (heads and the MLP width split over `tensor`,
-  through the hand-written attention / MLP backwards) follows the 1-device run."""
+  through the hand-written attention / MLP backwards) follows the 1-device run; with grouped
+  key/value heads (one: replicated over `tensor`), q/k/v biases and an untied head too."""
   c = tiny_config('dual', num_steps=10, checkpoint_every=10, eval_every=10,
                   lr_schedule='constant')
   c.sample.num_samples = 0
+  c.model.update(arch)
   loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'single'))
   cfg = tmp_path / 'cfg.py'
   cfg.write_text(CONFIG_FILE.format(root=ROOT, steps=10).replace(
       'c.sample.num_samples = 2', 'c.sample.num_samples = 0\n  c.mesh.data, c.mesh.fsdp, '
-      'c.mesh.tensor = 1, 2, 2'))
+      f'c.mesh.tensor = 1, 2, 2\n  c.model.update({arch!r})'))
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
              XLA_FLAGS='--xla_force_host_platform_device_count=4')
   r = subprocess.run(_main(cfg, tmp_path / 'tp'), cwd=ROOT, env=env, capture_output=True,
