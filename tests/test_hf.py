@@ -135,6 +135,13 @@ def test_imported_likelihood_is_the_checkpoints(tmp_path):
   want = float(lp[torch.arange(len(ids)), torch.tensor(hf_ids)].sum())
   assert got == pytest.approx(want, rel=1e-5)
   assert tok.decode(ids) == 'The cat sat on the mat, and the dog sat on the log.'
+  try:  # the lm-eval adapter reads the imported run too: the same number
+    from dlm_jax.infer import lmeval  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  req = type('Req', (), dict(args=('The cat sat on the mat, and the dog sat on the log.',)))
+  rolling = lmeval.DlmJaxLM(str(tmp_path / 'run'), estimator='ar').loglikelihood_rolling([req])
+  assert rolling[0] == pytest.approx(want, rel=1e-5)
 
 
 def test_import_then_export_is_bit_identical_and_loads(imported, tmp_path):
