@@ -113,7 +113,12 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   rundir.atomic_json(os.path.join(tok_dir, hf.HF_CONFIG), hf_cfg)
   cfg = config_lib.validate(cfg, training=False)
   rundir.atomic_json(rundir.path(workdir, rundir.CONFIG), cfg.to_dict())
-  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'))
+  # written synchronously from arrays that alias the converted ones (no async host copy); the
+  # conversion holds one copy, orbax's serialisation up to one more (BENCHMARKS.md)
+  params = jax.tree_util.tree_map(jax.device_put, params)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=ocp.CheckpointManagerOptions(
+                                   enable_async_checkpointing=False))
   mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
   mngr.wait_until_finished()
   counts = flops.from_config(cfg.model, cfg.data.seq_len)

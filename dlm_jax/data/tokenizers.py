@@ -163,7 +163,7 @@ class VocabMap:
     table_VxD = np.asarray(table_VxD)
     out = np.zeros((self.size, table_VxD.shape[1]), table_VxD.dtype)
     out[self.to_dlm] = table_VxD
-    out[self.new_specials()] = table_VxD.astype(np.float64).mean(0).astype(table_VxD.dtype)
+    out[self.new_specials()] = table_VxD.mean(0, dtype=np.float64).astype(table_VxD.dtype)
     return out
 
   def rows_out(self, table_VxD):
