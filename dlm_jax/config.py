@@ -42,6 +42,8 @@ def base() -> ml_collections.ConfigDict:
       num_kv_heads=0,          # grouped-query attention: key/value heads (0: num_heads)
       mlp_dim=0,               # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 64
       rope_base=10000.0,       # RoPE theta
+      rope_scaling='',         # '' | 'llama3:FACTOR,LOW,HIGH,CONTEXT': Llama 3.1's long-context
+                               # frequencies (set by hf import from the checkpoint)
       norm_eps=1e-6,           # RMSNorm epsilon
       qkv_bias=False,          # biases on the q, k, v projections (Qwen2)
       tie_embeddings=True,
@@ -281,6 +283,17 @@ def _check_prompts(spec):
   _need(os.path.isfile(spec), 'sample.prompts', f'file not found: {spec}')
 
 
+def _rope_scaling_ok(spec):
+  if not spec:
+    return True
+  kind, _, values = spec.partition(':')
+  try:
+    factor, low, high, context = (float(v) for v in values.split(','))
+  except ValueError:
+    return False
+  return kind == 'llama3' and factor > 0 and 0 < low < high and context > 0
+
+
 def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.ConfigDict:
   """Checks keys, types and values against the schema; returns cfg, raises ConfigError.
   training=False (evaluating or sampling a run) skips what only training uses: whether the time
@@ -321,6 +334,8 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(m.num_kv_heads >= 0 and (m.num_kv_heads == 0 or m.num_heads % m.num_kv_heads == 0),
         'model.num_kv_heads', f'{m.num_kv_heads} must be 0 or divide num_heads={m.num_heads}')
   _need(m.norm_eps > 0, 'model.norm_eps', f'must be positive, got {m.norm_eps}')
+  _need(_rope_scaling_ok(m.rope_scaling), 'model.rope_scaling',
+        f"{m.rope_scaling!r} is not '' or 'llama3:FACTOR,LOW,HIGH,CONTEXT' (LOW < HIGH)")
   _need(all(x.strip().isdigit() for x in m.unpredicted.split(',') if x.strip()),
         'model.unpredicted', f'{m.unpredicted!r} is not a comma list of token ids')
   _need(not (d.packing == 'pad' and cfg.diffusion.pad == 'predict' and str(objectives.PAD) in [

@@ -51,6 +51,10 @@ KINDS = {
     'qwen2_bias': ('Qwen2Config', dict(num_key_value_heads=2, tie_word_embeddings=False,
                                        bos_token_id=None, pad_token_id=2,
                                        use_sliding_window=False)),
+    'llama3_rope': ('LlamaConfig', dict(  # Llama 3.1 / 3.2's long-context RoPE frequencies
+        num_key_value_heads=2, tie_word_embeddings=True, rope_parameters=dict(
+            rope_type='llama3', rope_theta=5000.0, factor=8.0, low_freq_factor=1.0,
+            high_freq_factor=4.0, original_max_position_embeddings=16))),
     'mistral': ('MistralConfig', dict(num_key_value_heads=1, tie_word_embeddings=False,
                                       sliding_window=None)),
 }
@@ -112,6 +116,7 @@ def test_import_logits_equal_transformers(imported):
   assert cfg.model.vocab_size % 128 == 0 and np.all(got[..., never] < -1e8)
   assert cfg.model.num_kv_heads == model.config.num_key_value_heads
   assert cfg.model.qkv_bias == (kind == 'qwen2_bias')
+  assert cfg.model.rope_scaling == ('llama3:8.0,1.0,4.0,16' if kind == 'llama3_rope' else '')
   n_hf = sum(p.numel() for p in model.parameters())
   added = (cfg.model.vocab_size - V) * cfg.model.d_model * (1 if cfg.model.tie_embeddings else 2)
   assert flops.from_config(cfg.model, 64)['N_total'] == n_hf + added

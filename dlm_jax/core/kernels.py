@@ -100,11 +100,26 @@ def _attention_bwd(is_causal, res, do_BxLxNxH):
 softmax_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def rope(x_BxLxNxH, base: float, offset=0):
+def rope_frequencies(H: int, base: float, scaling: str = ''):
+  """The H/2 inverse frequencies; scaling 'llama3:FACTOR,LOW,HIGH,CONTEXT' is Llama 3.1's
+  long-context rule: wavelengths above CONTEXT/LOW are divided by FACTOR, those below
+  CONTEXT/HIGH kept, the band between interpolated."""
+  inv_freq_K = 1.0 / (base ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  if not scaling:
+    return inv_freq_K
+  factor, low, high, context = (float(v) for v in scaling.split(':', 1)[1].split(','))
+  wavelen_K = 2 * jnp.pi / inv_freq_K
+  smooth_K = (context / wavelen_K - low) / (high - low)
+  mixed_K = (1 - smooth_K) * inv_freq_K / factor + smooth_K * inv_freq_K
+  return jnp.where(wavelen_K < context / high, inv_freq_K,
+                   jnp.where(wavelen_K > context / low, inv_freq_K / factor, mixed_K))
+
+
+def rope(x_BxLxNxH, base: float, offset=0, scaling: str = ''):
   """Rotary position embedding on the last axis (half-split convention); the first row is at
   position `offset` (a decode step)."""
   L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
-  inv_freq_K = 1.0 / (base ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  inv_freq_K = rope_frequencies(H, base, scaling)
   pos_L = jnp.arange(L, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
   ang_LxK = pos_L[:, None] * inv_freq_K[None]
   sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]

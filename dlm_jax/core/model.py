@@ -42,6 +42,7 @@ class ModelConfig:
   unpredicted: str = ''          # more ids never predicted, e.g. '0,1': specials an imported
                                  # checkpoint lacks (its likelihoods stay the checkpoint's)
   rope_base: float = 10000.0
+  rope_scaling: str = ''         # '' | 'llama3:FACTOR,LOW,HIGH,CONTEXT' (Llama 3.1 / 3.2)
   norm_eps: float = 1e-6
   qkv_bias: bool = False         # biases on the q, k, v projections (Qwen2)
   tie_embeddings: bool = True
@@ -183,8 +184,8 @@ class Block(nn.Module):
     h_BxLxD = RMSNorm(dt, pdt, c.norm_eps, name='attn_norm')(x_BxLxD)
     heads = lambda y: constrain(y, self.mesh, BATCH, None, 'tensor', None)
     offset = 0 if kv is None else pos
-    q_BxLxNxH = heads(rope(qkv(N, 'q')(h_BxLxD), c.rope_base, offset))
-    k_BxLxKxH = rope(qkv(K, 'k')(h_BxLxD), c.rope_base, offset)
+    q_BxLxNxH = heads(rope(qkv(N, 'q')(h_BxLxD), c.rope_base, offset, c.rope_scaling))
+    k_BxLxKxH = rope(qkv(K, 'k')(h_BxLxD), c.rope_base, offset, c.rope_scaling)
     v_BxLxKxH = qkv(K, 'v')(h_BxLxD)
     if kv is not None:  # decoding: this step's keys / values into the cache, attend over it
       start = (0, pos, 0, 0)

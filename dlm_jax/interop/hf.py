@@ -43,8 +43,8 @@ def model_keys(hf, path='config.json'):
   theta = float(rope.get('rope_theta', hf.get('rope_theta', 10000.0)))
   checks = [
       (hf.get('hidden_act', 'silu') == 'silu', 'hidden_act', 'only silu (SwiGLU)'),
-      (rope.get('rope_type', 'default') == 'default', 'rope_scaling',
-       f'RoPE scaling ({rope.get("rope_type")}) is not implemented'),
+      (rope.get('rope_type', 'default') in ('default', 'llama3'), 'rope_scaling',
+       f'RoPE scaling {rope.get("rope_type")!r} is not implemented (default and llama3 are)'),
       (not hf.get('mlp_bias'), 'mlp_bias', 'MLP biases are not implemented'),
       (arch == 'Qwen2ForCausalLM' or not hf.get('attention_bias'), 'attention_bias',
        'an output-projection bias is not implemented (q/k/v biases are: Qwen2)'),
@@ -58,7 +58,10 @@ def model_keys(hf, path='config.json'):
       raise InteropError(f'{path}: {key}={hf.get(key)!r} is not supported ({why})')
   return dict(d_model=d, num_layers=hf['num_hidden_layers'], num_heads=n,
               num_kv_heads=hf.get('num_key_value_heads') or n,
-              mlp_dim=hf['intermediate_size'], rope_base=theta,
+              mlp_dim=hf['intermediate_size'], rope_base=theta, rope_scaling=(
+                  'llama3:{factor},{low_freq_factor},{high_freq_factor},'
+                  '{original_max_position_embeddings}'.format(**rope)
+                  if rope.get('rope_type') == 'llama3' else ''),
               norm_eps=float(hf.get('rms_norm_eps', 1e-6)),
               tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
               qkv_bias=arch == 'Qwen2ForCausalLM', size='')
@@ -140,6 +143,14 @@ def params_to_hf(params, m, vocab: Optional[VocabMap], dtype):
   return out
 
 
+def _rope_parameters(m):
+  if not m.get('rope_scaling'):
+    return dict(rope_type='default', rope_theta=m['rope_base'])
+  factor, low, high, context = (float(v) for v in m['rope_scaling'].split(':', 1)[1].split(','))
+  return dict(rope_type='llama3', rope_theta=m['rope_base'], factor=factor, low_freq_factor=low,
+              high_freq_factor=high, original_max_position_embeddings=int(context))
+
+
 def hf_config(m, vocab_size, max_positions, dtype_name, base=None):
   """A transformers config.json for dlm_jax model keys: `base` (an imported checkpoint's own
   config) kept where given, else Llama (Qwen2 with q/k/v biases) with dlm_jax's special ids."""
@@ -152,7 +163,7 @@ def hf_config(m, vocab_size, max_positions, dtype_name, base=None):
               num_key_value_heads=m['num_kv_heads'] or m['num_heads'],
               intermediate_size=m['mlp_dim'], vocab_size=vocab_size, hidden_act='silu',
               rope_theta=m['rope_base'], rms_norm_eps=m['norm_eps'],
-              rope_parameters=dict(rope_type='default', rope_theta=m['rope_base']),
+              rope_parameters=_rope_parameters(m),
               tie_word_embeddings=m['tie_embeddings'], max_position_embeddings=max_positions,
               bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, mask_token_id=MASK,
               attention_bias=False,
