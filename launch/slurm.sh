@@ -45,7 +45,8 @@ if [[ ! -f "$repo_root/$config" ]]; then
   echo "slurm.sh: config $config not found under $repo_root" >&2; exit 2
 fi
 name="dlm-$(basename "$workdir")"
-printf -v extra_q '%q ' "${extra[@]+"${extra[@]}"}"
+extra_q=''  # printf with no arguments would still print '' once: an empty argument
+if ((${#extra[@]})); then printf -v extra_q '%q ' "${extra[@]}"; fi
 
 script="#!/usr/bin/env bash
 #SBATCH --job-name=$name

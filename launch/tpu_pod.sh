@@ -59,7 +59,8 @@ where=(--zone "$zone")
 if [[ -n "$project" ]]; then where+=(--project "$project"); fi
 workdir="/gcs/$bucket/runs/$run"
 tarball="/tmp/dlm_jax-$name.tar.gz"
-printf -v extra_q '%q ' "${extra[@]+"${extra[@]}"}"
+extra_q=''  # printf with no arguments would still print '' once: an empty argument
+if ((${#extra[@]})); then printf -v extra_q '%q ' "${extra[@]}"; fi
 
 create=("${gc[@]}" create "$name" "${where[@]}" --accelerator-type "$type" --version "$version")
 if [[ $spot -eq 1 ]]; then create+=(--spot); fi

@@ -1,8 +1,10 @@
 """Launch scripts: shellcheck-clean, and their dry runs print the commands a real launch runs."""
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,32 @@ def test_paper_configs(name, L, packing):
   assert 84e6 < n['N_nonembed'] < 86e6  # GPT-2 small / MDLM's DiT-small body
   assert c.train.batch_size * L * c.train.num_steps == pytest.approx(
       {'lm1b': 33e9, 'owt': 262e9}[name], rel=0.01)
+
+
+PARSE = ('import sys; from absl import flags; from dlm_jax import main; '
+         'rest = flags.FLAGS(sys.argv); print("LEFT", rest[1:]); '
+         'print("DIST", flags.FLAGS.distributed)')
+
+
+@pytest.mark.parametrize('script', ['tpu', 'slurm'])
+@pytest.mark.parametrize('extra', [[], ['--', '--config.objective=ar']])
+def test_generated_command_parses_as_dlm_jax_main_arguments(script, extra):
+  """The exact dlm_jax.main command a launcher generates (with and without passthrough
+  arguments; before: no arguments ended the command in `--distributed ''`, which main rejects,
+  so every launched task exited 2) is accepted by main's own argument parser."""
+  args = (['--name', 'a', '--zone', 'z', '--type', 'v4-8', '--bucket', 'b', '--config',
+           'configs/owt.py', '--run', 'r'] if script == 'tpu' else
+          ['--nodes', '1', '--gpus-per-node', '2', '--config', 'configs/owt.py', '--workdir',
+           '/shared/runs/o'])
+  p = _run(SCRIPTS[0 if script == 'tpu' else 1], *args, '--dry-run', *extra)
+  assert p.returncode == 0, p.stderr
+  line = next(l for l in p.stdout.splitlines() if 'dlm_jax.main' in l)
+  cmd = line[line.index('-m dlm_jax.main') + len('-m dlm_jax.main'):]
+  if script == 'tpu':  # inside the ssh --command '...' argument
+    cmd = shlex.split(line)[-1].split('-m dlm_jax.main', 1)[1]
+  argv = shlex.split(cmd)
+  r = subprocess.run([sys.executable, '-c', PARSE, *argv], cwd=ROOT, capture_output=True,
+                     text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'LEFT []' in r.stdout and 'DIST True' in r.stdout, (argv, r.stdout)
+  assert ('--config.objective=ar' in argv) == bool(extra)
