@@ -138,3 +138,29 @@ def test_cli_registers_the_model(run_and_tasks, tmp_path):
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'dlm_mc' in r.stdout and 'acc' in r.stdout
+
+
+def test_model_args_and_batch_size_are_checked(run_and_tasks):
+  """A misspelled model_args key is refused with the valid ones (before: silently ignored);
+  batch_size=auto takes the run's eval.batch_size (before: int('auto') crashed)."""
+  from dlm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  run, _, _, _ = run_and_tasks
+  with pytest.raises(ConfigError, match=r'--model_args: unknown estimater \(valid: workdir, '
+                     'estimator, batch_size, nelbo_samples, greedy\)'):
+    lmeval.DlmJaxLM(run, estimater='nelbo')
+  lm = lmeval.DlmJaxLM(run, estimator='ar', batch_size='auto', max_batch_size=None, device='cpu')
+  assert lm.batch == lm.cfg.eval.batch_size
+  assert lmeval.DlmJaxLM(run, estimator='ar', batch_size='auto:4').batch == lm.cfg.eval.batch_size
+  with pytest.raises(ConfigError, match="--batch_size 'x'"):
+    lmeval.DlmJaxLM(run, batch_size='x')
+
+
+def test_cli_refuses_a_misspelled_model_arg_in_one_line(run_and_tasks, tmp_path):
+  run, tasks, _, _ = run_and_tasks
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.lmeval', '--model_args',
+                      f'workdir={run},estimater=nelbo', '--tasks', 'dlm_mc', '--include_path',
+                      tasks, '--batch_size', 'auto', '--output_path', str(tmp_path / 'o')],
+                     env=dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_OFFLINE='1'),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith('error: --model_args: unknown estimater')

@@ -20,12 +20,15 @@ import sys
 
 import jax
 import numpy as np
+import tqdm
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval import utils as lm_utils
 
+from dlm_jax import errors
 from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import BOS, EOS, PAD
+from dlm_jax.errors import ConfigError
 from dlm_jax.infer import evaluate
 from dlm_jax.infer import likelihood
 from dlm_jax.run import rundir
@@ -35,25 +38,40 @@ from dlm_jax.run import rundir
 class DlmJaxLM(LM):
   """A dlm_jax run directory as an lm-eval model."""
 
-  def __init__(self, workdir, estimator='auto', batch_size=64, nelbo_samples=None,
-               greedy=None, **_):
+  ARGS = ('workdir', 'estimator', 'batch_size', 'nelbo_samples', 'greedy')
+  HARNESS = ('max_batch_size', 'device')  # what lm_eval passes every model; not ours to use
+
+  def __init__(self, workdir=None, estimator='auto', batch_size=None, nelbo_samples=None,
+               greedy=None, **unknown):
+    unknown = sorted(k for k in unknown if k not in self.HARNESS)
+    if unknown or not workdir:  # a misspelled key was silently ignored before
+      what = f'unknown {", ".join(unknown)}' if unknown else 'workdir= is required'
+      raise ConfigError(f'--model_args: {what} (valid: {", ".join(self.ARGS)})')
     super().__init__()
     over = {} if nelbo_samples is None else {'eval.nelbo_samples': int(nelbo_samples)}
     self.cfg, self.tok, self.model, self.params, self.step = rundir.load_run(workdir, over)
     if estimator == 'auto':
       estimator = evaluate.task_estimator(self.cfg)
     if estimator not in likelihood.ESTIMATORS:
-      raise ValueError(f'estimator {estimator!r} is not one of {likelihood.ESTIMATORS}')
+      raise ConfigError(f'--model_args estimator={estimator!r}: not one of '
+                        f'{", ".join(likelihood.ESTIMATORS)}')
     self.estimator = estimator
     self.greedy_mode = greedy or ('ar' if estimator == 'ar' else 'mdm')
     self.L = self.cfg.data.seq_len
-    self.batch = int(batch_size)
+    # auto (or auto:N): the run's eval.batch_size, the rows its own evaluation scores at once
+    if batch_size is None or str(batch_size).startswith('auto'):
+      self.batch = int(self.cfg.eval.batch_size)
+    elif str(batch_size).isdigit() and int(batch_size) > 0:
+      self.batch = int(batch_size)
+    else:
+      raise ConfigError(f'--batch_size {batch_size!r}: a positive integer or auto')
     self.scorer = likelihood.Scorer.from_config(self.model, self.params, self.cfg, self.tok)
     self.sampler = sampling.Sampler(self.model, self.params, context=self.L)
 
-  def _score(self, pairs, greedy=False):
+  def _score(self, pairs, greedy=False, disable_tqdm=False):
     lls, hits = [], []
-    for s in range(0, len(pairs), self.batch):
+    for s in tqdm.trange(0, len(pairs), self.batch, desc=f'dlm_jax {self.estimator}',
+                         unit='batch', disable=disable_tqdm or None):
       x, score, _, _ = likelihood.rows(pairs[s:s + self.batch], self.L)
       lls.append(self.scorer(self.estimator, x, score)['logp'])
       if greedy:
@@ -63,7 +81,7 @@ class DlmJaxLM(LM):
 
   def loglikelihood(self, requests, disable_tqdm=False):
     pairs = [likelihood.encode_pair(self.tok, *r.args) for r in requests]
-    ll, hit = self._score(pairs, greedy=True)
+    ll, hit = self._score(pairs, greedy=True, disable_tqdm=disable_tqdm)
     return [(float(a), bool(b)) for a, b in zip(ll, hit)]
 
   def loglikelihood_rolling(self, requests, disable_tqdm=False):
@@ -75,7 +93,7 @@ class DlmJaxLM(LM):
         ctx = [i for i in ctx if i != BOS]  # our rows start from BOS implicitly
         pairs.append((np.asarray(ctx, np.int32), np.asarray(pred, np.int32)))
         owner.append(k)
-    ll, _ = self._score(pairs)
+    ll, _ = self._score(pairs, disable_tqdm=disable_tqdm)
     out = np.zeros(len(requests))
     np.add.at(out, np.asarray(owner, int), ll)
     return [float(v) for v in out]
@@ -105,6 +123,7 @@ class DlmJaxLM(LM):
     return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
 
 
+@errors.cli
 def main(argv=None):
   """`lm_eval` with this adapter registered: python -m dlm_jax.lmeval --model_args workdir=RUN
   --tasks piqa [any lm_eval flag]; --model defaults to dlm_jax."""
