@@ -132,6 +132,7 @@ def test_sweep_commands(tmp_path):
   out = _run(['-m', 'dlm_jax.sweep', 'list', sw, '--root', root]).stdout
   n = int(re.search(r'(\d+) runs in', out).group(1))
   assert n >= 50 and out.count('missing') == n
+  assert f'{n} runs, the CPU demo' in open(README, encoding='utf-8').read()  # the README's count
   out = _run(['-m', 'dlm_jax.sweep', 'local', sw, '--root', root, '--workers', '2',
               '--dry-run']).stdout
   assert out.count('dlm_jax.main') == n
