@@ -205,3 +205,10 @@ def test_plot_sweep_command(tmp_path):
   _runs_table(tmp_path / 'runs.csv')
   _run(['-m', 'dlm_jax.plot', 'sweep', 'runs.csv', '--out-dir', 'plots/'], cwd=tmp_path)
   assert [p for p in os.listdir(tmp_path / 'plots') if p.endswith('.png')]
+  # a table with no finished run: one line, exit 2, no plots (before: exit 0, empty plots)
+  lines = open(tmp_path / 'runs.csv').read().splitlines()
+  (tmp_path / 'empty.csv').write_text(lines[0] + '\n')
+  p = _run(['-m', 'dlm_jax.plot', 'sweep', 'empty.csv', '--out-dir', 'none/'], cwd=tmp_path,
+           ok=False)
+  assert p.returncode == 2 and p.stderr.startswith('error: no finished run')
+  assert not os.path.exists(tmp_path / 'none')

@@ -75,6 +75,9 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=
   sizes around each budget's minimum the IsoFLOP parabolas use (0: all; laws.fit_isoflop).
   Chinchilla fits also carry profile-likelihood intervals of alpha and beta."""
   fams = _families(rows)
+  if not fams:  # before: exit 0 and empty plots
+    raise FitError(f'no finished run with a finite loss among the {len(rows)} rows of the table: '
+                   'nothing to plot (python -m dlm_jax.sweep list shows their status)')
   files, fits = [], {}
   os.makedirs(out_dir, exist_ok=True)
   colors = dict(zip(sorted(fams), plt.rcParams['axes.prop_cycle'].by_key()['color']))
