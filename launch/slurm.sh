@@ -5,16 +5,20 @@
 #
 #   launch/slurm.sh --nodes 2 --gpus-per-node 8 --config configs/owt.py \
 #       --workdir /shared/runs/owt_mdm [--partition gpu] [--account A] [--time 48:00:00] \
-#       [--python /shared/venv/bin/python] [--dry-run] [-- --config.objective=ar ...]
+#       [--python /shared/venv/bin/python] [--signal-seconds 120] [--dry-run] \
+#       [-- --config.objective=ar ...]
 #
 # The workdir must be on a filesystem every node sees; resubmitting resumes the run.
+# Preemption-safe: SLURM sends SIGTERM --signal-seconds before the time limit (--signal), the
+# run checkpoints its current step within train.preempt_timeout (set 20 s shorter) and exits 143,
+# and the job requeues itself (--requeue; scontrol requeue) to resume from that checkpoint.
 # --dry-run prints the batch script and the sbatch command instead of submitting.
 set -euo pipefail
 
 nodes=1 gpus=8 config="" workdir="" partition="" account="" time_limit="24:00:00"
-python_bin="python" cpus=8 dry=0 extra=()
+python_bin="python" cpus=8 dry=0 extra=() signal_s=120
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -27,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --account) account="$2"; shift 2 ;;
     --time) time_limit="$2"; shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;
+    --signal-seconds) signal_s="$2"; shift 2 ;;
     --dry-run) dry=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; extra=("$@"); break ;;
@@ -39,6 +44,10 @@ if [[ -z "$config" || -z "$workdir" ]]; then
 fi
 if ! [[ "$nodes" =~ ^[1-9][0-9]*$ && "$gpus" =~ ^[1-9][0-9]*$ ]]; then
   echo "slurm.sh: --nodes and --gpus-per-node must be positive integers" >&2; exit 2
+fi
+if ! [[ "$signal_s" =~ ^[0-9]+$ ]] || ((signal_s < 40)); then
+  echo "slurm.sh: --signal-seconds must be an integer >= 40 (checkpoint time before the kill)" >&2
+  exit 2
 fi
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 if [[ ! -f "$repo_root/$config" ]]; then
@@ -56,14 +65,19 @@ script="#!/usr/bin/env bash
 #SBATCH --cpus-per-task=$cpus
 #SBATCH --time=$time_limit
 #SBATCH --output=$workdir/slurm-%j.out
-#SBATCH --open-mode=append"
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=TERM@$signal_s"
 if [[ -n "$partition" ]]; then script+=$'\n'"#SBATCH --partition=$partition"; fi
 if [[ -n "$account" ]]; then script+=$'\n'"#SBATCH --account=$account"; fi
 script+="
 set -euo pipefail
 cd $(printf '%q' "$repo_root")
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
-srun --kill-on-bad-exit=1 $(printf '%q' "$python_bin") -m dlm_jax.main --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --distributed $extra_q"
+rc=0
+srun --kill-on-bad-exit=1 $(printf '%q' "$python_bin") -m dlm_jax.main --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --distributed --config.train.preempt_timeout=$((signal_s - 20)) $extra_q|| rc=\$?
+if [[ \$rc -eq 143 ]]; then scontrol requeue \"\$SLURM_JOB_ID\"; exit 0; fi  # checkpointed: resume
+exit \$rc"
 
 job="$workdir/slurm-job.sbatch"
 if [[ $dry -eq 1 ]]; then

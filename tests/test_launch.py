@@ -55,7 +55,13 @@ def test_slurm_dry_run():
                '#SBATCH --partition=gpu', '#SBATCH --output=/shared/runs/o/slurm-%j.out'):
     assert line in out.splitlines()
   assert ('srun --kill-on-bad-exit=1 python -m dlm_jax.main --config configs/owt.py --workdir '
-          '/shared/runs/o --distributed --config.train.grad_accum=2') in out
+          '/shared/runs/o --distributed --config.train.preempt_timeout=100 '
+          '--config.train.grad_accum=2 || rc=$?') in out
+  # preemption: SIGTERM 120 s before the limit, checkpoint within 100 s, requeue on exit 143
+  for line in ('#SBATCH --requeue', '#SBATCH --signal=TERM@120',
+               'if [[ $rc -eq 143 ]]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi  '
+               '# checkpointed: resume'):
+    assert line in out.splitlines()
   assert out.strip().splitlines()[-1] == 'sbatch /shared/runs/o/slurm-job.sbatch'
 
 
@@ -64,6 +70,7 @@ def test_slurm_dry_run():
     (['--config', 'configs/nope.py', '--workdir', 'w'], 'config configs/nope.py not found'),
     (['--nodes', 'two', '--config', 'configs/owt.py', '--workdir', 'w'], 'positive integers'),
     (['--bogus'], 'unknown argument --bogus'),
+    (['--signal-seconds', '10', '--config', 'configs/owt.py', '--workdir', 'w'], '>= 40'),
 ])
 def test_slurm_bad_arguments(args, msg):
   p = _run(SCRIPTS[1], *args, '--dry-run')
@@ -106,7 +113,7 @@ def test_generated_command_parses_as_dlm_jax_main_arguments(script, extra):
   p = _run(SCRIPTS[0 if script == 'tpu' else 1], *args, '--dry-run', *extra)
   assert p.returncode == 0, p.stderr
   line = next(l for l in p.stdout.splitlines() if 'dlm_jax.main' in l)
-  cmd = line[line.index('-m dlm_jax.main') + len('-m dlm_jax.main'):]
+  cmd = line[line.index('-m dlm_jax.main') + len('-m dlm_jax.main'):].split(' || ')[0]
   if script == 'tpu':  # inside the ssh --command '...' argument
     cmd = shlex.split(line)[-1].split('-m dlm_jax.main', 1)[1]
   argv = shlex.split(cmd)

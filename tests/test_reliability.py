@@ -508,6 +508,7 @@ def finished_run(tmp_path_factory):
                       f'--workdir={d / "runs" / "r"}'], env=ENV, capture_output=True, text=True,
                      check=False)
   assert r.returncode == 0, r.stderr[-2000:]
+  (d / 'stdout.txt').write_text(r.stdout)
   (d / 'sweep.py').write_text(f'from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
                               f'  return Sweep("s", {str(cfg)!r}, {{"r": {{}}, "other": {{}}}})\n')
   return d
@@ -697,3 +698,17 @@ def test_the_memory_estimate_counts_every_byte_of_the_state(tiny):
   assert 'free (fake accelerator memory)' in memory.check(need, [Device(need['total'])])
   with pytest.raises(errors.ResourceError, match=r'per device .* but only .* free \(fake'):
     memory.check(need, [Device(need['total']), Device(need['total'] - 1)])
+
+
+def test_a_batch_log_shows_progress_without_a_terminal(finished_run):
+  """Outside a terminal (SLURM output files, `| tee`: no progress bar) every metrics row is also
+  one plain line with the step, tokens, every loss, lr, speed and ETA; each validation too."""
+  out = (finished_run / 'stdout.txt').read_text().splitlines()
+  steps = [l for l in out if l.startswith('step ')]
+  assert [l.split()[1] for l in steps] == ['1/4', '2/4', '3/4', '4/4'], out
+  rows = [json.loads(l) for l in open(finished_run / 'runs' / 'r' / 'metrics.jsonl')]
+  for line, row in zip(steps, rows):
+    assert f'| tokens {row["tokens"]:,} | loss {row["loss"]:.4f} ar_nll {row["ar_nll"]:.4f} |' \
+        in line and f'| lr {row["lr"]:.2e} |' in line and ' tok/s | ETA ' in line, line
+  assert [l.split(':')[0] for l in out if l.startswith('validation at')] == [
+      'validation at step 2', 'validation at step 4']

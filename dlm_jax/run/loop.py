@@ -88,6 +88,8 @@ class StepLog:
     self.bar = tqdm.tqdm(total=self.cfg.train.num_steps, initial=start, desc='train',
                          unit='step', dynamic_ncols=True,
                          disable=None if jax.process_index() == 0 else True)
+    # outside a terminal (SLURM output files, `| tee`) the bar is off: a plain line per row
+    self.plain = jax.process_index() == 0 and not sys.stdout.isatty()
 
   def consume(self, step, m):
     """Checks and logs step `step`'s metrics; a non-finite step stops or is skipped
@@ -124,6 +126,9 @@ class StepLog:
       self.writer.write(step + 1, row)
       if avg:
         self.bar.set_postfix(loss=f'{avg["loss"]:.3f}', tok_s=f'{row["tokens_per_s"]:.0f}')
+      if self.plain:
+        eta = (cfg.train.num_steps - step - 1) * dt / max(steps, 1)
+        print(progress_line(step + 1, cfg.train.num_steps, row, eta), flush=True)
       self.window, self.t_last, self.last_logged = [], time.time(), step + 1
 
   def save_window(self, step):
@@ -132,6 +137,16 @@ class StepLog:
   def close(self):
     self.bar.close()
     self.writer.close()
+
+
+def progress_line(step, total, row, eta_s):
+  """`step 100/300 | tokens 409,600 | loss 5.1234 ar_nll 4.9 ... | lr 3.0e-03 | 3,300 tok/s |
+  ETA 2m10s`: every logged loss (per objective included), the learning rate, speed, time left."""
+  keys = ['loss'] + sorted(k for k in row if k.endswith(('_nll', '_nelbo', '_loss')))
+  losses = ' '.join(f'{k} {row[k]:.4f}' for k in keys if k in row)
+  m, s = divmod(int(eta_s), 60)
+  return (f'step {step}/{total} | tokens {row["tokens"]:,} | {losses} | lr {row.get("lr", 0):.2e}'
+          f' | {row["tokens_per_s"]:,.0f} tok/s | ETA {m // 60}h{m % 60:02d}m{s:02d}s')
 
 
 def _start(setup, workdir, tx, state_sharding, data_iter, mngr, init):
@@ -205,6 +220,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
     params = state.ema_params if state.ema_params is not None else state.params
     res = dict(step=int(step), tokens=int(step) * log.tokens_per_step, **evaluator(params))
     history.append(res)
+    if log.plain:
+      print(f'validation at step {int(step)}: ' + ' '.join(
+          f'{k} {v:.4f}' for k, v in res.items() if isinstance(v, float)), flush=True)
     rundir.write_validation(workdir, history)
     log.writer.write(step, {k: v for k, v in res.items() if k != 'step'}, prefix='val/',
                      jsonl=False)
