@@ -27,6 +27,7 @@ setuptools.setup(
     description='Autoregressive, masked-diffusion and dual language models in JAX/Flax',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
+    license='Apache-2.0',
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['dlm_jax', 'dlm_jax.*']),
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json']},
