@@ -28,7 +28,7 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # jax 0.10, flax 0.12, orbax 0.12 and grain 0.2.18 need it
     packages=setuptools.find_packages(include=['dlm_jax', 'dlm_jax.*']),
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json']},
     install_requires=INSTALL,
