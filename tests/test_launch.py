@@ -34,7 +34,9 @@ def test_tpu_dry_run():
   assert lines[0] == ('gcloud compute tpus tpu-vm create dlm1 --zone us-central2-b '
                       '--accelerator-type v4-32 --version tpu-ubuntu2204-base --spot')
   assert lines[2].startswith('gcloud compute tpus tpu-vm scp') and '--worker=all' in lines[2]
-  assert 'gcsfuse --implicit-dirs bk /gcs/bk' in lines[3]
+  assert 'gcsfuse --implicit-dirs --rename-dir-limit=200000 bk /gcs/bk' in lines[3]
+  assert 'uv venv -q --python 3.11 ~/dlm_venv' in lines[3]  # the images ship Python 3.10
+  assert 'https://packages.cloud.google.com/apt gcsfuse-' in lines[3]  # gcsfuse's own apt repo
   assert lines[4].startswith('gcloud compute tpus tpu-vm ssh dlm1 --zone us-central2-b '
                              '--worker=all --command')
   assert ('python -m dlm_jax.main --config configs/owt.py --workdir /gcs/bk/runs/r1 '
@@ -80,6 +82,34 @@ def test_slurm_bad_arguments(args, msg):
 def test_tpu_missing_argument():
   p = _run(SCRIPTS[0], '--name', 'x', '--dry-run')
   assert p.returncode == 2 and '--zone is required' in p.stderr
+
+
+TPU = ['--name', 'a', '--zone', 'z', '--config', 'configs/owt.py', '--run', 'r', '--dry-run']
+
+
+@pytest.mark.parametrize('tpu_type,runtime', [
+    ('v4-8', 'tpu-ubuntu2204-base'), ('v5litepod-16', 'v2-alpha-tpuv5-lite'),
+    ('v5p-8', 'v2-alpha-tpuv5'), ('v6e-8', 'v2-alpha-tpuv6e')])
+def test_tpu_runtime_follows_the_accelerator(tpu_type, runtime):
+  p = _run(SCRIPTS[0], *TPU, '--type', tpu_type, '--bucket', 'bkt')
+  assert p.returncode == 0 and f'--accelerator-type {tpu_type} --version {runtime}' in p.stdout
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--type', 'v3-8', '--bucket', 'bkt'], '--type v3-8: unknown accelerator type'),
+    (['--type', 'v4-8', '--bucket', 'gs://bkt'], '--bucket gs://bkt: not a bucket name'),
+    (['--type', 'v4-8'], '--bucket is required')])
+def test_tpu_bad_options_are_refused_before_anything_is_created(args, msg):
+  p = _run(SCRIPTS[0], *TPU, *args)
+  assert p.returncode == 2 and msg in p.stderr and 'gcloud' not in p.stdout
+
+
+def test_tpu_detach_runs_in_the_background_and_keeps_the_slice():
+  p = _run(SCRIPTS[0], *TPU, '--type', 'v4-8', '--bucket', 'bkt', '--detach')
+  assert p.returncode == 0
+  last = p.stdout.strip().splitlines()[-1]
+  assert 'setsid nohup bash -c' in last and '/gcs/bkt/runs/r/worker-$(hostname).log' in last
+  assert 'delete' not in p.stdout
 
 
 @pytest.mark.parametrize('name,L,packing', [('lm1b', 128, 'pad'), ('owt', 1024, 'wrap')])
