@@ -7,15 +7,15 @@
   python -m dlm_jax.hf export runs/x exported/x [--dtype bfloat16]
       any run (AR, MDM, dual) -> a directory AutoModelForCausalLM.from_pretrained loads.
 """
+import argparse
 import os
 import shutil
+import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app
-from absl import flags
 
 from dlm_jax import config as config_lib
 from dlm_jax import errors
@@ -27,13 +27,6 @@ from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
 from dlm_jax.run import rundir
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'import: the run directory to create.')
-_PDTYPE = flags.DEFINE_enum('param_dtype', 'float32', ['float32', 'bfloat16'],
-                            'import: dtype the parameters are stored (and trained) in.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'export: dtype of the written tensors.')
-_SEQ = flags.DEFINE_integer('seq_len', 0, 'import: data.seq_len of the run (0: min(2048, the '
-                            "checkpoint's max_position_embeddings)).")
 DTYPES = {'float32': np.float32, 'bfloat16': jax.numpy.bfloat16}
 INIT_CONFIG = 'init_config.py'
 INIT_TEMPLATE = '''"""Written by `python -m dlm_jax.hf import {src}`: runs that start from this
@@ -169,26 +162,41 @@ def export_run(run, out, dtype='float32'):
               objective=cfg.objective)
 
 
+def parse(argv):
+  ap = argparse.ArgumentParser(prog='python -m dlm_jax.hf', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest='cmd', required=True)
+  i = sub.add_parser('import', help='a HF model directory -> a run directory')
+  i.add_argument('hf_dir')
+  i.add_argument('--workdir', required=True, help='the run directory to create')
+  i.add_argument('--param_dtype', choices=('float32', 'bfloat16'), default='float32',
+                 help='dtype the parameters are stored (and trained) in')
+  i.add_argument('--seq_len', type=int, default=0, help="data.seq_len of the run (0: min(2048, "
+                 "the checkpoint's max_position_embeddings))")
+  e = sub.add_parser('export', help='a run -> a transformers model directory')
+  e.add_argument('run')
+  e.add_argument('out')
+  e.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                 help='dtype of the written tensors')
+  try:
+    return ap.parse_args(argv)
+  except SystemExit as e:  # argparse printed its one-line usage error
+    raise SystemExit(2 if e.code else 0) from None
+
+
 @errors.cli
-def main(argv):
-  usage = ('usage: python -m dlm_jax.hf import HF_DIR --workdir RUN | '
-           'python -m dlm_jax.hf export RUN OUT')
-  if len(argv) < 2 or argv[1] not in ('import', 'export'):
-    raise InteropError(usage)
-  if argv[1] == 'import':
-    if len(argv) != 3 or not _WORKDIR.value:
-      raise InteropError(usage)
-    s = import_checkpoint(argv[2], _WORKDIR.value, _PDTYPE.value, _SEQ.value)
-    print(f'imported {s["architecture"]} from {argv[2]}: N_total={s["N_total"]:,}, vocabulary '
+def main(argv=None):
+  a = parse(sys.argv[1:] if argv is None else argv)
+  if a.cmd == 'import':
+    s = import_checkpoint(a.hf_dir, a.workdir, a.param_dtype, a.seq_len)
+    print(f'imported {s["architecture"]} from {a.hf_dir}: N_total={s["N_total"]:,}, vocabulary '
           f'{s["vocab"]["checkpoint_rows"]:,} -> {s["vocab"]["dlm_rows"]:,} rows, in '
-          f'{s["seconds"]} s -> {_WORKDIR.value}')
+          f'{s["seconds"]} s -> {a.workdir}')
   else:
-    if len(argv) != 4:
-      raise InteropError(usage)
-    s = export_run(argv[2], argv[3], _DTYPE.value)
-    print(f'exported {argv[2]} (step {s["step"]}, {s["objective"]}) as '
-          f'{s["architecture"]}: {s["tensors"]} tensors -> {argv[3]}')
+    s = export_run(a.run, a.out, a.dtype)
+    print(f'exported {a.run} (step {s["step"]}, {s["objective"]}) as '
+          f'{s["architecture"]}: {s["tensors"]} tensors -> {a.out}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

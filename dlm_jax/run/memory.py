@@ -90,7 +90,7 @@ def _per_device(tree):
 def abstract_batch(setup):
   """The global train batch as ShapeDtypeStructs sharded like the real ones."""
   cfg = setup.cfg
-  width = setup.train_windows.shape[1] + (setup.train_prefix is not None)
+  width = cfg.data.seq_len + (setup.train_prefix is not None)  # + a task's prompt-length column
   host = pipeline.make_batch(np.zeros((cfg.train.batch_size, width), np.int32),
                              cfg.data.segment_ids, setup.train_prefix is not None)
   sh = sharding.batch_sharding(setup.mesh)
