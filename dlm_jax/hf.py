@@ -79,10 +79,7 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   try:
     vocab = tokenizers.VocabMap.of_hf_config(
         hf_cfg, reader.shape('model.embed_tokens.weight')[0], cfg_path)
-    tok_path = os.path.join(src, 'tokenizer.json')
-    if not os.path.exists(tok_path):
-      raise DataError(f'{tok_path}: no such file (the checkpoint\'s own tokenizer is needed)')
-    tokenizers.MappedTokenizer.check(tok_path, vocab)
+    tokenizers.MappedTokenizer.check(os.path.join(src, 'tokenizer.json'), vocab)
   except DataError as e:
     raise InteropError(str(e)) from None
   params = hf.params_from_hf(reader, m, vocab, DTYPES[param_dtype])  # every tensor checked

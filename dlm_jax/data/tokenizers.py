@@ -38,18 +38,23 @@ class ByteTokenizer:
     return b.decode('utf-8', errors='replace')
 
 
+def _read_tokenizer(path):
+  """A `tokenizers` JSON file, or a DataError naming it and the parser's first line."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise DataError(f'tokenizer file not found: {path}')
+  try:
+    return tokenizers.Tokenizer.from_file(path)
+  except Exception as e:  # pylint: disable=broad-except  # the Rust parser's errors are untyped
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f'tokenizer file {path} cannot be read: {msg}') from None
+
+
 class HFTokenizer:
   """A HF `tokenizers` JSON file whose first four ids are the specials above."""
 
   def __init__(self, path, name=None):
-    import tokenizers  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(path):
-      raise DataError(f'tokenizer file not found: {path}')
-    try:
-      self._tok = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:  # pylint: disable=broad-except  # the Rust parser's errors are untyped
-      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise DataError(f'tokenizer file {path} cannot be read: {msg}') from None
+    self._tok = _read_tokenizer(path)
     self.name = name or path
     for i, s in enumerate(SPECIALS):
       if self._tok.token_to_id(s) != i:
@@ -198,27 +203,20 @@ class MappedTokenizer:
 
   def __init__(self, directory):
     import json  # pylint: disable=g-import-not-at-top
-    import tokenizers  # pylint: disable=g-import-not-at-top
     self.name = f'hf:{directory}'
-    path, vpath = os.path.join(directory, 'tokenizer.json'), os.path.join(directory, VOCAB_MAP)
+    self._tok = _read_tokenizer(os.path.join(directory, 'tokenizer.json'))
+    vpath = os.path.join(directory, VOCAB_MAP)
     try:
-      self._tok = tokenizers.Tokenizer.from_file(path)
       with open(vpath, encoding='utf-8') as f:
         self.map = VocabMap.from_json(json.load(f))
-    except Exception as e:  # pylint: disable=broad-except  # the Rust parser's errors are untyped
-      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise DataError(f'tokenizer {directory} cannot be read: {msg}') from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise DataError(f'{vpath} cannot be read ({type(e).__name__}: {e})') from None
     self.vocab_size, self.vocab_real = self.map.size, self.map.real
 
   @staticmethod
   def check(path, vmap):
     """Refuses a tokenizer.json that cannot be read or lacks the checkpoint's eos token."""
-    import tokenizers  # pylint: disable=g-import-not-at-top
-    try:
-      tok = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:  # pylint: disable=broad-except
-      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise DataError(f'{path} cannot be read: {msg}') from None
+    tok = _read_tokenizer(path)
     if tok.id_to_token(vmap.eos) is None:
       raise DataError(f'{path}: no token has the end-of-text id eos_token_id={vmap.eos} that a '
                       'run needs')
