@@ -27,7 +27,9 @@ _DIST = flags.DEFINE_bool('distributed', False, 'Multi-process: the cluster from
 _TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for the others.')
 
 
-def run(argv):
+@errors.cli
+def main(argv=None):
+  argv = sys.argv if argv is None else argv
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
     print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
     return
@@ -52,11 +54,6 @@ def run(argv):
       summary = loop.train_and_evaluate(cfg, _WORKDIR.value)
       if jax.process_index() == 0:
         print(rundir.format_summary(summary, _WORKDIR.value))
-
-
-@errors.cli
-def main(argv=None):
-  run(sys.argv if argv is None else argv)
 
 
 if __name__ == '__main__':
