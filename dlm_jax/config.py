@@ -122,6 +122,9 @@ def base() -> ml_collections.ConfigDict:
       nan_policy='stop',       # non-finite loss/gradient: stop (error) | skip (the update)
       nan_max_skips=10,        # skip: stop once more than this many updates were skipped
       preempt_timeout=60.0,    # SIGTERM/SIGINT: checkpoint the current step and exit within this
+      trackers='tensorboard',  # comma list of TRACKERS (run/trackers.py); '' : metrics.jsonl only
+      wandb_project='dlm_jax',
+      wandb_entity='',         # '' : the W&B default entity
   ))
   c.eval = ml_collections.ConfigDict(dict(
       num_batches=8,           # validation during training: batches x batch_size windows
@@ -270,6 +273,24 @@ def _choice(cfg, key, options):
 
 TOKENIZERS = ('bpe', 'gpt2', 'byte')  # named tokenizers (data/tokenizers.get_tokenizer)
 
+# train.trackers (run/trackers.py): name -> the modules it needs (the [trackers] extra)
+TRACKERS = {'tensorboard': ('tensorboardX',), 'wandb': ('wandb',),
+            'clu': ('clu', 'tensorflow', 'tensorboard')}
+
+
+def tracker_names(spec: str) -> list[str]:
+  return [t.strip() for t in spec.split(',') if t.strip()]
+
+
+def _check_trackers(spec):
+  names = tracker_names(spec)
+  for t in names:
+    _need(t in TRACKERS, 'train.trackers', f'{t!r} is not one of {", ".join(TRACKERS)}')
+    missing = [m for m in TRACKERS[t] if importlib.util.find_spec(m) is None]
+    _need(not missing, 'train.trackers', f'{t} needs the {", ".join(missing)} package(s) '
+          '(pip install -e ".[trackers]")')
+  _need(len(set(names)) == len(names), 'train.trackers', f'{spec!r} names a tracker twice')
+
 
 def _check_prompts(spec):
   """sample.prompts: '', data:N with N >= 1, or an existing file (checked before training, not
@@ -395,6 +416,8 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   _need(t.nan_max_skips >= 0, 'train.nan_max_skips', f'must be >= 0, got {t.nan_max_skips}')
   _need(t.keep_period >= 0, 'train.keep_period', f'must be >= 0 (0: none), got {t.keep_period}')
   _need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
+  if training:
+    _check_trackers(t.trackers)
   _need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
   names = ', '.join(objectives.ESTIMATORS)
   for est in [x.strip() for x in e.estimators.split(',') if x.strip()]:
@@ -477,7 +500,8 @@ def from_run(d: dict) -> ml_collections.ConfigDict:
 RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'model.scan_unroll', 'train.compile_cache',
                      'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'train.keep_period',
-                     'train.nan_policy', 'train.nan_max_skips', 'sample.', 'eval.num_batches',
+                     'train.nan_policy', 'train.nan_max_skips', 'train.trackers',
+                     'train.wandb_', 'sample.', 'eval.num_batches',
                      'data.cache_dir', 'data.prefetch', 'mesh.', 'train.grad_accum',
                      'eval.name', 'eval.estimators', 'eval.likelihood_rows', 'eval.corpus',
                      'eval.nelbo_samples', 'eval.pll_span', 'eval.chunk', 'eval.task')

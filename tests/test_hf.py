@@ -24,8 +24,11 @@ from dlm_jax.data import tokenizers
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
 
-torch = pytest.importorskip('torch', reason='the [hf] extra (transformers + CPU torch) is needed')
-transformers = pytest.importorskip('transformers', reason='the [hf] extra is needed')
+pytestmark = pytest.mark.extras
+torch = pytest.importorskip(
+    'torch', reason='needs the [hf] extra and a CPU torch (README: "Optional extras")')
+transformers = pytest.importorskip(
+    'transformers', reason='needs the [hf] extra (README: "Optional extras")')
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 V = 300

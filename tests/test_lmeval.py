@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-lm_eval = pytest.importorskip('lm_eval', reason='optional extra: pip install -e ".[lmeval]"')
+pytestmark = pytest.mark.extras
+lm_eval = pytest.importorskip(
+    'lm_eval', reason='needs the [lmeval] extra and a CPU torch (README: "Optional extras")')
 
 from conftest import ROOT, train_tiny_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dlm_jax.infer import likelihood

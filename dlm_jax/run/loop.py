@@ -78,7 +78,7 @@ class StepLog:
 
   def __init__(self, setup, workdir, start, mngr, t_start):
     self.cfg, self.setup, self.mngr, self.t_start = setup.cfg, setup, mngr, t_start
-    self.writer = rundir.MetricWriter(workdir)
+    self.writer = rundir.MetricWriter(workdir, self.cfg.to_dict())
     self.tokens_per_step = self.cfg.train.batch_size * self.cfg.data.seq_len
     self.workdir, self.window, self.t_last, self.last_logged = workdir, [], time.time(), start
     self.timed_from = start  # rates count only the steps this process timed
@@ -280,7 +280,6 @@ def train_and_evaluate(cfg, workdir) -> dict:
   final_step = int(state.step)
   final = history[-1] if history and history[-1]['step'] == final_step else run_eval(final_step,
                                                                                      state)
-  log.writer.close()
   params = state.ema_params if state.ema_params is not None else state.params
   samples = run_samples.write_samples(setup, params, workdir, final_step)
 
@@ -289,4 +288,5 @@ def train_and_evaluate(cfg, workdir) -> dict:
   summary['skipped_updates'] = int(state.skipped)
   summary.update(layout)
   rundir.atomic_json(summary_path, summary)
+  log.writer.close(summary)
   return summary

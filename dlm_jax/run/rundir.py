@@ -9,18 +9,18 @@ every reader of them lives here:
   .lock              who holds the directory: one writer at a time (`lock`)
   window.json        the metrics of a logging window cut by a checkpoint (so a resumed run's
                      next row averages the same steps as an uninterrupted run's)
+  trackers.json      the ids of the run's tracker runs (W&B), so a resumed run continues them;
+                     wandb/, clu/: those trackers' own files (run/trackers.py)
 """
 import contextlib
 import datetime
 import fcntl
 import json
-import math
 import os
 import socket
 import sys
 
 import jax
-from tensorboardX import SummaryWriter
 
 from dlm_jax import config as config_lib
 from dlm_jax.core import model as model_lib
@@ -28,11 +28,12 @@ from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
 from dlm_jax.errors import BusyError, ConfigError, DataError, TrainingError
 from dlm_jax.run import checkpoint
+from dlm_jax.run import trackers
 from dlm_jax.run import validate
 
 
 CONFIG, METRICS, SUMMARY, SAMPLES = 'config.json', 'metrics.jsonl', 'summary.json', 'samples.jsonl'
-WINDOW = 'window.json'
+WINDOW, TRACKERS = 'window.json', 'trackers.json'
 
 
 def path(workdir, *parts):
@@ -131,13 +132,17 @@ def read_json(file, default=None, kind=None):
 
 
 class MetricWriter:
-  """metrics.jsonl (one object per logged step) and TensorBoard events, from process 0 only."""
+  """metrics.jsonl (one object per logged step) and the run's trackers (`train.trackers`:
+  TensorBoard, W&B, clu), from process 0 only."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, config: dict):
     self.active = jax.process_index() == 0
     if self.active:
       self.f = open(path(workdir, METRICS), 'a', encoding='utf-8')
-      self.tb = SummaryWriter(path(workdir, 'tb'))
+      ids = read_json(path(workdir, TRACKERS), default={}, kind=dict)
+      self.trackers = trackers.open_trackers(workdir, config, ids)
+      if ids:
+        atomic_json(path(workdir, TRACKERS), ids)
 
   def write(self, step, values, prefix='', jsonl=True):
     if not self.active:
@@ -146,15 +151,19 @@ class MetricWriter:
       row = dict(step=int(step), **{prefix + k: v for k, v in values.items()})
       self.f.write(json.dumps(row) + '\n')
       self.f.flush()
-    for k, v in values.items():
-      if isinstance(v, (int, float)) and math.isfinite(v):
-        self.tb.add_scalar(prefix + k, v, int(step))
-    self.tb.flush()
+    for t in self.trackers:
+      t.scalars(int(step), {prefix + k: v for k, v in values.items()})
 
-  def close(self):
-    if self.active:
-      self.f.close()
-      self.tb.close()
+  def close(self, summary=None):
+    """Closes every writer (the trackers get the run's summary first, when there is one)."""
+    if not self.active:
+      return
+    self.active = False
+    self.f.close()
+    for t in self.trackers:
+      if summary is not None:
+        t.summary(summary)
+      t.close()
 
 
 def read_metrics(workdir):

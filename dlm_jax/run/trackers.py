@@ -1,0 +1,129 @@
+"""Experiment trackers: where a run's metrics go besides metrics.jsonl (`train.trackers`, a comma
+list of config.TRACKERS). Each tracker receives the full resolved config once, every logged row
+(training rows and `val/` validation rows, at their step) and the final summary:
+
+  tensorboard  tensorboardX event files in tb/; the config as a text summary (`config`)
+  wandb        Weights & Biases (`train.wandb_project`, `train.wandb_entity`); the run's id is kept
+               in the run directory's trackers.json so a resumed run continues the same W&B run. WANDB_MODE=offline
+               writes to wandb/ for a later `wandb sync`
+  clu          clu.metric_writers as md4 and nanodo use them: TensorFlow event files in clu/ and
+               absl log lines; the config as hparams
+
+wandb and clu are optional packages (the [trackers] extra); their modules are loaded only when a
+run asks for them, and config.validate refuses a tracker whose package is missing before any
+work. Only process 0 writes.
+"""
+import importlib
+import json
+import math
+import os
+import uuid
+
+import jax
+from tensorboardX import SummaryWriter
+
+from dlm_jax import config as config_lib
+from dlm_jax.errors import ConfigError
+
+def _flat(d, prefix=''):
+  """{'train': {'lr': 3e-3}} -> {'train.lr': 3e-3}: hparams writers take one level."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _finite(values):
+  return {k: float(v) for k, v in values.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class TensorBoard:
+  """tensorboardX event files in <workdir>/tb."""
+
+  def __init__(self, workdir, config, name, ids):
+    del name, ids
+    self.w = SummaryWriter(os.path.join(workdir, 'tb'))
+    self.w.add_text('config', '```\n' + json.dumps(config, indent=2, sort_keys=True) + '\n```', 0)
+
+  def scalars(self, step, values):
+    for k, v in _finite(values).items():
+      self.w.add_scalar(k, v, step)
+    self.w.flush()
+
+  def summary(self, summary):
+    del summary  # the summary's numbers are the last rows' already
+
+  def close(self):
+    self.w.close()
+
+
+class WandB:
+  """A Weights & Biases run, resumed by the id recorded in trackers.json (`ids`, updated)."""
+
+  def __init__(self, workdir, config, name, ids):
+    wandb = importlib.import_module('wandb')  # optional: loaded only when asked for
+    run_id = ids.get('wandb', {}).get('id') or uuid.uuid4().hex[:16]
+    t = config['train']
+    self.run = wandb.init(project=t['wandb_project'], entity=t['wandb_entity'] or None,
+                          name=name, id=run_id, resume='allow', dir=workdir, config=config,
+                          settings=wandb.Settings(console='off', silent=True))
+    ids['wandb'] = dict(id=run_id, project=t['wandb_project'], entity=t['wandb_entity'],
+                        url='' if self.run.offline else self.run.url or '')
+
+  def scalars(self, step, values):
+    self.run.log(_finite(values), step=step)
+
+  def summary(self, summary):
+    self.run.summary.update({k: v for k, v in _flat(summary).items()
+                             if isinstance(v, (int, float, str))})
+
+  def close(self):
+    self.run.finish()
+
+
+class Clu:
+  """clu's default writer: TensorFlow summaries in <workdir>/clu plus absl log lines."""
+
+  def __init__(self, workdir, config, name, ids):
+    del name, ids
+    writers = importlib.import_module('clu.metric_writers')  # optional; needs tensorflow
+    self.w = writers.create_default_writer(os.path.join(workdir, 'clu'))
+    self.w.write_hparams({k: v if isinstance(v, (int, float, bool, str)) else str(v)
+                          for k, v in _flat(config).items()})
+
+  def scalars(self, step, values):
+    self.w.write_scalars(step, _finite(values))
+    self.w.flush()
+
+  def summary(self, summary):
+    del summary
+
+  def close(self):
+    self.w.close()
+
+
+WRITERS = {'tensorboard': TensorBoard, 'wandb': WandB, 'clu': Clu}
+assert set(WRITERS) == set(config_lib.TRACKERS), 'one writer per tracker name'
+
+
+def open_trackers(workdir, config: dict, ids: dict):
+  """The trackers `config['train']['trackers']` names (none on processes other than 0); `ids`
+  (the run's trackers.json) gains what a resumed run needs to continue the same tracker runs."""
+  if jax.process_index() != 0:
+    return []
+  name, opened = os.path.basename(os.path.abspath(workdir)), []
+  for t in config_lib.tracker_names(config['train']['trackers']):
+    try:
+      opened.append(WRITERS[t](workdir, config, name, ids))
+    except Exception as e:  # pylint: disable=broad-except  (e.g. wandb online, not logged in)
+      for o in opened:
+        o.close()
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ConfigError(f'config.train.trackers: {t} could not start ({msg})'
+                        + ('; log in (wandb login) or set WANDB_MODE=offline' if t == 'wandb'
+                           else '')) from None
+  return opened
