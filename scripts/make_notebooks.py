@@ -1,15 +1,21 @@
 """Writes the analysis notebooks (notebooks/*.ipynb) from the cells below, so they stay reviewable
-as code. The notebooks only call the library (dlm_jax.sweep / scaling / plot).
+as code, then executes them from notebooks/ in a fresh kernel and saves their outputs (the plots
+included), so they read on GitHub as a finished analysis. The notebooks only call the library
+(dlm_jax.study: sweep / laws / plot) on a runs table shipped with the package.
 
-  python scripts/make_notebooks.py
+  python scripts/make_notebooks.py              # write and execute (about a minute on 2 cores)
+  python scripts/make_notebooks.py --no-execute # write only, without outputs
 """
+import argparse
 import os
 
+import nbclient
 import nbformat
 from nbformat import v4
 
-REPO = 'https://github.com/<your-org>/dlm_jax'  # set to where this repository lives
+REPO = 'https://github.com/<your-org>/dlm_jax'  # set to where this repository lives (the badges)
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(HERE, 'notebooks')
 
 
 def badge(name):
@@ -18,12 +24,28 @@ def badge(name):
           f'notebooks/{name})')
 
 
-INSTALL = f'''# Colab: install dlm_jax (CPU is enough for the analysis). Locally this cell does nothing.
-import os, sys
-if 'google.colab' in sys.modules:
-  !pip -q install "git+{REPO}"
-  # upload your sweep's runs.csv (python -m dlm_jax.sweep collect ...) or mount Drive
-'''
+# Plain Python (no IPython magics), so a test can run it outside a kernel too.
+INSTALL = """# Install dlm_jax when this kernel cannot import it, from the first of: DLM_JAX_SOURCE (anything
+# pip installs: a wheel, a clone's directory, git+https://...), the clone this notebook sits in,
+# a wheel uploaded next to it (Colab: the Files panel; build one with
+# `python -m pip wheel --no-deps . -w dist`). A CPU runtime is enough for the analysis.
+import glob, importlib.util, os, pathlib, subprocess, sys
+HERE = pathlib.Path.cwd()  # Jupyter, nbclient and Colab run a notebook in its own folder
+if importlib.util.find_spec('dlm_jax') is None:
+  clone = next((p for p in (HERE, *HERE.parents)
+                if (p / 'setup.py').is_file() and (p / 'dlm_jax').is_dir()), None)
+  wheels = sorted(glob.glob(str(HERE / 'dlm_jax-*.whl')))
+  source = os.environ.get('DLM_JAX_SOURCE') or (str(clone) if clone else None) or (
+      wheels[-1] if wheels else None)
+  if source is None:
+    raise RuntimeError('dlm_jax is not installed: set DLM_JAX_SOURCE (a wheel, a clone or '
+                       'git+https://...), open this notebook from a clone, or upload a wheel '
+                       'next to it')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
+                  *os.environ.get('DLM_JAX_PIP_ARGS', '').split(), source], check=True)
+  importlib.invalidate_caches()
+  print('installed dlm_jax from', source)
+"""
 
 COMMON = '''import json
 import numpy as np
@@ -31,6 +53,8 @@ from IPython.display import Image, display
 from dlm_jax.study import laws
 from dlm_jax.study import plot
 from dlm_jax.study import sweep
+# Parameters: a runs table (`python -m dlm_jax.sweep collect <sweep> --csv runs.csv`; relative
+# paths are from this notebook's folder) or, by default, the one shipped with the package.
 '''
 
 
@@ -41,9 +65,9 @@ def scaling_nb():
                            '<sweep>` and fits IsoFLOP (Approach 2), Chinchilla (Approach 3) and '
                            'per-family power laws, with the MDM-vs-AR compute multiplier.'),
       v4.new_code_cell(INSTALL),
-      v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV', "
-                       "'docs/isoflop_micro/runs.csv')\nOUT_DIR = os.environ.get("
-                       "'DLM_JAX_NB_OUT', 'notebook_out/scaling')\nBOOTSTRAP = int("
+      v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV') or "
+                       "sweep.shipped_table('isoflop_micro')\nOUT_DIR = os.environ.get("
+                       "'DLM_JAX_NB_OUT', str(HERE / 'notebook_out' / 'scaling'))\nBOOTSTRAP = int("
                        "os.environ.get('DLM_JAX_NB_BOOTSTRAP', '200'))  # resamples per fit\n"
                        "# IsoFLOP parabolas through the K sizes around each budget's minimum (0: all)\n"
                        "ISOFLOP_WINDOW = int(os.environ.get('DLM_JAX_NB_ISOFLOP_WINDOW', '3'))\n"
@@ -87,9 +111,9 @@ def dual_nb():
                            '`configs/sweeps/dual_ratio.py` sweep and finds the best AR weight '
                            'for each number of epochs R, with a bootstrap interval.'),
       v4.new_code_cell(INSTALL),
-      v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV', "
-                       "'docs/dual_ratio_micro/runs.csv')\nOUT_DIR = os.environ.get("
-                       "'DLM_JAX_NB_OUT', 'notebook_out/dual')"),
+      v4.new_code_cell(COMMON + "RUNS_CSV = os.environ.get('DLM_JAX_RUNS_CSV') or "
+                       "sweep.shipped_table('dual_ratio_micro')\nOUT_DIR = os.environ.get("
+                       "'DLM_JAX_NB_OUT', str(HERE / 'notebook_out' / 'dual'))"),
       v4.new_code_cell("rows = [r for r in sweep.read_csv(RUNS_CSV) if r['status'] == 'done']\n"
                        "df = sweep.dataframe(rows)\n"
                        "df['ratio'] = df['ratio'].astype(float)\n"
@@ -106,13 +130,32 @@ def dual_nb():
   ]
 
 
+def execute(nb):
+  """Runs `nb` top to bottom in a fresh kernel with notebooks/ as its working directory (as
+  Jupyter and Colab do), keeping the outputs."""
+  nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': NOTEBOOKS}}).execute()
+  return nb
+
+
+NOTEBOOK_CELLS = {'scaling_analysis.ipynb': scaling_nb, 'dual_ratio_analysis.ipynb': dual_nb}
+
+
+def build(name):
+  return v4.new_notebook(cells=NOTEBOOK_CELLS[name](), metadata={'kernelspec': {
+      'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
+
+
 def main():
-  for name, cells in (('scaling_analysis.ipynb', scaling_nb()),
-                      ('dual_ratio_analysis.ipynb', dual_nb())):
-    nb = v4.new_notebook(cells=cells, metadata={'kernelspec': {
-        'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
-    nbformat.write(nb, os.path.join(HERE, 'notebooks', name))
-    print('wrote', name)
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--no-execute', action='store_true', help='write the cells without outputs')
+  a = ap.parse_args()
+  # the kernels import this checkout (the install cell finds it importable and does nothing)
+  os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (HERE, os.environ.get('PYTHONPATH')) if p)
+  for name in NOTEBOOK_CELLS:
+    nb = build(name) if a.no_execute else execute(build(name))
+    nbformat.write(nb, os.path.join(NOTEBOOKS, name))
+    print('wrote', name, '' if a.no_execute else '(executed, outputs saved)')
 
 
 if __name__ == '__main__':

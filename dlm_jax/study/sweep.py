@@ -285,6 +285,19 @@ def write_csv(rows, path):
     raise SweepError(f'could not write {path} ({e}); the previous table, if any, is kept') from None
 
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+
+
+def shipped_table(name: str) -> str:
+  """A runs table shipped with the package (dlm_jax/study/results/<name>.csv: the micro sweeps
+  behind docs/ and the notebooks), so an analysis runs without training."""
+  path = os.path.join(RESULTS, f'{name}.csv')
+  if not os.path.isfile(path):
+    names = sorted(f[:-4] for f in os.listdir(RESULTS) if f.endswith('.csv'))
+    raise SweepError(f'no shipped runs table {name!r} (shipped: {", ".join(names)})')
+  return path
+
+
 def read_csv(path):
   """A runs table (runs.csv) as a list of row dicts (strings): the one reader of the file."""
   try:
