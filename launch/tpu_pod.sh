@@ -5,20 +5,23 @@
 #
 #   launch/tpu_pod.sh --name dlm-owt --zone us-central2-b --type v4-32 \
 #       --bucket my-bucket --config configs/owt.py --run owt_mdm [--project P] [--spot] \
-#       [--version RUNTIME] [--keep] [--detach] [--dry-run] [-- --config.objective=ar ...]
+#       [--version RUNTIME] [--queued [--queued-timeout S]] [--keep] [--detach] [--dry-run]
+#       [-- --config.objective=ar ...]
 #
 # The run directory is gs://<bucket>/runs/<run>, mounted with gcsfuse at /gcs/<bucket> on every
 # worker so that checkpoints and metrics are shared; rerunning the same command resumes the run.
 # The runtime follows the accelerator (v4, v5litepod / v5e, v5p, v6e); Python 3.11 comes from a
 # uv-managed venv (the images ship 3.10; jax 0.10 needs 3.11). --detach starts training in the
-# background on every worker (logs in the run directory) and leaves the slice up.
-# --dry-run prints every command instead of running it.
+# background on every worker (logs in the run directory) and leaves the slice up. --queued asks
+# for the slice as a queued resource (waits until it is ACTIVE, at most --queued-timeout seconds,
+# default 86400; deleting it deletes the slice). --dry-run prints every command instead.
 set -euo pipefail
 
 name="" zone="" type="" bucket="" config="" run="" project="" version=""
-spot=0 keep=0 detach=0 dry=0 extra=()
+spot=0 keep=0 detach=0 dry=0 queued=0 queued_timeout=86400 extra=()
+poll="${DLM_JAX_QUEUED_POLL_S:-30}"  # seconds between state checks of a queued resource
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,6 +34,8 @@ while [[ $# -gt 0 ]]; do
     --project) project="$2"; shift 2 ;;
     --version) version="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
+    --queued) queued=1; shift ;;
+    --queued-timeout) queued_timeout="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     --detach) detach=1; keep=1; shift ;;
     --dry-run) dry=1; shift ;;
@@ -57,6 +62,9 @@ if [[ -z "$version" ]]; then  # the TPU VM runtime of each generation
          "v6e-N; or give --version RUNTIME)" >&2; exit 2 ;;
   esac
 fi
+if ! [[ "$queued_timeout" =~ ^[0-9]+$ ]]; then
+  echo "tpu_pod.sh: --queued-timeout $queued_timeout: not a number of seconds" >&2; exit 2
+fi
 if ! [[ "$bucket" =~ ^[a-z0-9][a-z0-9._-]*$ ]]; then
   echo "tpu_pod.sh: --bucket $bucket: not a bucket name (no gs://, lowercase)" >&2; exit 2
 fi
@@ -79,9 +87,33 @@ tarball="/tmp/dlm_jax-$name.tar.gz"
 extra_q=''  # printf with no arguments would still print '' once: an empty argument
 if ((${#extra[@]})); then printf -v extra_q '%q ' "${extra[@]}"; fi
 
-create=("${gc[@]}" create "$name" "${where[@]}" --accelerator-type "$type" --version "$version")
+qr=(gcloud compute tpus queued-resources)
+if [[ $queued -eq 1 ]]; then  # capacity granted when available; the slice appears when ACTIVE
+  create=("${qr[@]}" create "$name" --node-id "$name" "${where[@]}" --accelerator-type "$type"
+          --runtime-version "$version")
+  remove=("${qr[@]}" delete "$name" "${where[@]}" --force --quiet)
+else
+  create=("${gc[@]}" create "$name" "${where[@]}" --accelerator-type "$type" --version "$version")
+  remove=("${gc[@]}" delete "$name" "${where[@]}" --quiet)
+fi
 if [[ $spot -eq 1 ]]; then create+=(--spot); fi
 run "${create[@]}"
+if [[ $queued -eq 1 ]]; then
+  describe=("${qr[@]}" describe "$name" "${where[@]}" --format='value(state.state)')
+  if [[ $dry -eq 1 ]]; then
+    echo "# wait until $(run "${describe[@]}") prints ACTIVE (at most ${queued_timeout} s)"
+  else
+    waited=0
+    while state=$("${describe[@]}"); [[ "$state" != ACTIVE ]]; do
+      if [[ "$state" == FAILED || "$state" == SUSPENDED ]] || ((waited >= queued_timeout)); then
+        echo "tpu_pod.sh: queued resource $name is $state after ${waited} s; deleting it" >&2
+        "${remove[@]}" || true
+        exit 1
+      fi
+      sleep "$poll"; waited=$((waited + poll))
+    done
+  fi
+fi
 run git -C "$repo_root" archive --format=tar.gz -o "$tarball" HEAD
 run "${gc[@]}" scp "$tarball" "$name:~/dlm_jax.tar.gz" "${where[@]}" --worker=all
 setup="set -e; mkdir -p ~/dlm_jax && tar xzf ~/dlm_jax.tar.gz -C ~/dlm_jax"
@@ -109,6 +141,6 @@ fi
 status=0
 run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command "$train" || status=$?
 if [[ $keep -eq 0 ]]; then
-  run "${gc[@]}" delete "$name" "${where[@]}" --quiet
+  run "${remove[@]}"
 fi
 exit "$status"

@@ -152,3 +152,47 @@ def test_generated_command_parses_as_dlm_jax_main_arguments(script, extra):
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'LEFT []' in r.stdout and 'DIST True' in r.stdout, (argv, r.stdout)
   assert ('--config.objective=ar' in argv) == bool(extra)
+
+
+STUB = '''#!/usr/bin/env bash
+# records every call; a queued resource's state goes {states} (one per describe)
+echo "$*" >> "$STUB_LOG"
+if [[ "$*" == *"queued-resources describe"* ]]; then
+  n=$(grep -c 'queued-resources describe' "$STUB_LOG")
+  states=({states})
+  echo "${{states[$((n - 1))]:-${{states[-1]}}}}"
+fi
+exit 0
+'''
+
+
+@pytest.mark.parametrize('states,ok', [('WAITING_FOR_RESOURCES PROVISIONING ACTIVE', True),
+                                       ('WAITING_FOR_RESOURCES FAILED', False)])
+def test_tpu_queued_resource_is_waited_for_then_used_and_deleted(tmp_path, states, ok):
+  """--queued run for real against a recording gcloud stub: the queued resource is created with
+  the runtime of its type, polled until ACTIVE, used as the slice (scp, ssh on every worker) and
+  deleted at the end; one that FAILS is deleted and the launch exits 1 before any ssh."""
+  stub = tmp_path / 'bin' / 'gcloud'
+  stub.parent.mkdir()
+  stub.write_text(STUB.format(states=states))
+  stub.chmod(0o755)
+  log = tmp_path / 'calls'
+  env = dict(os.environ, PATH=f'{stub.parent}:{os.environ["PATH"]}', STUB_LOG=str(log),
+             DLM_JAX_QUEUED_POLL_S='0')
+  p = subprocess.run(['bash', SCRIPTS[0], '--name', 'q1', '--zone', 'z', '--type', 'v6e-8',
+                      '--bucket', 'bkt', '--config', 'configs/owt.py', '--run', 'r', '--queued',
+                      '--spot'], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  calls = log.read_text().splitlines()
+  assert calls[0] == ('compute tpus queued-resources create q1 --node-id q1 --zone z '
+                      '--accelerator-type v6e-8 --runtime-version v2-alpha-tpuv6e --spot')
+  describes = [c for c in calls if 'queued-resources describe q1' in c]
+  assert len(describes) == len(states.split())
+  assert calls[-1] == 'compute tpus queued-resources delete q1 --zone z --force --quiet'
+  if ok:
+    assert p.returncode == 0, p.stderr
+    assert [c.split()[3] for c in calls if c.startswith('compute tpus tpu-vm')] == [
+        'scp', 'ssh', 'ssh']  # copy, install, train: on the slice the queued resource made
+  else:
+    assert p.returncode == 1
+    assert 'queued resource q1 is FAILED' in p.stderr
+    assert not [c for c in calls if 'tpu-vm ssh' in c]

@@ -3,6 +3,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,8 @@ import pytest
 from conftest import ROOT
 from dlm_jax import errors
 from dlm_jax.study import laws
+from dlm_jax.study import plot
+from dlm_jax.study import sweep
 from dlm_jax.study import scaling
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
@@ -388,3 +391,67 @@ def test_interval_coverage(law):
   print(law, reps, rates)
   for k, r in rates.items():
     assert r >= floor, (k, r)
+
+
+@pytest.mark.parametrize('law,params,runs,expected', [
+    ('chinchilla', dict(E=1.7, A=400, B=400, alpha=0.34, beta=0.28),
+     dict(N=[1e6, 2e6], D=[1e9, 3e9]), ''),
+    ('chinchilla', dict(E=0.37, A=1.0, B=1.0, alpha=-0.09, beta=-0.11),  # docs/dual_ratio_micro
+     dict(N=[1e6, 2e6], D=[1e9, 3e9]),
+     'alpha = -0.09 <= 0 (loss does not fall with parameters); beta = -0.11 <= 0 '
+     '(loss does not fall with data)'),
+    ('chinchilla', dict(E=1.7, A=400, B=400, alpha=0.34, beta=0.28),
+     dict(N=[1e6, 1e6], D=[1e9, 3e9]), 'every run has the same N: alpha is not identified'),
+    ('isoflop', dict(a=0.5, G=1.0, b=0.5), dict(N=[1, 2]), ''),
+    ('isoflop', dict(a=1.3, G=1.0, b=-0.3), dict(N=[1, 2]),
+     'a = 1.3 outside (0, 1) (N_opt ~ C^a: N_opt or D_opt would shrink as compute grows)'),
+    ('power', dict(ar=dict(k=10.0, gamma=-0.1), mdm=dict(k=1.0, gamma=0.02)), dict(C=[1, 2]),
+     'mdm: gamma = 0.02 >= 0 (loss does not fall with compute)'),
+])
+def test_a_degenerate_fit_says_why(law, params, runs, expected):
+  assert laws.degenerate(law, params, runs) == expected
+
+
+def test_sweep_plots_say_on_the_plot_what_they_cannot_show(tmp_path, capsys):
+  """The shipped dual-ratio table (one model size, one compute budget) through every plot: each
+  panel that cannot show a law says why on the plot itself (SVG text), on stderr and in
+  fits.json; the Chinchilla fit to it is marked degenerate (before: plots with a silent
+  alpha = -0.09, beta = -0.11, and an empty IsoFLOP panel)."""
+  rows = sweep.read_csv(sweep.shipped_table('dual_ratio_micro'))
+  files, fits = plot.sweep_plots(rows, str(tmp_path))
+  svg = {os.path.basename(f)[:-4]: open(f).read() for f in files if f.endswith('.svg')}
+  assert set(svg) == {'loss_vs_compute', 'isoflop', 'fitted_vs_observed', 'dual_ratio'}
+  assert 'one compute budget only' in svg['loss_vs_compute']
+  assert 'no family has an IsoFLOP fit' in svg['isoflop']
+  assert 'degenerate fit: every run has the same N' in svg['fitted_vs_observed']
+  assert fits['chinchilla_dual']['degenerate'].startswith('every run has the same N')
+  saved = json.load(open(tmp_path / 'fits.json'))
+  assert len(saved['warnings']) == 4 and saved['warnings'] == fits['warnings']
+  err = capsys.readouterr().err
+  assert all(f'warning: {w}' in err for w in saved['warnings'])
+  # the dual-ratio panel draws each R's fitted optimum with its bootstrap interval
+  assert 'fitted optimum, 95% bootstrap interval' in svg['dual_ratio']
+
+
+def test_sweep_plots_draw_intervals_and_readable_log_ticks(tmp_path):
+  """With bootstrap draws every fitted number on a plot carries its 95% interval; log axes label
+  decades only (minor labels overlapped); the IsoFLOP panel has a legend per family."""
+  rows = sweep.read_csv(sweep.shipped_table('isoflop_micro'))
+  files, fits = plot.sweep_plots(rows, str(tmp_path), bootstrap=20,
+                                 which=('compute', 'isoflop'), isoflop_window=3)
+  svg = {os.path.basename(f)[:-4]: open(f).read() for f in files if f.endswith('.svg')}
+  pf = fits['power_frontier']
+  lo, hi = pf['ci']['compute_multiplier']
+  assert f'{pf["compute_multiplier"]:.2f}x [{lo:.2f}, {hi:.2f}]' in svg['loss_vs_compute']
+  lo, hi = pf['ci']['ar.gamma']
+  assert f'C^{pf["params"]["ar"]["gamma"]:.3f} [{lo:.2f}, {hi:.2f}]' in svg['loss_vs_compute']
+  assert 'ar vertices (95% intervals)' in svg['isoflop']
+  for label in ('>ar<', '>mdm<', '>vertex<', 'vertex outside the sampled sizes'):
+    assert label in svg['isoflop'], label
+  fig, ax = plot.plt.subplots()
+  ax.plot([5e10, 8e11], [1, 2])
+  plot._log_axis(ax, 'x')  # pylint: disable=protected-access
+  fig.canvas.draw()
+  assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+  assert [t.get_text() for t in ax.xaxis.get_majorticklabels() if t.get_text()]
+  plot.plt.close(fig)

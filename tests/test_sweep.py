@@ -1,13 +1,17 @@
 """Sweep launcher and collector on a real 3-run sweep: a crash is reported, a rerun does no work."""
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from conftest import ROOT
+from dlm_jax.study import submit
 from dlm_jax.study import sweep
 
 BASE = textwrap.dedent('''
@@ -156,3 +160,70 @@ def test_bad_sweep_files_and_run_names_are_one_line_errors(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and 'bad.py' in lines[0], p.stderr
   assert not (tmp_path / 'r').exists()
+
+
+SLOW_BASE = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, os.path.join({root!r}, 'tests'))
+    from conftest import tiny_config
+    def get_config():
+      c = tiny_config('ar', num_steps=2000, eval_every=5000, checkpoint_every=5000, log_every=50)
+      c.sample.num_samples = 0
+      return c
+''')
+
+
+def test_submitit_backend_requeues_a_preempted_run_which_resumes(tmp_path):
+  """One run as a submitit job (submitit's local cluster: the same job, signal and requeue
+  machinery as on SLURM, run here). Preempted mid-run (submitit's preemption signal), the job
+  checkpoints through the training process's SIGTERM path, is requeued, and the requeued job
+  resumes the run from that checkpoint and finishes it."""
+  pytest.importorskip('submitit', reason='needs the [slurm] extra')
+  (tmp_path / 'base.py').write_text(SLOW_BASE.format(root=ROOT))
+  root, wd = str(tmp_path / 'runs'), str(tmp_path / 'runs' / 'r')
+  cmd = sweep.command(str(tmp_path / 'base.py'), wd, {}) + ['--config.train.preempt_timeout=40']
+  job = submit.RunJob(cmd, wd, sweep.worker_env(root, 1), grace_s=50)
+  params = submit.parameters(time_limit='00:10:00', signal_s=60, gpus=0)
+  assert params['slurm_signal_delay_s'] == 60 and params['timeout_min'] == 10
+  ex = submit.executor(root, params, cluster='local')
+  j = submit.submit({'r': job}, ex, root, log=lambda _: None)['r']
+  metrics = os.path.join(wd, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
+    assert time.time() < deadline and not j.done(), j.stderr()
+    time.sleep(0.1)
+  # submitit's preemption signal to the job process, as SLURM's would reach it (the local
+  # controller, j._process, only forwards SIGTERM)
+  controller = j._process.pid  # pylint: disable=protected-access
+  (task,) = open(f'/proc/{controller}/task/{controller}/children').read().split()
+  os.kill(int(task), signal.SIGUSR2)
+  summary = j.result()
+  assert summary['status'] == 'done' and summary['steps'] == 2000
+  log = open(os.path.join(wd, 'launcher.log')).read()
+  assert log.count('submitit job') == 2, log  # the first job and its requeued copy
+  first, second = log.split('submitit job')[1:]
+  assert 'preempted' in first.lower() or 'checkpoint' in first.lower(), first[-1500:]
+  resumed = [l for l in second.splitlines() if l.startswith('resumed ')]
+  assert resumed and 0 < int(resumed[0].split()[-1]) < 2000, second[:1500]
+  steps = [json.loads(l)['step'] for l in open(metrics)]
+  assert steps == sorted(set(steps)) and steps[-1] == 2000  # each step logged once
+  assert json.load(open(os.path.join(root, 'submitit_jobs.json'))) == {'r': j.job_id}
+
+
+def test_submitit_dry_run_lists_the_jobs_it_would_submit(tmp_path):
+  pytest.importorskip('submitit', reason='needs the [slurm] extra')
+  sw, root = _sweep(tmp_path), str(tmp_path / 'runs')
+  p = _cli('slurm', sw, '--root', root, '--backend', 'submitit', '--dry-run', '--partition', 'gpu',
+           '--time', '02:30:00', '--signal-seconds', '90')
+  assert p.returncode == 0, p.stderr
+  out = p.stdout.splitlines()
+  assert out[0] == '0 runs already done; 3 to submit'
+  params = json.loads(out[1].split(' ', 2)[2])
+  assert params['timeout_min'] == 150 and params['slurm_signal_delay_s'] == 90
+  assert params['slurm_partition'] == 'gpu'
+  assert [l.split(':')[0] for l in out[2:]] == ['ar_d32', 'mdm_d32', 'broken']
+  assert all(l.endswith('--config.train.preempt_timeout=70') for l in out[2:])
+  assert not os.path.exists(os.path.join(root, 'submitit'))  # a dry run submits nothing
+  p = _cli('slurm', sw, '--root', root, '--backend', 'submitit', '--signal-seconds', '30')
+  assert p.returncode == 2 and p.stderr.strip() == (
+      'error: --signal-seconds 30: must be >= 40 (checkpoint time before the kill)')

@@ -508,6 +508,31 @@ def vertex_interval(x, y, coeffs, n_boot, rng, clip=False, level=95):
   return [float(np.percentile(boots, a)), float(np.percentile(boots, 100 - a))]
 
 
+def degenerate(law, params, runs) -> str:
+  """Why a fit says nothing about scaling ('' when it does): its exponents have the wrong sign
+  (loss not falling with N, D or compute; N_opt not growing with compute, or faster than it), or
+  the runs do not vary what the exponent measures. Reported in the fit and on its plot."""
+  def distinct(c):
+    return len(np.unique(np.round(np.log(np.asarray(runs[c], float)), 6))) if c in runs else 0
+
+  why = []
+  if law in ('chinchilla', 'data_constrained'):
+    for col, exp, of in (('N', 'alpha', 'parameters'), ('D', 'beta', 'data')):
+      if distinct(col) < 2:
+        why.append(f'every run has the same {col}: {exp} is not identified')
+      elif exp in params and params[exp] <= 0:
+        why.append(f'{exp} = {params[exp]:.3g} <= 0 (loss does not fall with {of})')
+  elif law == 'isoflop':
+    if not 0 < params['a'] < 1:
+      why.append(f'a = {params["a"]:.3g} outside (0, 1) (N_opt ~ C^a: N_opt or D_opt would '
+                 'shrink as compute grows)')
+  elif law == 'power':
+    for fam, p in sorted(params.items()):
+      if isinstance(p, dict) and p.get('gamma', -1) >= 0:
+        why.append(f'{fam}: gamma = {p["gamma"]:.3g} >= 0 (loss does not fall with compute)')
+  return '; '.join(why)
+
+
 def logit(p):
   p = np.clip(np.asarray(p, float), 1 / 256, 255 / 256)  # 0 and 1 sit one grid step outside
   return np.log(p / (1 - p))

@@ -108,6 +108,10 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
     print(f'warning: {law}: {w}', file=sys.stderr)
   out = main.to_json()
   out['fixed'] = fix
+  why = laws.degenerate(law, main.params, runs)
+  if why:
+    out['degenerate'] = why
+    print(f'warning: {law}: degenerate fit: {why}', file=sys.stderr)
   Cs = np.logspace(np.log10(np.min(runs['C'])), np.log10(np.max(runs['C'])), 5)
   if law == 'chinchilla':
     n_opt, d_opt = laws.compute_optimal(main.params, Cs)
@@ -172,7 +176,8 @@ def bootstrap_draws(law, runs, counts, main, fix, one):
 def flat_params(f, law, Cs):
   """Scalar parameters and derived quantities of a fit (a laws.Fit, or a params dict), flattened
   for intervals: the exponent a of N_opt ~ C^a and N_opt, D_opt at the frontier budgets Cs
-  (Chinchilla laws), the compute multiplier (power laws with two families)."""
+  (Chinchilla laws), each budget's vertex N_opt@C (IsoFLOP, C to 2 digits), the compute
+  multiplier (power laws with two families)."""
   p = f.params if isinstance(f, laws.Fit) else f
   out = {}
   if law == 'power':
@@ -182,6 +187,8 @@ def flat_params(f, law, Cs):
       out['compute_multiplier'] = f.extra['compute_multiplier']
     return out
   out.update({k: float(v) for k, v in p.items() if isinstance(v, (float, int))})
+  if law == 'isoflop' and isinstance(f, laws.Fit):
+    out.update({f'N_opt@{b["C"]:.2g}': b['N_opt'] for b in f.extra['budgets']})
   if law in ('chinchilla', 'data_constrained'):
     out['a_opt'] = p['beta'] / (p['alpha'] + p['beta'])  # N_opt ~ C^a_opt
     n_opt, d_opt = laws.compute_optimal(p, Cs)

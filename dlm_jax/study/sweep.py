@@ -8,6 +8,7 @@ status done) are skipped, partial ones resume from their checkpoints, failed one
   python -m dlm_jax.sweep list    configs/sweeps/isoflop_micro.py
   python -m dlm_jax.sweep local   configs/sweeps/isoflop_micro.py --workers 2 [--dry-run]
   python -m dlm_jax.sweep slurm   configs/sweeps/isoflop_micro.py [--submit] [--partition P]
+      [--backend submitit] [--signal-seconds 120]
   python -m dlm_jax.sweep tpu     configs/sweeps/isoflop_micro.py --zone Z --type v4-8 --bucket B
   python -m dlm_jax.sweep collect configs/sweeps/isoflop_micro.py [--csv runs.csv]
 
@@ -37,6 +38,7 @@ from dlm_jax import errors
 from dlm_jax.core import objectives
 from dlm_jax.errors import ConfigError, DataError, Preempted, SweepError
 from dlm_jax.run import rundir
+from dlm_jax.study import submit
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
@@ -322,12 +324,19 @@ def dataframe(rows):
 
 # ------------------------------------------------------------------------------------ clusters
 
-def slurm_array(sw, root, config_path, partition='', time_limit='04:00:00', python='python'):
-  """An sbatch script running run k of the sweep as array task k (one GPU per task)."""
+def slurm_array(sw, root, config_path, partition='', time_limit='04:00:00', python='python',
+                signal_s=120):
+  """An sbatch script running run k of the sweep as array task k (one GPU per task). Preemption-
+  safe as launch/slurm.sh: SLURM sends SIGTERM `signal_s` seconds ahead (--signal), the run
+  checkpoints within train.preempt_timeout = signal_s - 20 and exits 143, and the task requeues
+  itself (--requeue; scontrol requeue) to resume from that checkpoint."""
+  if signal_s < 40:
+    raise SweepError(f'--signal-seconds {signal_s}: must be >= 40 (checkpoint time before the kill)')
   names = list(sw.runs)
   lines = ['#!/usr/bin/env bash', f'#SBATCH --job-name=sweep-{sw.name}',
            f'#SBATCH --array=0-{len(names) - 1}', '#SBATCH --ntasks=1', '#SBATCH --gpus=1',
-           f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out']
+           f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out',
+           '#SBATCH --requeue', f'#SBATCH --signal=TERM@{signal_s}']
   if partition:
     lines.append(f'#SBATCH --partition={partition}')
   lines += ['set -euo pipefail', f'cd {shlex.quote(ROOT)}',
@@ -335,8 +344,14 @@ def slurm_array(sw, root, config_path, partition='', time_limit='04:00:00', pyth
             'case "$SLURM_ARRAY_TASK_ID" in']
   for i, n in enumerate(names):
     cmd = command(config_path, os.path.join(root, n), sw.runs[n], python)
-    lines.append(f'  {i}) exec {shlex.join(cmd)} ;;')
-  lines += ['esac']
+    lines.append(f'  {i}) cmd=({shlex.join(cmd)}) ;;')
+  lines += ['esac', 'rc=0',
+            f'srun --kill-on-bad-exit=1 "${{cmd[@]}}" --config.train.preempt_timeout={signal_s - 20}'
+            ' || rc=$?',
+            '# checkpointed on SIGTERM: requeue this task, which resumes the run',
+            'if [[ $rc -eq 143 ]]; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}";'
+            ' exit 0; fi',
+            'exit "$rc"']
   return '\n'.join(lines) + '\n'
 
 
@@ -351,6 +366,25 @@ def tpu_commands(sw, root_bucket_path, zone, tpu_type, bucket, config_path):
   return out
 
 
+def _submitit(a, sw, root, cfg, runs):
+  """`slurm --backend submitit`: one requeueable job per run not yet done."""
+  if a.signal_seconds < 40:
+    raise SweepError(f'--signal-seconds {a.signal_seconds}: must be >= 40 (checkpoint time '
+                     'before the kill)')
+  todo = {n: s for n, s in runs.items() if not rundir.is_done(os.path.join(root, n))}
+  env = worker_env(root, 1)
+  jobs = {n: submit.RunJob(command(cfg, os.path.join(root, n), s, a.python) +
+                           [f'--config.train.preempt_timeout={a.signal_seconds - 20}'],
+                           os.path.join(root, n), env, a.signal_seconds - 10)
+          for n, s in todo.items()}
+  params = submit.parameters(a.partition, a.time, a.signal_seconds, a.gpus)
+  print(f'{len(runs) - len(todo)} runs already done; {len(todo)} to submit')
+  if a.dry_run:
+    print(submit.describe(jobs, params))
+  elif jobs:
+    submit.submit(jobs, submit.executor(root, params, a.cluster), root)
+
+
 @errors.cli
 def main(argv=None):
   ap = argparse.ArgumentParser(prog='python -m dlm_jax.sweep', description=__doc__,
@@ -363,8 +397,15 @@ def main(argv=None):
   ap.add_argument('--only', default='', help='comma-separated run names')
   ap.add_argument('--csv', default='', help='collect: output (default <root>/runs.csv)')
   ap.add_argument('--submit', action='store_true', help='slurm: run sbatch')
+  ap.add_argument('--backend', choices=('sbatch', 'submitit'), default='sbatch',
+                  help='slurm: an sbatch job array, or one submitit job per run (requeued '
+                  'automatically on preemption or time limit; study/submit.py)')
   ap.add_argument('--partition', default='')
   ap.add_argument('--time', default='04:00:00')
+  ap.add_argument('--signal-seconds', type=int, default=120,
+                  help='slurm: SIGTERM / submitit signal this long before the kill')
+  ap.add_argument('--gpus', type=int, default=1, help='slurm submitit: GPUs per run')
+  ap.add_argument('--cluster', default=None, help=argparse.SUPPRESS)  # tests: submitit 'local'
   ap.add_argument('--python', default='python')
   ap.add_argument('--zone', default='')
   ap.add_argument('--type', default='v4-8')
@@ -419,8 +460,10 @@ def main(argv=None):
     print(f'{len(rows) - len(bad)} done runs -> {out}')
     for r in bad:
       print(f'  {r["status"]:8s} {r["run"]} {r.get("error", "")}')
+  elif a.action == 'slurm' and a.backend == 'submitit':
+    _submitit(a, sw, root, cfg, runs)
   elif a.action == 'slurm':
-    script = slurm_array(sw, root, cfg, a.partition, a.time, a.python)
+    script = slurm_array(sw, root, cfg, a.partition, a.time, a.python, a.signal_seconds)
     path = os.path.join(root, 'sweep.sbatch')
     if a.dry_run or not a.submit:
       print(script, end='')

@@ -1,0 +1,121 @@
+"""SLURM through submitit, the way FAIR-style clusters are used:
+
+  python -m dlm_jax.sweep slurm SWEEP --backend submitit [--partition P] [--time 04:00:00]
+      [--signal-seconds 120] [--gpus 1] [--dry-run]
+
+Each run of the sweep is one submitit job (logs and pickles in <root>/submitit/). A job runs
+`python -m dlm_jax.main` for its run as a child process. When SLURM preempts the job or its time
+limit nears, submitit signals the job `--signal-seconds` ahead; `RunJob.checkpoint` forwards
+SIGTERM to the child, which checkpoints its current step within train.preempt_timeout (set 20 s
+shorter than the signal's lead) and exits, and submitit requeues the job, which resumes the run
+from that checkpoint (the same command resumes any run: run/loop.py). Finished runs are skipped
+on resubmission, as with every launcher.
+
+submitit is optional (the [slurm] extra); its module is loaded only by this backend.
+"""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+from dlm_jax.errors import SweepError
+from dlm_jax.run import rundir
+
+# submitit's Checkpointable, when installed (this module's classes stay importable without it)
+try:
+  _helpers = importlib.import_module('submitit.helpers')
+  Checkpointable = _helpers.Checkpointable
+except ImportError:
+  _helpers, Checkpointable = None, object
+
+
+def _submitit():
+  try:
+    return importlib.import_module('submitit')
+  except ImportError:
+    raise SweepError('--backend submitit needs the submitit package (pip install -e ".[slurm]")'
+                     ) from None
+
+
+class RunJob(Checkpointable):
+  """One run as a requeueable submitit job: the training command in a child process."""
+
+  def __init__(self, cmd, workdir, env, grace_s):
+    self.cmd, self.workdir, self.env, self.grace_s = list(cmd), workdir, dict(env), grace_s
+    self.proc = None
+
+  def __getstate__(self):  # pickled at submission and at requeue: never the live child
+    return {k: v for k, v in self.__dict__.items() if k != 'proc'}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, proc=None)
+
+  def __call__(self):
+    os.makedirs(self.workdir, exist_ok=True)
+    with open(os.path.join(self.workdir, 'launcher.log'), 'a', encoding='utf-8') as log:
+      log.write(f'--- {time.strftime("%Y-%m-%d %H:%M:%S")} submitit job '
+                f'{os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")}\n')
+      log.flush()
+      self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+      rc = self.proc.wait()
+    if rc != 0:
+      raise SweepError(f'{self.workdir}: python -m dlm_jax.main exited {rc} '
+                       f'(see {os.path.join(self.workdir, "launcher.log")})')
+    return rundir.read_summary(self.workdir)
+
+  def checkpoint(self, *args, **kwargs):
+    """Preempted or near the time limit: the child checkpoints and stops, then the job is
+    requeued with a fresh copy of itself (which resumes the run)."""
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.send_signal(signal.SIGTERM)
+      try:
+        self.proc.wait(timeout=self.grace_s)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+    return _helpers.DelayedSubmission(RunJob(self.cmd, self.workdir, self.env, self.grace_s))
+
+
+def parameters(partition='', time_limit='04:00:00', signal_s=120, gpus=1):
+  """The executor's parameters for the sweep's jobs: one task per run, `gpus` GPUs, the time
+  limit in minutes, the signal's lead (slurm_signal_delay_s)."""
+  try:
+    hours, minutes, seconds = (int(x) for x in time_limit.split(':'))
+  except ValueError:
+    raise SweepError(f'--time {time_limit!r}: use HH:MM:SS') from None
+  params = dict(timeout_min=max(1, hours * 60 + minutes + (seconds > 0)),
+                slurm_signal_delay_s=signal_s, gpus_per_node=gpus, tasks_per_node=1, nodes=1)
+  if partition:
+    params['slurm_partition'] = partition
+  return params
+
+
+def executor(root, params, cluster=None):
+  """A submitit executor with `params` (its job folders under <root>/submitit/); cluster='local'
+  runs the jobs on this machine (the tests), None picks SLURM where sbatch exists."""
+  ex = _submitit().AutoExecutor(folder=os.path.join(root, 'submitit', '%j'), cluster=cluster)
+  ex.update_parameters(**params)
+  return ex
+
+
+def submit(jobs, ex, root, log=print):
+  """Submits {name: RunJob}; writes <root>/submitit_jobs.json (run -> job id); returns jobs."""
+  out = {}
+  with ex.batch():
+    for name, job in jobs.items():
+      out[name] = ex.submit(job)
+  ids = {name: j.job_id for name, j in out.items()}
+  os.makedirs(root, exist_ok=True)
+  rundir.atomic_json(os.path.join(root, 'submitit_jobs.json'), ids)
+  for name, jid in ids.items():
+    log(f'submitted {name} as job {jid}')
+  return out
+
+
+def describe(jobs, params):
+  """What --dry-run prints: the executor's parameters and each job's command."""
+  lines = [f'# submitit {json.dumps(params, sort_keys=True)}']
+  lines += [f'{name}: {" ".join(job.cmd)}' for name, job in jobs.items()]
+  return '\n'.join(lines)
