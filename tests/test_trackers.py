@@ -194,3 +194,22 @@ def test_wandb_offline_and_clu_get_every_row_and_a_resume_continues_the_same_run
   clu = _events(run / 'clu')
   _check_rows(clu, run)
   assert any(k.startswith('_hparams_') for k in clu), sorted(clu)[:5]
+
+
+@pytest.mark.extras
+def test_wandb_that_cannot_start_is_one_line_before_training(tmp_path):
+  """W&B online without credentials (no network here either): one line naming the tracker and
+  the two ways out, exit 2, before the first step; what was written is kept."""
+  pytest.importorskip('wandb', reason='needs the [trackers] extra')
+  env = {k: v for k, v in os.environ.items() if not k.startswith('WANDB_')}
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(CONFIG.format(tests=os.path.join(ROOT, 'tests')))
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', '--config', str(cfg), '--workdir',
+                      str(tmp_path / 'run'), '--config.train.trackers=tensorboard,wandb'],
+                     capture_output=True, text=True, timeout=300,
+                     env=dict(env, PYTHONPATH=ROOT, WANDB_API_KEY='', HOME=str(tmp_path)))
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: config.train.trackers: wandb could not start (')
+  assert last.endswith('; log in (wandb login) or set WANDB_MODE=offline')
+  assert open(tmp_path / 'run' / 'metrics.jsonl').read() == ''  # no step was trained
