@@ -426,7 +426,7 @@ def test_sweep_plots_say_on_the_plot_what_they_cannot_show(tmp_path, capsys):
   assert 'degenerate fit: every run has the same N' in svg['fitted_vs_observed']
   assert fits['chinchilla_dual']['degenerate'].startswith('every run has the same N')
   saved = json.load(open(tmp_path / 'fits.json'))
-  assert len(saved['warnings']) == 4 and saved['warnings'] == fits['warnings']
+  assert len(saved['warnings']) == 4 and 'warnings' not in fits
   err = capsys.readouterr().err
   assert all(f'warning: {w}' in err for w in saved['warnings'])
   # the dual-ratio panel draws each R's fitted optimum with its bootstrap interval

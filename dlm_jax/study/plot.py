@@ -103,8 +103,8 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=
   sizes around each budget's minimum the IsoFLOP parabolas use (0: all; laws.fit_isoflop).
   Chinchilla fits also carry profile-likelihood intervals of alpha and beta. With bootstrap > 0
   every fitted number drawn carries its 95% interval (error bars, legend brackets); warnings
-  (degenerate fits, families or panels without data) are drawn on the plots and listed in
-  fits.json."""
+  (degenerate fits, families or panels without data) are drawn on the plots, printed and listed
+  under `warnings` in fits.json (the returned dict holds the fits only)."""
   fams = _families(rows)
   if not fams:  # before: exit 0 and empty plots
     raise FitError(f'no finished run with a finite loss among the {len(rows)} rows of the table: '
@@ -120,10 +120,8 @@ def sweep_plots(rows, out_dir, bootstrap=0, seed=0, which=PLOTS, isoflop_window=
     files += _chinchilla_plot(fams, colors, fits, notes, out_dir, bootstrap, seed)
   if 'dual' in which:
     files += _dual_plot(rows, fits, notes, out_dir)
-  if notes:
-    fits['warnings'] = notes
   with open(os.path.join(out_dir, 'fits.json'), 'w', encoding='utf-8') as fo:
-    json.dump(fits, fo, indent=2, default=float)
+    json.dump(dict(fits, warnings=notes) if notes else fits, fo, indent=2, default=float)
   return files, fits
 
 
