@@ -130,6 +130,7 @@ def test_flops_table():
   assert _run(['-m', 'dlm_jax.flops', '8192', '128']).stdout != out
 
 
+@pytest.mark.slow  # sweep local / collect run by default in test_sweep.py::test_local_sweep_collect_and_rerun
 def test_sweep_commands(tmp_path):
   """The README's sweep commands on its isoflop_micro sweep (list, local --dry-run, slurm, tpu,
   collect), and `sweep local` on a one-run sweep of objectives_default's shape."""
@@ -192,6 +193,7 @@ def _runs_table(path):
     w.writerows(rows)
 
 
+@pytest.mark.slow  # the fit CLI contract and plots run by default in test_scaling.py and the notebooks
 def test_scaling_fit_and_plot_curves_commands(tmp_path):
   """`scaling fit --law chinchilla` (200 bootstrap draws and profile intervals by default) and
   `plot curves` as the README writes them."""

@@ -431,6 +431,10 @@ def test_sweep_plots_say_on_the_plot_what_they_cannot_show(tmp_path, capsys):
   assert all(f'warning: {w}' in err for w in saved['warnings'])
   # the dual-ratio panel draws each R's fitted optimum with its bootstrap interval
   assert 'fitted optimum, 95% bootstrap interval' in svg['dual_ratio']
+  # a table with no finished run is refused, nothing drawn (before: empty plots, exit 0)
+  with pytest.raises(errors.FitError, match='no finished run with a finite loss among the 2 rows'):
+    plot.sweep_plots([dict(r, status='failed') for r in rows[:2]], str(tmp_path / 'none'))
+  assert not os.path.exists(tmp_path / 'none')
 
 
 def test_sweep_plots_draw_intervals_and_readable_log_ticks(tmp_path):

@@ -111,6 +111,7 @@ FAKE8 = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # a 2 x 2 data x fsdp mesh runs by default in test_reliability's SIGKILL resume
 @pytest.mark.parametrize('objective', ['dual'])
 def test_fsdp_mesh_matches_single_device(tmp_path, objective):
   """data=2 x fsdp=4 on 8 fake CPU devices follows the 1-device run step for step; its

@@ -173,6 +173,7 @@ SLOW_BASE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # ~2 min (two training processes under submitit); the dry-run test runs by default
 def test_submitit_backend_requeues_a_preempted_run_which_resumes(tmp_path):
   """One run as a submitit job (submitit's local cluster: the same job, signal and requeue
   machinery as on SLURM, run here). Preempted mid-run (submitit's preemption signal), the job
