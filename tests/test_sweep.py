@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from dlm_jax.study import submit
+from dlm_jax.study import clusters
 from dlm_jax.study import sweep
 
 BASE = textwrap.dedent('''
@@ -183,11 +183,11 @@ def test_submitit_backend_requeues_a_preempted_run_which_resumes(tmp_path):
   (tmp_path / 'base.py').write_text(SLOW_BASE.format(root=ROOT))
   root, wd = str(tmp_path / 'runs'), str(tmp_path / 'runs' / 'r')
   cmd = sweep.command(str(tmp_path / 'base.py'), wd, {}) + ['--config.train.preempt_timeout=40']
-  job = submit.RunJob(cmd, wd, sweep.worker_env(root, 1), grace_s=50)
-  params = submit.parameters(time_limit='00:10:00', signal_s=60, gpus=0)
+  job = clusters.RunJob(cmd, wd, sweep.worker_env(root, 1), grace_s=50)
+  params = clusters.parameters(time_limit='00:10:00', signal_s=60, gpus=0)
   assert params['slurm_signal_delay_s'] == 60 and params['timeout_min'] == 10
-  ex = submit.executor(root, params, cluster='local')
-  j = submit.submit({'r': job}, ex, root, log=lambda _: None)['r']
+  ex = clusters.executor(root, params, cluster='local')
+  j = clusters.submit({'r': job}, ex, root, log=lambda _: None)['r']
   metrics = os.path.join(wd, 'metrics.jsonl')
   deadline = time.time() + 300
   while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
@@ -228,3 +228,21 @@ def test_submitit_dry_run_lists_the_jobs_it_would_submit(tmp_path):
   p = _cli('slurm', sw, '--root', root, '--backend', 'submitit', '--signal-seconds', '30')
   assert p.returncode == 2 and p.stderr.strip() == (
       'error: --signal-seconds 30: must be >= 40 (checkpoint time before the kill)')
+
+
+def test_sbatch_array_is_preemption_safe_and_valid_bash(tmp_path):
+  """`sweep slurm` (sbatch backend): one array task per run under srun, SIGTERM --signal-seconds
+  ahead, the run's watchdog 20 s shorter, the task requeued on exit 143; the script parses."""
+  sw, root = _sweep(tmp_path), str(tmp_path / 'runs')
+  p = _cli('slurm', sw, '--root', root, '--signal-seconds', '90', '--only', 'ar_d32,mdm_d32')
+  assert p.returncode == 0, p.stderr
+  script = open(os.path.join(root, 'sweep.sbatch')).read()
+  lines = script.splitlines()
+  for line in ('#SBATCH --array=0-1', '#SBATCH --requeue', '#SBATCH --signal=TERM@90',
+               'srun --kill-on-bad-exit=1 "${cmd[@]}" --config.train.preempt_timeout=70 || rc=$?',
+               'if [[ $rc -eq 143 ]]; then scontrol requeue '
+               '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; exit 0; fi'):
+    assert line in lines, line
+  assert [l.split(')')[0].strip() for l in lines if l.startswith('  ') and ') cmd=(' in l] == [
+      '0', '1']
+  assert subprocess.run(['bash', '-n', os.path.join(root, 'sweep.sbatch')]).returncode == 0

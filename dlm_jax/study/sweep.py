@@ -38,7 +38,7 @@ from dlm_jax import errors
 from dlm_jax.core import objectives
 from dlm_jax.errors import ConfigError, DataError, Preempted, SweepError
 from dlm_jax.run import rundir
-from dlm_jax.study import submit
+from dlm_jax.study import clusters
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
@@ -324,48 +324,6 @@ def dataframe(rows):
 
 # ------------------------------------------------------------------------------------ clusters
 
-def slurm_array(sw, root, config_path, partition='', time_limit='04:00:00', python='python',
-                signal_s=120):
-  """An sbatch script running run k of the sweep as array task k (one GPU per task). Preemption-
-  safe as launch/slurm.sh: SLURM sends SIGTERM `signal_s` seconds ahead (--signal), the run
-  checkpoints within train.preempt_timeout = signal_s - 20 and exits 143, and the task requeues
-  itself (--requeue; scontrol requeue) to resume from that checkpoint."""
-  if signal_s < 40:
-    raise SweepError(f'--signal-seconds {signal_s}: must be >= 40 (checkpoint time before the kill)')
-  names = list(sw.runs)
-  lines = ['#!/usr/bin/env bash', f'#SBATCH --job-name=sweep-{sw.name}',
-           f'#SBATCH --array=0-{len(names) - 1}', '#SBATCH --ntasks=1', '#SBATCH --gpus=1',
-           f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out',
-           '#SBATCH --requeue', f'#SBATCH --signal=TERM@{signal_s}']
-  if partition:
-    lines.append(f'#SBATCH --partition={partition}')
-  lines += ['set -euo pipefail', f'cd {shlex.quote(ROOT)}',
-            f'export JAX_COMPILATION_CACHE_DIR={shlex.quote(os.path.join(root, ".xla_cache"))}',
-            'case "$SLURM_ARRAY_TASK_ID" in']
-  for i, n in enumerate(names):
-    cmd = command(config_path, os.path.join(root, n), sw.runs[n], python)
-    lines.append(f'  {i}) cmd=({shlex.join(cmd)}) ;;')
-  lines += ['esac', 'rc=0',
-            f'srun --kill-on-bad-exit=1 "${{cmd[@]}}" --config.train.preempt_timeout={signal_s - 20}'
-            ' || rc=$?',
-            '# checkpointed on SIGTERM: requeue this task, which resumes the run',
-            'if [[ $rc -eq 143 ]]; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}";'
-            ' exit 0; fi',
-            'exit "$rc"']
-  return '\n'.join(lines) + '\n'
-
-
-def tpu_commands(sw, root_bucket_path, zone, tpu_type, bucket, config_path):
-  """launch/tpu_pod.sh invocations, one slice per run (runs stay resumable in the bucket)."""
-  out = []
-  for n, setting in sw.runs.items():
-    slug = ('sw-' + sw.name + '-' + n).lower().replace('_', '-').replace('.', '-')[:60]
-    out.append(shlex.join(['launch/tpu_pod.sh', '--name', slug, '--zone', zone, '--type',
-                           tpu_type, '--bucket', bucket, '--config', config_path, '--run',
-                           f'{root_bucket_path}/{n}', '--spot', '--', *overrides(setting)]))
-  return out
-
-
 def _submitit(a, sw, root, cfg, runs):
   """`slurm --backend submitit`: one requeueable job per run not yet done."""
   if a.signal_seconds < 40:
@@ -373,16 +331,16 @@ def _submitit(a, sw, root, cfg, runs):
                      'before the kill)')
   todo = {n: s for n, s in runs.items() if not rundir.is_done(os.path.join(root, n))}
   env = worker_env(root, 1)
-  jobs = {n: submit.RunJob(command(cfg, os.path.join(root, n), s, a.python) +
+  jobs = {n: clusters.RunJob(command(cfg, os.path.join(root, n), s, a.python) +
                            [f'--config.train.preempt_timeout={a.signal_seconds - 20}'],
                            os.path.join(root, n), env, a.signal_seconds - 10)
           for n, s in todo.items()}
-  params = submit.parameters(a.partition, a.time, a.signal_seconds, a.gpus)
+  params = clusters.parameters(a.partition, a.time, a.signal_seconds, a.gpus)
   print(f'{len(runs) - len(todo)} runs already done; {len(todo)} to submit')
   if a.dry_run:
-    print(submit.describe(jobs, params))
+    print(clusters.describe(jobs, params))
   elif jobs:
-    submit.submit(jobs, submit.executor(root, params, a.cluster), root)
+    clusters.submit(jobs, clusters.executor(root, params, a.cluster), root)
 
 
 @errors.cli
@@ -399,7 +357,7 @@ def main(argv=None):
   ap.add_argument('--submit', action='store_true', help='slurm: run sbatch')
   ap.add_argument('--backend', choices=('sbatch', 'submitit'), default='sbatch',
                   help='slurm: an sbatch job array, or one submitit job per run (requeued '
-                  'automatically on preemption or time limit; study/submit.py)')
+                  'automatically on preemption or time limit; study/clusters.py)')
   ap.add_argument('--partition', default='')
   ap.add_argument('--time', default='04:00:00')
   ap.add_argument('--signal-seconds', type=int, default=120,
@@ -463,7 +421,9 @@ def main(argv=None):
   elif a.action == 'slurm' and a.backend == 'submitit':
     _submitit(a, sw, root, cfg, runs)
   elif a.action == 'slurm':
-    script = slurm_array(sw, root, cfg, a.partition, a.time, a.python, a.signal_seconds)
+    script = clusters.slurm_array(
+        sw.name, {n: command(cfg, os.path.join(root, n), s, a.python) for n, s in runs.items()},
+        root, ROOT, a.partition, a.time, a.signal_seconds)
     path = os.path.join(root, 'sweep.sbatch')
     if a.dry_run or not a.submit:
       print(script, end='')
@@ -477,7 +437,8 @@ def main(argv=None):
     if not (a.zone and a.bucket):
       print('error: tpu needs --zone and --bucket', file=sys.stderr)
       sys.exit(2)
-    for c in tpu_commands(sw, f'sweeps/{sw.name}', a.zone, a.type, a.bucket, sw.base_config):
+    for c in clusters.tpu_commands(sw.name, {n: overrides(s) for n, s in runs.items()},
+                                   f'sweeps/{sw.name}', a.zone, a.type, a.bucket, sw.base_config):
       print(c)
 
 

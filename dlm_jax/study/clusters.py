@@ -1,4 +1,8 @@
-"""SLURM through submitit, the way FAIR-style clusters are used:
+"""Where a sweep's runs go besides this machine: an sbatch job array (`slurm_array`), one
+submitit job per run (`RunJob`, below), or one TPU slice per run (`tpu_commands`). The commands
+come from sweep.py; this module only places them.
+
+SLURM through submitit, the way FAIR-style clusters are used:
 
   python -m dlm_jax.sweep slurm SWEEP --backend submitit [--partition P] [--time 04:00:00]
       [--signal-seconds 120] [--gpus 1] [--dry-run]
@@ -16,6 +20,7 @@ submitit is optional (the [slurm] extra); its module is loaded only by this back
 import importlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -119,3 +124,42 @@ def describe(jobs, params):
   lines = [f'# submitit {json.dumps(params, sort_keys=True)}']
   lines += [f'{name}: {" ".join(job.cmd)}' for name, job in jobs.items()]
   return '\n'.join(lines)
+
+
+def slurm_array(name, commands, root, repo_root, partition='', time_limit='04:00:00', signal_s=120):
+  """An sbatch script running run k of `commands` ({run: argv}) as array task k (one GPU per
+  task). Preemption-safe as launch/slurm.sh: SLURM sends SIGTERM `signal_s` seconds ahead
+  (--signal), the run checkpoints within train.preempt_timeout = signal_s - 20 and exits 143,
+  and the task requeues itself (--requeue; scontrol requeue) to resume from that checkpoint."""
+  if signal_s < 40:
+    raise SweepError(f'--signal-seconds {signal_s}: must be >= 40 (checkpoint time before the kill)')
+  lines = ['#!/usr/bin/env bash', f'#SBATCH --job-name=sweep-{name}',
+           f'#SBATCH --array=0-{len(commands) - 1}', '#SBATCH --ntasks=1', '#SBATCH --gpus=1',
+           f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out',
+           '#SBATCH --requeue', f'#SBATCH --signal=TERM@{signal_s}']
+  if partition:
+    lines.append(f'#SBATCH --partition={partition}')
+  lines += ['set -euo pipefail', f'cd {shlex.quote(repo_root)}',
+            f'export JAX_COMPILATION_CACHE_DIR={shlex.quote(os.path.join(root, ".xla_cache"))}',
+            'case "$SLURM_ARRAY_TASK_ID" in']
+  lines += [f'  {i}) cmd=({shlex.join(cmd)}) ;;' for i, cmd in enumerate(commands.values())]
+  lines += ['esac', 'rc=0',
+            f'srun --kill-on-bad-exit=1 "${{cmd[@]}}" --config.train.preempt_timeout={signal_s - 20}'
+            ' || rc=$?',
+            '# checkpointed on SIGTERM: requeue this task, which resumes the run',
+            'if [[ $rc -eq 143 ]]; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}";'
+            ' exit 0; fi',
+            'exit "$rc"']
+  return '\n'.join(lines) + '\n'
+
+
+def tpu_commands(name, run_overrides, root_bucket_path, zone, tpu_type, bucket, config_path):
+  """launch/tpu_pod.sh invocations, one slice per run ({run: its config overrides}); the runs
+  stay resumable in the bucket."""
+  out = []
+  for n, ov in run_overrides.items():
+    slug = ('sw-' + name + '-' + n).lower().replace('_', '-').replace('.', '-')[:60]
+    out.append(shlex.join(['launch/tpu_pod.sh', '--name', slug, '--zone', zone, '--type',
+                           tpu_type, '--bucket', bucket, '--config', config_path, '--run',
+                           f'{root_bucket_path}/{n}', '--spot', '--', *ov]))
+  return out
