@@ -87,6 +87,7 @@ RUN_BY = [
                                           'test_scaling.py::test_cli_contract']),
     (r'^python -m dlm_jax\.plot curves', ['test_readme.py::test_scaling_fit_and_plot_curves_commands']),
     (r'^python -m dlm_jax\.plot sweep', ['test_readme.py::test_plot_sweep_command',
+                                         'test_scaling.py::test_plot_sweep_cli_draws_the_plots_asked_for',
                                          'test_notebooks.py::test_notebook_executes_from_its_folder']),
     (r'^python -m dlm_jax\.hf import|init_config\.py',
      ['test_hf.py::test_ar2diff_from_a_pretrained_checkpoint_end_to_end']),

@@ -459,3 +459,20 @@ def test_sweep_plots_draw_intervals_and_readable_log_ticks(tmp_path):
   assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
   assert [t.get_text() for t in ax.xaxis.get_majorticklabels() if t.get_text()]
   plot.plt.close(fig)
+
+
+def test_plot_sweep_cli_draws_the_plots_asked_for(tmp_path):
+  """`plot sweep RUNS.csv --out-dir DIR --plots dual` draws only those; a bad --plots value is one
+  line, exit 2, nothing drawn."""
+  table = sweep.shipped_table('dual_ratio_micro')
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.plot', 'sweep', table, '--out-dir',
+                      str(tmp_path / 'p'), '--plots', 'dual'], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 0, r.stderr
+  assert sorted(os.listdir(tmp_path / 'p')) == ['dual_ratio.png', 'dual_ratio.svg', 'fits.json']
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.plot', 'sweep', table, '--out-dir',
+                      str(tmp_path / 'q'), '--plots', 'dual,heatmap'], capture_output=True,
+                     text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 2 and r.stderr.strip() == (
+      "error: --plots 'dual,heatmap': use a comma list of compute, isoflop, chinchilla, dual")
+  assert not os.path.exists(tmp_path / 'q')
