@@ -82,7 +82,7 @@ def test_the_install_cell_installs_the_package_from_a_clone_or_a_wheel(tmp_path,
   else:
     cwd = tmp_path / 'colab'
     cwd.mkdir()
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
                     '-q', '-w', str(tmp_path / 'dist'), ROOT], check=True, capture_output=True)
     for whl in glob.glob(str(tmp_path / 'dist' / 'dlm_jax-*.whl')):
       shutil.copy(whl, cwd)
