@@ -126,13 +126,20 @@ def describe(jobs, params):
   return '\n'.join(lines)
 
 
+def preempt_timeout(signal_s):
+  """train.preempt_timeout for a run signalled `signal_s` seconds before its kill: 20 s less, so
+  the checkpoint is written in time (a lead under 40 s leaves too little for one)."""
+  if signal_s < 40:
+    raise SweepError(f'--signal-seconds {signal_s}: must be >= 40 (checkpoint time before the kill)')
+  return signal_s - 20
+
+
 def slurm_array(name, commands, root, repo_root, partition='', time_limit='04:00:00', signal_s=120):
   """An sbatch script running run k of `commands` ({run: argv}) as array task k (one GPU per
   task). Preemption-safe as launch/slurm.sh: SLURM sends SIGTERM `signal_s` seconds ahead
   (--signal), the run checkpoints within train.preempt_timeout = signal_s - 20 and exits 143,
   and the task requeues itself (--requeue; scontrol requeue) to resume from that checkpoint."""
-  if signal_s < 40:
-    raise SweepError(f'--signal-seconds {signal_s}: must be >= 40 (checkpoint time before the kill)')
+  timeout = preempt_timeout(signal_s)
   lines = ['#!/usr/bin/env bash', f'#SBATCH --job-name=sweep-{name}',
            f'#SBATCH --array=0-{len(commands) - 1}', '#SBATCH --ntasks=1', '#SBATCH --gpus=1',
            f'#SBATCH --time={time_limit}', f'#SBATCH --output={root}/slurm-%A_%a.out',
@@ -144,7 +151,7 @@ def slurm_array(name, commands, root, repo_root, partition='', time_limit='04:00
             'case "$SLURM_ARRAY_TASK_ID" in']
   lines += [f'  {i}) cmd=({shlex.join(cmd)}) ;;' for i, cmd in enumerate(commands.values())]
   lines += ['esac', 'rc=0',
-            f'srun --kill-on-bad-exit=1 "${{cmd[@]}}" --config.train.preempt_timeout={signal_s - 20}'
+            f'srun --kill-on-bad-exit=1 "${{cmd[@]}}" --config.train.preempt_timeout={timeout}'
             ' || rc=$?',
             '# checkpointed on SIGTERM: requeue this task, which resumes the run',
             'if [[ $rc -eq 143 ]]; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}";'

@@ -326,14 +326,12 @@ def dataframe(rows):
 
 def _submitit(a, sw, root, cfg, runs):
   """`slurm --backend submitit`: one requeueable job per run not yet done."""
-  if a.signal_seconds < 40:
-    raise SweepError(f'--signal-seconds {a.signal_seconds}: must be >= 40 (checkpoint time '
-                     'before the kill)')
+  timeout = clusters.preempt_timeout(a.signal_seconds)
   todo = {n: s for n, s in runs.items() if not rundir.is_done(os.path.join(root, n))}
   env = worker_env(root, 1)
   jobs = {n: clusters.RunJob(command(cfg, os.path.join(root, n), s, a.python) +
-                           [f'--config.train.preempt_timeout={a.signal_seconds - 20}'],
-                           os.path.join(root, n), env, a.signal_seconds - 10)
+                             [f'--config.train.preempt_timeout={timeout}'],
+                             os.path.join(root, n), env, timeout + 10)
           for n, s in todo.items()}
   params = clusters.parameters(a.partition, a.time, a.signal_seconds, a.gpus)
   print(f'{len(runs) - len(todo)} runs already done; {len(todo)} to submit')
