@@ -36,6 +36,8 @@ def base() -> ml_collections.ConfigDict:
       vocab_real=0,            # ids in use (0: all); the rest pad the vocabulary, never predicted
       unpredicted='',          # more ids never predicted: '0,1' = PAD, BOS (the specials an
                                # imported checkpoint lacks: its likelihoods stay exactly its own)
+      embed_alias='',          # 'ID:ROW,...': special id ID reads embedding row ROW ('1:2': BOS is
+                               # the EOS row of a checkpoint whose bos is its eos, or has no bos)
       d_model=256,
       num_layers=4,
       num_heads=4,
@@ -363,6 +365,7 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
       x.strip() for x in m.unpredicted.split(',')]), 'model.unpredicted',
         f'lists PAD ({objectives.PAD}), which data.packing=pad with diffusion.pad=predict trains '
         'the model to predict: remove it there, or use diffusion.pad=visible')
+  _check_embed_alias(m)
   _need(0 <= m.vocab_real and (m.vocab_size == 0 or m.vocab_real <= m.vocab_size),
         'model.vocab_real', f'{m.vocab_real} must be in [0, model.vocab_size={m.vocab_size}]')
   _choice(cfg, 'model.dtype', ('float32', 'bfloat16'))
@@ -441,6 +444,28 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
     _need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')
   _need(t.grad_accum >= 1, 'train.grad_accum', f'must be >= 1, got {t.grad_accum}')
   return cfg
+
+
+def _check_embed_alias(m):
+  """model.embed_alias: PAD / BOS / EOS may read another id's row (that id neither aliased nor
+  [MASK]), and are then never predicted (model.unpredicted): their own row is never read."""
+  pairs = [p.strip() for p in m.embed_alias.split(',') if p.strip()]
+  ok = all(len(p.split(':')) == 2 and all(v.strip().isdigit() for v in p.split(':'))
+           for p in pairs)
+  _need(ok, 'model.embed_alias', f"{m.embed_alias!r} is not a comma list of ID:ROW ('1:2')")
+  pairs = [tuple(int(v) for v in p.split(':')) for p in pairs]
+  ids = [i for i, _ in pairs]
+  for i, row in pairs:
+    _need(i in (objectives.PAD, objectives.BOS, objectives.EOS) and ids.count(i) == 1,
+          'model.embed_alias', f'{i}:{row}: only the special ids PAD={objectives.PAD}, '
+          f'BOS={objectives.BOS}, EOS={objectives.EOS} may read another row, once each')
+    _need(row not in ids and row != objectives.MASK and row != i and (
+        m.vocab_size == 0 or row < m.vocab_size), 'model.embed_alias',
+          f'{i}:{row}: row {row} must be another id below model.vocab_size, not [MASK] '
+          f'({objectives.MASK}) and not itself aliased')
+    _need(str(i) in [x.strip() for x in m.unpredicted.split(',')], 'model.embed_alias',
+          f'{i}:{row}: id {i} must be in model.unpredicted={m.unpredicted!r} (it reads row '
+          f'{row}: predicting it too would split that token\'s probability)')
 
 
 def resolve(cfg: ml_collections.ConfigDict, vocab_size: int, training=True,

@@ -78,7 +78,8 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
     raise InteropError(f'{src}: tensor model.embed_tokens.weight is missing from the checkpoint')
   try:
     vocab = tokenizers.VocabMap.of_hf_config(
-        hf_cfg, reader.shape('model.embed_tokens.weight')[0], cfg_path)
+        hf_cfg, reader.shape('model.embed_tokens.weight')[0], cfg_path,
+        named=tokenizers.named_specials(src))
     tokenizers.MappedTokenizer.check(os.path.join(src, 'tokenizer.json'), vocab)
   except DataError as e:
     raise InteropError(str(e)) from None
@@ -88,9 +89,13 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   cfg.objective = 'ar'
   cfg.model.update(m)
   cfg.model.vocab_size, cfg.model.vocab_real = vocab.size, vocab.real
-  # PAD / BOS rows the checkpoint lacks are new: never predicted, so the imported model's
-  # likelihoods are exactly the checkpoint's ([MASK] never is, whatever the config)
-  cfg.model.unpredicted = ','.join(str(i) for i in vocab.new_specials() if i != tokenizers.MASK)
+  # BOS (PAD) reads the checkpoint's row of the token it conditions on first (pads with): its
+  # bos, else its eos; a PAD it lacks is a new row. Neither is predicted, so the imported
+  # model's likelihoods are exactly the checkpoint's ([MASK] never is, whatever the config)
+  aliases = vocab.aliases()
+  cfg.model.embed_alias = ','.join(f'{i}:{row}' for i, row in sorted(aliases.items()))
+  cfg.model.unpredicted = ','.join(str(i) for i in sorted(set(vocab.new_specials()) | set(
+      aliases)) if i != tokenizers.MASK)
   cfg.model.param_dtype = param_dtype
   tok_dir = os.path.join(os.path.abspath(workdir), 'tokenizer')
   cfg.data.tokenizer = f'hf:{tok_dir}'
@@ -115,7 +120,8 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   summary = dict(status='imported', source=os.path.abspath(src),
                  architecture=hf_cfg['architectures'][0], steps=0, N_total=counts['N_total'],
                  vocab=dict(checkpoint_rows=vocab.rows, dlm_rows=vocab.size,
-                            mapped_specials={str(k): v for k, v in vocab.specials().items()}),
+                            mapped_specials={str(k): v for k, v in vocab.specials().items()},
+                            embed_alias=cfg.model.embed_alias),
                  seconds=round(time.time() - t0, 1))
   rundir.atomic_json(rundir.path(workdir, rundir.SUMMARY), summary)
   with open(os.path.join(workdir, INIT_CONFIG), 'w', encoding='utf-8') as f:

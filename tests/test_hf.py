@@ -34,8 +34,10 @@ ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 V = 300
 
 
-def _tokenizer(path, specials):
-  """A small byte-level BPE trained on the embedded corpus, with the checkpoint's specials."""
+def _tokenizer(path, specials, end=(), prepend=None):
+  """A small byte-level BPE trained on the embedded corpus, with the checkpoint's specials first
+  (and `end` ones after the trained tokens, as Llama 3 and Qwen have them); `prepend`: a token the
+  tokenizer adds in front (Llama's post-processor)."""
   import tokenizers as tk  # pylint: disable=g-import-not-at-top
   from dlm_jax.data import corpus  # pylint: disable=g-import-not-at-top
   texts = [d.text for d in corpus.load_documents('embedded')[:200]]
@@ -45,7 +47,13 @@ def _tokenizer(path, specials):
   tok.train_from_iterator(texts, tk.trainers.BpeTrainer(
       vocab_size=V - 20, special_tokens=specials, show_progress=False,
       initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet()))
+  tok.add_special_tokens(list(end))
+  if prepend:
+    tok.post_processor = tk.processors.TemplateProcessing(
+        single=f'{prepend} $A', pair=f'{prepend} $A {prepend} $B',
+        special_tokens=[(prepend, tok.token_to_id(prepend))])
   tok.save(path)
+  return tok
 
 
 KINDS = {
@@ -63,13 +71,54 @@ KINDS = {
 }
 
 
-def build_hf(directory, kind, dtype=None):
-  """A random tiny HF model of `kind` saved as safetensors with its tokenizer.json."""
+# The special-token layouts of the checkpoints researchers adapt: model kind; the tokenizer's
+# specials before and after its trained tokens; the bos / eos / pad tokens config.json and
+# tokenizer_config.json name (None: none); whether the tokenizer prepends bos; embedding rows past
+# the tokenizer's size; and the token the imported model conditions on first (dlm_jax's BOS).
+LAYOUTS = {
+    'llama2': dict(kind='llama_gqa', front=['<unk>', '<s>', '</s>'], end=[], bos='<s>',
+                   eos='</s>', pad=None, adds_bos=True, extra_rows=0, first='<s>'),
+    'llama3': dict(kind='llama3_rope', front=[], end=[
+        '<|begin_of_text|>', '<|end_of_text|>', '<|reserved_special_token_0|>'],
+                   bos='<|begin_of_text|>', eos='<|end_of_text|>', pad=None, adds_bos=True,
+                   extra_rows=0, first='<|begin_of_text|>'),
+    'smollm2': dict(kind='llama_tied', front=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+                    end=[], bos='<|endoftext|>', eos='<|endoftext|>', pad=None, adds_bos=False,
+                    extra_rows=0, first='<|endoftext|>'),
+    # Qwen2.5 base: config.json's bos_token_id is its eos, the tokenizer names no bos and pads
+    # with <|endoftext|>; the embedding has rows past the tokenizer (151936 > 151665)
+    'qwen2.5': dict(kind='qwen2_bias', front=[], end=['<|endoftext|>', '<|im_start|>',
+                                                      '<|im_end|>'],
+                    bos=None, config_bos='<|endoftext|>', eos='<|endoftext|>',
+                    pad='<|endoftext|>', adds_bos=False, extra_rows=21, first='<|endoftext|>'),
+}
+
+
+def _layout_files(directory, layout):
+  """tokenizer.json and tokenizer_config.json of a layout; the config.json keys they imply."""
+  L = LAYOUTS[layout]
+  os.makedirs(directory, exist_ok=True)
+  tok = _tokenizer(os.path.join(directory, 'tokenizer.json'), L['front'], L['end'],
+                   L['bos'] if L['adds_bos'] else None)
+  with open(os.path.join(directory, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+    json.dump(dict(tokenizer_class='PreTrainedTokenizerFast', bos_token=L['bos'],
+                   eos_token=L['eos'], pad_token=L['pad']), f)
+  ids = lambda t: None if t is None else tok.token_to_id(t)
+  return dict(vocab_size=tok.get_vocab_size() + L['extra_rows'],
+              bos_token_id=ids(L.get('config_bos', L['bos'])), eos_token_id=ids(L['eos']),
+              pad_token_id=None, tie_word_embeddings=L['kind'] != 'llama_gqa')
+
+
+def build_hf(directory, kind, dtype=None, layout=None):
+  """A random tiny HF model of `kind` saved as safetensors with its tokenizer.json (and
+  tokenizer_config.json: the special-token layout of LAYOUTS[layout], when given)."""
   cls, extra = KINDS[kind]
   kw = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5,
             rope_theta=5000.0, bos_token_id=1, eos_token_id=2)
   kw.update(extra)
+  if layout is not None:
+    kw.update(_layout_files(directory, layout))
   conf = getattr(transformers, cls)(**kw)
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_config(conf).eval()
@@ -82,7 +131,8 @@ def build_hf(directory, kind, dtype=None):
   if dtype is not None:
     model = model.to(dtype)
   model.save_pretrained(directory, safe_serialization=True)
-  _tokenizer(os.path.join(directory, 'tokenizer.json'), ['<unk>', '<s>', '</s>'])
+  if layout is None:
+    _tokenizer(os.path.join(directory, 'tokenizer.json'), ['<unk>', '<s>', '</s>'])
   return model
 
 
@@ -240,6 +290,86 @@ def test_kv_cached_greedy_decoding_equals_transformers_generate(tmp_path):
                          suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
   want = gen[0, 1 + len(prompt):].numpy()
   np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], want)
+
+
+@pytest.fixture(scope='module', params=list(LAYOUTS))
+def layout(request, tmp_path_factory):
+  """(name, directory, HF model, imported (cfg, model, params), tokenizer, HF id of the first
+  token the checkpoint conditions on)."""
+  d = tmp_path_factory.mktemp(request.param.replace('.', '_'))
+  model = build_hf(str(d / 'hf'), LAYOUTS[request.param]['kind'], layout=request.param)
+  hf_cli.import_checkpoint(str(d / 'hf'), str(d / 'run'), seq_len=64)
+  cfg, dlm, params = dlm_model(str(d / 'run'))
+  tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
+  first = tok._tok.token_to_id(LAYOUTS[request.param]['first'])  # pylint: disable=protected-access
+  return request.param, d, model, (cfg, dlm, params), tok, first
+
+
+TEXT = 'The cat sat on the mat, and the dog sat on the log.'
+
+
+def test_layout_imports_with_the_checkpoints_own_rows(layout):
+  """Only [MASK] (and a PAD the checkpoint lacks) is a new row: BOS reads the row of the token
+  the checkpoint conditions on first, PAD the row of the one it pads with; logits on the same
+  sequence, that token first, equal transformers' to 1e-4."""
+  name, _, model, (cfg, dlm, params), tok, first = layout
+  vmap = tok.map
+  want_alias = {'llama2': '', 'llama3': '', 'smollm2': '1:2', 'qwen2.5': '0:2,1:2'}[name]
+  assert (cfg.model.embed_alias, cfg.model.unpredicted) == (want_alias, '0,1' if want_alias else '0')
+  assert vmap.new_specials() == ([tokenizers.MASK] if name == 'qwen2.5' else
+                                 [tokenizers.PAD, tokenizers.MASK])
+  assert vmap.from_dlm[tokenizers.EOS] == tok._tok.token_to_id(LAYOUTS[name]['eos'])  # pylint: disable=protected-access
+  rows = model.config.vocab_size
+  ids = np.random.default_rng(0).integers(0, rows, (2, 23))
+  ids[:, 5] = first  # the first token inside a sequence too
+  want = hf_logits(model, np.concatenate([np.full((2, 1), first), ids], 1))
+  dlm_ids = np.concatenate([np.full((2, 1), tokenizers.BOS), vmap.to_dlm[ids]], 1)
+  got = np.asarray(dlm.apply({'params': params}, jnp.asarray(dlm_ids), 'causal'))
+  np.testing.assert_allclose(got[..., vmap.to_dlm], want, atol=1e-4, rtol=1e-4)
+
+
+def test_layout_likelihood_is_the_checkpoints_given_its_first_token(layout):
+  """log p(text) through the likelihood scorer and the lm-eval adapter = transformers'
+  log p(text | the first token) to 1e-5."""
+  from dlm_jax.infer import likelihood  # pylint: disable=g-import-not-at-top
+  from dlm_jax.infer import lmeval  # pylint: disable=g-import-not-at-top
+  _, d, model, (_, dlm, params), tok, first = layout
+  ids = tok.encode_batch([TEXT])[0]
+  got = likelihood.Scorer(dlm, params)('ar', ids[None], np.ones((1, len(ids)), bool))['logp'][0]
+  hf_ids = tok.map.from_dlm[ids]
+  with torch.no_grad():
+    lp = torch.log_softmax(model(torch.tensor([[first] + list(hf_ids)])).logits[0, :-1].double(),
+                           -1)
+  want = float(lp[torch.arange(len(ids)), torch.tensor(hf_ids)].sum())
+  assert got == pytest.approx(want, rel=1e-5)
+  req = type('Req', (), dict(args=(TEXT,)))
+  rolling = lmeval.DlmJaxLM(str(d / 'run'), estimator='ar').loglikelihood_rolling([req])
+  assert rolling[0] == pytest.approx(want, rel=1e-5)
+
+
+def test_layout_kv_cached_greedy_decoding_equals_generate(layout):
+  _, _, model, (_, dlm, params), tok, first = layout
+  prompt = tok.encode_batch(['The cat sat'])[0]
+  st = sampling.Settings(mode='ar', length=16, temperature=0.0, stop_at_eos=False)
+  out = sampling.Sampler(dlm, params, context=64).generate(
+      jax.random.PRNGKey(0), [prompt], st)['tokens'][0]
+  own = [int(tok.map.from_dlm[i]) for i in (tokenizers.PAD, tokenizers.BOS)
+         if tok.map.from_dlm[i] >= 0]  # dlm_jax never generates PAD or BOS where they are own rows
+  hf_prompt = [first] + list(tok.map.from_dlm[prompt])
+  with torch.no_grad():
+    x = torch.tensor([hf_prompt])
+    gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+                         suppress_tokens=own or None, eos_token_id=None, pad_token_id=first)
+  np.testing.assert_array_equal(tok.map.from_dlm[np.asarray(out)], gen[0, len(hf_prompt):].numpy())
+
+
+def test_layout_import_then_export_is_bit_identical(layout, tmp_path):
+  _, d, _, _, _, _ = layout
+  hf_cli.export_run(str(d / 'run'), str(tmp_path / 'out'))
+  a, b = safetensors.Reader(str(d / 'hf')), safetensors.Reader(str(tmp_path / 'out'))
+  assert sorted(a.files) == sorted(b.files)
+  for name in a.files:
+    assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
 
 
 @pytest.mark.parametrize('case', ['architecture', 'tensor', 'shape', 'eos', 'workdir'])

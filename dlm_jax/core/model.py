@@ -41,6 +41,8 @@ class ModelConfig:
   vocab_real: int = 0            # rows in use; the rest pad the vocabulary, never predicted
   unpredicted: str = ''          # more ids never predicted, e.g. '0,1': specials an imported
                                  # checkpoint lacks (its likelihoods stay the checkpoint's)
+  embed_alias: str = ''          # 'ID:ROW,...': input id ID reads embedding row ROW, e.g. '1:2':
+                                 # BOS is an imported checkpoint's EOS (bos = eos, or no bos)
   rope_base: float = 10000.0
   rope_scaling: str = ''         # '' | 'llama3:FACTOR,LOW,HIGH,CONTEXT' (Llama 3.1 / 3.2)
   norm_eps: float = 1e-6
@@ -251,6 +253,8 @@ class Transformer(nn.Module):
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                  ('vocab', 'embed')),
                      dtype=dt, param_dtype=pdt, name='embed')
+    for i, row in embed_aliases(c):  # one row for two ids: training, scoring, decoding alike
+      tokens_BxL = jnp.where(tokens_BxL == i, row, tokens_BxL)
     x_BxLxD = constrain(embed(tokens_BxL), self.mesh, BATCH, None, None)
     x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
     if cache is None:
@@ -310,6 +314,12 @@ class Transformer(nn.Module):
 def unpredicted_ids(cfg):
   """The ids of model.unpredicted ('0,1' -> (0, 1))."""
   return tuple(int(x) for x in cfg.unpredicted.split(',') if x.strip())
+
+
+def embed_aliases(cfg):
+  """The (id, row) pairs of model.embed_alias ('0:2,1:2' -> ((0, 2), (1, 2)))."""
+  return tuple(tuple(int(v) for v in p.split(':')) for p in cfg.embed_alias.split(',')
+               if p.strip())
 
 
 def init_cache(cfg, batch: int, length: int):

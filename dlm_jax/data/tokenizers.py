@@ -111,8 +111,11 @@ class GPT2Tokenizer:
 class VocabMap:
   """The permutation between an imported checkpoint's ids (embedding rows) and dlm_jax's, whose
   four special ids are fixed: the checkpoint's pad / bos / eos move to PAD / BOS / EOS, its other
-  ids follow from 4 in their order; specials it lacks (always [MASK]) get new rows; the
-  vocabulary is padded to a multiple of 128 (shardable) with rows never predicted."""
+  ids follow from 4 in their order. A special that is another's token (bos = eos: SmolLM2,
+  Qwen2.5; pad = eos: Qwen2.5), and BOS where there is no bos (its document separator, eos,
+  is what it conditions on first: GPT-2, Pythia, OLMo), reads that token's row (aliases(),
+  model.embed_alias); specials it lacks otherwise (always [MASK]) get new rows; the vocabulary
+  is padded to a multiple of 128 (shardable) with rows never predicted."""
   rows: int                       # the checkpoint's embedding rows (>= its tokenizer's size)
   eos: int
   bos: Optional[int] = None
@@ -157,18 +160,32 @@ class VocabMap:
     out[self.to_dlm] = np.arange(self.rows)
     return out
 
+  def aliases(self):
+    """{dlm_jax special id: the dlm_jax id whose row it reads}: BOS -> the row of the
+    checkpoint's bos where that is another special's token, else EOS where it has no bos; PAD ->
+    the row of its pad where that is eos's or bos's token. Never its own row, never predicted."""
+    out = {}
+    if self.bos is None or self.to_dlm[self.bos] != BOS:
+      out[BOS] = EOS if self.bos is None else int(self.to_dlm[self.bos])
+    if self.pad is not None and self.to_dlm[self.pad] != PAD:
+      out[PAD] = int(self.to_dlm[self.pad])
+    return out
+
   def new_specials(self):
-    """dlm_jax's special ids the checkpoint has no row for ([MASK] always)."""
-    return [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0]
+    """dlm_jax's special ids the checkpoint has no row for and that read none of its rows
+    ([MASK] always)."""
+    return [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0 and i not in self.aliases()]
 
   def rows_in(self, table_VxD):
-    """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; new specials start as
-    the mean row (as transformers' resize_token_embeddings initialises added tokens), padding
-    rows as zeros."""
+    """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; an aliased special's
+    row is a copy of the row it reads (never read itself); new specials start as the mean row
+    (as transformers' resize_token_embeddings initialises added tokens); padding rows zeros."""
     table_VxD = np.asarray(table_VxD)
     out = np.zeros((self.size, table_VxD.shape[1]), table_VxD.dtype)
     out[self.to_dlm] = table_VxD
     out[self.new_specials()] = table_VxD.mean(0, dtype=np.float64).astype(table_VxD.dtype)
+    for i, row in self.aliases().items():
+      out[i] = out[row]
     return out
 
   def rows_out(self, table_VxD):
@@ -184,12 +201,15 @@ class VocabMap:
                mask=d.get('mask'))
 
   @classmethod
-  def of_hf_config(cls, hf, rows, path='config.json'):
+  def of_hf_config(cls, hf, rows, path='config.json', named=None):
+    """From a checkpoint's config.json; `named` ({'bos': id, 'pad': id}: what its tokenizer
+    files name, named_specials) fills the ids the config leaves out."""
     first = lambda x: x[0] if isinstance(x, list) else x
     eos = first(hf.get('eos_token_id'))
     if eos is None:
       raise DataError(f'{path}: eos_token_id is missing: a run needs an end-of-text token')
     ids = {k: first(hf.get(f'{k}_token_id')) for k in ('bos', 'pad', 'mask')}
+    ids.update({k: v for k, v in (named or {}).items() if ids.get(k) is None})
     for key, v in dict(ids, eos=eos).items():
       if v is not None and not 0 <= int(v) < rows:
         raise DataError(f'{path}: {key}_token_id={v} is outside the {rows} embedding rows')
@@ -215,11 +235,16 @@ class MappedTokenizer:
 
   @staticmethod
   def check(path, vmap):
-    """Refuses a tokenizer.json that cannot be read or lacks the checkpoint's eos token."""
+    """Refuses a tokenizer.json that cannot be read or lacks the checkpoint's eos, bos or pad
+    token."""
     tok = _read_tokenizer(path)
     if tok.id_to_token(vmap.eos) is None:
       raise DataError(f'{path}: no token has the end-of-text id eos_token_id={vmap.eos} that a '
                       'run needs')
+    for key in ('bos', 'pad'):
+      if getattr(vmap, key) is not None and tok.id_to_token(getattr(vmap, key)) is None:
+        raise DataError(f'{path}: no token has the id {key}_token_id={getattr(vmap, key)} that '
+                        'the checkpoint names')
     if tok.get_vocab_size() > vmap.rows:
       raise DataError(f'{path}: {tok.get_vocab_size()} tokens, more than the checkpoint\'s '
                       f'{vmap.rows} embedding rows')
@@ -231,6 +256,34 @@ class MappedTokenizer:
   def decode(self, ids):
     ids = [int(i) for i in ids if len(SPECIALS) <= int(i) < self.vocab_real]
     return self._tok.decode([int(self.map.from_dlm[i]) for i in ids])
+
+
+def named_specials(directory):
+  """{'bos': id, 'pad': id} of the tokens a checkpoint's tokenizer_config.json (else its
+  special_tokens_map.json) names, looked up in its tokenizer.json; a DataError naming the file,
+  key and value for a name tokenizer.json lacks."""
+  import json  # pylint: disable=g-import-not-at-top
+  out, tok = {}, None
+  for f in ('tokenizer_config.json', 'special_tokens_map.json'):
+    path = os.path.join(directory, f)
+    if not os.path.isfile(path):
+      continue
+    try:
+      with open(path, encoding='utf-8') as fh:
+        conf = json.load(fh)
+    except (OSError, ValueError) as e:
+      raise DataError(f'{path}: not readable JSON ({type(e).__name__}: {e})') from None
+    for key in ('bos', 'pad'):
+      name = conf.get(f'{key}_token') if isinstance(conf, dict) else None
+      name = name.get('content') if isinstance(name, dict) else name
+      if key in out or not isinstance(name, str):
+        continue
+      if tok is None:
+        tok = _read_tokenizer(os.path.join(directory, 'tokenizer.json'))
+      if tok.token_to_id(name) is None:
+        raise DataError(f'{path}: {key}_token={name!r} is not a token of tokenizer.json')
+      out[key] = tok.token_to_id(name)
+  return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,11 +6,13 @@ Only the layout of the weights differs (torch Linear stores [out, in]; dlm_jax s
 kernels [in, out] with heads split out, and stacks the layers when they are scanned), and the
 vocabulary: dlm_jax fixes PAD=0, BOS=1, EOS=2, MASK=3 for every tokenizer, so an imported
 vocabulary is permuted (data/tokenizers.VocabMap): the checkpoint's pad / bos / eos ids move to
-0 / 1 / 2, its other ids follow from 4 in their order, and missing specials get new rows. The
-[MASK] row is new: it (and a new PAD or BOS row) starts as the mean of the checkpoint's rows, as
-`transformers`' resize_token_embeddings initialises added tokens; the vocabulary is then padded
-to a multiple of 128 (shardable over `tensor`) with zero rows whose logits are never predicted.
-Export inverts all of it, so import -> export returns the original tensors bit for bit.
+0 / 1 / 2, its other ids follow from 4 in their order. BOS (PAD) where the checkpoint's bos (pad)
+is its eos, or BOS where it has none, reads the eos row (model.embed_alias: one row, trained as
+one). The [MASK] row is new: it (and a PAD the checkpoint lacks) starts as the mean of the
+checkpoint's rows, as `transformers`' resize_token_embeddings initialises added tokens; the
+vocabulary is then padded to a multiple of 128 (shardable over `tensor`) with zero rows whose
+logits are never predicted. Export inverts all of it (the checkpoint's rows, the shared one
+included), so import -> export returns the original tensors bit for bit.
 """
 import json
 import os

@@ -130,7 +130,7 @@ def restore(mngr, step, abstract_state, data_iter=None):
 
 
 ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'mlp_dim', 'vocab_size',
-             'vocab_real', 'unpredicted', 'tie_embeddings', 'qkv_bias', 'rope_base', 'rope_scaling',
+             'vocab_real', 'unpredicted', 'embed_alias', 'tie_embeddings', 'qkv_bias', 'rope_base', 'rope_scaling',
              'norm_eps', 'scan_layers')
 
 
