@@ -42,6 +42,10 @@ def base() -> ml_collections.ConfigDict:
       num_layers=4,
       num_heads=4,
       num_kv_heads=0,          # grouped-query attention: key/value heads (0: num_heads)
+      head_dim=0,              # H per head (0: d_model / num_heads); Qwen3 sets it apart
+      qk_norm=False,           # RMSNorm on each head's q and k before RoPE (Qwen3)
+      sliding_window=0,        # an imported checkpoint's attention window (0: none): data.seq_len
+                               # may not exceed it (full attention is exact only within it)
       mlp_dim=0,               # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 64
       rope_base=10000.0,       # RoPE theta
       rope_scaling='',         # '' | 'llama3:FACTOR,LOW,HIGH,CONTEXT': Llama 3.1's long-context
@@ -349,10 +353,14 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
         f'{m.size!r} is not a size name ({", ".join(flops.SIZES)})')
   for k in ('d_model', 'num_layers', 'num_heads'):
     _need(m[k] > 0, f'model.{k}', f'must be positive, got {m[k]}')
-  _need(m.d_model % m.num_heads == 0, 'model.num_heads',
-        f'{m.num_heads} heads do not divide d_model={m.d_model}')
-  _need((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads',
-        f'head dim {m.d_model // m.num_heads} must be even for RoPE')
+  _need(m.head_dim >= 0, 'model.head_dim', f'must be >= 0 (0: d_model / num_heads), got '
+        f'{m.head_dim}')
+  _need(m.head_dim > 0 or m.d_model % m.num_heads == 0, 'model.num_heads',
+        f'{m.num_heads} heads do not divide d_model={m.d_model} (or set model.head_dim)')
+  H = flops.head_size(m.d_model, m.num_heads, m.head_dim)
+  _need(H % 2 == 0, 'model.head_dim' if m.head_dim else 'model.num_heads',
+        f'head dim {H} must be even for RoPE')
+  check_window(m.sliding_window, d.seq_len)
   _need(m.mlp_dim >= 0 and m.vocab_size >= 0, 'model.mlp_dim', 'must be >= 0')
   _need(m.num_kv_heads >= 0 and (m.num_kv_heads == 0 or m.num_heads % m.num_kv_heads == 0),
         'model.num_kv_heads', f'{m.num_kv_heads} must be 0 or divide num_heads={m.num_heads}')
@@ -466,6 +474,17 @@ def _check_embed_alias(m):
     _need(str(i) in [x.strip() for x in m.unpredicted.split(',')], 'model.embed_alias',
           f'{i}:{row}: id {i} must be in model.unpredicted={m.unpredicted!r} (it reads row '
           f'{row}: predicting it too would split that token\'s probability)')
+
+
+def check_window(sliding_window, seq_len):
+  """model.sliding_window W > 0: the checkpoint attends to the last W positions only, and full
+  attention (all dlm_jax has) is the same function only while data.seq_len <= W."""
+  _need(sliding_window >= 0, 'model.sliding_window', f'must be >= 0 (0: none), got '
+        f'{sliding_window}')
+  _need(not sliding_window or seq_len <= sliding_window, 'data.seq_len',
+        f'{seq_len} is larger than model.sliding_window={sliding_window}: the checkpoint attends '
+        f'over its last {sliding_window} positions only and dlm_jax attends over all of them, '
+        f'which is the same model only up to the window (use data.seq_len <= {sliding_window})')
 
 
 def resolve(cfg: ml_collections.ConfigDict, vocab_size: int, training=True,

@@ -2,8 +2,9 @@
 
   python -m dlm_jax.hf import ~/models/SmolLM2-135M --workdir runs/smollm
       a local model directory (config.json, *.safetensors or a sharded index, tokenizer.json) of
-      LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM -> a run directory (step 0) that
-      init_from, --mode eval, --mode sample and lmeval accept. Reads with numpy only (no torch).
+      LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM -> a run directory
+      (step 0) that init_from, --mode eval, --mode sample and lmeval accept. Reads with numpy only
+      (no torch).
   python -m dlm_jax.hf export runs/x exported/x [--dtype bfloat16]
       any run (AR, MDM, dual) -> a directory AutoModelForCausalLM.from_pretrained loads.
 """
@@ -100,6 +101,7 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   tok_dir = os.path.join(os.path.abspath(workdir), 'tokenizer')
   cfg.data.tokenizer = f'hf:{tok_dir}'
   cfg.data.seq_len = seq_len or min(2048, int(hf_cfg.get('max_position_embeddings', 2048)))
+  config_lib.check_window(cfg.model.sliding_window, cfg.data.seq_len)  # before anything is written
   os.makedirs(tok_dir)
   for f in hf.TOKENIZER_FILES:
     if os.path.exists(os.path.join(src, f)):
@@ -126,7 +128,7 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   rundir.atomic_json(rundir.path(workdir, rundir.SUMMARY), summary)
   with open(os.path.join(workdir, INIT_CONFIG), 'w', encoding='utf-8') as f:
     f.write(INIT_TEMPLATE.format(src=src, run=os.path.abspath(workdir), model={
-        k: cfg.model[k] for k in checkpoint.ARCH_KEYS + ('param_dtype',)},
+        k: cfg.model[k] for k in checkpoint.ARCH_KEYS + ('param_dtype', 'sliding_window')},
                                  tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len))
   return summary
 

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,165 @@ def test_dropout_only_in_training(setup):
   tr = m.apply({'params': params}, toks, 'causal', deterministic=False,
                rngs={'dropout': jax.random.PRNGKey(3)})
   assert np.abs(np.asarray(tr - ev1)).max() > 1e-3
+
+
+# Qwen3's attention: head dim H = 12 apart from d / N = 8, RMSNorm on q and k, 2 key/value heads
+QWEN3 = dict(head_dim=12, qk_norm=True, num_kv_heads=2)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jlogits(cfg, params, toks, attention):
+  return model_lib.Transformer(cfg).apply({'params': params}, toks, attention)
+
+
+def _unrolled(params, n):
+  out = {k: v for k, v in params.items() if k != 'layers'}
+  for i in range(n):
+    out[f'layers_{i}'] = jax.tree_util.tree_map(lambda x: x[i], params['layers'])
+  return out
+
+
+@pytest.fixture(scope='module')
+def qwen3():
+  cfg = model_lib.ModelConfig.of(mcfg(**QWEN3))
+  params = jax.jit(lambda r: model_lib.init_params(cfg, r, 12)[1])(jax.random.PRNGKey(0))
+  # norm scales away from their init of ones, so a q_norm / k_norm mix-up shows
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x * jnp.linspace(0.5, 1.5, x.shape[-1]) if 'norm' in jax.tree_util.keystr(p)
+      else x, params)
+  toks = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (2, 12), 4, 50))
+  return cfg, params, toks
+
+
+def test_head_dim_and_qk_norm_fast_path_equals_plain_path(qwen3):
+  """Scanned layers + explicit attention (hand-written backward) + remat against unrolled
+  layers + the reference softmax under plain autodiff: logits and gradients, with H != d / N."""
+  cfg, params, toks = qwen3
+  assert params['layers']['q']['kernel'].shape == (2, 32, 4, 12)
+  assert params['layers']['k_norm']['scale'].shape == (2, 12)
+  fast = model_lib.ModelConfig.of(mcfg(**QWEN3, attention='explicit', remat='full'))
+  plain = model_lib.ModelConfig.of(mcfg(**QWEN3, attention='reference', remat='none',
+                                        scan_layers=False))
+  targets = jnp.asarray(toks)
+
+  @functools.partial(jax.jit, static_argnums=(0, 2))
+  def loss_and_grads(c, p, kind):
+    def loss(p):
+      out = model_lib.Transformer(c).apply({'params': p}, targets, kind)
+      lp = jax.nn.log_softmax(out)
+      return -jnp.mean(jnp.take_along_axis(lp, targets[..., None], -1)), out
+    return jax.value_and_grad(loss, has_aux=True)(p)
+  for kind in ('causal',):  # the bidirectional kernel is the same code without the tril mask
+    (l1, o1), g1 = loss_and_grads(fast, params, kind)
+    (l2, o2), g2 = loss_and_grads(plain, _unrolled(params, 2), kind)
+    np.testing.assert_allclose(o1, o2, atol=1e-5)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    g1 = _unrolled(g1, 2)
+    assert jax.tree_util.tree_structure(g1) == jax.tree_util.tree_structure(g2)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    assert float(jnp.abs(g1['layers_0']['q_norm']['scale']).max()) > 1e-4  # it is trained
+
+
+def test_qk_norm_makes_attention_invariant_to_the_scale_of_q_and_k(qwen3):
+  """RMSNorm sits between the q/k projections and RoPE: scaling those kernels changes nothing
+  with qk_norm and changes the logits without it."""
+  cfg, params, toks = qwen3
+  scaled = jax.tree_util.tree_map_with_path(
+      lambda p, x: 3.0 * x if jax.tree_util.keystr(p).split("']")[1] in ("['q", "['k") else x,
+      params)
+  assert not np.array_equal(scaled['layers']['q']['kernel'], params['layers']['q']['kernel'])
+  np.testing.assert_allclose(_jlogits(cfg, scaled, toks, 'causal'),
+                             _jlogits(cfg, params, toks, 'causal'), atol=1e-4)
+  plain = {k: v for k, v in params['layers'].items() if k not in ('q_norm', 'k_norm')}
+  no_norm = model_lib.ModelConfig.of(mcfg(head_dim=12, num_kv_heads=2))
+  a = _jlogits(no_norm, dict(params, layers=plain), toks, 'causal')
+  b = _jlogits(no_norm, dict(scaled, layers={k: scaled['layers'][k] for k in plain}), toks,
+               'causal')
+  assert np.abs(np.asarray(a - b)).max() > 1e-2
+
+
+def test_head_dim_kv_cache_equals_full_forward(qwen3):
+  cfg, params, toks = qwen3
+  model = model_lib.Transformer(cfg)
+  cache = model_lib.init_cache(cfg, 2, 12)
+  assert cache['k'].shape == (2, 2, 12, 2, 12)  # layers x B x S x K x H
+  step = jax.jit(lambda p, x, c, i: model.apply({'params': p}, x, 'causal', cache=c,
+                                                cache_pos=i))
+  out, cache = step(params, jnp.asarray(toks[:, :7]), cache, 0)
+  outs = [out]
+  for i in range(7, 12):
+    out, cache = step(params, jnp.asarray(toks[:, i:i + 1]), cache, i)
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), _jlogits(cfg, params, toks, 'causal'),
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.parametrize('scan', [True, False])
+def test_head_dim_and_qk_norm_counts_match_the_pytree_and_a_hand_count(bias, scan):
+  """d=32, N=4, H=12, K=2, F=64, V=50, 2 layers, tied. Per layer: q, o 32 x 48 each, k, v
+  32 x 24 each, MLP 3 x 32 x 64, 2 norms of 32, q/k norms of 12 each (+ biases 48 + 2 x 24):
+  10,840 (+96); nonembed = 2 x that + 32. Training FLOPs per token at L=16:
+  3 x (2 x (2 x 10,752 matmul + 1,600 head) + 2 layers x 4 x 16 x 48 attention) = 157,056."""
+  cfg = mcfg(**QWEN3, qkv_bias=bias, scan_layers=scan)
+  shapes = jax.eval_shape(lambda: model_lib.init_params(cfg, jax.random.PRNGKey(0), 8)[1])
+  n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+  c = flops.from_config(config.resolve(_run_config(cfg), 50).model, 16)
+  nonembed = 2 * (10840 + 96 * bias) + 32
+  assert (n, c['N_total'], c['N_nonembed']) == (nonembed + 1600, nonembed + 1600, nonembed)
+  assert c['flops_per_token'] == 157056
+  assert flops.from_config(config.resolve(_run_config(mcfg()), 50).model, 16)[
+      'flops_per_token'] == 3 * (2 * (2 * (4 * 32 * 32 + 3 * 32 * 64) + 1600) + 2 * 4 * 16 * 32)
+
+
+def _run_config(model):
+  c = config.base()
+  c.model.update(model.to_dict())
+  c.data.seq_len = 16
+  return c
+
+
+def test_sharding_rules_cover_the_qk_norm_and_head_dim_params():
+  from dlm_jax.core import sharding  # pylint: disable=g-import-not-at-top
+  cfg = mcfg(**QWEN3, qkv_bias=True)
+  axes = model_lib.logical_axes(cfg, 8)
+  specs = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  names = {n for s in specs for n in s}
+  assert names <= set(dict(sharding.RULES)), names - set(dict(sharding.RULES))
+  assert axes['layers']['q_norm']['scale'] == jax.sharding.PartitionSpec('layers', 'norm')
+
+  class FakeMesh:
+    shape = {'data': 1, 'fsdp': 4, 'tensor': 2}
+  shapes = jax.eval_shape(lambda: model_lib.init_params(cfg, jax.random.PRNGKey(0), 8)[1])
+  spec = lambda *path: sharding.logical_to_spec(
+      functools.reduce(lambda t, k: t[k], path, axes), functools.reduce(
+          lambda t, k: t[k], path, shapes).shape, FakeMesh())
+  P = jax.sharding.PartitionSpec
+  assert spec('layers', 'q', 'kernel') == P(None, 'fsdp', 'tensor', None)  # 32 x 4 heads x 12
+  assert spec('layers', 'k', 'kernel') == P(None, 'fsdp', 'tensor', None)  # 2 kv heads
+  assert spec('layers', 'o', 'kernel') == P(None, 'tensor', None, 'fsdp')
+  assert spec('layers', 'q_norm', 'scale') == P(None, None)
+
+
+@pytest.mark.parametrize('change,needle', [
+    (dict(head_dim=7), 'config.model.head_dim: head dim 7 must be even for RoPE'),
+    (dict(head_dim=-2), 'config.model.head_dim: must be >= 0'),
+    (dict(num_heads=5), 'config.model.num_heads: 5 heads do not divide d_model=32'),
+    (dict(sliding_window=15), 'config.data.seq_len: 16 is larger than model.sliding_window=15'),
+])
+def test_head_dim_and_window_are_validated(change, needle):
+  c = _run_config(mcfg(**change))
+  with pytest.raises(config.ConfigError, match=needle.replace('(', r'\(')):
+    config.validate(c)
+
+
+def test_head_dim_window_accepted_and_old_runs_keep_their_defaults():
+  c = _run_config(mcfg(num_heads=5, head_dim=8, sliding_window=16))  # 5 x 8 != 32: allowed
+  assert config.validate(c).model.head_dim == 8
+  old = config.base().to_dict()
+  for k in ('head_dim', 'qk_norm', 'sliding_window'):
+    del old['model'][k]
+  m = config.from_run(old).model
+  assert (m.head_dim, m.qk_norm, m.sliding_window) == (0, False, 0)
+  assert model_lib.head_dim(m) == m.d_model // m.num_heads

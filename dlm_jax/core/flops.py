@@ -42,14 +42,23 @@ SIZES = {
 }
 
 
+def head_size(d_model, num_heads, head_dim=0):
+  """H of each attention head: model.head_dim, or d_model / num_heads where that is 0 (Llama's
+  rule; Qwen3 sets H apart, so N H may differ from d). The one place it is computed."""
+  return head_dim or d_model // num_heads
+
+
 def param_counts(d_model, num_layers, mlp_dim, vocab_size, tie_embeddings=True, num_heads=1,
-                 num_kv_heads=0, qkv_bias=False):
-  """Exact counts for model.Transformer: dict(N_total, N_nonembed, N_embed, N_head). With
-  grouped-query attention the k and v projections are d x (K H) each."""
+                 num_kv_heads=0, qkv_bias=False, head_dim=0, qk_norm=False):
+  """Exact counts for model.Transformer: dict(N_total, N_nonembed, N_embed, N_head). The q and o
+  projections are d x (N H), k and v d x (K H) each (grouped-query attention: K < N); qk_norm
+  adds an H-wide RMSNorm scale for q and one for k per layer."""
   d, f = d_model, mlp_dim
-  kv = d * (num_kv_heads or num_heads) // num_heads  # K x head_dim
-  per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d  # q,o + k,v + gate,up,down + 2 norms
-  per_layer += (d + 2 * kv) if qkv_bias else 0
+  H = head_size(d, num_heads, head_dim)
+  q, kv = num_heads * H, (num_kv_heads or num_heads) * H  # N x H, K x H
+  per_layer = 2 * d * q + 2 * d * kv + 3 * d * f + 2 * d  # q,o + k,v + gate,up,down + 2 norms
+  per_layer += (q + 2 * kv) if qkv_bias else 0
+  per_layer += 2 * H if qk_norm else 0
   embed = vocab_size * d
   head = 0 if tie_embeddings else d * vocab_size
   nonembed = num_layers * per_layer + d       # + final norm
@@ -57,12 +66,13 @@ def param_counts(d_model, num_layers, mlp_dim, vocab_size, tie_embeddings=True, 
 
 
 def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=True,
-                    num_heads=1, num_kv_heads=0):
+                    num_heads=1, num_kv_heads=0, head_dim=0):
   """Matmul FLOPs per token of one forward (x3 when training), attention included."""
   d, f = d_model, mlp_dim
-  kv = d * (num_kv_heads or num_heads) // num_heads
-  matmul_params = num_layers * (2 * d * d + 2 * d * kv + 3 * d * f) + d * vocab_size
-  forward = 2 * matmul_params + num_layers * 4 * seq_len * d
+  H = head_size(d, num_heads, head_dim)
+  q, kv = num_heads * H, (num_kv_heads or num_heads) * H
+  matmul_params = num_layers * (2 * d * q + 2 * d * kv + 3 * d * f) + d * vocab_size
+  forward = 2 * matmul_params + num_layers * 4 * seq_len * q
   return 3 * forward if training else forward
 
 
@@ -70,10 +80,12 @@ def from_config(model_cfg, seq_len):
   """Counts and per-token training FLOPs for a resolved config.model."""
   m = model_cfg
   kv = m.get('num_kv_heads', 0)
+  hd = m.get('head_dim', 0)
   out = param_counts(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, m.tie_embeddings,
-                     m.num_heads, kv, m.get('qkv_bias', False))
+                     m.num_heads, kv, m.get('qkv_bias', False), hd, m.get('qk_norm', False))
   out['flops_per_token'] = flops_per_token(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size,
-                                           seq_len, num_heads=m.num_heads, num_kv_heads=kv)
+                                           seq_len, num_heads=m.num_heads, num_kv_heads=kv,
+                                           head_dim=hd)
   return out
 
 

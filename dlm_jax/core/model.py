@@ -4,8 +4,9 @@ Shape letters in tensor names, everywhere in the package: B batch rows, L sequen
 S key / cache length, D model width, N attention heads, H head dim, F MLP width, V vocabulary,
 R scored rows, P masked-variant passes, K Monte Carlo samples, G time-grid points, J blocks.
 
-RoPE, RMSNorm (pre-norm), SwiGLU, grouped-query attention, optional q/k/v biases, optional tied
-embeddings, layers under `nn.scan`: the Llama / Mistral / Qwen2 function (interop/hf.py). One set of
+RoPE, RMSNorm (pre-norm), SwiGLU, grouped-query attention, optional q/k/v biases, an optional head
+dim apart from d / N and RMSNorm on q and k per head (Qwen3), optional tied embeddings, layers
+under `nn.scan`: the Llama / Mistral / Qwen2 / Qwen3 function (interop/hf.py). One set of
 parameters runs with three attention kinds, chosen per call:
   causal         position i attends to j <= i
   bidirectional  every position attends to every position
@@ -23,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.core.flops import head_size
 from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
 from dlm_jax.core.sharding import BATCH_AXES as BATCH, constrain
 from dlm_jax.data.tokenizers import MASK
@@ -36,6 +38,11 @@ class ModelConfig:
   num_layers: int = 4
   num_heads: int = 4
   num_kv_heads: int = 0          # grouped-query attention: key/value heads (0: num_heads)
+  head_dim: int = 0              # H per head (0: d_model / num_heads); Qwen3 sets it apart
+  qk_norm: bool = False          # RMSNorm over each head's H dims of q and k, before RoPE (Qwen3)
+  sliding_window: int = 0        # the checkpoint's attention window (0: none); recorded, not
+                                 # applied: validation keeps data.seq_len within it, where full
+                                 # attention is the same function
   mlp_dim: int = 0
   vocab_size: int = 0
   vocab_real: int = 0            # rows in use; the rest pad the vocabulary, never predicted
@@ -133,7 +140,7 @@ def attention_impl(cfg, has_mask=False, backend=None) -> str:
     return 'explicit'
   if backend != 'gpu':
     return 'xla'
-  H = cfg.d_model // cfg.num_heads
+  H = head_dim(cfg)
   why = ('compute dtype float32 (cuDNN needs bf16/fp16)' if cfg.dtype == 'float32' else
          f'head dim {H} (cuDNN needs a multiple of 8 up to 128)' if H % 8 or H > 128 else
          'an explicit (segment / prefix) mask' if has_mask else '')
@@ -169,7 +176,7 @@ class Block(nn.Module):
   def __call__(self, x_BxLxD, mask, is_causal, deterministic, kv=None, pos=None):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
-    N, H = c.num_heads, c.d_model // c.num_heads
+    N, H = c.num_heads, head_dim(c)
     K = c.num_kv_heads or N
     normal = nn.initializers.normal(0.02)
     std_out = 0.02 / (2 * c.num_layers) ** 0.5  # residual-branch outputs (GPT-2 scaling)
@@ -186,8 +193,12 @@ class Block(nn.Module):
     h_BxLxD = RMSNorm(dt, pdt, c.norm_eps, name='attn_norm')(x_BxLxD)
     heads = lambda y: constrain(y, self.mesh, BATCH, None, 'tensor', None)
     offset = 0 if kv is None else pos
-    q_BxLxNxH = heads(rope(qkv(N, 'q')(h_BxLxD), c.rope_base, offset, c.rope_scaling))
-    k_BxLxKxH = rope(qkv(K, 'k')(h_BxLxD), c.rope_base, offset, c.rope_scaling)
+    q_BxLxNxH, k_BxLxKxH = qkv(N, 'q')(h_BxLxD), qkv(K, 'k')(h_BxLxD)
+    if c.qk_norm:  # Qwen3: each head's q and k RMS-normalised over H (own scales), then RoPE
+      q_BxLxNxH = RMSNorm(dt, pdt, c.norm_eps, name='q_norm')(q_BxLxNxH)
+      k_BxLxKxH = RMSNorm(dt, pdt, c.norm_eps, name='k_norm')(k_BxLxKxH)
+    q_BxLxNxH = heads(rope(q_BxLxNxH, c.rope_base, offset, c.rope_scaling))
+    k_BxLxKxH = rope(k_BxLxKxH, c.rope_base, offset, c.rope_scaling)
     v_BxLxKxH = qkv(K, 'v')(h_BxLxD)
     if kv is not None:  # decoding: this step's keys / values into the cache, attend over it
       start = (0, pos, 0, 0)
@@ -316,6 +327,11 @@ def unpredicted_ids(cfg):
   return tuple(int(x) for x in cfg.unpredicted.split(',') if x.strip())
 
 
+def head_dim(cfg):
+  """H of each attention head of a ModelConfig or config.model (flops.head_size)."""
+  return head_size(cfg.d_model, cfg.num_heads, getattr(cfg, 'head_dim', 0))
+
+
 def embed_aliases(cfg):
   """The (id, row) pairs of model.embed_alias ('0:2,1:2' -> ((0, 2), (1, 2)))."""
   return tuple(tuple(int(v) for v in p.split(':')) for p in cfg.embed_alias.split(',')
@@ -326,8 +342,7 @@ def init_cache(cfg, batch: int, length: int):
   """An empty KV cache for `length` positions: k, v of shape layers x B x S x K x head_dim in the
   compute dtype (K key/value heads: grouped-query attention caches K, not N)."""
   cfg = ModelConfig.of(cfg)
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads or cfg.num_heads,
-           cfg.d_model // cfg.num_heads)
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads or cfg.num_heads, head_dim(cfg))
   return dict(k=jnp.zeros(shape, DTYPES[cfg.dtype]), v=jnp.zeros(shape, DTYPES[cfg.dtype]))
 
 

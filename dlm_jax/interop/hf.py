@@ -1,7 +1,10 @@
-"""Hugging Face checkpoints in and out: Llama, Mistral and Qwen2 causal LMs <-> dlm_jax runs.
+"""Hugging Face checkpoints in and out: Llama, Mistral, Qwen2 and Qwen3 causal LMs <-> dlm_jax runs.
 
 Both models are the same function: pre-norm RMSNorm, RoPE in the half-split (rotate_half)
-layout, SwiGLU, grouped-query attention, optional q/k/v biases (Qwen2), tied or untied head.
+layout, SwiGLU, grouped-query attention, optional q/k/v biases (Qwen2), an explicit head_dim and
+RMSNorm on q and k per head (Qwen3), tied or untied head. A sliding window (Mistral v0.1; Qwen2 /
+Qwen3 with use_sliding_window) is recorded as model.sliding_window: full attention equals it for
+every context up to the window, and validation refuses a data.seq_len beyond it.
 Only the layout of the weights differs (torch Linear stores [out, in]; dlm_jax stores the
 kernels [in, out] with heads split out, and stacks the layers when they are scanned), and the
 vocabulary: dlm_jax fixes PAD=0, BOS=1, EOS=2, MASK=3 for every tokenizer, so an imported
@@ -21,11 +24,12 @@ from typing import Optional
 
 import numpy as np
 
+from dlm_jax.core import flops
 from dlm_jax.data import tokenizers
 from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD, SPECIALS, VocabMap
 from dlm_jax.errors import InteropError
 
-SUPPORTED = ('LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM')
+SUPPORTED = ('LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM')
 HF_CONFIG = 'hf_config.json'  # an imported checkpoint's own config.json, kept for export
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'generation_config.json')
@@ -50,16 +54,20 @@ def model_keys(hf, path='config.json'):
       (not hf.get('mlp_bias'), 'mlp_bias', 'MLP biases are not implemented'),
       (arch == 'Qwen2ForCausalLM' or not hf.get('attention_bias'), 'attention_bias',
        'an output-projection bias is not implemented (q/k/v biases are: Qwen2)'),
-      (hf.get('head_dim') in (None, d // n), 'head_dim', f'must be hidden_size / heads = {d // n}'),
-      (not hf.get('use_sliding_window') and (arch != 'MistralForCausalLM' or
-                                             hf.get('sliding_window') is None),
-       'sliding_window', 'sliding-window attention is not implemented'),
+      (hf.get('head_dim') is not None or d % n == 0, 'num_attention_heads',
+       f'it does not divide hidden_size={d} and no head_dim is given'),
+      (hf.get('head_dim') is None or (isinstance(hf['head_dim'], int) and hf['head_dim'] > 0
+                                      and hf['head_dim'] % 2 == 0), 'head_dim',
+       'a positive even number is needed for RoPE'),
   ]
   for ok, key, why in checks:
     if not ok:
       raise InteropError(f'{path}: {key}={hf.get(key)!r} is not supported ({why})')
+  H = hf.get('head_dim') or d // n
   return dict(d_model=d, num_layers=hf['num_hidden_layers'], num_heads=n,
               num_kv_heads=hf.get('num_key_value_heads') or n,
+              head_dim=0 if H * n == d else H, qk_norm=arch == 'Qwen3ForCausalLM',
+              sliding_window=_sliding_window(hf, arch),
               mlp_dim=hf['intermediate_size'], rope_base=theta, rope_scaling=(
                   'llama3:{factor},{low_freq_factor},{high_freq_factor},'
                   '{original_max_position_embeddings}'.format(**rope)
@@ -69,11 +77,26 @@ def model_keys(hf, path='config.json'):
               qkv_bias=arch == 'Qwen2ForCausalLM', size='')
 
 
+def _sliding_window(hf, arch):
+  """The attention window any layer of the checkpoint uses (0: none). Mistral: sliding_window;
+  Qwen2 / Qwen3: sliding_window where use_sliding_window is set, on the layers that
+  layer_types marks (by default those from max_window_layers on)."""
+  w = hf.get('sliding_window')
+  if arch == 'MistralForCausalLM' or not w:
+    return int(w or 0)
+  if arch not in ('Qwen2ForCausalLM', 'Qwen3ForCausalLM') or not hf.get('use_sliding_window'):
+    return 0
+  n = hf['num_hidden_layers']
+  types = hf.get('layer_types') or ['sliding_attention' if i >= hf.get('max_window_layers', n)
+                                    else 'full_attention' for i in range(n)]
+  return int(w) if 'sliding_attention' in types else 0
+
+
 # (HF name with {i} for the layer, dlm_jax path, to dlm_jax, from dlm_jax); shapes from cfg
 def _layer_tensors(m):
   D, N, F = m['d_model'], m['num_heads'], m['mlp_dim']
   K = m['num_kv_heads'] or N
-  H = D // N
+  H = flops.head_size(D, N, m.get('head_dim', 0))
   heads_in = lambda n: (lambda w: w.T.reshape(D, n, H), lambda k: k.reshape(D, n * H).T)
   bias = lambda n: (lambda b: b.reshape(n, H), lambda b: b.reshape(n * H))
   plain = (lambda w: w.T, lambda k: k.T)
@@ -88,6 +111,9 @@ def _layer_tensors(m):
          ('mlp.down_proj.weight', ('down', 'kernel'), *plain, (D, F)),
          ('input_layernorm.weight', ('attn_norm', 'scale'), *same, (D,)),
          ('post_attention_layernorm.weight', ('mlp_norm', 'scale'), *same, (D,))]
+  if m.get('qk_norm'):
+    out += [('self_attn.q_norm.weight', ('q_norm', 'scale'), *same, (H,)),
+            ('self_attn.k_norm.weight', ('k_norm', 'scale'), *same, (H,))]
   if m['qkv_bias']:
     out += [('self_attn.q_proj.bias', ('q', 'bias'), *bias(N), (N * H,)),
             ('self_attn.k_proj.bias', ('k', 'bias'), *bias(K), (K * H,)),
@@ -104,10 +130,22 @@ def _get(reader, name, shape):
   return reader[name]
 
 
+def _check_head_dim(reader, m):
+  """The q projection's rows are num_attention_heads x head_dim: a config whose head_dim (or
+  hidden_size / heads) the tensors contradict is named as such, not as a shape mismatch."""
+  N, H, name = m['num_heads'], flops.head_size(m['d_model'], m['num_heads'], m.get('head_dim')), \
+      'model.layers.0.self_attn.q_proj.weight'
+  rows = reader.shape(name)[0] if name in reader else N * H
+  if rows != N * H:
+    raise InteropError(f'config.json: head_dim={H} does not match the checkpoint: {name} has '
+                       f'{rows} rows, not num_attention_heads x head_dim = {N} x {H} = {N * H}')
+
+
 def params_from_hf(reader, m, vocab: VocabMap, dtype, scan_layers=True):
   """dlm_jax params (numpy, `dtype`) from a safetensors Reader. Each stacked array is allocated
   once and filled layer by layer from the memory-mapped file: one copy in memory."""
   D, Lyr = m['d_model'], m['num_layers']
+  _check_head_dim(reader, m)
   cast = lambda x: np.asarray(x).astype(dtype, copy=False)
   params = {'embed': {'embedding': cast(vocab.rows_in(
       _get(reader, 'model.embed_tokens.weight', (vocab.rows, D))))}}
@@ -155,13 +193,20 @@ def _rope_parameters(m):
 
 def hf_config(m, vocab_size, max_positions, dtype_name, base=None):
   """A transformers config.json for dlm_jax model keys: `base` (an imported checkpoint's own
-  config) kept where given, else Llama (Qwen2 with q/k/v biases) with dlm_jax's special ids."""
+  config) kept where given, else Llama (Qwen2 with q/k/v biases, Qwen3 with qk_norm) with
+  dlm_jax's special ids."""
   if base is not None:
     return dict(base, torch_dtype=dtype_name, dtype=dtype_name)
-  arch = 'Qwen2ForCausalLM' if m['qkv_bias'] else 'LlamaForCausalLM'
-  return dict(architectures=[arch], model_type='qwen2' if m['qkv_bias'] else 'llama',
+  if m.get('qk_norm') and m['qkv_bias']:
+    raise InteropError('model.qk_norm=True with model.qkv_bias=True: no transformers '
+                       "architecture has both (Qwen3's attention_bias biases the output "
+                       'projection too), so this run cannot be exported')
+  arch, kind = (('Qwen3ForCausalLM', 'qwen3') if m.get('qk_norm') else
+                ('Qwen2ForCausalLM', 'qwen2') if m['qkv_bias'] else ('LlamaForCausalLM', 'llama'))
+  return dict(architectures=[arch], model_type=kind,
               hidden_size=m['d_model'], num_hidden_layers=m['num_layers'],
               num_attention_heads=m['num_heads'],
+              head_dim=flops.head_size(m['d_model'], m['num_heads'], m.get('head_dim')),
               num_key_value_heads=m['num_kv_heads'] or m['num_heads'],
               intermediate_size=m['mlp_dim'], vocab_size=vocab_size, hidden_act='silu',
               rope_theta=m['rope_base'], rms_norm_eps=m['norm_eps'],

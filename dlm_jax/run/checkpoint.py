@@ -129,9 +129,9 @@ def restore(mngr, step, abstract_state, data_iter=None):
   return mngr.restore(step, args=ocp.args.Composite(**args))['state']
 
 
-ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'mlp_dim', 'vocab_size',
-             'vocab_real', 'unpredicted', 'embed_alias', 'tie_embeddings', 'qkv_bias', 'rope_base', 'rope_scaling',
-             'norm_eps', 'scan_layers')
+ARCH_KEYS = ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim',
+             'vocab_size', 'vocab_real', 'unpredicted', 'embed_alias', 'tie_embeddings',
+             'qkv_bias', 'qk_norm', 'rope_base', 'rope_scaling', 'norm_eps', 'scan_layers')
 
 
 def load_params(run_dir, cfg, mesh=None, what=None):
