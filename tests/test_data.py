@@ -71,11 +71,10 @@ def test_local_jsonl_corpus_short_documents_are_packed(tmp_path):
   assert info['train_docs'] + info['val_docs'] == 200
   assert (tr == EOS).sum() == info['train_docs']  # one EOS closes every (short) document
   w = pipeline.windows(tr, 16)
-  b = pipeline.make_batch(w[:4], segment_ids=True)
-  # the segment increments right after an EOS target (the EOS is the next document's first input)
-  for row_t, row_s in zip(b['targets'], b['segment_ids']):
-    for i in range(1, 16):
-      assert row_s[i] - row_s[i - 1] == int(row_t[i - 1] == EOS)
+  b = pipeline.make_batch(w[:4])
+  # short documents share windows; the batch holds the targets only (segment ids come from the
+  # inputs the model reads: objectives.input_segments, tested in test_estimands)
+  assert set(b) == {'targets'} and (b['targets'] == EOS).sum(1).min() >= 1
 
 
 def test_epochs_reshuffle_and_cover_every_window():

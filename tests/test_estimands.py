@@ -416,7 +416,8 @@ def test_the_denoiser_sees_only_the_noisy_input(objective, pad):
   c.dual.ar_weight = '1/2'
   x = np.array([[5, 6, EOS, 7, 8, 9, EOS, 10, 11, EOS, PAD, PAD],
                 [7, EOS, 8, 9, 10, 11, 12, EOS, 13, 14, 15, 16]], np.int32)
-  batch = pipeline.make_batch(x, segment_ids=True)  # as the data pipeline hands it to the step
+  c.data.segment_ids = True
+  batch = pipeline.make_batch(x)  # as the data pipeline hands it to the step
   mask = np.zeros_like(x, bool)
   mask[0, [2, 4, 10]] = True   # an EOS, a letter, a PAD (maskable under pad=predict)
   mask[1, [1, 5, 7]] = True
@@ -430,8 +431,8 @@ def test_the_denoiser_sees_only_the_noisy_input(objective, pad):
   spies = []
   for xx in (x, x2):
     spy = Spy(model)
-    objectives.mdm_terms(spy, params, pipeline.make_batch(xx, segment_ids=True),
-                         jnp.asarray(mask), w, w, None, train=False)
+    objectives.mdm_terms(spy, params, pipeline.make_batch(xx), jnp.asarray(mask), w, w, None,
+                         train=False, segments=True)
     spies.append(spy.calls[0])
   (u1, s1, l1), (u2, s2, l2) = spies
   np.testing.assert_array_equal(u1, u2)
@@ -528,7 +529,8 @@ def test_grad_accumulation_is_the_same_update(case):
   x[::2, 6] = EOS
   x[1::3, 8:] = PAD
   x[1::3, 7] = EOS
-  batch = pipeline.make_batch(x, segment_ids=segments)
+  c.data.segment_ids = segments
+  batch = pipeline.make_batch(x)
   if task:
     batch['prefix_len'] = np.array([2, 0, 3, 1, 4, 2, 0, 1], np.int32)
   batch = jax.tree_util.tree_map(jnp.asarray, batch)
@@ -546,6 +548,44 @@ def test_grad_accumulation_is_the_same_update(case):
       np.testing.assert_allclose(out[k][1][key], out[1][1][key], rtol=1e-5, err_msg=key)
     for a, b in zip(jax.tree_util.tree_leaves(out[k][2]), jax.tree_util.tree_leaves(out[1][2])):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('case', ['dual_B2', 'mdm_B4_task'])
+def test_grad_accum_equal_to_the_batch_size_is_the_same_update(case):
+  """train.grad_accum = B (one row per microbatch): a microbatch holding no row of a share, or
+  only PAD / prompt tokens, has no tokens; the accumulated numerators and denominators still give
+  the single-pass loss, metrics, gradient and optimizer update. (Each microbatch's 0/0 loss was
+  NaN: dual B=2, grad_accum=2 failed at step 1.) dual_B2: unrolled microbatches, the second
+  empty; mdm_B4_task: scanned ones, one row all PAD, one all prompt."""
+  objective, B = dict(dual_B2=('dual', 2), mdm_B4_task=('mdm', 4))[case]
+  c, model, params = tiny(objective, L=10, V=30)
+  c.dual.ar_weight = '1/2'
+  c.train.batch_size, c.train.grad_accum = B, B
+  config_lib.validate(c)
+  x = np.array(jax.random.randint(jax.random.PRNGKey(1), (B, 10), 4, 30))
+  x[0, 6], x[0, 7:] = EOS, PAD
+  batch = pipeline.make_batch(x)
+  if case == 'mdm_B4_task':  # row 1: the prompt is the whole row; row 2: PAD only
+    batch['targets'][2] = PAD
+    batch['prefix_len'] = np.array([2, 10, 0, 1], np.int32)
+  batch = jax.tree_util.tree_map(jnp.asarray, batch)
+  loss_fn = objectives.make_loss_fn(model, c, train=True)
+  finalize = lambda s: objectives.metrics_from_sums(s, c)
+  n_mdm = objectives.mdm_count(c, 0, B)
+  out = {k: jax.jit(lambda p, b, r, k=k: step_lib.accumulate_grads(loss_fn, p, b, r, n_mdm, k,
+                                                                   finalize))(
+      params, batch, jax.random.PRNGKey(7)) for k in (1, B)}
+  assert np.isfinite(out[B][0])
+  np.testing.assert_allclose(out[B][0], out[1][0], rtol=2e-6)
+  for key in out[1][1]:
+    np.testing.assert_allclose(out[B][1][key], out[1][1][key], rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree_util.tree_leaves(out[B][2]), jax.tree_util.tree_leaves(out[1][2])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  tx, _ = step_lib.make_optimizer(c.train, params)
+  u = {k: tx.update(out[k][2], tx.init(params), params)[0] for k in (1, B)}
+  for a, b in zip(jax.tree_util.tree_leaves(u[B]), jax.tree_util.tree_leaves(u[1])):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-2 * c.train.lr)
 
 
 # ------------------------------------------------------------------------- a bound on real training

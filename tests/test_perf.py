@@ -14,12 +14,14 @@ from dlm_jax.core import flops
 from dlm_jax.core import kernels
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
+from dlm_jax.data.tokenizers import EOS
 from dlm_jax.run import setup as setup_lib
 
 
-def _setup(objective, L=32, **model):
+def _setup(objective, L=32, segments=False, **model):
   c = config.base()
   c.objective = objective
+  c.data.segment_ids = segments
   c.model.update(dict(d_model=64, num_layers=2, num_heads=4, **model))
   c.data.seq_len = L
   c.diffusion.time_sampler = 'uniform'
@@ -41,10 +43,10 @@ def _unroll(params, n):
 
 def _batch(L, segments=False, B=4):
   rng = np.random.default_rng(0)
-  b = {'targets': jnp.asarray(rng.integers(4, 260, (B, L)), jnp.int32)}
-  if segments:
-    b['segment_ids'] = jnp.asarray(np.repeat([[1] * (L // 2) + [2] * (L - L // 2)], B, 0))
-  return b
+  x = rng.integers(4, 260, (B, L))
+  if segments:  # two documents per row: data.segment_ids splits them at the EOS input
+    x[:, L // 2 - 1] = EOS
+  return {'targets': jnp.asarray(x, jnp.int32)}
 
 
 @pytest.mark.parametrize('objective,segments,arch', [
@@ -55,7 +57,8 @@ def _batch(L, segments=False, B=4):
 def test_fast_path_equals_plain_path(objective, segments, arch):
   """float32: XLA's fused attention + scan + remat give the loss and gradients of explicit
   softmax attention, unrolled layers, no remat."""
-  plain = _setup(objective, attention='reference', scan_layers=False, remat='none', **arch)
+  plain = _setup(objective, attention='reference', scan_layers=False, remat='none',
+                 segments=segments, **arch)
   _, params = model_lib.init_params(_setup(objective, **arch).model, jax.random.PRNGKey(0), 32)
   if arch.get('qkv_bias'):  # biases away from their zero init, so their gradients count
     params = jax.tree_util.tree_map_with_path(
@@ -65,7 +68,7 @@ def test_fast_path_equals_plain_path(objective, segments, arch):
   for attention, remat, unroll in (('xla', 'none', 1), ('xla', 'full', 1), ('xla', 'dots', 1),
                                    ('explicit', 'none', 2)):
     fast = _setup(objective, attention=attention, scan_layers=True, remat=remat,
-                  scan_unroll=unroll, **arch)
+                  scan_unroll=unroll, segments=segments, **arch)
     loss, g = _loss_and_grads(fast, params, batch)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(_unroll(g, 2)), jax.tree_util.tree_leaves(ref_g)):

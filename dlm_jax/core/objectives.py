@@ -120,10 +120,12 @@ def _apply(model, params, inputs_BxL, attention, segments, rng, train, prefix_le
                      deterministic=not train, rngs={'dropout': rng} if train else None)
 
 
-def ar_terms(model, params, batch, rng, train=True, prefix_P_B=None, token_dropout=0.0):
+def ar_terms(model, params, batch, rng, train=True, prefix_P_B=None, token_dropout=0.0,
+             segments=False):
   """Sums for next-token prediction (causal), or prefix-LM when prefix_P_B is given. A
   batch['drop'] mask (drawn by `draw`) replaces those inputs by [MASK] (token dropout); else
-  token_dropout > 0 draws one from rng."""
+  token_dropout > 0 draws one from rng. segments: no attention across visible EOS inputs
+  (data.segment_ids)."""
   targets_BxL = batch['targets']
   B, L = targets_BxL.shape
   valid_BxL = targets_BxL != PAD
@@ -134,7 +136,6 @@ def ar_terms(model, params, batch, rng, train=True, prefix_P_B=None, token_dropo
     drop_BxL = token_dropout_mask(rng_tok, B, L, token_dropout)
   if train and drop_BxL is not None:
     inputs_BxL = jnp.where(drop_BxL, MASK, inputs_BxL)
-  segments = 'segment_ids' in batch
   if prefix_P_B is None:
     logits_BxLxV = _apply(model, params, inputs_BxL, 'causal', segments, rng_drop, train)
     if 'prefix_len' in batch:  # task data: loss on the target only
@@ -161,18 +162,20 @@ def sample_prefix(rng, batch):
   return jax.random.randint(rng, (B,), 0, L)
 
 
-def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True):
+def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True,
+              segments=False):
   """Sums given the noise: loss_sum = sum_b weight_b sum_{i masked} CE_bi (the training loss) and
   nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting). The
   denominator `tokens` counts non-PAD targets (after a task's prompt), as AR's does; masked PAD
-  targets (diffusion.pad=predict) are in the sums: they pay for the length."""
+  targets (diffusion.pad=predict) are in the sums: they pay for the length. segments: as
+  ar_terms'."""
   targets_BxL = batch['targets']
   valid_BxL = targets_BxL != PAD
   if 'prefix_len' in batch:  # task data: the prompt is context, not data to model
     valid_BxL = valid_BxL & (jnp.arange(targets_BxL.shape[1])[None] >= batch['prefix_len'][:, None])
   valid_BxL = valid_BxL.astype(jnp.float32)
   logits_BxLxV = _apply(model, params, shift_inputs(targets_BxL, mask_BxL), 'bidirectional',
-                        'segment_ids' in batch, rng, train)
+                        segments, rng, train)
   ce_BxL = token_ce(logits_BxLxV, targets_BxL) * mask_BxL
   return dict(loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
               nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL),
@@ -257,7 +260,7 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=No
     sub = dict(full) if rows is None else _take(full, rows, spread)
     prefix_P_B = sub.pop('prefix_P', None)
     ar = ar_terms(model, params, {k: v for k, v in sub.items() if k not in ('mask', 'w', 'elbo')},
-                  rng_drop, train, prefix_P_B)
+                  rng_drop, train, prefix_P_B, segments=cfg.data.segment_ids)
     sums.update(loss=sums['loss'] + ar['loss_sum'], tokens=sums['tokens'] + ar['tokens'],
                 ar_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
   if _share(n_mdm, micro):
@@ -266,7 +269,7 @@ def loss_fn(params, batch, rng, *, model, cfg, train=True, n_mdm=None, spread=No
     mask_BxL, w_B, elbo_B = sub.pop('mask'), sub.pop('w'), sub.pop('elbo')
     sub = {k: v for k, v in sub.items() if k not in ('prefix_P', 'drop')}
     md = mdm_terms(model, params, sub, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng_drop, 1),
-                   train)
+                   train, segments=cfg.data.segment_ids)
     sums.update(loss=sums['loss'] + md['loss_sum'], tokens=sums['tokens'] + md['tokens'],
                 mdm_loss_sum=md['loss_sum'], mdm_sum=md['nelbo_sum'], mdm_tokens=md['tokens'],
                 masked=md['masked'])

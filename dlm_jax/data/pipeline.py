@@ -171,18 +171,15 @@ def validation_windows(dcfg, corpus, n, vocab_size):
   return np.asarray(val)[:n], bpt
 
 
-def make_batch(targets_BxL, segment_ids: bool, prefix_column: bool = False):
-  """A batch dict; segment ids count EOS tokens among the (shifted) inputs. With prefix_column,
-  the last column of each row is the prompt length of a task example."""
+def make_batch(targets_BxL, prefix_column: bool = False):
+  """A batch dict. With prefix_column, the last column of each row is the prompt length of a
+  task example. Segment ids are not data: the model derives them from the tokens it reads
+  (objectives.input_segments), so a masked EOS never reveals a boundary."""
   targets_BxL = np.asarray(targets_BxL, np.int32)
   out = {}
   if prefix_column:
     targets_BxL, out['prefix_len'] = targets_BxL[:, :-1], targets_BxL[:, -1]
   out['targets'] = targets_BxL
-  if segment_ids:
-    eos = (targets_BxL[:, :-1] == EOS).astype(np.int32)
-    out['segment_ids'] = np.concatenate(
-        [np.zeros_like(eos[:, :1]), np.cumsum(eos, axis=1)], axis=1)
   return out
 
 
@@ -193,8 +190,7 @@ def with_prefix(windows_NxL, prefix_len_N):
   return np.concatenate([windows_NxL, prefix_len_N[:, None]], axis=1)
 
 
-def train_dataset(windows_NxL, batch_size, seed, segment_ids=False, prefix_len_N=None,
-                  rows=None):
+def train_dataset(windows_NxL, batch_size, seed, prefix_len_N=None, rows=None):
   """Shuffled, reshuffled-every-epoch, infinitely repeated batches (a grain MapDataset).
 
   `rows` = [start, stop): the rows of every global batch this process reads (multi-host); the
@@ -213,7 +209,7 @@ def train_dataset(windows_NxL, batch_size, seed, segment_ids=False, prefix_len_N
   ds = ds.batch(local, drop_remainder=True)
   if local != batch_size:  # global batch s = local blocks s*P ... s*P + P-1; this process's one
     ds = ds[start // local::batch_size // local]
-  return ds.map(lambda w: make_batch(w, segment_ids, has_prefix))
+  return ds.map(lambda w: make_batch(w, has_prefix))
 
 
 def train_iterator(ds, prefetch: int):
@@ -221,14 +217,14 @@ def train_iterator(ds, prefetch: int):
   return iter(ds.to_iter_dataset(opts))
 
 
-def eval_batches(windows_NxL, batch_size, num_batches, segment_ids=False, prefix_len_N=None):
+def eval_batches(windows_NxL, batch_size, num_batches, prefix_len_N=None):
   """The first num_batches x batch_size validation windows, in order (fixed across runs)."""
   rows = with_prefix(windows_NxL, prefix_len_N)
   has_prefix = prefix_len_N is not None
   n = min(num_batches, rows.shape[0] // batch_size)
   if n == 0:
-    return [make_batch(rows, segment_ids, has_prefix)]
-  return [make_batch(rows[i * batch_size:(i + 1) * batch_size], segment_ids, has_prefix)
+    return [make_batch(rows, has_prefix)]
+  return [make_batch(rows[i * batch_size:(i + 1) * batch_size], has_prefix)
           for i in range(n)]
 
 

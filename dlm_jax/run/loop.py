@@ -204,8 +204,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
           ' MiB on the fullest device')
 
   val_batches = pipeline.eval_batches(setup.val_windows, cfg.eval.batch_size,
-                                      cfg.eval.num_batches, cfg.data.segment_ids,
-                                      setup.val_prefix)
+                                      cfg.eval.num_batches, setup.val_prefix)
   evaluator = validate.Validator(
       setup.model, cfg, val_batches, mesh,
       bytes_per_token=setup.data_info['val_bytes'] / setup.data_info['val_tokens'],

@@ -92,7 +92,7 @@ def abstract_batch(setup):
   cfg = setup.cfg
   width = cfg.data.seq_len + (setup.train_prefix is not None)  # + a task's prompt-length column
   host = pipeline.make_batch(np.zeros((cfg.train.batch_size, width), np.int32),
-                             cfg.data.segment_ids, setup.train_prefix is not None)
+                             setup.train_prefix is not None)
   sh = sharding.batch_sharding(setup.mesh)
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                 host)

@@ -83,6 +83,6 @@ def train_iterator(setup):
   global batch (a grain iterator whose position the checkpoint holds)."""
   cfg = setup.cfg
   ds = pipeline.train_dataset(setup.train_windows, cfg.train.batch_size, cfg.seed,
-                              cfg.data.segment_ids, setup.train_prefix,
+                              setup.train_prefix,
                               rows=sharding.local_rows(setup.mesh, cfg.train.batch_size))
   return pipeline.train_iterator(ds, cfg.data.prefetch)

@@ -64,12 +64,14 @@ def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k, finalize=None):
   """(loss, metrics, grads) of the whole batch from k microbatches. loss_fn draws every random
   choice (dual assignment, t, masks, prefixes, token dropout) for the global batch and scores
   microbatch `micro=(m, k)` of it: rows m, m+k, ... of each share, so every device holds an equal
-  share of each microbatch. The loss is a token mean, so each microbatch's loss and gradient are
-  weighted by its token count: the same update as one pass, up to float summation order (model
-  dropout masks aside). finalize: per-mode metrics from the summed numerators and denominators
-  (objectives.metrics_from_sums); None averages the microbatches' metrics."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  share of each microbatch. The loss is a ratio of sums (loss sum / tokens), so the microbatches'
+  numerators, their gradients and the denominators are summed and divided once: the same update
+  as one pass, up to float summation order (model dropout masks aside), even where a microbatch
+  holds no token (grad_accum = B: a row of one share only, or only PAD / prompt), whose own
+  ratio would be 0/0. finalize: per-mode metrics from the summed sums
+  (objectives.metrics_from_sums); None reports the loss only."""
   if k == 1:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(params, batch, rng, n_mdm=n_mdm)
     metrics.pop('sums', None)
     return loss, metrics, grads
@@ -77,10 +79,14 @@ def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k, finalize=None):
   n = B if n_mdm is None else n_mdm
   even = n % k == 0 and (B - n) % k == 0
 
+  def numerator(p, m):
+    _, metrics = loss_fn(p, batch, rng, n_mdm=n_mdm, micro=(m, k))
+    return metrics['sums']['loss'], metrics['sums']
+  num_grad = jax.value_and_grad(numerator, has_aux=True)
+
   def one(m):
-    (loss, metrics), grads = grad_fn(params, batch, rng, n_mdm=n_mdm, micro=(m, k))
-    w = metrics['tokens']
-    return w, loss * w, metrics, jax.tree_util.tree_map(lambda g: g * w, grads)
+    (_, sums), grads = num_grad(params, m)
+    return sums, grads
 
   def add(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
@@ -92,14 +98,11 @@ def accumulate_grads(loss_fn, params, batch, rng, n_mdm, k, finalize=None):
     tot = one(0)
     for m in range(1, k):
       tot = add(tot, one(m))
-  w, loss_w, metrics, grads_w = tot
-  sums = metrics.pop('sums', None)
-  if finalize is not None and sums is not None:
-    metrics = finalize(sums)
-  else:
-    metrics = {key: v / k for key, v in metrics.items()}  # per-mode metrics: mean of microbatches
-  metrics.update(loss=loss_w / w, tokens=w)
-  return loss_w / w, metrics, jax.tree_util.tree_map(lambda g: g / w, grads_w)
+  sums, grads_sum = tot
+  w = sums['tokens']
+  metrics = finalize(sums) if finalize is not None else {}
+  metrics.update(loss=sums['loss'] / w, tokens=w)
+  return sums['loss'] / w, metrics, jax.tree_util.tree_map(lambda g: g / w, grads_sum)
 
 
 def make_train_step(loss_fn, tx, sched, ema_decay, grad_accum=1, finalize=None):

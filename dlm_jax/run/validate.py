@@ -66,6 +66,7 @@ class Validator:
     self.modes = modes(cfg)
     self.seed = cfg.eval.seed
     self.bytes_per_token = bytes_per_token
+    seg = cfg.data.segment_ids
     noise = noise_lib.Noise.for_evaluation(cfg.diffusion)
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     self._bsh = bsh
@@ -73,16 +74,17 @@ class Validator:
     def sums(params, batch, rng):
       out = {}
       if 'ar' in self.modes:
-        ar = objectives.ar_terms(model, params, batch, rng, train=False)
+        ar = objectives.ar_terms(model, params, batch, rng, train=False, segments=seg)
         out.update(ar_nll_sum=ar['nll_sum'], ar_tokens=ar['tokens'])
       if 'prefix' in self.modes:
         B, L = batch['targets'].shape
         P_B = batch['prefix_len'] if 'prefix_len' in batch else jnp.full((B,), L // 2, jnp.int32)
-        pre = objectives.ar_terms(model, params, batch, rng, False, P_B)
+        pre = objectives.ar_terms(model, params, batch, rng, False, P_B, segments=seg)
         out.update(prefix_nll_sum=pre['nll_sum'], prefix_tokens=pre['tokens'])
       if 'mdm' in self.modes:
         _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'], batch.get('prefix_len'))
-        md = objectives.mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False)
+        md = objectives.mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False,
+                                  segments=seg)
         out.update(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
       return out
 
