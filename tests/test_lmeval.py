@@ -1,5 +1,6 @@
 """The lm-eval-harness adapter, run through lm_eval itself on local tasks (extra [lmeval])."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -82,7 +83,32 @@ def _evaluate(lm, tasks_dir, names):
   from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
   os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
   return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(
-      include_path=tasks_dir), log_samples=True, bootstrap_iters=0)
+      include_path=tasks_dir, include_defaults=False), log_samples=True, bootstrap_iters=0)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+  """lm-eval's own CLI in this process (python -m dlm_jax.lmeval's main -> cli_evaluate), with
+  the built-in task index skipped (indexing lm-eval's thousands of task files: ~20 s on 2 cores;
+  these tests use only their own tasks); returns the exit status (0 when it returned)."""
+  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+  init = TaskManager.__init__
+  monkeypatch.setattr(TaskManager, '__init__',
+                      lambda self, *a, **k: init(self, *a, **dict(k, include_defaults=False)))
+  monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+  monkeypatch.setattr(sys, 'argv', list(sys.argv))
+
+  def run(*argv):
+    try:
+      lmeval.main(list(argv))
+    except SystemExit as e:
+      return e.code
+    finally:  # lm-eval's log handler keeps the stderr it was made with; pytest closes that one
+      for h in logging.getLogger('lm_eval').handlers:
+        if isinstance(h, logging.StreamHandler):
+          h.setStream(sys.__stderr__)
+    return 0
+  return run
 
 
 @pytest.mark.parametrize('estimator', ['ar', 'pll'])
@@ -132,6 +158,8 @@ class _Req:
 
 @pytest.mark.slow
 def test_cli_registers_the_model(run_and_tasks, tmp_path):
+  """`python -m dlm_jax.lmeval` itself (a fresh process; the in-process tests below cover the
+  arguments): the model is registered and the results are named after the run."""
   run, tasks, _, _ = run_and_tasks
   r = subprocess.run([sys.executable, '-m', 'dlm_jax.lmeval', '--model_args',
                       f'workdir={run},estimator=nelbo,nelbo_samples=2', '--tasks', 'dlm_mc',
@@ -140,6 +168,87 @@ def test_cli_registers_the_model(run_and_tasks, tmp_path):
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'dlm_mc' in r.stdout and 'acc' in r.stdout
+  assert os.listdir(tmp_path / 'o') == [lmeval.run_name(run)]
+
+
+def test_cli_takes_every_model_arg(run_and_tasks, cli, tmp_path, capsys):
+  """Every documented --model_args key through lm-eval's own CLI, beside lm-eval's --batch_size
+  (before: TypeError, multiple values for 'batch_size'): model_args' batch_size wins, in one
+  warning line; results land in <output_path>/<run name>/ (before: a random name); the scores
+  are those of the same model built from Python."""
+  run, tasks, _, _ = run_and_tasks
+  out = tmp_path / 'o'
+  assert cli('--model_args', f'workdir={run},estimator=nelbo,nelbo_samples=2,batch_size=auto',
+             'greedy=ar', '--batch_size', '3', '--tasks', 'dlm_mc', '--include_path', tasks,
+             '--output_path', str(out), '--log_samples', '--limit', '2') == 0
+  err = capsys.readouterr().err
+  assert ("warning: lm-eval's --batch_size 3 ignored: --model_args batch_size=auto wins"
+          in err.splitlines())
+  name = lmeval.run_name(run)
+  assert name == 'run' and os.listdir(out) == [name]
+  (results,) = (out / name).glob('results_*.json')
+  (samples,) = (out / name).glob('samples_dlm_mc_*.jsonl')
+  config = json.loads(results.read_text())['config']
+  lm = lmeval.DlmJaxLM(run, estimator='nelbo', nelbo_samples=2, greedy='ar')
+  assert config['dlm_jax'] == dict(workdir=os.path.abspath(run), name=name, step=lm.step,
+                                   estimator='nelbo', nelbo_samples=2, greedy='ar',
+                                   batch_size=lm.cfg.eval.batch_size)
+  assert lm.scorer.K == 2 != lmeval.DlmJaxLM(run, estimator='nelbo').scorer.K
+  assert config['batch_sizes'] == [lm.cfg.eval.batch_size]
+  docs = [json.loads(l) for l in samples.read_text().splitlines()]
+  reqs = [_Req((a['arg_0'], a['arg_1'])) for d in docs for a in d['arguments'].values()]
+  got = [(float(ll), hit == 'True') for d in docs for (ll, hit), in d['resps']]
+  assert len(got) == 5
+  ours = lm.loglikelihood(reqs)
+  np.testing.assert_allclose([g[0] for g in got], [o[0] for o in ours], rtol=1e-6)
+  assert [g[1] for g in got] == [o[1] for o in ours]
+
+
+def test_cli_names_the_output_as_asked_and_scores_by_lm_evals_batch_size(run_and_tasks, cli,
+                                                                       tmp_path):
+  """pretrained= names the output folder (lm-eval's key for it); without a model_args
+  batch_size, lm-eval's --batch_size is the batch."""
+  run, tasks, _, _ = run_and_tasks
+  out = tmp_path / 'o'
+  assert cli('--model_args', f'workdir={run},estimator=ar,pretrained=tiny/ar', '--batch_size',
+             '2', '--tasks', 'dlm_mc', '--include_path', tasks, '--output_path', str(out),
+             '--limit', '1') == 0
+  (results,) = out.glob('*/results_*.json')
+  assert results.parent.name == 'tiny__ar'  # lm-eval's sanitised name
+  config = json.loads(results.read_text())['config']
+  assert config['batch_sizes'] == [2] and config['dlm_jax']['name'] == 'tiny/ar'
+
+
+def test_batch_size_from_both_places_in_python(run_and_tasks, capsys):
+  """simple_evaluate(model='dlm_jax', model_args='...', batch_size=...) takes the same path."""
+  run, _, _, _ = run_and_tasks
+  lm = lmeval.DlmJaxLM.create_from_arg_string(f'workdir={run},estimator=ar,batch_size=2',
+                                               dict(batch_size=4, max_batch_size=None,
+                                                    device='cuda:0'))
+  assert lm.batch == 2 and lm.name == 'run'
+  assert capsys.readouterr().err.strip() == ("warning: lm-eval's --batch_size 4 ignored: "
+                                             '--model_args batch_size=2 wins')
+  lm = lmeval.DlmJaxLM.create_from_arg_obj(dict(workdir=run, estimator='ar', batch_size=2),
+                                           dict(batch_size=2))
+  assert lm.batch == 2 and not capsys.readouterr().err
+  assert lmeval.DlmJaxLM.create_from_arg_obj(dict(workdir=run, estimator='ar'),
+                                             dict(batch_size=5, device=None)).batch == 5
+
+
+def test_the_cli_adds_the_run_name_to_model_args():
+  name = lambda *a: lmeval.with_run_name(list(a))
+  assert name('--model_args', 'workdir=runs/x/,estimator=ar', '--tasks', 't') == [
+      '--model', 'dlm_jax', '--model_args', 'workdir=runs/x/,estimator=ar', '--tasks', 't',
+      '--model_args', '{"pretrained": "x"}']
+  # lm-eval's other spellings: words, -a, JSON, a leading `run`, -M
+  assert name('run', '-a', 'estimator=ar', 'workdir=a/b', '-M', 'dlm_jax')[-1] == (
+      '{"pretrained": "b"}')
+  assert name('--model_args', '{"workdir": "r,1"}')[-1] == '{"pretrained": "r,1"}'
+  assert name('--model_args', 'workdir=a/b,pretrained=mine') == [
+      '--model', 'dlm_jax', '--model_args', 'workdir=a/b,pretrained=mine']
+  assert name('--model', 'hf', '--model_args', 'workdir=a/b') == [
+      '--model', 'hf', '--model_args', 'workdir=a/b']
+  assert name('ls', 'tasks') == ['ls', 'tasks']
 
 
 def test_model_args_and_batch_size_are_checked(run_and_tasks):
@@ -148,21 +257,29 @@ def test_model_args_and_batch_size_are_checked(run_and_tasks):
   from dlm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   run, _, _, _ = run_and_tasks
   with pytest.raises(ConfigError, match=r'--model_args: unknown estimater \(valid: workdir, '
-                     'estimator, batch_size, nelbo_samples, greedy\)'):
+                     r'estimator, batch_size, nelbo_samples, greedy, pretrained\)'):
     lmeval.DlmJaxLM(run, estimater='nelbo')
   lm = lmeval.DlmJaxLM(run, estimator='ar', batch_size='auto', max_batch_size=None, device='cpu')
   assert lm.batch == lm.cfg.eval.batch_size
   assert lmeval.DlmJaxLM(run, estimator='ar', batch_size='auto:4').batch == lm.cfg.eval.batch_size
-  with pytest.raises(ConfigError, match="--batch_size 'x'"):
+  with pytest.raises(ConfigError, match="batch_size='x'"):
     lmeval.DlmJaxLM(run, batch_size='x')
 
 
-def test_cli_refuses_a_misspelled_model_arg_in_one_line(run_and_tasks, tmp_path):
+@pytest.mark.parametrize('args,extra,line', [
+    ('estimater=nelbo', (), 'error: --model_args: unknown estimater (valid: workdir, '),
+    ('nelbo_samples=x', (), "error: --model_args nelbo_samples='x': a positive integer"),
+    ('greedy=best', (), "error: --model_args greedy='best': not one of ar, mdm"),
+    ('estimator=elbo', (), "error: --model_args estimator='elbo': not one of "),
+    ('', ('--batch_size', '0'), "error: batch_size='0' (--model_args or lm-eval's --batch_size): "),
+    ('x', (), "error: argument --model_args: expected `key=value`, got 'x'")])
+def test_cli_refuses_bad_model_args_in_one_line(run_and_tasks, cli, tmp_path, capsys, args, extra,
+                                                line):
+  """Through lm-eval's own CLI: one line naming the key and the value, exit 2, nothing written."""
   run, tasks, _, _ = run_and_tasks
-  r = subprocess.run([sys.executable, '-m', 'dlm_jax.lmeval', '--model_args',
-                      f'workdir={run},estimater=nelbo', '--tasks', 'dlm_mc', '--include_path',
-                      tasks, '--batch_size', 'auto', '--output_path', str(tmp_path / 'o')],
-                     env=dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_OFFLINE='1'),
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
-  assert r.stderr.strip().splitlines()[-1].startswith('error: --model_args: unknown estimater')
+  out = tmp_path / 'o'
+  code = cli('--model_args', f'workdir={run}' + (f',{args}' if args else ''), *extra,
+             '--tasks', 'dlm_mc', '--include_path', tasks, '--output_path', str(out))
+  err = capsys.readouterr().err
+  assert code == 2 and 'Traceback' not in err and not out.exists(), err[-2000:]
+  assert err.strip().splitlines()[-1].startswith(line)

@@ -5,6 +5,10 @@
 
 Importing this module registers the model name `dlm_jax`, so `lm_eval --model dlm_jax` works after
 `import dlm_jax.lmeval` (the module's own CLI does that and forwards every other flag to lm_eval).
+lm-eval passes its own --batch_size (1 unless given) beside --model_args: a model_args batch_size
+wins (a different --batch_size is named in one line). lm-eval names the output folder after the
+model_args key `pretrained`; the CLI sets it to the run directory's name unless given, so results
+land in <output_path>/<run name>/ (without it lm-eval picks a random name).
 
   loglikelihood          log p(continuation | context) with the chosen estimator (infer/likelihood.py;
                          `auto`: ar for AR runs, nelbo otherwise); is_greedy from greedy decoding
@@ -16,14 +20,18 @@ Importing this module registers the model name `dlm_jax`, so `lm_eval --model dl
                          cut at `until`/EOS.
 Contexts are tokenised as the harness does (likelihood.encode_pair) and cut from the left to fit.
 """
+import argparse
+import json
+import os
 import sys
 
 import jax
 import numpy as np
 import tqdm
+from lm_eval import utils as lm_utils
+from lm_eval._cli.utils import MergeDictAction
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from lm_eval import utils as lm_utils
 
 from dlm_jax import errors
 from dlm_jax.core import sampling
@@ -34,22 +42,34 @@ from dlm_jax.infer import likelihood
 from dlm_jax.run import rundir
 
 
+def run_name(workdir):
+  """The name a run goes by outside its directory (its folder's name, as trackers.py uses)."""
+  return os.path.basename(os.path.abspath(str(workdir)))
+
+
 @register_model('dlm_jax')
 class DlmJaxLM(LM):
   """A dlm_jax run directory as an lm-eval model."""
 
-  ARGS = ('workdir', 'estimator', 'batch_size', 'nelbo_samples', 'greedy')
+  ARGS = ('workdir', 'estimator', 'batch_size', 'nelbo_samples', 'greedy', 'pretrained')
   HARNESS = ('max_batch_size', 'device')  # what lm_eval passes every model; not ours to use
+  GREEDY = ('ar', 'mdm')
 
   def __init__(self, workdir=None, estimator='auto', batch_size=None, nelbo_samples=None,
-               greedy=None, **unknown):
+               greedy=None, pretrained=None, **unknown):
     unknown = sorted(k for k in unknown if k not in self.HARNESS)
     if unknown or not workdir:  # a misspelled key was silently ignored before
       what = f'unknown {", ".join(unknown)}' if unknown else 'workdir= is required'
       raise ConfigError(f'--model_args: {what} (valid: {", ".join(self.ARGS)})')
     super().__init__()
+    if greedy is not None and greedy not in self.GREEDY:
+      raise ConfigError(f'--model_args greedy={greedy!r}: not one of {", ".join(self.GREEDY)}')
+    if nelbo_samples is not None and not (str(nelbo_samples).isdigit() and int(nelbo_samples)):
+      raise ConfigError(f'--model_args nelbo_samples={nelbo_samples!r}: a positive integer')
     over = {} if nelbo_samples is None else {'eval.nelbo_samples': int(nelbo_samples)}
-    self.cfg, self.tok, self.model, self.params, self.step = rundir.load_run(workdir, over)
+    self.workdir, self.name = str(workdir), str(pretrained or run_name(workdir))
+    self.cfg, self.tok, self.model, self.params, self.step = rundir.load_run(self.workdir, over)
+    estimator = str(estimator)
     if estimator == 'auto':
       estimator = evaluate.task_estimator(self.cfg)
     if estimator not in likelihood.ESTIMATORS:
@@ -64,9 +84,38 @@ class DlmJaxLM(LM):
     elif str(batch_size).isdigit() and int(batch_size) > 0:
       self.batch = int(batch_size)
     else:
-      raise ConfigError(f'--batch_size {batch_size!r}: a positive integer or auto')
+      raise ConfigError(f"batch_size={batch_size!r} (--model_args or lm-eval's --batch_size): "
+                        'a positive integer or auto')
+    self.batch_sizes = {0: self.batch}  # lm-eval records and prints the batch actually used
     self.scorer = likelihood.Scorer.from_config(self.model, self.params, self.cfg, self.tok)
     self.sampler = sampling.Sampler(self.model, self.params, context=self.L)
+
+  @classmethod
+  def create_from_arg_string(cls, arg_string, additional_config=None):
+    return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string),
+                                   additional_config)
+
+  @classmethod
+  def create_from_arg_obj(cls, arg_dict, additional_config=None):
+    """--model_args plus what lm-eval passes every model; a key in both keeps the model_args
+    value (lm-eval's base class raised TypeError: multiple values for 'batch_size')."""
+    args = dict(arg_dict or {})
+    for k, v in (additional_config or {}).items():
+      if v is None:
+        continue
+      if k not in args:
+        args[k] = v
+      elif k == 'batch_size' and str(v) != str(args[k]):
+        print(f"warning: lm-eval's --batch_size {v} ignored: --model_args "
+              f'batch_size={args[k]} wins', file=sys.stderr)
+    return cls(**args)
+
+  def get_model_info(self):
+    """What this run scores with, for lm-eval's results["config"] (auto resolved)."""
+    return dict(dlm_jax=dict(workdir=os.path.abspath(self.workdir), name=self.name,
+                             step=int(self.step), estimator=self.estimator,
+                             nelbo_samples=int(self.scorer.K), greedy=self.greedy_mode,
+                             batch_size=self.batch))
 
   def _score(self, pairs, greedy=False, disable_tqdm=False):
     lls, hits = [], []
@@ -123,16 +172,39 @@ class DlmJaxLM(LM):
     return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
 
 
+class _Args(argparse.ArgumentParser):
+  def error(self, message):
+    raise ConfigError(message)
+
+
+def with_run_name(argv):
+  """argv with --model dlm_jax unless another model is named, and, for dlm_jax, the model_args
+  key `pretrained` (what lm-eval names the output folder after) set to the run's name."""
+  if argv and argv[0] in ('ls', 'validate'):  # lm_eval's other subcommands take no model
+    return list(argv)
+  argv = argv[1:] if argv and argv[0] == 'run' else argv
+  p = _Args(add_help=False, allow_abbrev=False)
+  p.add_argument('--model', '-M')
+  p.add_argument('--model_args', '-a', nargs='+', action=MergeDictAction)  # as lm_eval parses
+  known, _ = p.parse_known_args(argv)
+  argv = list(argv) if known.model else ['--model', 'dlm_jax'] + list(argv)
+  args = known.model_args or {}
+  if known.model in (None, 'dlm_jax') and args.get('workdir') and 'pretrained' not in args:
+    argv += ['--model_args', json.dumps(dict(pretrained=run_name(args['workdir'])))]
+  return argv
+
+
 @errors.cli
 def main(argv=None):
   """`lm_eval` with this adapter registered: python -m dlm_jax.lmeval --model_args workdir=RUN
   --tasks piqa [any lm_eval flag]; --model defaults to dlm_jax."""
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv[1:] if argv is None else argv)
-  if '--model' not in argv:
-    argv = ['--model', 'dlm_jax'] + argv
-  sys.argv = ['lm_eval'] + argv
-  cli_evaluate()
+  saved, sys.argv = sys.argv, ['lm_eval'] + with_run_name(argv)
+  try:
+    cli_evaluate()
+  finally:
+    sys.argv = saved
 
 
 if __name__ == '__main__':
