@@ -68,6 +68,12 @@ KINDS = {
             high_freq_factor=4.0, original_max_position_embeddings=16))),
     'mistral': ('MistralConfig', dict(num_key_value_heads=1, tie_word_embeddings=False,
                                       sliding_window=None)),
+    # Qwen3: head_dim 24 != hidden / heads = 16, RMSNorm on q and k, GQA
+    'qwen3': ('Qwen3Config', dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
+                                  use_sliding_window=False)),
+    # Mistral v0.1: a sliding window, exact (so accepted) at the run's seq_len=64
+    'mistral_window': ('MistralConfig', dict(num_key_value_heads=2, tie_word_embeddings=True,
+                                             sliding_window=64)),
 }
 
 
@@ -170,6 +176,8 @@ def test_import_logits_equal_transformers(imported):
   assert cfg.model.num_kv_heads == model.config.num_key_value_heads
   assert cfg.model.qkv_bias == (kind == 'qwen2_bias')
   assert cfg.model.rope_scaling == ('llama3:8.0,1.0,4.0,16' if kind == 'llama3_rope' else '')
+  assert (cfg.model.head_dim, cfg.model.qk_norm) == ((24, True) if kind == 'qwen3' else (0, False))
+  assert cfg.model.sliding_window == (64 if kind == 'mistral_window' else 0)
   n_hf = sum(p.numel() for p in model.parameters())
   added = (cfg.model.vocab_size - V) * cfg.model.d_model * (1 if cfg.model.tie_embeddings else 2)
   assert flops.from_config(cfg.model, 64)['N_total'] == n_hf + added
@@ -380,7 +388,8 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(tmp_path, case):
   tensors = {k: np.array(v) for k, v in ((k, safetensors.Reader(str(src))[k])
                                          for k in safetensors.Reader(str(src)).files)}
   expect = {'architecture': 'architecture GPT2LMHeadModel is not supported (supported: '
-                            'LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)',
+                            'LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, '
+                            'Qwen3ForCausalLM)',
             'tensor': 'tensor model.layers.1.mlp.up_proj.weight (shape [96, 64]) is missing',
             'shape': 'tensor model.layers.0.self_attn.k_proj.weight has shape [64, 64], '
                      'expected [32, 64]',
@@ -474,3 +483,154 @@ def test_exported_tokenizers_have_dlm_jax_ids(tmp_path, name):
   for text in ['Ünïcode, bytes \x00 and all: ok.', ' two  spaces\n\ttab', '日本語 text']:
     ids = exported.encode(text, add_special_tokens=False).ids
     assert ids == list(ours.encode_batch([text])[0]) and exported.decode(ids) == text
+
+
+# Qwen3 and sliding windows: the imported fixture's qwen3 and mistral_window kinds above give
+# logits to 1e-4 and a bit-exact export round trip; here decoding, the window's bounds, the native
+# export and the refusals.
+@pytest.mark.parametrize('imported', ['qwen3', 'mistral_window'], indirect=True)
+def test_qwen3_and_windowed_mistral_greedy_decoding_equals_generate(imported):
+  _, d, model = imported
+  cfg, dlm, params = dlm_model(str(d / 'run'))
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  prompt = [5, 17, 42, 99, 7]
+  st = sampling.Settings(mode='ar', length=40, temperature=0.0, stop_at_eos=False)
+  out = sampling.Sampler(dlm, params, context=64).generate(
+      jax.random.PRNGKey(0), [vmap.to_dlm[prompt]], st)['tokens'][0]
+  with torch.no_grad():  # dlm_jax never generates PAD or BOS: neither may transformers
+    gen = model.generate(torch.tensor([[1] + prompt]), max_new_tokens=40, do_sample=False,
+                         suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
+  np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], gen[0, 1 + len(prompt):].numpy())
+
+
+def test_sliding_window_is_exact_up_to_it_and_refused_beyond(tmp_path):
+  """Mistral v0.1 with a window of 16: imported at data.seq_len=16 its logits are transformers'
+  (the window hides nothing there); one position more and they are not (so the refusal is
+  needed); a longer --seq_len at import, or a later --config.data.seq_len, is one line, exit 2,
+  nothing written."""
+  cls, extra = KINDS['mistral_window']
+  KINDS['_w16'] = (cls, dict(extra, sliding_window=16))
+  try:
+    model = build_hf(str(tmp_path / 'hf'), '_w16')
+  finally:
+    del KINDS['_w16']
+  run = tmp_path / 'run'
+  hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(run), seq_len=16)
+  cfg, dlm, params = dlm_model(str(run))
+  assert cfg.model.sliding_window == 16
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  ids = np.random.default_rng(0).integers(0, V, (2, 17))
+  want = hf_logits(model, ids)
+  got = np.asarray(dlm.apply({'params': params}, jnp.asarray(vmap.to_dlm[ids]), 'causal'))
+  np.testing.assert_allclose(got[:, :16, vmap.to_dlm], want[:, :16], atol=1e-4, rtol=1e-4)
+  assert np.abs(got[:, 16, vmap.to_dlm] - want[:, 16]).max() > 1e-3  # position 16 misses 0
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.hf', 'import', str(tmp_path / 'hf'),
+                      f'--workdir={tmp_path / "long"}', '--seq_len=17'], env=ENV,
+                     capture_output=True, text=True)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert 'config.data.seq_len: 17 is larger than model.sliding_window=16' in lines[0]
+  assert not (tmp_path / 'long').exists()
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.main', f'--config={run / "init_config.py"}',
+                      f'--workdir={tmp_path / "mdm"}', '--config.data.seq_len=32'], env=ENV,
+                     capture_output=True, text=True)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert 'config.data.seq_len: 32 is larger than model.sliding_window=16' in lines[0]
+  assert not (tmp_path / 'mdm').exists()
+
+
+def test_which_layers_slide_decides_the_window():
+  """Qwen2 / Qwen3 slide only with use_sliding_window, on the layers from max_window_layers on
+  (or as layer_types says); Mistral always when sliding_window is set; Llama never."""
+  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  base = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
+              sliding_window=32)
+  window = lambda arch, **kw: hf.model_keys(dict(base, architectures=[arch], **kw))[
+      'sliding_window']
+  for arch in ('Qwen2ForCausalLM', 'Qwen3ForCausalLM'):
+    assert window(arch, use_sliding_window=False) == 0
+    assert window(arch, use_sliding_window=True, max_window_layers=1) == 32
+    assert window(arch, use_sliding_window=True, max_window_layers=2) == 0
+    assert window(arch, use_sliding_window=True, max_window_layers=2,
+                  layer_types=['full_attention', 'sliding_attention']) == 32
+  assert window('MistralForCausalLM') == 32
+  assert window('MistralForCausalLM', sliding_window=None) == 0
+  assert window('LlamaForCausalLM') == 0
+
+
+@pytest.mark.parametrize('arch,model', [
+    ('Qwen3ForCausalLM', dict(head_dim=24, qk_norm=True, num_kv_heads=2)),
+    ('LlamaForCausalLM', dict(head_dim=24, num_kv_heads=2)),
+    ('Qwen2ForCausalLM', dict(head_dim=24, qkv_bias=True))])
+def test_native_head_dim_and_qk_norm_export_to_transformers_and_back(tmp_path, arch, model):
+  """A dlm_jax model with H = 24 != d / N = 16 (and qk_norm: Qwen3) exports as `arch`:
+  transformers' logits equal dlm_jax's; re-imported, the parameters come back bit for bit."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dlm_jax.run import rundir  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  c = tiny_config('mdm')
+  c.model.update(dict(num_heads=4, **model))
+  cfg = config_lib.resolve(c, tokenizers.get_tokenizer(c.data.tokenizer).vocab_size)
+  _, params = model_lib.init_params(cfg.model, jax.random.PRNGKey(3), 16)
+  params = jax.tree_util.tree_map_with_path(  # norm scales and biases away from their init
+      lambda p, x: x + 0.3 * jnp.cos(jnp.arange(x.size).reshape(x.shape)) if (
+          'norm' in jax.tree_util.keystr(p) or 'bias' in jax.tree_util.keystr(p)) else x, params)
+  run = str(tmp_path / 'run')
+  os.makedirs(run)
+  rundir.atomic_json(os.path.join(run, 'config.json'), cfg.to_dict())
+  mngr = ocp.CheckpointManager(os.path.join(run, 'checkpoints'))
+  mngr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  mngr.wait_until_finished()
+  hf_cli.export_run(run, str(tmp_path / 'out'))
+  assert json.load(open(tmp_path / 'out' / 'config.json'))['architectures'] == [arch]
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'out')).eval()
+  ids = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (2, 16))
+  want = np.asarray(model_lib.Transformer(cfg.model).apply({'params': params}, jnp.asarray(ids),
+                                                           'causal'))
+  keep = np.arange(cfg.model.vocab_size) != tokenizers.MASK
+  np.testing.assert_allclose(hf_logits(back, ids)[..., keep], want[..., keep], atol=1e-4,
+                             rtol=1e-4)
+  hf_cli.import_checkpoint(str(tmp_path / 'out'), str(tmp_path / 'back'), seq_len=16)
+  c2, _, p2 = dlm_model(str(tmp_path / 'back'))
+  assert (c2.model.head_dim, c2.model.qk_norm) == (24, model.get('qk_norm', False))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, p2)
+
+
+def test_qk_norm_with_qkv_biases_has_no_transformers_architecture():
+  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  m = dict(config_lib.base().model.to_dict(), qk_norm=True, qkv_bias=True, mlp_dim=64)
+  with pytest.raises(hf_cli.InteropError, match='model.qk_norm=True with model.qkv_bias=True'):
+    hf.hf_config(m, 512, 128, 'float32')
+
+
+@pytest.mark.parametrize('case', ['head_dim', 'odd_head_dim', 'heads', 'window'])
+def test_bad_head_dim_or_window_is_one_line_and_writes_nothing(tmp_path, case):
+  """A head_dim the q projection contradicts, an odd one, heads that do not divide the width
+  with no head_dim, a window shorter than the default seq_len (128 positions)."""
+  src, run = tmp_path / 'hf', tmp_path / 'run'
+  build_hf(str(src), 'llama_gqa')
+  conf = json.load(open(src / 'config.json'))
+  if case == 'head_dim':
+    conf['head_dim'] = 32
+  elif case == 'odd_head_dim':
+    conf['head_dim'] = 15
+  elif case == 'heads':
+    conf['num_attention_heads'] = 3
+    conf.pop('head_dim', None)
+  else:
+    conf.update(architectures=['MistralForCausalLM'], model_type='mistral', sliding_window=16)
+  json.dump(conf, open(src / 'config.json', 'w'))
+  expect = {'head_dim': 'config.json: head_dim=32 does not match the checkpoint: '
+                        'model.layers.0.self_attn.q_proj.weight has 64 rows, not '
+                        'num_attention_heads x head_dim = 4 x 32 = 128',
+            'odd_head_dim': 'config.json: head_dim=15 is not supported (a positive even number',
+            'heads': 'config.json: num_attention_heads=3 is not supported (it does not divide '
+                     'hidden_size=64 and no head_dim is given)',
+            'window': 'config.data.seq_len: 128 is larger than model.sliding_window=16'}[case]
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.hf', 'import', str(src),
+                      f'--workdir={run}'], env=ENV, capture_output=True, text=True)
+  assert r.returncode == 2, r.stderr[-2000:]
+  (line,) = [l for l in r.stderr.splitlines() if l.strip()]
+  assert line.startswith('error: ') and expect in line, line
+  assert not run.exists()
