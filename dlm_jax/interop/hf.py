@@ -63,7 +63,7 @@ def model_keys(hf, path='config.json'):
   for ok, key, why in checks:
     if not ok:
       raise InteropError(f'{path}: {key}={hf.get(key)!r} is not supported ({why})')
-  H = hf.get('head_dim') or d // n
+  H = flops.head_size(d, n, hf.get('head_dim') or 0)
   return dict(d_model=d, num_layers=hf['num_hidden_layers'], num_heads=n,
               num_kv_heads=hf.get('num_key_value_heads') or n,
               head_dim=0 if H * n == d else H, qk_norm=arch == 'Qwen3ForCausalLM',
