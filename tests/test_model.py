@@ -8,6 +8,7 @@ import pytest
 from dlm_jax import config
 from dlm_jax.core import flops
 from dlm_jax.core import model as model_lib
+from dlm_jax.core import sharding
 from dlm_jax.data.tokenizers import MASK
 
 
@@ -252,13 +253,13 @@ def _run_config(model):
 
 
 def test_sharding_rules_cover_the_qk_norm_and_head_dim_params():
-  from dlm_jax.core import sharding  # pylint: disable=g-import-not-at-top
   cfg = mcfg(**QWEN3, qkv_bias=True)
+  P = jax.sharding.PartitionSpec
   axes = model_lib.logical_axes(cfg, 8)
-  specs = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  specs = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, P))
   names = {n for s in specs for n in s}
   assert names <= set(dict(sharding.RULES)), names - set(dict(sharding.RULES))
-  assert axes['layers']['q_norm']['scale'] == jax.sharding.PartitionSpec('layers', 'norm')
+  assert axes['layers']['q_norm']['scale'] == P('layers', 'norm')
 
   class FakeMesh:
     shape = {'data': 1, 'fsdp': 4, 'tensor': 2}
@@ -266,7 +267,6 @@ def test_sharding_rules_cover_the_qk_norm_and_head_dim_params():
   spec = lambda *path: sharding.logical_to_spec(
       functools.reduce(lambda t, k: t[k], path, axes), functools.reduce(
           lambda t, k: t[k], path, shapes).shape, FakeMesh())
-  P = jax.sharding.PartitionSpec
   assert spec('layers', 'q', 'kernel') == P(None, 'fsdp', 'tensor', None)  # 32 x 4 heads x 12
   assert spec('layers', 'k', 'kernel') == P(None, 'fsdp', 'tensor', None)  # 2 kv heads
   assert spec('layers', 'o', 'kernel') == P(None, 'tensor', None, 'fsdp')
