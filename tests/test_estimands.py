@@ -45,6 +45,8 @@ SAMPLERS = [
     ('beta', dict(beta_a=3.0, beta_b=3.0)),
     ('beta', dict(beta_a=5.0, beta_b=3.0)),
     ('beta', dict(beta_a=3.0, beta_b=3.0, uniform_mix=0.2)),
+    ('beta', dict(beta_a=2.0, beta_b=1.0)),   # largest at t = 1, which float32 sampling reaches
+    ('beta', dict(beta_a=3.0, beta_b=1.0)),   # vanishes at eps as 3 t^2: refused
     ('logit_normal', dict(mu=0.0, sigma=1.0)),
     ('logit_normal', dict(mu=0.0, sigma=0.5)),
     ('logit_normal', dict(mu=0.5, sigma=0.5)),

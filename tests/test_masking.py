@@ -94,6 +94,43 @@ def test_weight_matches_finite_difference(schedule):
 # those that cannot be: tests/test_estimands.py.
 
 
+@pytest.mark.parametrize('a,b', [(2.0, 1.0), (1.0, 2.0), (1.0, 1.0), (3.0, 1.0), (1.0, 3.0)])
+def test_beta_density_is_finite_on_the_closed_interval(a, b):
+  """Beta(a, 1) at t = 1 and Beta(1, b) at t = 0 have density a and b (scipy), not 0 * log 0 =
+  NaN; the float32 inverse CDF of Beta(a > 1, 1) does return t = 1.0, and the NELBO weight there
+  is finite under both weightings. The truncated density integrates to 1."""
+  dist = schedules.get_time_dist(dcfg('beta', dict(beta_a=a, beta_b=b)))
+  ends = jnp.array([0.0, EPS, 1.0], jnp.float32)
+  ref = stats.beta(a, b).pdf(np.array([0.0, EPS, 1.0]))
+  np.testing.assert_allclose(dist.pdf0(ends), ref, rtol=1e-5)
+  z = stats.beta(a, b).sf(EPS)
+  np.testing.assert_allclose(dist.density(ends)[1:], ref[1:] / z, rtol=1e-5)
+  q = lambda t: float(dist.density(jnp.float32(t)))
+  assert integrate.quad(q, EPS, 1, limit=200, epsabs=1e-10)[0] == pytest.approx(1.0, abs=1e-6)
+  if a > 1 and b == 1:  # the grid's last uniform reaches the end
+    assert float(dist.from_uniform(jnp.array([1.0 - 2.0 ** -23], jnp.float32))[0]) == 1.0
+  t = jnp.array([EPS, 1.0] if b == 1 else [EPS], jnp.float32)  # q(1) = 0 for b > 1: never drawn
+  for weighting in ('elbo', 'plain'):
+    w = noise_lib.time_weights(t, schedules.Linear(), dist, weighting)
+    assert np.all(np.isfinite(np.asarray(w))), (weighting, w)
+
+
+def test_beta_elbo_verdicts_name_the_right_end():
+  """Beta(2, 1) (density largest at t = 1) is accepted under elbo; Beta(3, 1), whose density
+  vanishes at eps as 3 t^2, is refused for that (its bias bound, not a NaN: 'up to inf')."""
+  c = config.base()
+  c.diffusion.time_sampler, c.diffusion.sampler_params.beta_a = 'beta', 2.0
+  c.diffusion.sampler_params.beta_b = 1.0
+  config.validate(c)
+  assert noise_lib.nelbo_bias_bound(c.diffusion) < noise_lib.BIAS_TOLERANCE
+  c.diffusion.sampler_params.beta_a = 3.0
+  bound = noise_lib.nelbo_bias_bound(c.diffusion)
+  assert noise_lib.BIAS_TOLERANCE < bound < 1.0  # finite: the density is, everywhere
+  with pytest.raises(config.ConfigError, match=r'time_sampler: beta .*near eps or 1.*bias up to '
+                     r'0\.0\d'):
+    config.validate(c)
+
+
 def test_logit_normal_elbo_weights_are_heavy_tailed_without_a_uniform_mix():
   pure = schedules.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5)))
   mixed = schedules.get_time_dist(dcfg('logit_normal', dict(mu=0.0, sigma=0.5, uniform_mix=0.1)))
