@@ -369,10 +369,11 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
         f"{m.rope_scaling!r} is not '' or 'llama3:FACTOR,LOW,HIGH,CONTEXT' (LOW < HIGH)")
   _need(all(x.strip().isdigit() for x in m.unpredicted.split(',') if x.strip()),
         'model.unpredicted', f'{m.unpredicted!r} is not a comma list of token ids')
-  _need(not (d.packing == 'pad' and cfg.diffusion.pad == 'predict' and str(objectives.PAD) in [
-      x.strip() for x in m.unpredicted.split(',')]), 'model.unpredicted',
-        f'lists PAD ({objectives.PAD}), which data.packing=pad with diffusion.pad=predict trains '
-        'the model to predict: remove it there, or use diffusion.pad=visible')
+  _need(not (objectives.rows_padded(cfg) and cfg.diffusion.pad == 'predict' and
+             str(objectives.PAD) in [x.strip() for x in m.unpredicted.split(',')]),
+        'model.unpredicted', f'lists PAD ({objectives.PAD}), which padded rows (data.packing=pad '
+        'or a data.task) with diffusion.pad=predict train the model to predict: remove it there, '
+        'or use diffusion.pad=visible')
   _check_embed_alias(m)
   _need(0 <= m.vocab_real and (m.vocab_size == 0 or m.vocab_real <= m.vocab_size),
         'model.vocab_real', f'{m.vocab_real} must be in [0, model.vocab_size={m.vocab_size}]')

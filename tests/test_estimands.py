@@ -647,11 +647,19 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
     ('dual', 'pad', 'visible', False, 'given its length (diffusion.pad=visible: PAD never masked) '
                                       'and the EOS positions'),
     ('ar', 'pad', 'predict', True, 'EOS is a token, so the length of each document is paid for'),
+    # task rows are padded whatever data.packing says: pad=visible and pad=predict differ
+    ('mdm', 'wrap+cloze', 'visible', True, 'given its length (diffusion.pad=visible'),
+    ('mdm', 'wrap+cloze', 'predict', True, 'the length included'),
+    ('dual', 'wrap+cloze', 'predict', True, 'the length included'),
 ])
 def test_every_validation_metric_states_its_estimand(objective, packing, pad, mask_eos, want):
   c = config_lib.base()
+  packing, _, c.data.task = packing.partition('+')
   c.objective, c.data.packing, c.diffusion.pad, c.diffusion.mask_eos = (objective, packing, pad,
                                                                         mask_eos)
   e = validate.estimands(c)
+  if c.data.task:  # the two padding modes never share an estimand string
+    c.diffusion.pad = 'predict' if pad == 'visible' else 'visible'
+    assert validate.estimands(c)['mdm_nelbo'] != e['mdm_nelbo']
   assert set(e) >= {f'{m}_{"nll" if m != "mdm" else "nelbo"}' for m in validate.modes(c)}
   assert any(want in v for v in e.values()), e

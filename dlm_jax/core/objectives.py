@@ -88,6 +88,13 @@ def mdm_fraction(cfg) -> fractions.Fraction:
   return of(cfg).mdm_share(cfg)
 
 
+def rows_padded(cfg) -> bool:
+  """Do training and validation rows hold PAD? data.packing=pad does, and task rows always do
+  (prompt, target, EOS, then PAD), whatever data.packing says; then diffusion.pad decides whether
+  an MDM number pays for the length or is given it."""
+  return cfg.data.packing == 'pad' or bool(cfg.data.task)
+
+
 def prefix_ar(cfg) -> bool:
   return of(cfg).ar_attention(cfg) == 'prefix'
 

@@ -39,12 +39,13 @@ def estimands(cfg) -> dict:
                          '(prefix-LM attention, prompt = the first L/2 tokens, or the task prompt)')
   if 'mdm' in modes(cfg):
     given = []
-    if d.packing == 'pad' and cfg.diffusion.pad == 'visible':
+    padded = objectives.rows_padded(cfg)
+    if padded and cfg.diffusion.pad == 'visible':
       given.append('its length (diffusion.pad=visible: PAD never masked)')
     if not cfg.diffusion.mask_eos:
       given.append('the EOS positions (diffusion.mask_eos=False)')
     cond = f' given {" and ".join(given)}' if given else ''
-    length = ('' if given or d.packing == 'wrap' else
+    length = ('' if given or not padded else
               ', the length included (PAD masked and predicted, diffusion.pad=predict)')
     out['mdm_nelbo'] = (f'an upper bound on -log p(x){cond} per token of {doc}{length}: the '
                         'continuous-time NELBO, uniform low-discrepancy t, fixed seed')
