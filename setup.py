@@ -40,8 +40,9 @@ setuptools.setup(
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours
         'lmeval': ['lm_eval>=0.4.13', 'torch>=2.13.0'],
         # transformers as the oracle of the Hugging Face interop tests (tests/test_hf.py); the
-        # import / export commands themselves need only numpy
-        'hf': ['transformers>=5.0', 'torch>=2.13.0'],
+        # import / export commands themselves need only numpy; accelerate: lm_eval's own HF
+        # model, which the README's lm-eval commands are tested against
+        'hf': ['transformers>=5.0', 'torch>=2.13.0', 'accelerate>=1.0'],
         # train.trackers=wandb / clu (run/trackers.py); tensorboard needs nothing more
         'trackers': ['wandb>=0.20', 'clu>=0.0.12', 'tensorflow-cpu>=2.16', 'tensorboard>=2.16'],
         'slurm': ['submitit>=1.5'],  # python -m dlm_jax.sweep slurm --backend submitit

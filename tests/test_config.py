@@ -196,3 +196,28 @@ def test_runs_written_before_a_key_existed_keep_their_behaviour():
   assert config.from_run(old).diffusion.time_sampler == 'logit_normal'
   with pytest.raises(config.ConfigError, match='diffusion.time_sampler'):
     config.validate(config.complete(old))
+
+
+@pytest.mark.parametrize('alias,unpredicted,needle', [
+    ('1:2', '0,1', None), ('0:2,1:2', '0,1', None),
+    ('1:2', '0', "1:2: id 1 must be in model.unpredicted='0'"),
+    ('3:2', '3', '3:2: only the special ids PAD=0, BOS=1, EOS=2 may read another row'),
+    ('1:3', '1', '1:3: row 3 must be another id below model.vocab_size, not [MASK]'),
+    ('0:1,1:2', '0,1', '0:1: row 1 must be another id'),
+    ('1:2,1:0', '1', '1:2: only the special ids'),
+    ('1-2', '', "'1-2' is not a comma list of ID:ROW"),
+])
+def test_embed_alias_is_only_for_special_ids(alias, unpredicted, needle):
+  """model.embed_alias (hf import: BOS reads the eos row of a checkpoint whose bos is its eos);
+  a run written before the key existed had none."""
+  c = config.base()
+  c.model.embed_alias, c.model.unpredicted = alias, unpredicted
+  if needle is None:
+    config.validate(c)
+  else:
+    with pytest.raises(config.ConfigError, match='config.model.embed_alias: ' + needle.replace(
+        '[', r'\[').replace('(', r'\(')):
+      config.validate(c)
+  old = config.base().to_dict()
+  del old['model']['embed_alias']
+  assert config.from_run(old).model.embed_alias == ''

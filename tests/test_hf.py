@@ -3,7 +3,10 @@
 
 Import -> dlm_jax logits equal transformers' (float32, 1e-4) on the same ids; export ->
 transformers logits equal dlm_jax's; import -> export is bit-identical; KV-cached greedy decoding
-equals transformers' generate token for token. Needs the [hf] extra (transformers, CPU torch)."""
+equals transformers' generate token for token. In every special-token layout of LAYOUTS (Llama 2,
+Llama 3, SmolLM2, Qwen2.5) log p(text) equals transformers' given the checkpoint's first token,
+and lm-eval's own HF model, called as the README says, gives the adapter's numbers. Needs the
+[hf] extra (transformers, CPU torch) and lm_eval's HF model (accelerate)."""
 import json
 import os
 import subprocess
@@ -183,6 +186,7 @@ def test_import_logits_equal_transformers(imported):
   assert flops.from_config(cfg.model, 64)['N_total'] == n_hf + added
 
 
+@pytest.mark.slow  # the llama2 / smollm2 layouts' tests cover it by default
 def test_imported_likelihood_is_the_checkpoints(tmp_path):
   """The AR log-likelihood of a text under the imported model (its own tokenizer, BOS first as
   dlm_jax shifts inputs) equals transformers' on [bos] + ids: the new PAD row and [MASK] take no
@@ -284,6 +288,7 @@ def test_export_of_a_native_model_loads_in_transformers(tmp_path, objective, tie
   assert 'bidirectional' in open(tmp_path / 'out' / 'README.md').read()
 
 
+@pytest.mark.slow  # test_layout_kv_cached_greedy_decoding_equals_generate[llama2] by default
 def test_kv_cached_greedy_decoding_equals_transformers_generate(tmp_path):
   model = build_hf(str(tmp_path / 'hf'), 'llama_gqa')
   hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(tmp_path / 'run'), seq_len=64)
@@ -349,26 +354,28 @@ def test_layout_likelihood_is_the_checkpoints_given_its_first_token(layout):
     lp = torch.log_softmax(model(torch.tensor([[first] + list(hf_ids)])).logits[0, :-1].double(),
                            -1)
   want = float(lp[torch.arange(len(ids)), torch.tensor(hf_ids)].sum())
-  assert got == pytest.approx(want, rel=1e-5)
+  assert got == pytest.approx(want, rel=1e-5) and tok.decode(ids) == TEXT
   req = type('Req', (), dict(args=(TEXT,)))
   rolling = lmeval.DlmJaxLM(str(d / 'run'), estimator='ar').loglikelihood_rolling([req])
   assert rolling[0] == pytest.approx(want, rel=1e-5)
 
 
 def test_layout_kv_cached_greedy_decoding_equals_generate(layout):
+  """Unconditional (the first token alone decides the first step) and prompted."""
   _, _, model, (_, dlm, params), tok, first = layout
-  prompt = tok.encode_batch(['The cat sat'])[0]
+  prompts = [np.zeros(0, np.int32), tok.encode_batch(['The cat sat'])[0]]
   st = sampling.Settings(mode='ar', length=16, temperature=0.0, stop_at_eos=False)
-  out = sampling.Sampler(dlm, params, context=64).generate(
-      jax.random.PRNGKey(0), [prompt], st)['tokens'][0]
+  outs = sampling.Sampler(dlm, params, context=64).generate(
+      jax.random.PRNGKey(0), prompts, st)['tokens']
   own = [int(tok.map.from_dlm[i]) for i in (tokenizers.PAD, tokenizers.BOS)
          if tok.map.from_dlm[i] >= 0]  # dlm_jax never generates PAD or BOS where they are own rows
-  hf_prompt = [first] + list(tok.map.from_dlm[prompt])
-  with torch.no_grad():
-    x = torch.tensor([hf_prompt])
-    gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
-                         suppress_tokens=own or None, eos_token_id=None, pad_token_id=first)
-  np.testing.assert_array_equal(tok.map.from_dlm[np.asarray(out)], gen[0, len(hf_prompt):].numpy())
+  for prompt, out in zip(prompts, outs):
+    x = torch.tensor([[first] + list(tok.map.from_dlm[prompt])])
+    with torch.no_grad():
+      gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16,
+                           do_sample=False, suppress_tokens=own or None, eos_token_id=None,
+                           pad_token_id=first)
+    np.testing.assert_array_equal(tok.map.from_dlm[np.asarray(out)], gen[0, x.shape[1]:].numpy())
 
 
 def test_layout_import_then_export_is_bit_identical(layout, tmp_path):
@@ -378,6 +385,39 @@ def test_layout_import_then_export_is_bit_identical(layout, tmp_path):
   assert sorted(a.files) == sorted(b.files)
   for name in a.files:
     assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+
+
+def test_layout_lm_eval_hf_model_gives_the_adapters_numbers(layout, tmp_path):
+  """lm-eval's own HF model on the exported checkpoint, called as the README says
+  (add_bos_token=True for loglikelihood requests, False for loglikelihood_rolling; a checkpoint
+  without a bos token, Qwen2.5, with a tokenizer naming its eos as bos), gives the numbers of
+  the lm-eval adapter on the imported run, empty contexts included."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from lm_eval.api.instance import Instance  # pylint: disable=g-import-not-at-top
+  from lm_eval.models.huggingface import HFLM  # pylint: disable=g-import-not-at-top
+  from dlm_jax.infer import lmeval  # pylint: disable=g-import-not-at-top
+  name, d, _, _, _, _ = layout
+  out, tok_dir = str(tmp_path / 'out'), str(tmp_path / 'tok')
+  hf_cli.export_run(str(d / 'run'), out)
+  if LAYOUTS[name]['bos'] is None:
+    os.makedirs(tok_dir)
+    shutil.copy(os.path.join(out, 'tokenizer.json'), tok_dir)
+    with open(os.path.join(tok_dir, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+      json.dump(dict(json.load(open(os.path.join(out, 'tokenizer_config.json'))),
+                     bos_token=LAYOUTS[name]['eos']), f)
+  reqs = lambda kind, args: [Instance(request_type=kind, doc={}, arguments=a, idx=i)
+                             for i, a in enumerate(args)]
+  pairs = reqs('loglikelihood', [('The cat sat on the', ' mat'), ('', 'The cat sat'),
+                                 ('Once upon a', ' time there')])
+  texts = reqs('loglikelihood_rolling', [(TEXT,), ('Call me Ishmael.',)])
+  ours = lmeval.DlmJaxLM(str(d / 'run'), estimator='ar')
+  hf = lambda **kw: HFLM(pretrained=out, batch_size=1, device='cpu', dtype='float32',
+                         max_length=64, **kw)
+  got = [ll for ll, _ in hf(add_bos_token=True, **(
+      {'tokenizer': tok_dir} if os.path.isdir(tok_dir) else {})).loglikelihood(pairs, True)]
+  np.testing.assert_allclose(got, [ll for ll, _ in ours.loglikelihood(pairs)], rtol=1e-5)
+  got = hf(add_bos_token=False).loglikelihood_rolling(texts, True)
+  np.testing.assert_allclose(got, ours.loglikelihood_rolling(texts), rtol=1e-5)
 
 
 @pytest.mark.parametrize('case', ['architecture', 'tensor', 'shape', 'eos', 'workdir'])
@@ -418,6 +458,36 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(tmp_path, case):
   assert (os.listdir(run) == ['old']) if case == 'workdir' else not os.path.exists(run)
 
 
+@pytest.mark.parametrize('case,expect', [
+    ('bos_id', "tokenizer.json: no token has the id bos_token_id=290 that the checkpoint names"),
+    ('pad_id', 'config.json: pad_token_id=5000 is outside the 300 embedding rows'),
+    ('pad_name', "tokenizer_config.json: pad_token='<nope>' is not a token of tokenizer.json")])
+def test_bad_special_tokens_are_one_line_and_write_nothing(tmp_path_factory, tmp_path, capsys,
+                                                           case, expect):
+  """A bos / pad id outside the embedding or not in tokenizer.json (row 290 of 300 is past the
+  tokenizer's 280 tokens), or a name tokenizer.json lacks: exit 2, one line, no workdir."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp() / 'bad_special_src'
+  if not base.exists():
+    build_hf(str(base), 'llama_tied')
+  src, run = tmp_path / 'hf', tmp_path / 'run'
+  shutil.copytree(base, src)
+  conf = json.load(open(src / 'config.json'))
+  if case == 'pad_name':
+    json.dump(dict(pad_token='<nope>'), open(src / 'tokenizer_config.json', 'w'))
+  else:
+    conf[{'bos_id': 'bos_token_id', 'pad_id': 'pad_token_id'}[case]] = {
+        'bos_id': 290, 'pad_id': 5000}[case]
+  json.dump(conf, open(src / 'config.json', 'w'))
+  capsys.readouterr()  # building printed its progress
+  with pytest.raises(SystemExit) as e:
+    hf_cli.main(['import', str(src), f'--workdir={run}'])
+  assert e.value.code == 2
+  (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert line.startswith('error: ') and expect in line, line
+  assert not os.path.exists(run)
+
+
 SHORT = ['--config.train.num_steps=4', '--config.train.batch_size=8', '--config.eval.batch_size=8',
          '--config.eval.num_batches=2', '--config.train.eval_every=4',
          '--config.train.checkpoint_every=4', '--config.train.warmup_steps=1',
@@ -434,8 +504,9 @@ def _cli(*args):
 
 def test_ar2diff_from_a_pretrained_checkpoint_end_to_end(tmp_path):
   """The README's commands: import -> MDM continued pretraining from the AR weights
-  (init_config.py) -> --mode eval -> --mode sample; and the imported model evaluated as AR."""
-  build_hf(str(tmp_path / 'hf'), 'llama_gqa')
+  (init_config.py) -> --mode eval -> --mode sample -> export; and the imported model evaluated
+  as AR. SmolLM2's layout (bos = eos): BOS trains as the eos row, which export writes back."""
+  build_hf(str(tmp_path / 'hf'), 'llama_tied', layout='smollm2')
   out = _cli('dlm_jax.hf', 'import', str(tmp_path / 'hf'), f'--workdir={tmp_path / "llama"}',
              '--seq_len=64')
   assert 'imported LlamaForCausalLM' in out
@@ -449,6 +520,19 @@ def test_ar2diff_from_a_pretrained_checkpoint_end_to_end(tmp_path):
   _cli('dlm_jax.main', f'--config={init}', f'--workdir={mdm}', '--mode=sample', *SHORT)
   rows = [json.loads(l) for l in open(os.path.join(mdm, 'samples.jsonl'))]
   assert len(rows) == 4 and all(r['mode'] == 'mdm' and r['tokens'] for r in rows)  # end + --mode
+  hf_cli.export_run(mdm, str(tmp_path / 'out'))  # the trained model, in the checkpoint's layout
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'out')).eval()
+  (c0, _, p0), (cfg, dlm, params) = dlm_model(str(tmp_path / 'llama')), dlm_model(mdm)
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  assert cfg.model.embed_alias == c0.model.embed_alias == '1:2'
+  ids = np.random.default_rng(2).integers(0, vmap.rows, (2, 20))
+  want = hf_logits(back, np.concatenate([np.full((2, 1), vmap.eos), ids], 1))
+  got = np.asarray(dlm.apply({'params': params}, jnp.asarray(np.concatenate(
+      [np.full((2, 1), tokenizers.BOS), vmap.to_dlm[ids]], 1)), 'causal'))
+  np.testing.assert_allclose(got[..., vmap.to_dlm], want, atol=1e-4, rtol=1e-4)
+  e0, e1 = p0['embed']['embedding'], params['embed']['embedding']  # BOS's own row never read
+  assert np.array_equal(e0[tokenizers.BOS], e1[tokenizers.BOS])
+  assert not np.array_equal(e0[tokenizers.EOS], e1[tokenizers.EOS])
   _cli('dlm_jax.main', f'--config={init}', f'--workdir={tmp_path / "llama"}', '--mode=eval',
        '--config.objective=ar', *SHORT)
   res = json.load(open(tmp_path / 'llama' / 'eval' / 'scores.json'))

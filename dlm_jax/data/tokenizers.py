@@ -177,15 +177,14 @@ class VocabMap:
     return [i for i in range(len(SPECIALS)) if self.from_dlm[i] < 0 and i not in self.aliases()]
 
   def rows_in(self, table_VxD):
-    """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; an aliased special's
-    row is a copy of the row it reads (never read itself); new specials start as the mean row
-    (as transformers' resize_token_embeddings initialises added tokens); padding rows zeros."""
+    """A checkpoint's [rows, D] table as dlm_jax's [size, D]: permuted; new specials, and
+    aliased ones' own rows (never read, never predicted), start as the mean row (as
+    transformers' resize_token_embeddings initialises added tokens); padding rows as zeros."""
     table_VxD = np.asarray(table_VxD)
     out = np.zeros((self.size, table_VxD.shape[1]), table_VxD.dtype)
     out[self.to_dlm] = table_VxD
-    out[self.new_specials()] = table_VxD.mean(0, dtype=np.float64).astype(table_VxD.dtype)
-    for i, row in self.aliases().items():
-      out[i] = out[row]
+    out[self.new_specials() + sorted(self.aliases())] = table_VxD.mean(
+        0, dtype=np.float64).astype(table_VxD.dtype)
     return out
 
   def rows_out(self, table_VxD):
