@@ -74,7 +74,7 @@ def test_local_jsonl_corpus_short_documents_are_packed(tmp_path):
   b = pipeline.make_batch(w[:4])
   # short documents share windows; the batch holds the targets only (segment ids come from the
   # inputs the model reads: objectives.input_segments, tested in test_estimands)
-  assert set(b) == {'targets'} and (b['targets'] == EOS).sum(1).min() >= 1
+  assert set(b) == {'targets'} and (b['targets'] == EOS).sum() >= 3
 
 
 def test_epochs_reshuffle_and_cover_every_window():

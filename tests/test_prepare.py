@@ -63,6 +63,8 @@ def test_prepared_packing_equals_in_memory(small_corpus, prepared_bpe, tmp_path)
     mem = pipeline.windows(tr, 32) if packing == 'wrap' else pipeline.pad_examples(tr, 32)
     assert len(src) == len(mem)
     np.testing.assert_array_equal(np.stack([src[i] for i in range(len(src))]), mem)
+    # the tokens D and U count, read from the lengths alone (pad: a long document is cut at L)
+    np.testing.assert_array_equal(src.row_tokens(), (mem != 0).sum(1))
   c2 = c.copy_and_resolve_references()
   c2.corpus = prepared_bpe
   _, val_p, info_p = pipeline.load_splits(c2, 16, 8192)

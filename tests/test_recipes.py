@@ -84,7 +84,7 @@ def test_cloze_task_is_built_from_real_text():
   assert len(tr) > 5000 and len(va) > 100
   assert all(e['target'].startswith(' ') and e['target'].strip().isalpha() for e in tr[:100])
   tok = tokenizers.get_tokenizer('bpe')
-  rows, prefix, dropped = tasks.encode(va, tok, 128, 'validation')
+  rows, prefix, dropped, _ = tasks.encode(va, tok, 128, 'validation')
   assert rows.shape[1] == 128 and (prefix > 0).all()
   r = rows[0]
   n = int(prefix[0])

@@ -32,7 +32,8 @@ def test_run_directory_contract(tmp_path):
     assert os.path.exists(os.path.join(wd, f)), f
   summary = json.load(open(os.path.join(wd, 'summary.json')))
   assert summary['status'] == 'done' and summary['steps'] == 20
-  assert summary['D'] == 20 * 8 * 32 and summary['C'] == summary['D'] * summary['flops_per_token']
+  assert summary['D'] == summary['D_slots'] == 20 * 8 * 32  # wrap packing: no PAD
+  assert summary['C'] == summary['D_slots'] * summary['flops_per_token']
   assert {'ar_nll', 'mdm_nelbo'} <= set(summary['final'])
   assert [r['step'] for r in rows(wd)] == list(range(1, 21))
   samples = [json.loads(l) for l in open(os.path.join(wd, 'samples.jsonl'))]
@@ -103,6 +104,59 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   for step in mngr.all_steps():
     p = final_params(wd, step)
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(p)), step
+
+
+TASK_TARGETS = [' café', ' naïve', ' 東京', ' cat', ' über', ' déjà vu', ' ok', ' Zürich']
+
+
+@pytest.mark.parametrize('data', ['wrap', 'pad', 'task'])
+def test_D_and_epochs_count_the_tokens_trained_on(tmp_path, data):
+  """summary D (and every metrics row's tokens_trained / epochs) is the number of non-PAD target
+  tokens of the rows the run trained on, counted here from the pipeline's own batches, and
+  epochs = D / U; D_slots and C count the PAD slots computed on. (D counted slots: a cloze run
+  reported 2.56x its repetition.) A task run's bits per byte divide by the scored targets'
+  bytes, counted here from the strings (they divided by the LM corpus's bytes per token)."""
+  from dlm_jax.data import tokenizers
+  from dlm_jax.data.tokenizers import PAD
+  from dlm_jax.run import setup as setup_lib
+  c = tiny_config('dual' if data == 'task' else 'ar', num_steps=5, eval_every=5,
+                  checkpoint_every=5)
+  c.model.num_layers, c.data.seq_len, c.sample.num_samples = 1, 16, 0
+  if data == 'pad':  # short documents, so that rows hold PAD
+    with open(tmp_path / 'short.jsonl', 'w', encoding='utf-8') as f:
+      for i in range(400):
+        f.write(json.dumps(dict(id=f'd{i}', text='ab cd'[:1 + i % 5] + ' ' * (i % 3))) + '\n')
+    c.data.corpus, c.data.packing, c.data.tokenizer = str(tmp_path / 'short.jsonl'), 'pad', 'byte'
+    c.data.cache_dir = str(tmp_path / 'cache')
+  if data == 'task':
+    d = tmp_path / 'task'
+    d.mkdir()
+    for split, n in (('train', 40), ('validation', 24)):
+      with open(d / f'{split}.jsonl', 'w', encoding='utf-8') as f:
+        for i in range(n):
+          f.write(json.dumps(dict(prompt=f'word {i} is', target=TASK_TARGETS[i % 8])) + '\n')
+    c.data.task = str(d)
+  setup = setup_lib.build(c)
+  it = setup_lib.train_iterator(setup)
+  per_step = [int((next(it)['targets'] != PAD).sum()) for _ in range(5)]
+  U = int((np.asarray(setup.train_windows) != PAD).sum())
+  s = loop.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert s['D'] == sum(per_step) and s['U'] == U and s['epochs'] == pytest.approx(s['D'] / U)
+  assert s['D_slots'] == 5 * 8 * 16 and s['C'] == s['D_slots'] * s['flops_per_token']
+  assert (s['D'] < s['D_slots']) == (data != 'wrap')
+  assert [r['tokens_trained'] for r in rows(str(tmp_path / 'run'))] == list(np.cumsum(per_step))
+  assert rows(str(tmp_path / 'run'))[-1]['epochs'] == pytest.approx(s['epochs'])
+  if data == 'task':  # 16 validation rows scored: eval.num_batches=2 x eval.batch_size=8
+    tok = tokenizers.get_tokenizer(c.data.tokenizer)
+    scored = [TASK_TARGETS[i % 8] for i in range(16)]
+    nbytes = sum(len(t.encode('utf-8')) + 1 for t in scored)
+    ntok = sum(len(ids) + 1 for ids in tok.encode_batch(scored))
+    lm = setup.data_info['val_bytes'] / setup.data_info['val_tokens']
+    assert abs(nbytes / ntok - lm) > 0.2  # the two ratios differ: the test can tell them apart
+    for m in ('ar', 'mdm'):
+      assert s['final'][f'{m}_bpb'] == pytest.approx(
+          s['final'][f'{m}_nll' if m == 'ar' else 'mdm_nelbo'] * ntok / nbytes / np.log(2),
+          rel=1e-6)
 
 
 def test_default_config_loss_decreases(tmp_path):

@@ -142,7 +142,7 @@ def load_splits(dcfg, val_examples, vocab_size):
                 train_tokens=sp['train']['tokens'] + sp['train']['documents'],
                 val_tokens=sp['validation']['tokens'] + sp['validation']['documents'],
                 train_bytes=sp['train']['bytes'], val_bytes=sp['validation']['bytes'],
-                unique_tokens=train.tokens, train_windows=len(train),
+                unique_tokens=int(row_tokens(train).sum()), train_windows=len(train),
                 unigram_entropy=unigram_entropy_counts(
                     prepared.unigram_counts(dcfg.corpus, 'validation'),
                     prepared.unigram_counts(dcfg.corpus, 'train'), vocab_size))
@@ -205,11 +205,52 @@ def train_dataset(windows_NxL, batch_size, seed, prefix_len_N=None, rows=None):
     raise DataError(f'process rows [{start}, {stop}) do not tile train.batch_size={batch_size}')
   src = with_prefix(windows_NxL, prefix_len_N)
   has_prefix = prefix_len_N is not None
-  ds = grain.MapDataset.source(src).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(local, drop_remainder=True)
+  ds = _repeated(src, seed).batch(local, drop_remainder=True)
   if local != batch_size:  # global batch s = local blocks s*P ... s*P + P-1; this process's one
     ds = ds[start // local::batch_size // local]
   return ds.map(lambda w: make_batch(w, has_prefix))
+
+
+def _repeated(src, seed):
+  """The training stream's order: shuffled with the seed, reshuffled every epoch, endless."""
+  return grain.MapDataset.source(src).shuffle(seed=seed).repeat(None)
+
+
+def row_tokens(examples):
+  """Non-PAD tokens of each training example (an array or a PreparedSource)."""
+  if isinstance(examples, np.ndarray):
+    return (examples != PAD).sum(1)
+  return examples.row_tokens()
+
+
+class TrainedTokens:
+  """trained(steps): the non-PAD target tokens in the first `steps` global batches of
+  `train_dataset(examples, batch_size, seed)`: what a run has trained on (U counts the same way,
+  so epochs = D / U), as opposed to the batch's slots (PAD included) that it computed on. Whole
+  epochs count every example once; the current one the examples its shuffled order has drawn
+  (the same order: `_repeated` over the example indices), counted incrementally."""
+
+  def __init__(self, examples, batch_size, seed):
+    self.n_N = np.asarray(row_tokens(examples), np.int64)
+    self.N, self.U, self.B = self.n_N.size, int(self.n_N.sum()), batch_size
+    self.uniform = bool(np.all(self.n_N == self.n_N[0]))  # wrap packing: every slot a token
+    self.order = _repeated(np.arange(self.N), seed)
+    self.rows, self.count = 0, 0
+
+  def __call__(self, steps):
+    rows = steps * self.B
+    if self.uniform:
+      return rows * int(self.n_N[0])
+    if rows < self.rows:
+      self.rows, self.count = 0, 0
+    while self.rows < rows:
+      if self.rows % self.N == 0 and rows - self.rows >= self.N:  # a whole epoch
+        self.count, self.rows = self.count + self.U, self.rows + self.N
+        continue
+      stop = min(rows, (self.rows // self.N + 1) * self.N)
+      idx = [int(self.order[i]) for i in range(self.rows, stop)]
+      self.count, self.rows = self.count + int(self.n_N[idx].sum()), stop
+    return self.count
 
 
 def train_iterator(ds, prefetch: int):

@@ -289,6 +289,13 @@ class PreparedSource:
       have += parts[-1].size
     return np.concatenate(parts)[:stop - start].astype(np.int32)
 
+  def row_tokens(self):
+    """Non-PAD tokens of each example, without reading a record: seq_len under wrap; the
+    document and its EOS, cut at seq_len, under pad."""
+    if self.packing == 'wrap':
+      return np.full(self._n, self.seq_len, np.int64)
+    return np.minimum(np.diff(self._ends[:self._n], prepend=0), self.seq_len)
+
   def take(self, n):
     """The first n examples as one array (validation batches)."""
     return np.stack([self[i] for i in range(min(n, self._n))])

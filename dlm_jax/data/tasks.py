@@ -62,16 +62,20 @@ def load_task(source, val_fraction):
 
 
 def encode(examples, tok, seq_len, split):
-  """(targets_NxL, prefix_len_N); examples longer than seq_len are dropped and counted."""
+  """(targets_NxL, prefix_len_N, dropped, target_bytes_N); examples longer than seq_len are
+  dropped and counted. target_bytes_N: the UTF-8 bytes of each kept target, + 1 for its EOS (as
+  a corpus counts a document's): what bits per byte of the scored part divide by."""
   prompts = tok.encode_batch([e['prompt'] for e in examples])
   targets = tok.encode_batch([e['target'] for e in examples])
-  rows, prefix = [], []
-  for p, t in zip(prompts, targets):
+  rows, prefix, nbytes = [], [], []
+  for e, p, t in zip(examples, prompts, targets):
     ids = np.concatenate([p, t, [EOS]]).astype(np.int32)
     if ids.size > seq_len or p.size == 0:
       continue
     rows.append(np.pad(ids, (0, seq_len - ids.size), constant_values=PAD))
     prefix.append(p.size)
+    nbytes.append(len(e['target'].encode('utf-8')) + 1)
   if not rows:
     raise DataError(f'no {split} task example fits data.seq_len={seq_len}')
-  return np.stack(rows), np.asarray(prefix, np.int32), len(examples) - len(rows)
+  return (np.stack(rows), np.asarray(prefix, np.int32), len(examples) - len(rows),
+          np.asarray(nbytes, np.int64))

@@ -79,7 +79,9 @@ class StepLog:
   def __init__(self, setup, workdir, start, mngr, t_start):
     self.cfg, self.setup, self.mngr, self.t_start = setup.cfg, setup, mngr, t_start
     self.writer = rundir.MetricWriter(workdir, self.cfg.to_dict())
-    self.tokens_per_step = self.cfg.train.batch_size * self.cfg.data.seq_len
+    self.tokens_per_step = self.cfg.train.batch_size * self.cfg.data.seq_len  # slots, PAD too
+    self.trained = pipeline.TrainedTokens(setup.train_windows, self.cfg.train.batch_size,
+                                          self.cfg.seed)  # non-PAD tokens: D, epochs
     self.workdir, self.window, self.t_last, self.last_logged = workdir, [], time.time(), start
     self.timed_from = start  # rates count only the steps this process timed
     saved = rundir.read_window(workdir, start) if start else None
@@ -116,8 +118,9 @@ class StepLog:
       steps, tps = step + 1 - max(self.last_logged, self.timed_from), self.tokens_per_step
       w = self.window
       avg = {k: float(np.mean([x[k] for x in w])) for k in w[-1] if k in w[0]} if w else {}
-      row = dict(avg, tokens=(step + 1) * tps,
-                 epochs=(step + 1) * tps / self.setup.data_info['unique_tokens'],
+      trained = self.trained(step + 1)
+      row = dict(avg, tokens=(step + 1) * tps, tokens_trained=trained,
+                 epochs=trained / self.setup.data_info['unique_tokens'],
                  tokens_per_s=steps * tps / dt,
                  flops_per_s=steps * tps * self.setup.counts['flops_per_token'] / dt,
                  wall_time_s=time.time() - self.t_start)
@@ -206,8 +209,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
   val_batches = pipeline.eval_batches(setup.val_windows, cfg.eval.batch_size,
                                       cfg.eval.num_batches, setup.val_prefix)
   evaluator = validate.Validator(
-      setup.model, cfg, val_batches, mesh,
-      bytes_per_token=setup.data_info['val_bytes'] / setup.data_info['val_tokens'],
+      setup.model, cfg, val_batches, mesh, bytes_per_token=validate.bytes_per_token(setup,
+                                                                                    val_batches),
       params_sharding=state_sharding.params)
   rundir.truncate_metrics(workdir, start)
   # wall time of every process that worked on the run, up to the restored checkpoint's last row
@@ -269,9 +272,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
     status = ('interrupted' if isinstance(e, KeyboardInterrupt) else
               f'preempted at step {e.step}' if isinstance(e, Preempted) else f'failed: {e}')
     try:  # on a full disk this write fails too; the original error is the one to report
+      last = int(checkpoint.latest_committed(mngr.directory) or 0)
       rundir.atomic_json(summary_path, rundir.make_summary(
-          setup, int(checkpoint.latest_committed(mngr.directory) or 0), history,
-          history[-1] if history else {}, time.time() - t_start, status))
+          setup, last, history, history[-1] if history else {}, time.time() - t_start, status,
+          log.trained(last)))
     except OSError as write_error:
       print(f'could not write {summary_path}: {write_error}', file=sys.stderr)
     raise
@@ -282,7 +286,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
   params = state.ema_params if state.ema_params is not None else state.params
   samples = run_samples.write_samples(setup, params, workdir, final_step)
 
-  summary = rundir.make_summary(setup, final_step, history, final, time.time() - t_start, 'done')
+  summary = rundir.make_summary(setup, final_step, history, final, time.time() - t_start, 'done',
+                                log.trained(final_step))
   summary['samples'] = len(samples)
   summary['skipped_updates'] = int(state.skipped)
   summary.update(layout)

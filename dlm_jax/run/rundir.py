@@ -283,9 +283,16 @@ def check_workdir(workdir, cfg):
   return True
 
 
-def make_summary(setup, step, history, final, wall, status):
+COUNTS = ('D: the non-PAD target tokens of the rows trained on (a task prompt included, as in U); '
+          'U: the non-PAD tokens of the training rows; epochs = D / U; D_slots: the batch '
+          'positions computed on (steps x batch_size x seq_len, PAD included); '
+          'C = flops_per_token x D_slots, the compute spent')
+
+
+def make_summary(setup, step, history, final, wall, status, trained_tokens):
+  """trained_tokens: D, the non-PAD tokens of the first `step` batches (pipeline.TrainedTokens)."""
   cfg = setup.cfg
-  D = step * cfg.train.batch_size * cfg.data.seq_len
+  D, D_slots = int(trained_tokens), step * cfg.train.batch_size * cfg.data.seq_len
   U = int(setup.data_info['unique_tokens'])
   metric_keys = [k for k in final if k.endswith(('nll', 'nelbo', 'ppl', 'bpb', 'exact_match'))]
   best = {k: (max if k.endswith('exact_match') else min)(h[k] for h in history if k in h)
@@ -297,7 +304,8 @@ def make_summary(setup, step, history, final, wall, status):
       size=cfg.model.size or f'd{cfg.model.d_model}_l{cfg.model.num_layers}',
       N_total=setup.counts['N_total'], N_nonembed=setup.counts['N_nonembed'],
       flops_per_token=setup.counts['flops_per_token'],
-      D=D, U=U, epochs=D / U, C=setup.counts['flops_per_token'] * D, steps=step,
+      D=D, D_slots=D_slots, U=U, epochs=D / U, C=setup.counts['flops_per_token'] * D_slots,
+      counts=COUNTS, steps=step,
       final={k: final[k] for k in metric_keys}, best=best,
       unigram_entropy=setup.data_info['unigram_entropy'],
       estimands=validate.estimands(cfg),

@@ -30,6 +30,7 @@ class Setup:
   counts: dict
   train_prefix: Any = None   # prompt lengths of task examples (data.task), else None
   val_prefix: Any = None
+  val_target_bytes: Any = None  # task data: UTF-8 bytes of each validation target + its EOS
 
 
 def compile_cache_dir(tcfg) -> str:
@@ -63,11 +64,11 @@ def build(cfg) -> Setup:
       cfg.data, cfg.eval.num_batches * cfg.eval.batch_size, cfg.model.vocab_size)
   if cfg.train.epochs > 0:  # R epochs of the U unique tokens
     cfg.train.num_steps = int(cfg.train.epochs * len(train_w) // cfg.train.batch_size)
-  train_p = val_p = None
+  train_p = val_p = val_b = None
   if cfg.data.task:  # prompt -> target fine-tuning replaces the LM windows
     tr, va = tasks.load_task(cfg.data.task, cfg.data.val_fraction)
-    train_w, train_p, dropped_tr = tasks.encode(tr, tok, cfg.data.seq_len, 'train')
-    val_w, val_p, dropped_va = tasks.encode(va, tok, cfg.data.seq_len, 'validation')
+    train_w, train_p, dropped_tr, _ = tasks.encode(tr, tok, cfg.data.seq_len, 'train')
+    val_w, val_p, dropped_va, val_b = tasks.encode(va, tok, cfg.data.seq_len, 'validation')
     info = dict(info, task=cfg.data.task, task_train=len(train_p), task_val=len(val_p),
                 task_dropped_too_long=dropped_tr + dropped_va,
                 unique_tokens=int((train_w != tokenizers.PAD).sum()),
@@ -75,7 +76,7 @@ def build(cfg) -> Setup:
     if cfg.train.epochs > 0:
       cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
   return Setup(cfg, tok, model_lib.Transformer(cfg.model, mesh), mesh, train_w, val_w, info,
-               flops.from_config(cfg.model, cfg.data.seq_len), train_p, val_p)
+               flops.from_config(cfg.model, cfg.data.seq_len), train_p, val_p, val_b)
 
 
 def train_iterator(setup):
