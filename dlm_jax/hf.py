@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from dlm_jax import config as config_lib
 from dlm_jax import errors
 from dlm_jax.core import flops
+from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
 from dlm_jax.errors import DataError, InteropError
 from dlm_jax.interop import hf
@@ -54,10 +55,20 @@ MDM_NOTE = """This model was trained by dlm_jax ({objective}). Its weights load 
 - inputs are shifted: the logits at position i predict token i+1, as in any causal LM;
 - an MDM (or dual) model is a masked-diffusion model: it predicts with *bidirectional* attention
   (pass a full attention mask, not the causal one) and reads masked positions as the token id
-  {mask} ([MASK], `<mask>`), whose own logit must be set to -inf before sampling;
-- PAD={pad}, BOS={bos}, EOS={eos}; sample with `python -m dlm_jax.main --mode sample` for the
-  MDM samplers (ancestral, confidence, guidance).
+  {mask}, whose own logit must be set to -inf before sampling;
+- {ids}; sample with `python -m dlm_jax.main --mode sample` for the MDM samplers (ancestral,
+  confidence, guidance).
 """
+
+
+def _imported_ids(vocab, mask):
+  """The README note's special ids of an imported checkpoint's export: its own."""
+  first = vocab.bos if vocab.bos is not None else vocab.eos
+  return dict(mask=f'{vocab.rows} ([MASK]: mask_token_id, a row past the tokenizer\'s tokens)'
+              if mask else f'{vocab.mask} ([MASK])' if vocab.mask is not None else
+              '[MASK] (this run is autoregressive: no [MASK] row is exported)',
+              ids=f'the checkpoint\'s own ids: eos {vocab.eos}; dlm_jax started every sequence '
+              f'from id {first} (its {"bos" if first != vocab.eos else "eos"})')
 
 
 def _empty_target(path, what):
@@ -148,8 +159,13 @@ def export_run(run, out, dtype='float32'):
     tdir = tok[3:]
     vocab = tokenizers.VocabMap.from_json(hf.read_json(os.path.join(tdir, tokenizers.VOCAB_MAP)))
     base = hf.read_json(os.path.join(tdir, hf.HF_CONFIG))
-  tensors = hf.params_to_hf(params, m, vocab, DTYPES[dtype])
+  # an MDM reads [MASK], a row an imported checkpoint lacks: appended as row `rows`
+  # (mask_token_id); an AR run's export is the checkpoint's own layout, bit for bit
+  mask = vocab is not None and vocab.mask is None and objectives.mdm_fraction(cfg) > 0
+  tensors = hf.params_to_hf(params, m, vocab, DTYPES[dtype], mask)
   conf = hf.hf_config(m, cfg.model.vocab_size, cfg.data.seq_len, dtype, base)
+  if mask:
+    conf.update(vocab_size=vocab.rows + 1, mask_token_id=vocab.rows)
   os.makedirs(out, exist_ok=True)
   safetensors.write(os.path.join(out, 'model.safetensors'), tensors, {'format': 'pt'})
   rundir.atomic_json(os.path.join(out, 'config.json'), conf)
@@ -160,9 +176,10 @@ def export_run(run, out, dtype='float32'):
   else:
     hf.write_native_tokenizer(tok, out)
   with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(MDM_NOTE.format(objective=cfg.objective, arch=conf['architectures'][0],
-                            mask=tokenizers.MASK, pad=tokenizers.PAD, bos=tokenizers.BOS,
-                            eos=tokenizers.EOS))
+    f.write(MDM_NOTE.format(objective=cfg.objective, arch=conf['architectures'][0], **(
+        _imported_ids(vocab, mask) if vocab is not None else dict(
+            mask=f'{tokenizers.MASK} ([MASK], `<mask>`)', ids=f'PAD={tokenizers.PAD}, '
+            f'BOS={tokenizers.BOS}, EOS={tokenizers.EOS}'))))
   return dict(step=step, architecture=conf['architectures'][0], tensors=len(tensors),
               objective=cfg.objective)
 

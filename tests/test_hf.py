@@ -520,19 +520,28 @@ def test_ar2diff_from_a_pretrained_checkpoint_end_to_end(tmp_path):
   _cli('dlm_jax.main', f'--config={init}', f'--workdir={mdm}', '--mode=sample', *SHORT)
   rows = [json.loads(l) for l in open(os.path.join(mdm, 'samples.jsonl'))]
   assert len(rows) == 4 and all(r['mode'] == 'mdm' and r['tokens'] for r in rows)  # end + --mode
-  hf_cli.export_run(mdm, str(tmp_path / 'out'))  # the trained model, in the checkpoint's layout
+  # the trained model exports in the checkpoint's layout, plus the [MASK] row it reads (row
+  # `rows`, mask_token_id), and imports back to the same model
+  hf_cli.export_run(mdm, str(tmp_path / 'out'))
   back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'out')).eval()
   (c0, _, p0), (cfg, dlm, params) = dlm_model(str(tmp_path / 'llama')), dlm_model(mdm)
   vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
   assert cfg.model.embed_alias == c0.model.embed_alias == '1:2'
-  ids = np.random.default_rng(2).integers(0, vmap.rows, (2, 20))
+  assert (back.config.vocab_size, back.config.mask_token_id) == (vmap.rows + 1, vmap.rows)
+  ids = np.random.default_rng(2).integers(0, vmap.rows + 1, (2, 20))  # [MASK] among them
   want = hf_logits(back, np.concatenate([np.full((2, 1), vmap.eos), ids], 1))
+  to_dlm = np.append(vmap.to_dlm, tokenizers.MASK)
   got = np.asarray(dlm.apply({'params': params}, jnp.asarray(np.concatenate(
-      [np.full((2, 1), tokenizers.BOS), vmap.to_dlm[ids]], 1)), 'causal'))
-  np.testing.assert_allclose(got[..., vmap.to_dlm], want, atol=1e-4, rtol=1e-4)
+      [np.full((2, 1), tokenizers.BOS), to_dlm[ids]], 1)), 'causal'))
+  np.testing.assert_allclose(got[..., vmap.to_dlm], want[..., :vmap.rows], atol=1e-4, rtol=1e-4)
   e0, e1 = p0['embed']['embedding'], params['embed']['embedding']  # BOS's own row never read
   assert np.array_equal(e0[tokenizers.BOS], e1[tokenizers.BOS])
   assert not np.array_equal(e0[tokenizers.EOS], e1[tokenizers.EOS])
+  hf_cli.import_checkpoint(str(tmp_path / 'out'), str(tmp_path / 'again'), seq_len=64)
+  c2, _, p2 = dlm_model(str(tmp_path / 'again'))
+  assert (c2.model.embed_alias, c2.model.unpredicted) == ('1:2', '0,1')
+  read = to_dlm  # every row the model reads or predicts comes back bit for bit
+  np.testing.assert_array_equal(p2['embed']['embedding'][read], e1[read])
   _cli('dlm_jax.main', f'--config={init}', f'--workdir={tmp_path / "llama"}', '--mode=eval',
        '--config.objective=ar', *SHORT)
   res = json.load(open(tmp_path / 'llama' / 'eval' / 'scores.json'))

@@ -187,9 +187,11 @@ class VocabMap:
         0, dtype=np.float64).astype(table_VxD.dtype)
     return out
 
-  def rows_out(self, table_VxD):
-    """dlm_jax's [size, D] table back as the checkpoint's [rows, D]."""
-    return np.asarray(table_VxD)[self.to_dlm]
+  def rows_out(self, table_VxD, mask=False):
+    """dlm_jax's [size, D] table back as the checkpoint's [rows, D]; mask: with the [MASK] row
+    appended as row `rows` where the checkpoint has none (for a model that reads it: MDM)."""
+    ids = self.to_dlm if not mask or self.mask is not None else np.append(self.to_dlm, MASK)
+    return np.asarray(table_VxD)[ids]
 
   def to_json(self):
     return dict(rows=self.rows, eos=self.eos, bos=self.bos, pad=self.pad, mask=self.mask)

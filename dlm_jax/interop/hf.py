@@ -167,9 +167,10 @@ def params_from_hf(reader, m, vocab: VocabMap, dtype, scan_layers=True):
   return params
 
 
-def params_to_hf(params, m, vocab: Optional[VocabMap], dtype):
-  """{HF tensor name: numpy array} of dlm_jax params (vocab None: ids kept as they are)."""
-  rows = (lambda t: np.asarray(t)) if vocab is None else vocab.rows_out
+def params_to_hf(params, m, vocab: Optional[VocabMap], dtype, mask=False):
+  """{HF tensor name: numpy array} of dlm_jax params (vocab None: ids kept as they are; mask:
+  the [MASK] row appended to an imported checkpoint's rows, VocabMap.rows_out)."""
+  rows = (lambda t: np.asarray(t)) if vocab is None else (lambda t: vocab.rows_out(t, mask))
   cast = lambda x: np.asarray(x).astype(dtype, copy=False)
   out = {'model.embed_tokens.weight': cast(rows(params['embed']['embedding']))}
   for i in range(m['num_layers']):
