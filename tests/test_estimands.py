@@ -659,6 +659,7 @@ def test_every_validation_metric_states_its_estimand(objective, packing, pad, ma
                                                                         mask_eos)
   e = validate.estimands(c)
   if c.data.task:  # the two padding modes never share an estimand string
+    assert 'scored targets' in e['*_bpb']  # bits per byte of what was scored
     c.diffusion.pad = 'predict' if pad == 'visible' else 'visible'
     assert validate.estimands(c)['mdm_nelbo'] != e['mdm_nelbo']
   assert set(e) >= {f'{m}_{"nll" if m != "mdm" else "nelbo"}' for m in validate.modes(c)}
