@@ -296,21 +296,21 @@ def test_head_dim_window_accepted_and_old_runs_keep_their_defaults():
   assert model_lib.head_dim(m) == m.d_model // m.num_heads
 
 
-def test_embed_alias_is_one_row_for_two_ids_in_every_path():
+def test_embed_alias_is_one_row_for_two_ids_in_every_path(setup):
   """model.embed_alias='1:2' (hf import: BOS is the eos row of a checkpoint whose bos is its
   eos): id 1 reads row 2 in the full and the KV-cached forward, and row 1 gets no gradient,
   so the two ids train as one row."""
+  _, params, toks = setup  # the same parameter tree: the alias adds none
   cfg = model_lib.ModelConfig.of(mcfg(embed_alias='1:2', unpredicted='1'))
   plain = model_lib.ModelConfig.of(mcfg(unpredicted='1'))
-  _, params = model_lib.init_params(cfg, jax.random.PRNGKey(0), 8)
-  toks = np.array(jax.random.randint(jax.random.PRNGKey(1), (2, 8), 4, 50))
+  toks = toks.copy()
   toks[:, 0], toks[1, 4] = 1, 1
   want = logits(plain, params, np.where(toks == 1, 2, toks))
   np.testing.assert_allclose(logits(cfg, params, toks), want, atol=1e-5)
   assert np.abs(np.asarray(logits(plain, params, toks) - want)).max() > 1e-3
-  cache = model_lib.init_cache(cfg, 2, 8)
-  out, cache = logits(cfg, params, toks[:, :5], cache=cache, cache_pos=0)
-  last, _ = logits(cfg, params, toks[:, 5:], cache=cache, cache_pos=5)
+  cache = model_lib.init_cache(cfg, 2, 12)
+  out, cache = logits(cfg, params, toks[:, :11], cache=cache, cache_pos=0)
+  last, _ = logits(cfg, params, toks[:, 11:], cache=cache, cache_pos=11)
   np.testing.assert_allclose(jnp.concatenate([out, last], 1), want, atol=1e-5)
   loss = lambda p: -jax.nn.log_softmax(logits(cfg, p, toks))[..., 7].sum()
   g = jax.grad(loss)(params)['embed']['embedding']
