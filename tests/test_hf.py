@@ -328,10 +328,12 @@ def test_layout_imports_with_the_checkpoints_own_rows(layout):
   name, _, model, (cfg, dlm, params), tok, first = layout
   vmap = tok.map
   want_alias = {'llama2': '', 'llama3': '', 'smollm2': '1:2', 'qwen2.5': '0:2,1:2'}[name]
-  assert (cfg.model.embed_alias, cfg.model.unpredicted) == (want_alias, '0,1' if want_alias else '0')
+  assert (cfg.model.embed_alias, cfg.model.unpredicted) == (want_alias,
+                                                             '0,1' if want_alias else '0')
   assert vmap.new_specials() == ([tokenizers.MASK] if name == 'qwen2.5' else
                                  [tokenizers.PAD, tokenizers.MASK])
-  assert vmap.from_dlm[tokenizers.EOS] == tok._tok.token_to_id(LAYOUTS[name]['eos'])  # pylint: disable=protected-access
+  eos = tok._tok.token_to_id(LAYOUTS[name]['eos'])  # pylint: disable=protected-access
+  assert vmap.from_dlm[tokenizers.EOS] == eos
   rows = model.config.vocab_size
   ids = np.random.default_rng(0).integers(0, rows, (2, 23))
   ids[:, 5] = first  # the first token inside a sequence too
