@@ -213,3 +213,19 @@ def test_wandb_that_cannot_start_is_one_line_before_training(tmp_path):
   assert last.startswith('error: config.train.trackers: wandb could not start (')
   assert last.endswith('; log in (wandb login) or set WANDB_MODE=offline')
   assert open(tmp_path / 'run' / 'metrics.jsonl').read() == ''  # no step was trained
+
+
+@pytest.mark.extras
+def test_tensorboard_writing_never_imports_torch(tmp_path):
+  """tensorboardX imports torch whenever it is installed (seconds of every run's start);
+  trackers._tensorboardx keeps it out. Meaningful only where torch is installed: extras."""
+  pytest.importorskip('torch', reason='needs torch installed (the [hf] / [lmeval] extras)')
+  code = ('import sys\nfrom dlm_jax.run import trackers\n'
+          f't = trackers.TensorBoard({str(tmp_path)!r}, {{"a": 1}}, "n", {{}})\n'
+          't.scalars(1, {"loss": 2.0})\nt.close()\n'
+          'assert "torch" not in sys.modules, "torch was imported"\n'
+          'import torch\nprint(torch.ones(2).sum().item())\n')
+  r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT), check=False)
+  assert r.returncode == 0 and r.stdout.strip() == '2.0', r.stderr[-2000:]
+  assert glob.glob(str(tmp_path / 'tb' / 'events.out.tfevents.*'))
