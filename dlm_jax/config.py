@@ -408,8 +408,8 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
     bias = noise_lib.nelbo_bias_bound(dc)
     _need(bias <= noise_lib.BIAS_TOLERANCE, 'diffusion.time_sampler',
           f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '
-          f'weighting=elbo: its density near eps or 1 falls faster than float32 sampling can '
-          f'follow (bias up to {min(bias, 1e9):.3g} relative); add '
+          f'weighting=elbo with schedule={dc.schedule}: its density near eps or 1 falls faster '
+          f'than float32 sampling can follow (bias up to {min(bias, 1e9):.3g} relative); add '
           'diffusion.sampler_params.uniform_mix (e.g. 0.05), or use weighting=plain')
   _need(t.batch_size > 0, 'train.batch_size', f'must be positive, got {t.batch_size}')
   _need(t.num_steps >= 0, 'train.num_steps', f'must be >= 0, got {t.num_steps}')

@@ -126,8 +126,8 @@ def test_beta_elbo_verdicts_name_the_right_end():
   c.diffusion.sampler_params.beta_a = 3.0
   bound = noise_lib.nelbo_bias_bound(c.diffusion)
   assert noise_lib.BIAS_TOLERANCE < bound < 1.0  # finite: the density is, everywhere
-  with pytest.raises(config.ConfigError, match=r'time_sampler: beta .*near eps or 1.*bias up to '
-                     r'0\.0\d'):
+  with pytest.raises(config.ConfigError, match=r'time_sampler: beta .*schedule=linear.*near eps '
+                     r'or 1.*bias up to 0\.\d'):
     config.validate(c)
 
 
