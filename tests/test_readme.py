@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT
 from dlm_jax.study import laws
 
 README = os.path.join(ROOT, 'README.md')
@@ -52,10 +52,11 @@ def readme_commands(text):
 RUN_BY = [
     (r'^python -m pip install -e \. && python -m dlm_jax\.main --config configs/default\.py',
      ['test_train.py::test_default_config_loss_decreases', '.ci/run']),
-    (r'^python -m pip install -e "\.\[test\]" && python -m pytest -q -m "not slow"$', ['.ci/run']),
+    (r'^python -m pip install -e "\.\[test\]" && python -m pytest -q -n 2 --dist '
+     r'worksteal -m "not slow and not extras"$', ['.ci/run']),
     (r'^python -m pip install torch --index-url', ['.ci/run']),
-    (r'^python -m pip install -e "\.\[test,lmeval,hf\]" && python -m pytest -q -m "extras',
-     ['.ci/run']),
+    (r'^python -m pip install -e "\.\[test,lmeval,hf,trackers\]" && python -m pytest -q -n 2 --dist '
+     r'worksteal -m "extras', ['.ci/run']),
     (r'dlm_jax\.main --config configs/default\.py --workdir runs/x --config\.objective',
      ['test_config.py::test_bad_config_exits_2_with_one_line_and_writes_nothing',
       'test_train.py::test_run_directory_contract']),
@@ -107,10 +108,13 @@ def test_every_readme_command_is_run_by_a_test():
   for c in cmds:
     hits = [tests for pat, tests in RUN_BY if re.search(pat, c)]
     assert hits, f'README command run by no test: {c}'
-  for _, tests in RUN_BY:
+  for pat, tests in RUN_BY:
     for t in tests:
-      if t == '.ci/run':
-        assert os.path.exists(os.path.join(ROOT, '.ci', 'run'))
+      if t == '.ci/run':  # CI runs the README's test commands as the README writes them
+        ci = open(os.path.join(ROOT, '.ci', 'run'), encoding='utf-8').read()
+        for c in cmds:
+          if re.search(pat, c) and 'pytest' in c:
+            assert c.split('&& python ')[-1].replace('-m pytest', '"$PY" -m pytest', 1) in ci, c
         continue
       mod, fn = t.split('::')
       src = open(os.path.join(ROOT, 'tests', mod), encoding='utf-8').read()
@@ -195,7 +199,7 @@ def _runs_table(path):
 
 
 @pytest.mark.slow  # the fit CLI contract and plots run by default in test_scaling.py and the notebooks
-def test_scaling_fit_and_plot_curves_commands(tmp_path):
+def test_scaling_fit_and_plot_curves_commands(tmp_path, tiny_run):
   """`scaling fit --law chinchilla` (200 bootstrap draws and profile intervals by default) and
   `plot curves` as the README writes them."""
   _runs_table(tmp_path / 'runs.csv')
@@ -203,7 +207,7 @@ def test_scaling_fit_and_plot_curves_commands(tmp_path):
         'fit.json'], cwd=tmp_path)
   fit = json.load(open(tmp_path / 'fit.json'))
   assert fit['bootstrap']['requested'] == 200 and set(fit['profile']) == {'alpha', 'beta'}
-  _, run, _ = train_tiny_run(tmp_path, 'dual', steps=4)
+  _, run, _ = tiny_run('dual')
   _run(['-m', 'dlm_jax.plot', 'curves', run, '--out', str(tmp_path / 'curves')])
   assert [p for p in os.listdir(tmp_path) if p.startswith('curves')]
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 from scipy import special
 
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT
 from dlm_jax import config
 from dlm_jax import errors
 from dlm_jax.core import kernels
@@ -255,8 +255,8 @@ def test_unigram_entropy():
   assert math.isclose(run_samples.unigram_entropy([4, 5, 6, 7]), math.log(4))
 
 
-def test_mode_sample_cli_writes_scored_samples(tmp_path):
-  cfg_path, run, main = train_tiny_run(tmp_path, 'dual', steps=4)
+def test_mode_sample_cli_writes_scored_samples(tmp_path, tiny_run):
+  cfg_path, run, main = tiny_run('dual')
   prompts = tmp_path / 'prompts.jsonl'
   prompts.write_text('{"prompt": "The cat"}\n{"prompt": "A", "suffix": " end."}\n')
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -18,7 +18,7 @@ from dlm_jax.data.corpus import DataError
 from dlm_jax.infer import likelihood
 from dlm_jax.infer import zeroshot
 
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT
 
 
 def _write(path, recs):
@@ -191,9 +191,9 @@ def test_build_from_the_real_package(tmp_path):
   assert counts == dict(piqa=1838, copa=100, lambada=5153, hellaswag=10042)
 
 
-def test_mode_eval_end_to_end(tmp_path):
+def test_mode_eval_end_to_end(tmp_path, tiny_run):
   """Train a tiny dual model, then --mode eval: likelihood table and a task, through main."""
-  _, run, main = train_tiny_run(tmp_path, 'dual', steps=4)
+  _, run, main = tiny_run('dual')
   env = dict(os.environ, PYTHONPATH=ROOT)
   task = _write(tmp_path / 'mc.jsonl', [{'context': 'The', 'choices': [' cat', ' dog'],
                                          'gold': 0}] * 3)
