@@ -53,10 +53,10 @@ RUN_BY = [
     (r'^python -m pip install -e \. && python -m dlm_jax\.main --config configs/default\.py',
      ['test_train.py::test_default_config_loss_decreases', '.ci/run']),
     (r'^python -m pip install -e "\.\[test\]" && python -m pytest -q -n 2 --dist '
-     r'worksteal -m "not slow and not extras"$', ['.ci/run']),
+     r'loadfile -m "not slow and not extras"$', ['.ci/run']),
     (r'^python -m pip install torch --index-url', ['.ci/run']),
     (r'^python -m pip install -e "\.\[test,lmeval,hf,trackers\]" && python -m pytest -q -n 2 --dist '
-     r'worksteal -m "extras', ['.ci/run']),
+     r'loadfile -m "extras', ['.ci/run']),
     (r'dlm_jax\.main --config configs/default\.py --workdir runs/x --config\.objective',
      ['test_config.py::test_bad_config_exits_2_with_one_line_and_writes_nothing',
       'test_train.py::test_run_directory_contract']),
