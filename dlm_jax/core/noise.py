@@ -221,6 +221,8 @@ def exact_count_weights(schedule: Schedule, dist: TimeDist, L: int) -> np.ndarra
 
 @functools.lru_cache(maxsize=16)
 def _exact_count_cached(key, L):
+  """exact_count_weights of a whole config.diffusion (`key`: its JSON; the schedule and the
+  sampler both matter, unlike _key's)."""
   d = ml_collections.ConfigDict(json.loads(key))
   with jax.ensure_compile_time_eval():
     return exact_count_weights(get_schedule(d.schedule, d), get_time_dist(d), L)
@@ -274,7 +276,8 @@ class Noise:
     mask_BxL = self.pattern(rng_m, t_B, maskable_BxL, self.schedule)
     w_B, elbo_B = time_weights(t_B, self.schedule, self.dist, self.weighting)
     if self.cfg.mask_pattern == 'exact_count':
-      v_NxK = jnp.asarray(_exact_count_cached(_key(self.cfg), targets_BxL.shape[1]))
+      v_NxK = jnp.asarray(_exact_count_cached(json.dumps(self.cfg.to_dict(), sort_keys=True),
+                                              targets_BxL.shape[1]))
       elbo_B = v_NxK[jnp.sum(maskable_BxL, 1), jnp.sum(mask_BxL, 1)]
       if self.weighting == 'elbo':
         w_B = elbo_B
