@@ -40,11 +40,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.infer import evaluate
 from dlm_jax.infer import likelihood
 from dlm_jax.run import rundir
-
-
-def run_name(workdir):
-  """The name a run goes by outside its directory (its folder's name, as trackers.py uses)."""
-  return os.path.basename(os.path.abspath(str(workdir)))
+from dlm_jax.run.trackers import run_name
 
 
 @register_model('dlm_jax')

@@ -25,6 +25,12 @@ import jax
 from dlm_jax import config as config_lib
 from dlm_jax.errors import ConfigError
 
+def run_name(workdir):
+  """The name a run goes by outside its directory (trackers, lm-eval's output folder): its
+  folder's name."""
+  return os.path.basename(os.path.abspath(str(workdir)))
+
+
 def _tensorboardx():
   """tensorboardX, loaded when a run writes TensorBoard files and without torch: its writer
   imports torch whenever torch is installed (3.5 s of every run's start on 2 cores), only to
@@ -128,7 +134,7 @@ def open_trackers(workdir, config: dict, ids: dict):
   (the run's trackers.json) gains what a resumed run needs to continue the same tracker runs."""
   if jax.process_index() != 0:
     return []
-  name, opened = os.path.basename(os.path.abspath(workdir)), []
+  name, opened = run_name(workdir), []
   for t in config_lib.tracker_names(config['train']['trackers']):
     try:
       opened.append(WRITERS[t](workdir, config, name, ids))
