@@ -288,21 +288,25 @@ def test_export_of_a_native_model_loads_in_transformers(tmp_path, objective, tie
   assert 'bidirectional' in open(tmp_path / 'out' / 'README.md').read()
 
 
+def _assert_greedy_equals_generate(run, model, length, prompt=(5, 17, 42, 99, 7)):
+  """KV-cached greedy decoding of an imported (Llama-2-layout: BOS = 1) run equals `generate`."""
+  cfg, dlm, params = dlm_model(run)
+  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
+  prompt = list(prompt)
+  st = sampling.Settings(mode='ar', length=length, temperature=0.0, stop_at_eos=False)
+  out = sampling.Sampler(dlm, params, context=64).generate(
+      jax.random.PRNGKey(0), [vmap.to_dlm[prompt]], st)['tokens'][0]
+  with torch.no_grad():  # dlm_jax never generates PAD or BOS: neither may transformers
+    gen = model.generate(torch.tensor([[1] + prompt]), max_new_tokens=length, do_sample=False,
+                         suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
+  np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], gen[0, 1 + len(prompt):].numpy())
+
+
 @pytest.mark.slow  # test_layout_kv_cached_greedy_decoding_equals_generate[llama2] by default
 def test_kv_cached_greedy_decoding_equals_transformers_generate(tmp_path):
   model = build_hf(str(tmp_path / 'hf'), 'llama_gqa')
   hf_cli.import_checkpoint(str(tmp_path / 'hf'), str(tmp_path / 'run'), seq_len=64)
-  cfg, dlm, params = dlm_model(str(tmp_path / 'run'))
-  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
-  prompt = [5, 17, 42, 99, 7]
-  st = sampling.Settings(mode='ar', length=20, temperature=0.0, stop_at_eos=False)
-  out = sampling.Sampler(dlm, params, context=64).generate(
-      jax.random.PRNGKey(0), [vmap.to_dlm[prompt]], st)['tokens'][0]
-  with torch.no_grad():  # dlm_jax never generates PAD or BOS: neither may transformers
-    gen = model.generate(torch.tensor([[1] + prompt]), max_new_tokens=20, do_sample=False,
-                         suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
-  want = gen[0, 1 + len(prompt):].numpy()
-  np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], want)
+  _assert_greedy_equals_generate(str(tmp_path / 'run'), model, 20)
 
 
 @pytest.fixture(scope='module', params=list(LAYOUTS))
@@ -586,16 +590,7 @@ def test_exported_tokenizers_have_dlm_jax_ids(tmp_path, name):
 @pytest.mark.parametrize('imported', ['qwen3', 'mistral_window'], indirect=True)
 def test_qwen3_and_windowed_mistral_greedy_decoding_equals_generate(imported):
   _, d, model = imported
-  cfg, dlm, params = dlm_model(str(d / 'run'))
-  vmap = tokenizers.get_tokenizer(cfg.data.tokenizer).map
-  prompt = [5, 17, 42, 99, 7]
-  st = sampling.Settings(mode='ar', length=40, temperature=0.0, stop_at_eos=False)
-  out = sampling.Sampler(dlm, params, context=64).generate(
-      jax.random.PRNGKey(0), [vmap.to_dlm[prompt]], st)['tokens'][0]
-  with torch.no_grad():  # dlm_jax never generates PAD or BOS: neither may transformers
-    gen = model.generate(torch.tensor([[1] + prompt]), max_new_tokens=40, do_sample=False,
-                         suppress_tokens=[1], eos_token_id=None, pad_token_id=0)
-  np.testing.assert_array_equal(vmap.from_dlm[np.asarray(out)], gen[0, 1 + len(prompt):].numpy())
+  _assert_greedy_equals_generate(str(d / 'run'), model, 40)
 
 
 def test_sliding_window_is_exact_up_to_it_and_refused_beyond(tmp_path):
