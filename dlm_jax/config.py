@@ -13,6 +13,7 @@ import os
 
 import ml_collections
 
+from dlm_jax import configs as shipped
 from dlm_jax.core import flops
 from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import objectives
@@ -208,8 +209,11 @@ def load_file(path):
   """Runs a config file's get_config() (config files are Python executed as code: run only
   those you trust) and returns its ConfigDict; anything wrong is one ConfigError naming the
   file."""
-  if not os.path.isfile(path):
-    raise ConfigError(f'--config {path}: no such file')
+  found = shipped.find(path)
+  if found is None:
+    raise ConfigError(f'--config {path}: no such file (nor a shipped config name: '
+                      f'{", ".join(shipped.names())})')
+  path = found
   try:
     spec = importlib.util.spec_from_file_location('dlm_jax_user_config', path)
     module = importlib.util.module_from_spec(spec)
@@ -249,20 +253,24 @@ def check_override(cfg, key):
 
 def check_cli(argv):
   """The --config file and each --config.KEY override, checked before absl loads them, so a
-  missing file, a broken get_config() or a misspelled key is one line naming it."""
+  missing file, a broken get_config() or a misspelled key is one line naming it. Returns argv
+  with the config argument as the file it names (a shipped config's name -> its path)."""
   args = list(argv[1:])
   for i, a in enumerate(args):
     if a in ('--config', '-config') and i + 1 < len(args):
-      path = args[i + 1]
+      path, where = args[i + 1], i + 1
     elif a.startswith(('--config=', '-config=')):
-      path = a.split('=', 1)[1]
+      path, where = a.split('=', 1)[1], i
     else:
       continue
     cfg = load_file(path)
     for b in args:
       if b.startswith('--config.'):
         check_override(cfg, b[len('--config.'):].split('=', 1)[0])
-    return
+    args[where] = (shipped.find(path) if where == i + 1 else
+                   f'{a.split("=", 1)[0]}={shipped.find(path)}')
+    break
+  return [argv[0]] + args
 
 
 def _need(cond, key, msg):

@@ -11,12 +11,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm_jax import config as config_lib
+from dlm_jax import configs as shipped
 from dlm_jax import errors
 from dlm_jax.core import sharding
 from dlm_jax.infer import evaluate, sample
 from dlm_jax.run import loop, rundir
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'get_config() file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'get_config() file, or a shipped config '
+                                          'name (default, lm1b, sweeps/...)', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; rerun resumes).')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'train (or resume), or '
                           'eval / sample the latest checkpoint (eval/*.json, samples.jsonl).')
@@ -31,9 +33,10 @@ _TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for
 def main(argv=None):
   argv = sys.argv if argv is None else argv
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
+    print(__doc__.strip() + '\n\nshipped configs (--config NAME): ' + ', '.join(shipped.names())
+          + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
     return
-  config_lib.check_cli(argv)
+  argv = config_lib.check_cli(argv)
   try:
     rest = flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError, SyntaxError) as e:

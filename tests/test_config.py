@@ -129,7 +129,7 @@ def test_all_shipped_configs_validate():
           node[leaf] = value
         config.validate(c)
         n_runs += 1
-    elif os.path.basename(path) != 'common.py':  # the recipes the configs share
+    elif os.path.basename(path) not in ('common.py', '__init__.py'):  # shared recipes; lookup
       config.validate(mod.get_config())
   assert n_runs >= 100
 
@@ -260,3 +260,21 @@ def test_embed_alias_is_only_for_special_ids(alias, unpredicted, needle):
   old = config.base().to_dict()
   del old['model']['embed_alias']
   assert config.from_run(old).model.embed_alias == ''
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+  """--config default / configs/default.py / sweeps/micro_base name the installed package's files
+  when no such path exists here (a wheel, a scratch directory); an existing path wins."""
+  from dlm_jax import configs
+  monkeypatch.chdir(tmp_path)
+  shipped = os.path.join(os.path.dirname(configs.__file__), 'default.py')
+  for arg in ('default', 'default.py', 'configs/default.py'):
+    assert config.check_cli(['main', '--config', arg])[2] == shipped
+    assert config.check_cli(['main', f'--config={arg}'])[1] == f'--config={shipped}'
+  assert 'sweeps/micro_base' in configs.names() and 'default' in configs.names()
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs' / 'default.py').write_text(
+      'from dlm_jax import config\ndef get_config():\n  return config.base()\n')
+  assert config.check_cli(['main', '--config', 'configs/default.py'])[2] == 'configs/default.py'
+  with pytest.raises(config.ConfigError, match='--config nope: no such file .*default, '):
+    config.check_cli(['main', '--config', 'nope'])

@@ -2,11 +2,7 @@
 data order and tokens), differing only in config.diffusion.time_sampler / sampler_params /
 weighting. Driven by scripts/time_sampler_experiment.py; validation NELBO is always the unbiased
 one (uniform low-discrepancy t, fixed seed), so the curves are comparable."""
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

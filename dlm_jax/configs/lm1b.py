@@ -10,11 +10,7 @@ ships that vocabulary offline, so this config uses GPT-2 BPE: per-token perplexi
 the papers', bits per byte (reported too) compare across tokenizers.
 Switch objective with --config.objective=ar|mdm|dual.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

@@ -4,13 +4,8 @@ sets data.corpus to that file and the objective per run (ar, mdm, dual). The pro
 for an answer at its true length, so it trains with PAD visible (diffusion.pad=visible: the
 NELBO given the length, the setting EXPERIMENTS.md 5a was measured with); its validation NELBO is
 therefore not comparable with the AR NLL, which pays for the length."""
-import os
-import sys
-
 from dlm_jax import config
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

@@ -9,11 +9,7 @@ PPL, MDLM <= 23.21, MD4-S <= 22.13 (validation: the last 100k documents of the t
 
 On one 80 GB GPU use --config.train.grad_accum=4 (or a data/fsdp mesh over several).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

@@ -2,13 +2,8 @@
 model (bytes, so no tokenizer fitted to either era) trained on one era of the embedded corpus (the
 probe sets data.corpus to a file holding only that era's documents and the objective per run),
 then scored on both eras' validation windows."""
-import os
-import sys
-
 from dlm_jax import config
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

@@ -1,11 +1,7 @@
 """Data-repetition ablations at CPU scale (issue 4): a small model trained on D = 512k tokens drawn
 from U = D / R unique tokens. scripts/recipes_experiment.py changes objective, dual.*,
 data.unique_tokens, train.epochs and the regularisers only."""
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():

@@ -1,13 +1,8 @@
 """Base of the micro sweeps (configs/sweeps/*_micro.py): byte-level models on the embedded corpus
 (vocabulary 260, so parameters are almost all non-embedding), L=128, batch 16, AdamW 3e-3 with
 10% warmup and cosine decay, one validation pass and one checkpoint at the end."""
-import os
-import sys
-
 from dlm_jax import config
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from configs import common  # pylint: disable=wrong-import-position
+from dlm_jax.configs import common
 
 
 def get_config():
