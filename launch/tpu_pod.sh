@@ -84,7 +84,8 @@ if [[ "$cfg_git" != "$root_git"/* ]]; then
     "workers get: move it into the checkout" >&2; exit 2
 fi
 cfg_git="${cfg_git#"$root_git"/}"
-if [[ "$cfg_abs" == "$repo_root"/* ]]; then config="${cfg_abs#"$repo_root"/}"; else config="$cfg_git"; fi
+config="$cfg_git"  # the path the workers find it by
+if [[ "$cfg_abs" == "$repo_root"/* ]]; then config="${cfg_abs#"$repo_root"/}"; fi
 if ! [[ "$queued_timeout" =~ ^[0-9]+$ ]]; then
   echo "tpu_pod.sh: --queued-timeout $queued_timeout: not a number of seconds" >&2; exit 2
 fi
