@@ -2,9 +2,10 @@
 # Train on a Cloud TPU VM slice: create it, copy this checkout to every worker, install, mount the
 # bucket, run the same command on all workers (JAX's multi-controller runtime: one process per
 # host, jax.distributed.initialize() discovers the slice), then delete the slice.
-# The workers get this checkout as it is now (uncommitted edits and untracked files included,
-# nothing .gitignore excludes), as one git tree; the config (a path in the checkout, from here or
-# from the checkout's root, or a shipped config name) must be part of it.
+# The workers get this checkout as one git tree: every tracked file as it is now (uncommitted
+# edits included) and the untracked files in dlm_jax/ and beside the config, nothing .gitignore
+# excludes; the config (a path in the checkout, from here or from its root, or a shipped config
+# name) must be part of it.
 #
 #   launch/tpu_pod.sh --name dlm-owt --zone us-central2-b --type v4-32 \
 #       --bucket my-bucket --config configs/owt.py --run owt_mdm [--project P] [--spot] \
@@ -111,27 +112,40 @@ tarball="/tmp/dlm_jax-$name.tar.gz"
 extra_q=''  # printf with no arguments would still print '' once: an empty argument
 if ((${#extra[@]})); then printf -v extra_q '%q ' "${extra[@]}"; fi
 
-# What the workers get: the working tree as one git tree, built in a scratch index (the
-# checkout's own index and files are untouched): HEAD, then `git add -A` (edits, deletions,
-# untracked files; nothing .gitignore excludes). The config must be in it.
+# What the workers get, as one git tree built in a scratch index (the checkout's own index and
+# files stay untouched): every file git tracks (committed or staged) as it is in the working
+# tree, edits and deletions included, plus the untracked files in dlm_jax/ and in the config's
+# folder; never what .gitignore excludes, nor other untracked files (data, scratch).
 g=(git -C "$repo_root")
 if ! "${g[@]}" rev-parse --verify -q HEAD >/dev/null; then
   echo "tpu_pod.sh: $repo_root is not a git checkout with a commit (the workers get its files" \
     "through git archive)" >&2; exit 2
 fi
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
-GIT_INDEX_FILE="$scratch/index" "${g[@]}" read-tree HEAD
-GIT_INDEX_FILE="$scratch/index" "${g[@]}" add -A
-tree=$(GIT_INDEX_FILE="$scratch/index" "${g[@]}" write-tree)
-if ! "${g[@]}" cat-file -e "$tree:$cfg_git" 2>/dev/null; then
+if "${g[@]}" check-ignore -q -- "$cfg_git"; then
   echo "tpu_pod.sh: config $config would not reach the workers: git ignores it (.gitignore);" \
     "move it, or git add -f it" >&2; exit 2
 fi
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+gi=(env GIT_INDEX_FILE="$scratch/index" "${g[@]}")
+cp "$("${g[@]}" rev-parse --path-format=absolute --git-path index)" "$scratch/index"
+"${gi[@]}" add -u
+new=(dlm_jax)  # new files of the package, and beside the config
+if [[ "$cfg_git" == */* ]]; then new+=("$(dirname "$cfg_git")"); else new+=("$cfg_git"); fi
+for p in "${new[@]}"; do if [[ -e "$repo_root/$p" ]]; then "${gi[@]}" add -A -- "$p"; fi; done
+tree=$("${gi[@]}" write-tree)
+if ! "${g[@]}" cat-file -e "$tree:$cfg_git" 2>/dev/null; then  # the check above should hold
+  echo "tpu_pod.sh: config $config is not in the tree $tree the workers would get" >&2; exit 2
+fi
 changed=$("${g[@]}" diff --name-only HEAD "$tree" | wc -l)
+behind=$("${gi[@]}" ls-files --others --exclude-standard | wc -l)
 if ((changed)); then
   echo "tpu_pod.sh: shipping the working tree $tree: $changed file(s) differ from HEAD" \
-    "($("${g[@]}" rev-parse --short HEAD); git status)" >&2
+    "$("${g[@]}" rev-parse --short HEAD) (git status)" >&2
+fi
+if ((behind)); then
+  echo "tpu_pod.sh: $behind untracked file(s) outside dlm_jax/ and the config's folder stay" \
+    "behind (git add them to ship them)" >&2
 fi
 
 qr=(gcloud compute tpus queued-resources)

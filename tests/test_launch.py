@@ -250,29 +250,35 @@ def _tpu(repo, env, config, name, cwd=None):
 
 
 def test_tpu_ships_the_working_tree_it_checked(tmp_path):
-  """Run against the gcloud stub: the tarball the workers get holds the checkout as checked, an
-  untracked config and an uncommitted edit included, nothing git ignores (before: `git archive
-  HEAD`, so an untracked config passed the check and never reached the workers); the checkout's
-  own index stays as it was."""
+  """Run against the gcloud stub: the tarball the workers get holds the checkout as checked (an
+  untracked config, an uncommitted edit, a staged file, a new file of the package), nothing git
+  ignores nor untracked files elsewhere (before: `git archive HEAD`, so an untracked config
+  passed the check and never reached the workers); the checkout's own index stays as it was."""
   repo, env, log = _checkout(tmp_path)
   (repo / 'configs' / 'c.py').write_text('A = 2\n')
   (repo / 'configs' / 'new.py').write_text('B = 3\n')
-  (repo / 'runs').mkdir()
-  (repo / 'runs' / 'big.bin').write_text('ignored')
+  (repo / 'dlm_jax' / 'study' / 'extra.py').write_text('C = 4\n')
+  (repo / 'notes.txt').write_text('staged\n')
+  _git(repo, 'add', 'notes.txt')
+  for d, f in (('runs', 'big.bin'), ('data', 'shard.bin')):
+    (repo / d).mkdir()
+    (repo / d / f).write_text('not shipped')
   status = _git(repo, 'status', '--porcelain')
   name = f'shiptest{os.getpid()}'
   tarball = f'/tmp/dlm_jax-{name}.tar.gz'
   try:
     p = _tpu(repo, env, 'configs/new.py', name)
     assert p.returncode == 0, p.stderr
-    assert '2 file(s) differ from HEAD' in p.stderr
+    assert '4 file(s) differ from HEAD' in p.stderr and '1 untracked file(s)' in p.stderr
     with tarfile.open(tarball) as t:
       files = {m.name: t.extractfile(m).read().decode() for m in t.getmembers() if m.isfile()}
   finally:
     if os.path.exists(tarball):
       os.remove(tarball)
   assert files['configs/new.py'] == 'B = 3\n' and files['configs/c.py'] == 'A = 2\n'
-  assert 'runs/big.bin' not in files and 'launch/tpu_pod.sh' in files
+  assert files['dlm_jax/study/extra.py'] == 'C = 4\n' and files['notes.txt'] == 'staged\n'
+  assert 'runs/big.bin' not in files and 'data/shard.bin' not in files
+  assert 'launch/tpu_pod.sh' in files
   assert _git(repo, 'status', '--porcelain') == status
   train = [c for c in log.read_text().splitlines() if 'dlm_jax.main' in c]
   assert '--config configs/new.py --workdir /gcs/bkt/runs/r' in train[0]
