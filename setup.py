@@ -31,7 +31,7 @@ setuptools.setup(
     python_requires='>=3.11',  # jax 0.10, flax 0.12, orbax 0.12 and grain 0.2.18 need it
     packages=setuptools.find_packages(include=['dlm_jax', 'dlm_jax.*']),
     package_data={'dlm_jax.data': ['corpus/*.xz', 'corpus/*.json'],
-                  'dlm_jax.study': ['results/*.csv'],
+                  'dlm_jax.study': ['results/*.csv', 'tpu_types.txt'],
                   'dlm_jax.configs': ['*/*.py']},  # the shipped configs (--config NAME)
     install_requires=INSTALL,
     extras_require={

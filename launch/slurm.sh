@@ -12,13 +12,16 @@
 # Preemption-safe: SLURM sends SIGTERM --signal-seconds before the time limit (--signal), the
 # run checkpoints its current step within train.preempt_timeout (set 20 s shorter) and exits 143,
 # and the job requeues itself (--requeue; scontrol requeue) to resume from that checkpoint.
-# --dry-run prints the batch script and the sbatch command instead of submitting.
+# --config: a file anywhere, or a shipped config name (default, owt, ...); a relative --config or
+# --workdir is taken from the current directory. --dry-run prints the batch script and the sbatch
+# command instead of submitting.
 set -euo pipefail
 
 nodes=1 gpus=8 config="" workdir="" partition="" account="" time_limit="24:00:00"
 python_bin="python" cpus=8 dry=0 extra=() signal_s=120
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+# the comment block above, up to the first line of script
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -50,9 +53,23 @@ if ! [[ "$signal_s" =~ ^[0-9]+$ ]] || ((signal_s < 40)); then
   exit 2
 fi
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ ! -f "$repo_root/$config" ]]; then
-  echo "slurm.sh: config $config not found under $repo_root" >&2; exit 2
+# The job runs in the clone: a config file goes to it by its path from there (absolute outside
+# the clone); a shipped config name as it is (dlm_jax.main finds it). The workdir: absolute.
+if [[ -f "$config" ]]; then cfg_file="$config"
+elif [[ -f "$repo_root/$config" ]]; then cfg_file="$repo_root/$config"  # from the clone's root
+else
+  cfg_file="" cfg_name="${config#configs/}"
+  if [[ "$cfg_name" == *..* || ! -f "$repo_root/dlm_jax/configs/${cfg_name%.py}.py" ]]; then
+    echo "slurm.sh: config $config not found (no such file here or under $repo_root, nor a" \
+      "shipped config name)" >&2; exit 2
+  fi
 fi
+if [[ -n "$cfg_file" ]]; then
+  config="$(cd "$(dirname "$cfg_file")" && pwd)/$(basename "$cfg_file")"
+  if [[ "$config" == "$repo_root"/* ]]; then config="${config#"$repo_root"/}"; fi
+fi
+if [[ "$workdir" != /* ]]; then workdir="$PWD/${workdir#./}"; fi
+if [[ "$python_bin" == */* && "$python_bin" != /* ]]; then python_bin="$PWD/${python_bin#./}"; fi
 name="dlm-$(basename "$workdir")"
 extra_q=''  # printf with no arguments would still print '' once: an empty argument
 if ((${#extra[@]})); then printf -v extra_q '%q ' "${extra[@]}"; fi

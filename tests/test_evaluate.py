@@ -1,8 +1,12 @@
+import json
+import os
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from dlm_jax import config
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import noise as noise_lib
@@ -54,3 +58,19 @@ def test_validator_on_task_batches_never_masks_the_prompt():
   manual = float(jnp.sum(e[:, None] * m * ce)) / float(np.sum((np.arange(32)[None] >= P[:, None])
                                                               & (x != 0)))
   np.testing.assert_allclose(out['mdm_nelbo'], manual, rtol=1e-5)
+
+
+def test_mode_eval_prints_a_progress_line_per_stage_in_batch_logs(tmp_path, tiny_run):
+  """--mode eval with stdout in a file (a SLURM log): one plain line per estimator and task as it
+  finishes (before, nothing until the final table, after minutes of chain-rule or PLL passes)."""
+  _, run, main = tiny_run('dual')
+  task = tmp_path / 'mc.jsonl'
+  task.write_text(json.dumps({'context': 'The', 'choices': [' cat', ' dog'], 'gold': 0}) + '\n')
+  r = subprocess.run(main + ['--mode', 'eval', f'--config.eval.tasks={task}',
+                             '--config.eval.likelihood_rows=2', '--config.eval.estimators=ar,pll'],
+                     env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  lines = [l for l in r.stdout.splitlines() if l.startswith('eval ')]
+  assert [l.split(' | ')[:2] for l in lines] == [['eval 1/3', 'ar'], ['eval 2/3', 'pll'],
+                                                 ['eval 3/3', 'task mc']], r.stdout
+  assert 'nats/token, 2 rows' in lines[0] and 'acc ' in lines[2] and lines[2].endswith(' s)')

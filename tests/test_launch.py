@@ -5,12 +5,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 from conftest import ROOT
 from dlm_jax import config as config_lib
 from dlm_jax.core import flops
+from dlm_jax.errors import SweepError
+from dlm_jax.study import clusters
 
 SCRIPTS = [os.path.join(ROOT, 'launch', s) for s in ('tpu_pod.sh', 'slurm.sh')]
 
@@ -196,3 +199,186 @@ def test_tpu_queued_resource_is_waited_for_then_used_and_deleted(tmp_path, state
     assert p.returncode == 1
     assert 'queued resource q1 is FAILED' in p.stderr
     assert not [c for c in calls if 'tpu-vm ssh' in c]
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_help_is_the_comment_block_and_nothing_of_the_script(script):
+  """--help prints the script's leading comment block, ending with its last line (before, a
+  stray `set -euo pipefail` followed it)."""
+  block = []
+  for line in open(script, encoding='utf-8').read().splitlines()[1:]:
+    if not line.startswith('#'):
+      break
+    block.append(line[2:] if line.startswith('# ') else line[1:])
+  p = _run(script, '--help')
+  assert p.returncode == 0 and p.stdout.splitlines() == block
+  assert 'set -e' not in p.stdout
+
+
+def _git(repo, *args):
+  return subprocess.run(['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t',
+                         *args], check=True, capture_output=True, text=True).stdout
+
+
+def _checkout(tmp_path):
+  """A small git clone holding the TPU launcher and its table, a committed config and .gitignore;
+  (clone, env with a recording gcloud stub on PATH, the stub's log)."""
+  repo = tmp_path / 'clone'
+  for rel in ('launch/tpu_pod.sh', 'dlm_jax/study/tpu_types.txt'):
+    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(ROOT, rel), repo / rel)
+  (repo / 'configs').mkdir()
+  (repo / 'configs' / 'c.py').write_text('A = 1\n')
+  (repo / '.gitignore').write_text('runs/\n')
+  _git(repo, 'init', '-q')
+  _git(repo, 'add', '-A')
+  _git(repo, 'commit', '-qm', 'x')
+  stub = tmp_path / 'bin' / 'gcloud'
+  stub.parent.mkdir()
+  stub.write_text(STUB.format(states='ACTIVE'))
+  stub.chmod(0o755)
+  log = tmp_path / 'calls'
+  env = dict(os.environ, PATH=f'{stub.parent}:{os.environ["PATH"]}', STUB_LOG=str(log))
+  return repo, env, log
+
+
+def _tpu(repo, env, config, name, cwd=None):
+  return subprocess.run(['bash', str(repo / 'launch' / 'tpu_pod.sh'), '--name', name, '--zone',
+                         'z', '--type', 'v4-8', '--bucket', 'bkt', '--config', config, '--run',
+                         'r'], cwd=cwd or repo, capture_output=True, text=True, env=env,
+                        timeout=120)
+
+
+def test_tpu_ships_the_working_tree_it_checked(tmp_path):
+  """Run against the gcloud stub: the tarball the workers get holds the checkout as checked (an
+  untracked config, an uncommitted edit, a staged file, a new file of the package), nothing git
+  ignores nor untracked files elsewhere (before: `git archive HEAD`, so an untracked config
+  passed the check and never reached the workers); the checkout's own index stays as it was."""
+  repo, env, log = _checkout(tmp_path)
+  (repo / 'configs' / 'c.py').write_text('A = 2\n')
+  (repo / 'configs' / 'new.py').write_text('B = 3\n')
+  (repo / 'dlm_jax' / 'study' / 'extra.py').write_text('C = 4\n')
+  (repo / 'notes.txt').write_text('staged\n')
+  _git(repo, 'add', 'notes.txt')
+  for d, f in (('runs', 'big.bin'), ('data', 'shard.bin')):
+    (repo / d).mkdir()
+    (repo / d / f).write_text('not shipped')
+  status = _git(repo, 'status', '--porcelain')
+  name = f'shiptest{os.getpid()}'
+  tarball = f'/tmp/dlm_jax-{name}.tar.gz'
+  try:
+    p = _tpu(repo, env, 'configs/new.py', name)
+    assert p.returncode == 0, p.stderr
+    assert '4 file(s) differ from HEAD' in p.stderr and '1 untracked file(s)' in p.stderr
+    with tarfile.open(tarball) as t:
+      files = {m.name: t.extractfile(m).read().decode() for m in t.getmembers() if m.isfile()}
+  finally:
+    if os.path.exists(tarball):
+      os.remove(tarball)
+  assert files['configs/new.py'] == 'B = 3\n' and files['configs/c.py'] == 'A = 2\n'
+  assert files['dlm_jax/study/extra.py'] == 'C = 4\n' and files['notes.txt'] == 'staged\n'
+  assert 'runs/big.bin' not in files and 'data/shard.bin' not in files
+  assert 'launch/tpu_pod.sh' in files
+  assert _git(repo, 'status', '--porcelain') == status
+  train = [c for c in log.read_text().splitlines() if 'dlm_jax.main' in c]
+  assert '--config configs/new.py --workdir /gcs/bkt/runs/r' in train[0]
+
+
+def test_tpu_config_from_another_directory_goes_by_its_path_in_the_checkout(tmp_path):
+  repo, env, log = _checkout(tmp_path)
+  name = f'shiptest{os.getpid()}b'
+  try:
+    p = _tpu(repo, env, 'clone/configs/c.py', name, cwd=tmp_path)
+  finally:
+    if os.path.exists(f'/tmp/dlm_jax-{name}.tar.gz'):
+      os.remove(f'/tmp/dlm_jax-{name}.tar.gz')
+  assert p.returncode == 0, p.stderr
+  assert 'differ from HEAD' not in p.stderr
+  assert '--config configs/c.py --workdir' in log.read_text()
+
+
+def test_tpu_refuses_a_config_the_workers_would_not_get(tmp_path):
+  """A config git ignores, or one outside the checkout: one line, exit 2, nothing created."""
+  repo, env, log = _checkout(tmp_path)
+  (repo / 'runs').mkdir()
+  (repo / 'runs' / 'c.py').write_text('A = 1\n')
+  (tmp_path / 'mine.py').write_text('A = 1\n')
+  for config, msg in [('runs/c.py', 'config runs/c.py would not reach the workers: git ignores'),
+                      (str(tmp_path / 'mine.py'), 'is outside this checkout'),
+                      ('nope.py', 'config nope.py not found')]:
+    p = _tpu(repo, env, config, 'x')
+    assert p.returncode == 2 and msg in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+  assert not log.exists()
+
+
+def test_slurm_takes_a_config_anywhere_and_makes_relative_paths_absolute(tmp_path):
+  """From another directory: a config outside the clone (before: "not found under <clone>"),
+  relative --config / --workdir / --python resolved against the caller's directory before
+  anything is written (before: the sbatch file and log landed relative to the caller, training
+  relative to the clone), a shipped config name passed on as it is."""
+  (tmp_path / 'mine.py').write_text('A = 1\n')
+  stub = tmp_path / 'bin' / 'sbatch'
+  stub.parent.mkdir()
+  stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$STUB_LOG"\n')
+  stub.chmod(0o755)
+  log = tmp_path / 'calls'
+  env = dict(os.environ, PATH=f'{stub.parent}:{os.environ["PATH"]}', STUB_LOG=str(log))
+  p = subprocess.run(['bash', SCRIPTS[1], '--config', 'mine.py', '--workdir', 'runs/w',
+                      '--python', 'venv/bin/python'], cwd=tmp_path, capture_output=True,
+                     text=True, env=env)
+  assert p.returncode == 0, p.stderr
+  job = tmp_path / 'runs' / 'w' / 'slurm-job.sbatch'
+  assert log.read_text().split() == [str(job)]
+  text = job.read_text()
+  assert f'#SBATCH --output={tmp_path}/runs/w/slurm-%j.out' in text.splitlines()
+  assert (f'srun --kill-on-bad-exit=1 {tmp_path}/venv/bin/python -m dlm_jax.main --config '
+          f'{tmp_path}/mine.py --workdir {tmp_path}/runs/w --distributed') in text
+  assert f'cd {ROOT}' in text.splitlines()
+  for config, expect in [('owt', 'owt'), (os.path.join(ROOT, 'configs', 'owt.py'),
+                                          'configs/owt.py')]:
+    p = subprocess.run(['bash', SCRIPTS[1], '--config', config, '--workdir', 'w', '--dry-run'],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f'--config {expect} --workdir {tmp_path}/w --distributed' in p.stdout
+
+
+def test_sweep_tpu_refuses_the_types_the_launcher_refuses():
+  """`sweep tpu --type v3-8`: one line naming the accepted types, exit 2, no commands (before:
+  it printed launcher commands that each failed); the launcher picks every runtime from the same
+  table."""
+  sweep = os.path.join(ROOT, 'configs', 'sweeps', 'isoflop_micro.py')
+  r = subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', 'tpu', sweep, '--zone', 'Z',
+                      '--bucket', 'B', '--type', 'v3-8'], cwd=ROOT, capture_output=True,
+                     text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 2 and r.stdout == '', r.stdout
+  assert r.stderr.strip() == ('error: --type v3-8: unknown accelerator type (accepted: v4-N, '
+                              'v5litepod-N, v5e-N, v5p-N, v6e-N; launch/tpu_pod.sh refuses '
+                              'others)')
+  for generation, runtime in clusters.tpu_runtimes().items():
+    assert clusters.tpu_runtime(f'{generation}-16') == runtime
+    p = _run(SCRIPTS[0], *TPU, '--type', f'{generation}-16', '--bucket', 'bkt')
+    assert f'--accelerator-type {generation}-16 --version {runtime}' in p.stdout
+  with pytest.raises(SweepError, match='--type v4: unknown'):
+    clusters.tpu_runtime('v4')
+
+
+def test_a_slurm_task_started_outside_slurm_fails_in_one_line(tmp_path):
+  """The exact command a SLURM task runs, started without a cluster in the environment: one
+  `error:` line naming what is missing, exit 1, nothing written (before: JAX's 18-line traceback,
+  `ValueError: coordinator_address should be defined`)."""
+  work = tmp_path / 'w'
+  p = _run(SCRIPTS[1], '--nodes', '1', '--gpus-per-node', '1', '--config', 'configs/owt.py',
+           '--workdir', str(work), '--dry-run')
+  line = next(l for l in p.stdout.splitlines() if 'dlm_jax.main' in l)
+  argv = shlex.split(line[line.index('-m dlm_jax.main'):].split(' || ')[0])
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('SLURM_', 'TPU_', 'MEGASCALE_', 'JAX_COORDINATOR'))}
+  r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(env, PYTHONPATH=ROOT), timeout=300)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  errs = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+  assert len(errs) == 1 and errs[0].startswith('error: --distributed: no cluster in the '
+                                               'environment'), r.stderr
+  for what in ('SLURM', 'TPU', '--coordinator_address'):
+    assert what in errs[0]
+  assert not work.exists()

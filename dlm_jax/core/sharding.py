@@ -198,5 +198,12 @@ def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeo
                                initialization_timeout=timeout_s)
   else:
     print('jax.distributed.initialize() from the environment (TPU slice / SLURM)', flush=True)
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    try:
+      jax.distributed.initialize(initialization_timeout=timeout_s)
+    except ValueError as e:  # JAX's argument checks, before it starts anything
+      raise DistributedError(
+          f'--distributed: no cluster in the environment ({str(e).strip().rstrip(".")}): '
+          'no SLURM job (run it under srun / launch/slurm.sh), no TPU slice (on every worker: '
+          'launch/tpu_pod.sh), no JAX_COORDINATOR_ADDRESS; or give --coordinator_address, '
+          '--num_processes and --process_id, or drop --distributed for one process') from None
   return True

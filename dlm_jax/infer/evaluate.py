@@ -18,6 +18,7 @@ from dlm_jax.errors import TrainingError, os_errors_as
 from dlm_jax.infer import likelihood
 from dlm_jax.infer import zeroshot
 from dlm_jax.run import checkpoint
+from dlm_jax.run import loop
 from dlm_jax.run import rundir
 
 
@@ -37,8 +38,15 @@ def task_estimator(cfg):
   return objectives.of(cfg).task_estimator
 
 
-def likelihood_table(scorer, names, rows_RxL, bytes_per_token=None):
-  """{estimator: nats/token (and bits/byte, NELBO standard error, rows/s)} on full windows."""
+def stage_line(k, n, what, summary, seconds, total_s):
+  """`eval 2/5 | chain | 3.2100 nats/token, 128 rows | 95.1 s (total 130.4 s)`: one finished
+  stage of --mode eval, whose estimators and tasks may each run for minutes."""
+  return f'eval {k}/{n} | {what} | {summary} | {seconds:.1f} s (total {total_s:.1f} s)'
+
+
+def likelihood_table(scorer, names, rows_RxL, bytes_per_token=None, done=None):
+  """{estimator: nats/token (and bits/byte, NELBO standard error, rows/s)} on full windows;
+  done(estimator, a one-line summary, seconds) after each."""
   out = {}
   for est in names:
     t0 = time.time()
@@ -54,6 +62,8 @@ def likelihood_table(scorer, names, rows_RxL, bytes_per_token=None):
     if bytes_per_token:
       res['bits_per_byte'] = res['nats_per_token'] / bytes_per_token / math.log(2)
     out[est] = res
+    if done:
+      done(est, f'{res["nats_per_token"]:.4f} nats/token, {res["rows"]} rows', dt)
   return out
 
 @os_errors_as(TrainingError)
@@ -76,13 +86,21 @@ def run(cfg, workdir):
   model = model_lib.Transformer(cfg.model)
   scorer = likelihood.Scorer.from_config(model, params, cfg, tok)
   t0 = time.time()
+  n_stages = len(estimators(cfg)) * bool(e.likelihood_rows) + len(tasks)
+  finished = []
+
+  def done(what, summary, seconds):  # batch logs (SLURM): a line per stage, as training's rows
+    finished.append(what)
+    if loop.batch_log():
+      print(stage_line(len(finished), n_stages, what, summary, seconds, time.time() - t0),
+            flush=True)
   out = dict(run=os.path.abspath(workdir), step=int(step), objective=cfg.objective,
              corpus=e.corpus or cfg.data.corpus, date=time.strftime('%Y-%m-%d'), likelihood={},
              tasks={})
   if e.likelihood_rows:
     rows, bpt = pipeline.validation_windows(cfg.data, e.corpus, e.likelihood_rows,
                                             cfg.model.vocab_size)
-    out['likelihood'] = likelihood_table(scorer, estimators(cfg), rows, bpt)
+    out['likelihood'] = likelihood_table(scorer, estimators(cfg), rows, bpt, done)
   est = task_estimator(cfg)
   pred_dir = os.path.join(workdir, 'eval', e.name)
   for name, path in tasks:
@@ -91,6 +109,7 @@ def run(cfg, workdir):
     preds = res.pop('predictions')
     res['seconds'] = round(time.time() - t1, 3)
     out['tasks'][name] = res
+    done(f'task {name}', f'acc {res["acc"]:.4f}, {res["items"]} items', res['seconds'])
     os.makedirs(pred_dir, exist_ok=True)
     with open(os.path.join(pred_dir, f'{name}.jsonl'), 'w', encoding='utf-8') as f:
       for p in preds:

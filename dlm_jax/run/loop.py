@@ -90,8 +90,7 @@ class StepLog:
     self.bar = tqdm.tqdm(total=self.cfg.train.num_steps, initial=start, desc='train',
                          unit='step', dynamic_ncols=True,
                          disable=None if jax.process_index() == 0 else True)
-    # outside a terminal (SLURM output files, `| tee`) the bar is off: a plain line per row
-    self.plain = jax.process_index() == 0 and not sys.stdout.isatty()
+    self.plain = batch_log()  # a plain line per row instead
 
   def consume(self, step, m):
     """Checks and logs step `step`'s metrics; a non-finite step stops or is skipped
@@ -140,6 +139,12 @@ class StepLog:
   def close(self):
     self.bar.close()
     self.writer.close()
+
+
+def batch_log():
+  """True on process 0 when stdout is no terminal (SLURM output files, `| tee`): long commands
+  print a plain progress line per row or stage there, which tqdm's bar (off there) does not."""
+  return jax.process_index() == 0 and not sys.stdout.isatty()
 
 
 def progress_line(step, total, row, eta_s):

@@ -160,9 +160,30 @@ def slurm_array(name, commands, root, repo_root, partition='', time_limit='04:00
   return '\n'.join(lines) + '\n'
 
 
+TPU_TYPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tpu_types.txt')
+
+
+def tpu_runtimes(path=TPU_TYPES):
+  """{generation: TPU VM runtime} from the table launch/tpu_pod.sh reads too (one home)."""
+  with open(path, encoding='utf-8') as f:
+    return dict(l.split()[:2] for l in f if l.strip() and not l.startswith('#'))
+
+
+def tpu_runtime(tpu_type, path=TPU_TYPES):
+  """The runtime a slice of `tpu_type` ('v4-32': v4's) is created with, as launch/tpu_pod.sh
+  picks it; a type it would refuse is a SweepError naming the accepted types."""
+  table = tpu_runtimes(path)
+  generation, _, chips = tpu_type.partition('-')
+  if generation not in table or not chips.isdigit():
+    raise SweepError(f'--type {tpu_type}: unknown accelerator type (accepted: '
+                     f'{", ".join(g + "-N" for g in table)}; launch/tpu_pod.sh refuses others)')
+  return table[generation]
+
+
 def tpu_commands(name, run_overrides, root_bucket_path, zone, tpu_type, bucket, config_path):
   """launch/tpu_pod.sh invocations, one slice per run ({run: its config overrides}); the runs
-  stay resumable in the bucket."""
+  stay resumable in the bucket. A type the launcher would refuse is refused here first."""
+  tpu_runtime(tpu_type)
   out = []
   for n, ov in run_overrides.items():
     slug = ('sw-' + name + '-' + n).lower().replace('_', '-').replace('.', '-')[:60]
