@@ -25,6 +25,9 @@ from dlm_jax.study import laws
 README = os.path.join(ROOT, 'README.md')
 # the pages whose commands and links are checked: the README and the docs/ pages it links to
 PAGES = [README] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
+# the pages whose links are checked: those and the other documents they link to
+LINKED = PAGES + [os.path.join(ROOT, p) for p in (
+    'EXPERIMENTS.md', 'BENCHMARKS.md', 'RELIABILITY.md', 'launch/README.md', 'notebooks/README.md')]
 
 
 def page_commands():
@@ -180,10 +183,10 @@ def broken_links(text, page):
 
 
 def test_every_relative_link_points_to_a_file_and_heading():
-  """README.md and docs/*.md: a moved page or a renamed heading fails here, not in a reader's
-  browser."""
+  """README.md, docs/*.md and the documents they link to: a moved page or a renamed heading fails
+  here, not in a reader's browser."""
   n = 0
-  for page in PAGES:
+  for page in LINKED:
     text = open(page, encoding='utf-8').read()
     n += text.count('](')
     assert not broken_links(text, page), (os.path.relpath(page, ROOT), broken_links(text, page))
@@ -258,7 +261,8 @@ def test_sweep_commands(tmp_path):
   out = _run(['-m', 'dlm_jax.sweep', 'list', sw, '--root', root]).stdout
   n = int(re.search(r'(\d+) runs in', out).group(1))
   assert n >= 50 and out.count('missing') == n
-  assert f'{n} runs, the CPU demo' in open(README, encoding='utf-8').read()  # the README's count
+  sweeps_md = os.path.join(ROOT, 'docs', 'sweeps.md')
+  assert f'{n} runs, the CPU demo' in open(sweeps_md, encoding='utf-8').read()  # the page's count
   out = _run(['-m', 'dlm_jax.sweep', 'local', sw, '--root', root, '--workers', '2',
               '--dry-run']).stdout
   assert out.count('dlm_jax.main') == n
