@@ -76,6 +76,8 @@ RUN_BY = [
     (r'^python -m dlm_jax\.plot curves runs/ar runs/mdm ', ['test_readme.py::test_ar_mdm_recipe']),
     (r'^for r in ar mdm; do python -m dlm_jax\.main .*--mode eval; done$',
      ['test_readme.py::test_ar_mdm_recipe']),
+    (r'^python -m dlm_jax\.main --config configs/default\.py --workdir runs/default --mode '
+     r'(eval|sample)$', ['test_readme.py::test_quickstart_eval_and_sample']),
     (r'dlm_jax\.main --config configs/default\.py --workdir runs/x --config\.objective',
      ['test_config.py::test_bad_config_exits_2_with_one_line_and_writes_nothing',
       'test_train.py::test_run_directory_contract']),
@@ -225,6 +227,17 @@ TINY = ('--config.train.num_steps=4 --config.train.eval_every=2 --config.train.c
         '--config.sample.num_samples=0 --config.eval.likelihood_rows=4')
 
 
+def _run_as_written(cmd, cwd, extra=''):
+  """A page's command line in bash, as written, with TINY (and `extra`) after --config."""
+  cmd = cmd.replace('python -m ', f'{shlex.quote(sys.executable)} -m ')
+  cmd = cmd.replace('--config configs/default.py', f'--config configs/default.py {TINY} {extra}')
+  p = subprocess.run(['bash', '-c', cmd], cwd=cwd, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr[-2000:])
+  assert 'Traceback' not in p.stderr, p.stderr
+  return p
+
+
 def test_ar_mdm_recipe(tmp_path):
   """The README's "Train AR and MDM and compare them" as written, from a directory outside the
   clone, with TINY after each --config: two runs, their curves, every estimator of each."""
@@ -232,18 +245,30 @@ def test_ar_mdm_recipe(tmp_path):
   cmds = readme_commands(text)
   assert len(cmds) == 4 and len(text.splitlines()) <= 25, cmds  # a recipe, not a chapter
   for c in cmds:
-    c = c.replace('python -m ', f'{shlex.quote(sys.executable)} -m ')
-    c = c.replace('--config configs/default.py', f'--config configs/default.py {TINY}')
-    p = subprocess.run(['bash', '-c', c], cwd=tmp_path, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert p.returncode == 0, (c, p.stdout[-2000:], p.stderr[-2000:])
-    assert 'Traceback' not in p.stderr, p.stderr
+    _run_as_written(c, tmp_path)
   assert (tmp_path / 'runs' / 'ar_vs_mdm.png').is_file()
   for obj, estimators in (('ar', {'ar'}), ('mdm', {'nelbo', 'chain', 'pll'})):
     summary = json.load(open(tmp_path / 'runs' / obj / 'summary.json'))
     assert summary['objective'] == obj and summary['status'] == 'done'
     scores = json.load(open(tmp_path / 'runs' / obj / 'eval' / 'scores.json'))
     assert estimators <= set(scores['likelihood']), scores['likelihood']
+
+
+@pytest.mark.slow  # --mode eval / sample run by default in test_zeroshot.py and test_sample.py
+def test_quickstart_eval_and_sample(tmp_path):
+  """The Quickstart's eval and sample lines as written, on a tiny run of the default config."""
+  cmds = [c for c in readme_commands(section(open(README, encoding='utf-8').read(), 'Quickstart'))
+          if '--mode' in c]
+  assert [c.split()[-1] for c in cmds] == ['eval', 'sample'], cmds
+  train = cmds[0].replace(' --mode eval', '')
+  _run_as_written(train, tmp_path)
+  out = _run_as_written(cmds[0], tmp_path).stdout
+  assert 'chain' in out and 'ar ' in out  # a dual run: both kinds of estimator
+  scores = json.load(open(tmp_path / 'runs' / 'default' / 'eval' / 'scores.json'))
+  assert {'ar', 'nelbo', 'chain'} <= set(scores['likelihood'])
+  _run_as_written(cmds[1], tmp_path, '--config.sample.num_samples=2')
+  rows = [json.loads(l) for l in open(tmp_path / 'runs' / 'default' / 'samples.jsonl')]
+  assert {r['mode'] for r in rows if 'gen_ppl' in r} == {'ar', 'mdm'}
 
 
 def test_flops_table():
