@@ -195,6 +195,17 @@ def test_every_relative_link_points_to_a_file_and_heading():
   assert n >= 30  # the checker saw the links
 
 
+def test_readme_is_a_front_door():
+  """Short, its contents list is its sections, and every docs/ page is one click away."""
+  text = open(README, encoding='utf-8').read()
+  assert len(text.splitlines()) <= 300
+  sections = re.findall(r'^## (.+)$', text, re.M)
+  listed = re.findall(r'^- \[(.+?)\]\(#', section(text, 'Contents'), re.M)
+  assert listed == [s for s in sections if s != 'Contents']
+  for page in PAGES[1:]:
+    assert f'](docs/{os.path.basename(page)}' in text, f'{page} is not linked from the README'
+
+
 def test_link_checker_finds_what_is_broken(tmp_path):
   (tmp_path / 'a.md').write_text('# Title\n\n## Some `code` here\n')
   text = ('[ok](a.md) [ok](a.md#title) [ok](a.md#some-code-here) [ok](#mine) [web](https://x.y/z)\n'
