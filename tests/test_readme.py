@@ -1,15 +1,18 @@
-"""Every command the README shows is run by a test.
+"""Every command the README and the docs/ pages show is run by a test; every link they hold
+points to a file (and a heading) that exists.
 
-The commands are read from the README itself (bash blocks, commented ones included, and inline
+The commands are read from the pages themselves (bash blocks, commented ones included, and inline
 `python -m ...` / `bash ...` spans). Each must match a row of RUN_BY: the tests named there run
 that command (through the real CLI in a subprocess, on tiny data). The cheap ones with no other
-home are run here with the README's own arguments. A README command with no test fails
+home are run here with the pages' own arguments. A command with no test fails
 `test_every_readme_command_is_run_by_a_test`.
 """
 import csv
+import glob
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -20,6 +23,16 @@ from conftest import ROOT
 from dlm_jax.study import laws
 
 README = os.path.join(ROOT, 'README.md')
+# the pages whose commands and links are checked: the README and the docs/ pages it links to
+PAGES = [README] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
+# the pages whose links are checked: those and the other documents they link to
+LINKED = PAGES + [os.path.join(ROOT, p) for p in (
+    'EXPERIMENTS.md', 'BENCHMARKS.md', 'RELIABILITY.md', 'launch/README.md', 'notebooks/README.md')]
+
+
+def page_commands():
+  """(page, command) for every command of every page."""
+  return [(p, c) for p in PAGES for c in readme_commands(open(p, encoding='utf-8').read())]
 
 
 def readme_commands(text):
@@ -57,6 +70,14 @@ RUN_BY = [
     (r'^python -m pip install torch --index-url', ['.ci/run']),
     (r'^python -m pip install -e "\.\[test,lmeval,hf,trackers\]" && python -m pytest -q -n 2 --dist '
      r'loadfile -m "extras', ['.ci/run']),
+    # the README's "Train AR and MDM and compare them", run as written (tiny model)
+    (r'^python -m dlm_jax\.main --config configs/default\.py --workdir runs/(ar|mdm) '
+     r'--config\.objective=(ar|mdm)$', ['test_readme.py::test_ar_mdm_recipe']),
+    (r'^python -m dlm_jax\.plot curves runs/ar runs/mdm ', ['test_readme.py::test_ar_mdm_recipe']),
+    (r'^for r in ar mdm; do python -m dlm_jax\.main .*--mode eval; done$',
+     ['test_readme.py::test_ar_mdm_recipe']),
+    (r'^python -m dlm_jax\.main --config configs/default\.py --workdir runs/default --mode '
+     r'(eval|sample)$', ['test_readme.py::test_quickstart_eval_and_sample']),
     (r'dlm_jax\.main --config configs/default\.py --workdir runs/x --config\.objective',
      ['test_config.py::test_bad_config_exits_2_with_one_line_and_writes_nothing',
       'test_train.py::test_run_directory_contract']),
@@ -103,11 +124,16 @@ RUN_BY = [
 
 
 def test_every_readme_command_is_run_by_a_test():
-  cmds = readme_commands(open(README, encoding='utf-8').read())
-  assert len(cmds) >= 20, cmds  # the extractor found the README's commands
-  for c in cmds:
+  """Over the README and every docs/ page; the test commands CI runs stay in the README."""
+  found = page_commands()
+  cmds = [c for _, c in found]
+  assert len(cmds) >= 20, cmds  # the extractor found the pages' commands
+  assert len(readme_commands(open(README, encoding='utf-8').read())) >= 5  # the README's own
+  for page, c in found:
     hits = [tests for pat, tests in RUN_BY if re.search(pat, c)]
-    assert hits, f'README command run by no test: {c}'
+    assert hits, f'{os.path.relpath(page, ROOT)}: command run by no test: {c}'
+    if 'pytest' in c:
+      assert page == README, f'{page}: the test commands CI runs belong in the README: {c}'
   for pat, tests in RUN_BY:
     for t in tests:
       if t == '.ci/run':  # CI runs the README's test commands as the README writes them
@@ -121,12 +147,139 @@ def test_every_readme_command_is_run_by_a_test():
       assert re.search(rf'^def {fn}\(', src, re.M), t
 
 
+def heading_anchors(text):
+  """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to '-',
+  a repeated one suffixed -1, -2, ..."""
+  out, in_code = set(), False
+  for line in text.splitlines():
+    if line.startswith('```'):
+      in_code = not in_code
+      continue
+    m = None if in_code else re.match(r'#{1,6} +(.*?)[ #]*$', line)
+    if m:
+      slug = re.sub(r'[^\w\- ]', '', m.group(1).lower()).replace(' ', '-')
+      anchor, n = slug, 0
+      while anchor in out:
+        n += 1
+        anchor = f'{slug}-{n}'
+      out.add(anchor)
+  return out
+
+
+def broken_links(text, page):
+  """Relative links (and images) of a page, outside code, whose file or heading is missing."""
+  prose = re.sub(r'^```.*?^```', '', text, flags=re.M | re.S)
+  prose = re.sub(r'`[^`\n]*`', '', prose)
+  bad = []
+  for target in re.findall(r'\]\(([^)\s]+)(?:\s+"[^"]*")?\)', prose):
+    if re.match(r'[a-z]+:', target):  # http:, https:, mailto:
+      continue
+    path, _, anchor = target.partition('#')
+    full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+    if not os.path.exists(full):
+      bad.append(f'{target} (no file {os.path.relpath(full, ROOT)})')
+    elif anchor and full.endswith('.md') and anchor not in heading_anchors(
+        open(full, encoding='utf-8').read()):
+      bad.append(f'{target} (no heading #{anchor} in {os.path.relpath(full, ROOT)})')
+  return bad
+
+
+def test_every_relative_link_points_to_a_file_and_heading():
+  """README.md, docs/*.md and the documents they link to: a moved page or a renamed heading fails
+  here, not in a reader's browser."""
+  n = 0
+  for page in LINKED:
+    text = open(page, encoding='utf-8').read()
+    n += text.count('](')
+    assert not broken_links(text, page), (os.path.relpath(page, ROOT), broken_links(text, page))
+  assert n >= 30  # the checker saw the links
+
+
+def test_readme_is_a_front_door():
+  """Short, its contents list is its sections, and every docs/ page is one click away."""
+  text = open(README, encoding='utf-8').read()
+  assert len(text.splitlines()) <= 300
+  sections = re.findall(r'^## (.+)$', text, re.M)
+  listed = re.findall(r'^- \[(.+?)\]\(#', section(text, 'Contents'), re.M)
+  assert listed == [s for s in sections if s != 'Contents']
+  for page in PAGES[1:]:
+    assert f'](docs/{os.path.basename(page)}' in text, f'{page} is not linked from the README'
+
+
+def test_link_checker_finds_what_is_broken(tmp_path):
+  (tmp_path / 'a.md').write_text('# Title\n\n## Some `code` here\n')
+  text = ('[ok](a.md) [ok](a.md#title) [ok](a.md#some-code-here) [ok](#mine) [web](https://x.y/z)\n'
+          '## Mine\n[gone](b.md) [bad anchor](a.md#nothing) ![img](pic.png) [self](#none)\n'
+          '```\n[in code](c.md)\n```\n`[inline](d.md)`\n')
+  (tmp_path / 'p.md').write_text(text)
+  rel = lambda name: os.path.relpath(tmp_path / name, ROOT)
+  assert broken_links(text, str(tmp_path / 'p.md')) == [
+      f'b.md (no file {rel("b.md")})', f'a.md#nothing (no heading #nothing in {rel("a.md")})',
+      f'pic.png (no file {rel("pic.png")})', f'#none (no heading #none in {rel("p.md")})']
+
+
 def _run(args, cwd=ROOT, ok=True):
   p = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                      env=dict(os.environ, PYTHONPATH=ROOT))
   assert (p.returncode == 0) == ok, (args, p.stdout[-2000:], p.stderr[-2000:])
   assert 'Traceback' not in p.stderr, p.stderr
   return p
+
+
+def section(text, title):
+  """The body of a page's `## title` section."""
+  return re.search(rf'^## {re.escape(title)}\n(.*?)(?=^## |\Z)', text, re.M | re.S).group(1)
+
+
+# appended to the recipe's training and eval commands: a model that trains in seconds
+TINY = ('--config.train.num_steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2 '
+        '--config.model.d_model=32 --config.model.num_layers=1 --config.model.num_heads=2 '
+        '--config.data.seq_len=32 --config.train.batch_size=8 --config.eval.num_batches=1 '
+        '--config.sample.num_samples=0 --config.eval.likelihood_rows=4')
+
+
+def _run_as_written(cmd, cwd, extra=''):
+  """A page's command line in bash, as written, with TINY (and `extra`) after --config."""
+  cmd = cmd.replace('python -m ', f'{shlex.quote(sys.executable)} -m ')
+  cmd = cmd.replace('--config configs/default.py', f'--config configs/default.py {TINY} {extra}')
+  p = subprocess.run(['bash', '-c', cmd], cwd=cwd, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr[-2000:])
+  assert 'Traceback' not in p.stderr, p.stderr
+  return p
+
+
+def test_ar_mdm_recipe(tmp_path):
+  """The README's "Train AR and MDM and compare them" as written, from a directory outside the
+  clone, with TINY after each --config: two runs, their curves, every estimator of each."""
+  text = section(open(README, encoding='utf-8').read(), 'Train AR and MDM and compare them')
+  cmds = readme_commands(text)
+  assert len(cmds) == 4 and len(text.splitlines()) <= 25, cmds  # a recipe, not a chapter
+  for c in cmds:
+    _run_as_written(c, tmp_path)
+  assert (tmp_path / 'runs' / 'ar_vs_mdm.png').is_file()
+  for obj, estimators in (('ar', {'ar'}), ('mdm', {'nelbo', 'chain', 'pll'})):
+    summary = json.load(open(tmp_path / 'runs' / obj / 'summary.json'))
+    assert summary['objective'] == obj and summary['status'] == 'done'
+    scores = json.load(open(tmp_path / 'runs' / obj / 'eval' / 'scores.json'))
+    assert estimators <= set(scores['likelihood']), scores['likelihood']
+
+
+@pytest.mark.slow  # --mode eval / sample run by default in test_zeroshot.py and test_sample.py
+def test_quickstart_eval_and_sample(tmp_path):
+  """The Quickstart's eval and sample lines as written, on a tiny run of the default config."""
+  cmds = [c for c in readme_commands(section(open(README, encoding='utf-8').read(), 'Quickstart'))
+          if '--mode' in c]
+  assert [c.split()[-1] for c in cmds] == ['eval', 'sample'], cmds
+  train = cmds[0].replace(' --mode eval', '')
+  _run_as_written(train, tmp_path)
+  out = _run_as_written(cmds[0], tmp_path).stdout
+  assert 'chain' in out and 'ar ' in out  # a dual run: both kinds of estimator
+  scores = json.load(open(tmp_path / 'runs' / 'default' / 'eval' / 'scores.json'))
+  assert {'ar', 'nelbo', 'chain'} <= set(scores['likelihood'])
+  _run_as_written(cmds[1], tmp_path, '--config.sample.num_samples=2')
+  rows = [json.loads(l) for l in open(tmp_path / 'runs' / 'default' / 'samples.jsonl')]
+  assert {r['mode'] for r in rows if 'gen_ppl' in r} == {'ar', 'mdm'}
 
 
 def test_flops_table():
@@ -144,7 +297,8 @@ def test_sweep_commands(tmp_path):
   out = _run(['-m', 'dlm_jax.sweep', 'list', sw, '--root', root]).stdout
   n = int(re.search(r'(\d+) runs in', out).group(1))
   assert n >= 50 and out.count('missing') == n
-  assert f'{n} runs, the CPU demo' in open(README, encoding='utf-8').read()  # the README's count
+  sweeps_md = os.path.join(ROOT, 'docs', 'sweeps.md')
+  assert f'{n} runs, the CPU demo' in open(sweeps_md, encoding='utf-8').read()  # the page's count
   out = _run(['-m', 'dlm_jax.sweep', 'local', sw, '--root', root, '--workers', '2',
               '--dry-run']).stdout
   assert out.count('dlm_jax.main') == n
