@@ -19,11 +19,12 @@ import pytest
 
 from conftest import ROOT
 from dlm_jax import config as config_lib
-from dlm_jax import hf as hf_cli
+from dlm_jax import hf as hf_command
 from dlm_jax.core import flops
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import sampling
 from dlm_jax.data import tokenizers
+from dlm_jax.interop import convert as hf_cli
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
 
@@ -487,7 +488,7 @@ def test_bad_special_tokens_are_one_line_and_write_nothing(tmp_path_factory, tmp
   json.dump(conf, open(src / 'config.json', 'w'))
   capsys.readouterr()  # building printed its progress
   with pytest.raises(SystemExit) as e:
-    hf_cli.main(['import', str(src), f'--workdir={run}'])
+    hf_command.main(['import', str(src), f'--workdir={run}'])
   assert e.value.code == 2
   (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert line.startswith('error: ') and expect in line, line
