@@ -130,7 +130,7 @@ def sample_runs(spec):
 def main(argv=None):
   argv = sys.argv if argv is None else argv
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__.strip() + '\n\nflags:\n' + FLAGS.get_help())
+    print(__doc__.strip() + '\n\nflags:\n' + FLAGS.module_help(sys.modules[__name__]))
     return
   cmd = parse(argv)
   if cmd == 'fit':
