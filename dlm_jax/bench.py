@@ -38,6 +38,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from dlm_jax import cli
 from dlm_jax import config as config_lib
 from dlm_jax import errors
 from dlm_jax.study import perf
@@ -97,12 +98,7 @@ def parse(argv):
   if not any(a in ('--config', '-config') or a.startswith(('--config=', '-config='))
              for a in argv[1:]):
     argv.insert(1, '--config=default')
-  argv = config_lib.check_cli(argv)
-  FLAGS.unparse_flags()
-  try:
-    rest = FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError, SyntaxError) as e:
-    raise errors.ConfigError(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+  rest = cli.absl_parse(config_lib.check_cli(argv), FLAGS)
   if len(rest) != 2 or rest[1] not in COMMANDS:
     raise errors.UsageError(f'python -m dlm_jax.bench: name one command of {", ".join(COMMANDS)}'
                             f'{", not " + " ".join(rest[1:]) if len(rest) > 1 else ""} '
@@ -129,8 +125,7 @@ def sample_runs(spec):
 @errors.cli
 def main(argv=None):
   argv = sys.argv if argv is None else argv
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__.strip() + '\n\nflags:\n' + FLAGS.module_help(sys.modules[__name__]))
+  if cli.absl_help(argv, __doc__, FLAGS, sys.modules[__name__]):
     return
   cmd = parse(argv)
   if cmd == 'fit':
