@@ -138,3 +138,19 @@ def test_the_checker_sees_each_kind_of_cli():
   assert sorted(w for _, w in cli_sites(src)) == sorted([
       'argparse', 'def main', 'print(error...)', 'sys.exit', "if __name__ == '__main__'"])
   assert not cli_sites('def run():\n  print("errors: none")\n')
+
+
+def test_hf_command_exports_and_reimports_a_run(tiny_run, tmp_path, capsys):
+  """`python -m dlm_jax.hf export` then `import` through the command module (numpy only: the
+  test_hf oracles need torch)."""
+  _, run, _ = tiny_run('ar', 4, 'bpe')
+  out, back = str(tmp_path / 'exported'), str(tmp_path / 'back')
+  assert call('hf', ['export', run, out]) == 0
+  assert call('hf', ['import', out, '--workdir', back, '--seq_len', '32']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith(f'exported {run} (step 4, ar) as LlamaForCausalLM: ')
+  assert lines[1].startswith(f'imported LlamaForCausalLM from {out}: N_total=')
+  assert os.path.exists(os.path.join(back, 'init_config.py'))
+  assert call('hf', ['import', out, '--workdir', back]) == 2  # not empty: one line, nothing new
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line == f'error: --workdir {back} already exists and is not empty (use a new directory)'

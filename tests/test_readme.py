@@ -75,6 +75,8 @@ RUN_BY = [
      ['test_sharding.py::test_fsdp_mesh_matches_single_device', 'test_launch.py::test_paper_configs']),
     (r'--coordinator_address', ['test_sharding.py::test_two_processes_match_one']),
     (r'^python -m dlm_jax\.data\.tfds_text', ['test_prepare.py::test_tfds_builder_prepare_then_train']),
+    (r'^python -m dlm_jax\.prepare --local_text',
+     ['test_prepare.py::test_prepare_local_text_builds_the_tfds_dataset_then_prepares_it']),
     (r'dlm_jax\.main --config configs/owt\.py --workdir runs/owt_mdm$',
      ['test_launch.py::test_paper_configs']),
     (r'^python -m dlm_jax\.sweep slurm +configs/sweeps/isoflop_micro\.py --backend submitit',
