@@ -284,8 +284,9 @@ def test_prepare_local_text_builds_the_tfds_dataset_then_prepares_it(tmp_path):
         f.write(json.dumps({'text': f'{name} document number {i}.'}) + '\n')
   cmd = [sys.executable, '-m', 'dlm_jax.prepare', f'--tfds_data_dir={tmp_path / "tfds"}']
   env = dict(os.environ, PYTHONPATH=ROOT)
-  p = subprocess.run(cmd + [f'--local_text={manual}', '--source=tfds:local_text', '--tokenizer=byte',
-                            f'--out={tmp_path / "out"}'], env=env, capture_output=True, text=True)
+  p = subprocess.run(cmd + [f'--local_text={manual}', '--source=tfds:local_text',
+                            '--tokenizer=byte', f'--out={tmp_path / "out"}'],
+                     env=env, capture_output=True, text=True)
   assert p.returncode == 0, p.stderr[-2000:]
   assert 'built tfds:local_text in ' in p.stdout and os.path.isdir(tmp_path / 'tfds' / 'local_text')
   m = prepared.load_manifest(tmp_path / 'out')
