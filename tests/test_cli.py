@@ -154,3 +154,13 @@ def test_hf_command_exports_and_reimports_a_run(tiny_run, tmp_path, capsys):
   assert call('hf', ['import', out, '--workdir', back]) == 2  # not empty: one line, nothing new
   (line,) = capsys.readouterr().err.strip().splitlines()
   assert line == f'error: --workdir {back} already exists and is not empty (use a new directory)'
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_every_command_module_runs_as_python_m(command):
+  """Each command module calls its errors.cli-wrapped main() under `if __name__ == '__main__'`,
+  so `python -m dlm_jax.<command>` works beside the console script."""
+  sites = {w for _, w in cli_sites(open(os.path.join(ROOT, 'dlm_jax', f'{command}.py'),
+                                        encoding='utf-8').read())}
+  assert "if __name__ == '__main__'" in sites, sites
+  assert hasattr(MODULES[command].main, '__wrapped__')  # errors.cli: the one error path
