@@ -95,7 +95,7 @@ RUN_BY = [
     (r'^python -m dlm_jax\.hf import|init_config\.py',
      ['test_hf.py::test_ar2diff_from_a_pretrained_checkpoint_end_to_end']),
     (r'^python -m dlm_jax\.hf export',
-     ['test_hf.py::test_a_native_run_exported_and_reimported_is_the_same_model',
+     ['test_hf_native.py::test_a_native_run_exported_and_reimported_is_the_same_model',
       'test_hf.py::test_import_then_export_is_bit_identical_and_loads']),
     (r'^python -m dlm_jax\.prepare --source ~/data/fineweb',
      ['test_prepare.py::test_parquet_and_arrow_sources_prepare_like_jsonl']),
