@@ -4,7 +4,6 @@ import ast
 import importlib
 import os
 import runpy
-import sys
 
 import pytest
 import setuptools

@@ -27,7 +27,6 @@ from dlm_jax.errors import FitError  # pylint: disable=wrong-import-position
 from dlm_jax.run import rundir  # pylint: disable=wrong-import-position
 from dlm_jax.study import laws  # pylint: disable=wrong-import-position
 from dlm_jax.study import scaling  # pylint: disable=wrong-import-position
-from dlm_jax.study import sweep  # pylint: disable=wrong-import-position
 
 
 plt.rcParams['svg.fonttype'] = 'none'  # SVG text stays text: searchable, smaller
