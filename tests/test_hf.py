@@ -19,11 +19,12 @@ import pytest
 
 from conftest import ROOT
 from dlm_jax import config as config_lib
-from dlm_jax import hf as hf_cli
+from dlm_jax import hf as hf_command
 from dlm_jax.core import flops
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import sampling
 from dlm_jax.data import tokenizers
+from dlm_jax.interop import convert as hf_cli
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
 
@@ -487,7 +488,7 @@ def test_bad_special_tokens_are_one_line_and_write_nothing(tmp_path_factory, tmp
   json.dump(conf, open(src / 'config.json', 'w'))
   capsys.readouterr()  # building printed its progress
   with pytest.raises(SystemExit) as e:
-    hf_cli.main(['import', str(src), f'--workdir={run}'])
+    hf_command.main(['import', str(src), f'--workdir={run}'])
   assert e.value.code == 2
   (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert line.startswith('error: ') and expect in line, line
@@ -554,36 +555,6 @@ def test_ar2diff_from_a_pretrained_checkpoint_end_to_end(tmp_path):
   assert res['step'] == 0 and 0 < res['likelihood']['ar']['nats_per_token'] < np.log(V) + 1
 
 
-def test_a_native_run_exported_and_reimported_is_the_same_model(tmp_path):
-  """dlm_jax's own export carries its special ids (mask_token_id included), so re-importing it
-  maps every id to itself: the parameters come back bit for bit."""
-  from conftest import train_tiny_run  # pylint: disable=g-import-not-at-top
-  _, run, _ = train_tiny_run(tmp_path, 'ar', steps=2, tokenizer='bpe')
-  _cli('dlm_jax.hf', 'export', run, str(tmp_path / 'out'))
-  _cli('dlm_jax.hf', 'import', str(tmp_path / 'out'), f'--workdir={tmp_path / "back"}',
-       '--seq_len=32')
-  (c1, _, p1), (c2, _, p2) = dlm_model(run), dlm_model(str(tmp_path / 'back'))
-  assert c2.model.unpredicted == '' and c2.model.vocab_size == c1.model.vocab_size
-  jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
-  text = 'Ünïcode, spaces  and all: ok.'
-  t1, t2 = tokenizers.get_tokenizer(c1.data.tokenizer), tokenizers.get_tokenizer(
-      c2.data.tokenizer)
-  np.testing.assert_array_equal(t1.encode_batch([text])[0], t2.encode_batch([text])[0])
-
-
-@pytest.mark.parametrize('name', ['byte', 'gpt2'])
-def test_exported_tokenizers_have_dlm_jax_ids(tmp_path, name):
-  """`byte` and `gpt2` travel as tokenizers JSON files that give the same ids and text back."""
-  import tokenizers as tk  # pylint: disable=g-import-not-at-top
-  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
-  hf.write_native_tokenizer(name, str(tmp_path))
-  exported, ours = tk.Tokenizer.from_file(str(tmp_path / 'tokenizer.json')), \
-      tokenizers.get_tokenizer(name)
-  for text in ['Ünïcode, bytes \x00 and all: ok.', ' two  spaces\n\ttab', '日本語 text']:
-    ids = exported.encode(text, add_special_tokens=False).ids
-    assert ids == list(ours.encode_batch([text])[0]) and exported.decode(ids) == text
-
-
 # Qwen3 and sliding windows: the imported fixture's qwen3 and mistral_window kinds above give
 # logits to 1e-4 and a bit-exact export round trip; here decoding, the window's bounds, the native
 # export and the refusals.
@@ -630,25 +601,6 @@ def test_sliding_window_is_exact_up_to_it_and_refused_beyond(tmp_path):
   assert not (tmp_path / 'mdm').exists()
 
 
-def test_which_layers_slide_decides_the_window():
-  """Qwen2 / Qwen3 slide only with use_sliding_window, on the layers from max_window_layers on
-  (or as layer_types says); Mistral always when sliding_window is set; Llama never."""
-  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
-  base = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
-              sliding_window=32)
-  window = lambda arch, **kw: hf.model_keys(dict(base, architectures=[arch], **kw))[
-      'sliding_window']
-  for arch in ('Qwen2ForCausalLM', 'Qwen3ForCausalLM'):
-    assert window(arch, use_sliding_window=False) == 0
-    assert window(arch, use_sliding_window=True, max_window_layers=1) == 32
-    assert window(arch, use_sliding_window=True, max_window_layers=2) == 0
-    assert window(arch, use_sliding_window=True, max_window_layers=2,
-                  layer_types=['full_attention', 'sliding_attention']) == 32
-  assert window('MistralForCausalLM') == 32
-  assert window('MistralForCausalLM', sliding_window=None) == 0
-  assert window('LlamaForCausalLM') == 0
-
-
 @pytest.mark.parametrize('arch,model', [
     ('Qwen3ForCausalLM', dict(head_dim=24, qk_norm=True, num_kv_heads=2)),
     ('LlamaForCausalLM', dict(head_dim=24, num_kv_heads=2)),
@@ -685,13 +637,6 @@ def test_native_head_dim_and_qk_norm_export_to_transformers_and_back(tmp_path, a
   c2, _, p2 = dlm_model(str(tmp_path / 'back'))
   assert (c2.model.head_dim, c2.model.qk_norm) == (24, model.get('qk_norm', False))
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, p2)
-
-
-def test_qk_norm_with_qkv_biases_has_no_transformers_architecture():
-  from dlm_jax.interop import hf  # pylint: disable=g-import-not-at-top
-  m = dict(config_lib.base().model.to_dict(), qk_norm=True, qkv_bias=True, mlp_dim=64)
-  with pytest.raises(hf_cli.InteropError, match='model.qk_norm=True with model.qkv_bias=True'):
-    hf.hf_config(m, 512, 128, 'float32')
 
 
 @pytest.mark.parametrize('case', ['head_dim', 'odd_head_dim', 'heads', 'window'])

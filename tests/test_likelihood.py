@@ -208,7 +208,7 @@ def test_unknown_estimator_and_missing_tokenizer(tiny_model):
 
 def test_bench_eval_reports_every_estimator(tiny):
   """`python -m dlm_jax.bench eval` runs each estimator on real validation windows."""
-  from dlm_jax import bench
+  from dlm_jax.study import perf as bench
   cfg = tiny('dual')
   cfg.data.tokenizer = 'byte'
   cfg.eval.chunk = 16

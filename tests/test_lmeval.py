@@ -13,6 +13,7 @@ lm_eval = pytest.importorskip(
     'lm_eval', reason='needs the [lmeval] extra and a CPU torch (README: "Optional extras")')
 
 from conftest import ROOT, train_tiny_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dlm_jax import lmeval as lmeval_cli
 from dlm_jax.infer import likelihood
 from dlm_jax.infer import lmeval
 from dlm_jax.infer import zeroshot
@@ -100,7 +101,7 @@ def cli(monkeypatch):
 
   def run(*argv):
     try:
-      lmeval.main(list(argv))
+      lmeval_cli.main(list(argv))
     except SystemExit as e:
       return e.code
     finally:  # lm-eval's log handler keeps the stderr it was made with; pytest closes that one
@@ -236,7 +237,7 @@ def test_batch_size_from_both_places_in_python(run_and_tasks, capsys):
 
 
 def test_the_cli_adds_the_run_name_to_model_args():
-  name = lambda *a: lmeval.with_run_name(list(a))
+  name = lambda *a: lmeval_cli.with_run_name(list(a))
   assert name('--model_args', 'workdir=runs/x/,estimator=ar', '--tasks', 't') == [
       '--model', 'dlm_jax', '--model_args', 'workdir=runs/x/,estimator=ar', '--tasks', 't',
       '--model_args', '{"pretrained": "x"}']

@@ -186,7 +186,7 @@ def test_attention_choice_and_its_errors():
 def test_bench_train_reports_mfu_and_flops(tiny):
   """`python -m dlm_jax.bench train` on a tiny model: AOT compile, timed steps, MFU against the
   in-process matmul peak, and (unrolled) XLA's FLOPs agreeing with flops.py."""
-  from dlm_jax import bench
+  from dlm_jax.study import perf as bench
   c = bench.train_config(tiny('ar'), '', 32, 4, 'mdm', 'f32')
   c.model.scan_layers = False
   r = bench.bench_step(config.validate(c), 2, measure_peak=True)

@@ -270,3 +270,28 @@ def test_a_parquet_file_without_the_text_field_is_one_line_and_writes_nothing(tm
   assert r.stderr.strip() == (f"error: --text_field 'text': {tmp_path / 'd.parquet'} has no such "
                               'column (columns: url, content)')
   assert not os.path.exists(out) and not os.path.exists(str(out) + '.incomplete')
+
+
+def test_prepare_local_text_builds_the_tfds_dataset_then_prepares_it(tmp_path):
+  """`prepare --local_text DIR` (before: python -m dlm_jax.data.tfds_text) builds tfds
+  local_text, and with --source tfds:local_text --out prepares it in the same command; a
+  directory without split files is one line."""
+  manual = tmp_path / 'texts'
+  manual.mkdir()
+  for name, n in (('train', 12), ('validation', 3)):
+    with open(manual / f'{name}.jsonl', 'w') as f:
+      for i in range(n):
+        f.write(json.dumps({'text': f'{name} document number {i}.'}) + '\n')
+  cmd = [sys.executable, '-m', 'dlm_jax.prepare', f'--tfds_data_dir={tmp_path / "tfds"}']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  p = subprocess.run(cmd + [f'--local_text={manual}', '--source=tfds:local_text',
+                            '--tokenizer=byte', f'--out={tmp_path / "out"}'],
+                     env=env, capture_output=True, text=True)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'built tfds:local_text in ' in p.stdout and os.path.isdir(tmp_path / 'tfds' / 'local_text')
+  m = prepared.load_manifest(tmp_path / 'out')
+  assert m['splits']['train']['documents'] == 12 and m['splits']['validation']['documents'] == 3
+  p = subprocess.run(cmd + [f'--local_text={tmp_path / "none"}'], env=env, capture_output=True,
+                     text=True)
+  assert p.returncode == 1 and p.stderr.strip() == (
+      f'error: {tmp_path / "none"}: no train.jsonl / validation.jsonl / test.jsonl')

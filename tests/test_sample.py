@@ -299,7 +299,7 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path, tiny_run):
   assert len(open(os.path.join(run, 'samples.jsonl')).readlines()) == 8
 
   # the sampling benchmark and its quality-vs-speed plot on the same run
-  from dlm_jax import bench
+  from dlm_jax.study import perf as bench
   res = bench.bench_sample([('ar', run), ('mdm', run)], run, 6, ['2', 'L'], 2, 'ancestral', True)
   assert [(r['mode'], r['kv_cache'], r['steps']) for r in res] == [
       ('ar', True, None), ('ar', False, None), ('mdm', None, 2), ('mdm', None, 6)]

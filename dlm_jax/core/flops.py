@@ -9,7 +9,6 @@ Conventions (Kaplan/Chinchilla, PaLM appendix B):
 """
 import dataclasses
 import math
-import sys
 
 
 def default_mlp_dim(d_model: int) -> int:
@@ -98,17 +97,3 @@ def table(vocab_size=8192, seq_len=1024):
                  c['N_nonembed'], fl))
   return rows
 
-
-def main(argv):
-  """python -m dlm_jax.flops [VOCAB] [SEQ_LEN]: the named size table."""
-  args = list(argv[1:]) + ['8192', '1024'][len(argv) - 1:]
-  if len(args) > 2 or not all(a.isdigit() and int(a) > 0 for a in args):
-    print(f'error: python -m dlm_jax.flops [VOCAB] [SEQ_LEN] takes positive integers, got '
-          f'{" ".join(argv[1:])}', file=sys.stderr)
-    sys.exit(2)
-  v, L = (int(a) for a in args)
-  print(f'vocab={v} seq_len={L} (tied embeddings)')
-  print(f'{"size":8s} {"d":>5s} {"layers":>6s} {"heads":>5s} {"mlp":>5s} {"N_total":>14s} '
-        f'{"N_nonembed":>14s} {"train FLOPs/tok":>16s}')
-  for r in table(v, L):
-    print(f'{r[0]:8s} {r[1]:5d} {r[2]:6d} {r[3]:5d} {r[4]:5d} {r[5]:14,d} {r[6]:14,d} {r[7]:16.3e}')

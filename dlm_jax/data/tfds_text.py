@@ -4,12 +4,16 @@ It writes a real tfds dataset (array_record format, readable with tfds.data_sour
 no TensorFlow) from <manual_dir>/{train,validation}.jsonl, one {"text": ...} object per line.
 `prepare --source tfds:local_text --tfds_data_dir DIR` then reads it like lm1b or openwebtext.
 
-  python -m dlm_jax.data.tfds_text --manual_dir texts/ --data_dir ~/tensorflow_datasets
+  python -m dlm_jax.prepare --local_text texts/ --tfds_data_dir ~/tensorflow_datasets
 """
 import json
 import os
 
 import tensorflow_datasets as tfds
+
+from dlm_jax.errors import DataError
+
+SPLITS = ('train', 'validation', 'test')
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
@@ -25,7 +29,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     d = dl_manager.manual_dir
     splits = {s: self._generate_examples(os.path.join(d, f'{s}.jsonl'))
-              for s in ('train', 'validation', 'test')
+              for s in SPLITS
               if os.path.exists(os.path.join(d, f'{s}.jsonl'))}
     if not splits:
       raise FileNotFoundError(f'{d}: no train.jsonl / validation.jsonl / test.jsonl')
@@ -39,16 +43,11 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
 
 def build(manual_dir, data_dir):
-  """Builds local_text into data_dir; returns the dataset directory."""
+  """Builds local_text into data_dir; returns the dataset directory. No split file in
+  manual_dir is a DataError naming it (tfds would assert)."""
+  if not any(os.path.isfile(os.path.join(manual_dir, f'{s}.jsonl')) for s in SPLITS):
+    raise DataError(f'{manual_dir}: no train.jsonl / validation.jsonl / test.jsonl')
   b = LocalText(data_dir=data_dir, file_format='array_record')
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return b.data_dir
 
-
-if __name__ == '__main__':
-  import argparse  # pylint: disable=g-import-not-at-top
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  ap.add_argument('--manual_dir', required=True)
-  ap.add_argument('--data_dir', default=os.path.expanduser('~/tensorflow_datasets'))
-  a = ap.parse_args()
-  print(build(a.manual_dir, a.data_dir))

@@ -20,8 +20,6 @@ land in <output_path>/<run name>/ (without it lm-eval picks a random name).
                          cut at `until`/EOS.
 Contexts are tokenised as the harness does (likelihood.encode_pair) and cut from the left to fit.
 """
-import argparse
-import json
 import os
 import sys
 
@@ -29,11 +27,9 @@ import jax
 import numpy as np
 import tqdm
 from lm_eval import utils as lm_utils
-from lm_eval._cli.utils import MergeDictAction
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from dlm_jax import errors
 from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import BOS, EOS, PAD
 from dlm_jax.errors import ConfigError
@@ -167,41 +163,3 @@ class DlmJaxLM(LM):
     out = self.sampler.generate(jax.random.PRNGKey(0), [ctx_ids], st)['tokens'][0]
     return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
 
-
-class _Args(argparse.ArgumentParser):
-  def error(self, message):
-    raise ConfigError(message)
-
-
-def with_run_name(argv):
-  """argv with --model dlm_jax unless another model is named, and, for dlm_jax, the model_args
-  key `pretrained` (what lm-eval names the output folder after) set to the run's name."""
-  if argv and argv[0] in ('ls', 'validate'):  # lm_eval's other subcommands take no model
-    return list(argv)
-  argv = argv[1:] if argv and argv[0] == 'run' else argv
-  p = _Args(add_help=False, allow_abbrev=False)
-  p.add_argument('--model', '-M')
-  p.add_argument('--model_args', '-a', nargs='+', action=MergeDictAction)  # as lm_eval parses
-  known, _ = p.parse_known_args(argv)
-  argv = list(argv) if known.model else ['--model', 'dlm_jax'] + list(argv)
-  args = known.model_args or {}
-  if known.model in (None, 'dlm_jax') and args.get('workdir') and 'pretrained' not in args:
-    argv += ['--model_args', json.dumps(dict(pretrained=run_name(args['workdir'])))]
-  return argv
-
-
-@errors.cli
-def main(argv=None):
-  """`lm_eval` with this adapter registered: python -m dlm_jax.lmeval --model_args workdir=RUN
-  --tasks piqa [any lm_eval flag]; --model defaults to dlm_jax."""
-  from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
-  argv = list(sys.argv[1:] if argv is None else argv)
-  saved, sys.argv = sys.argv, ['lm_eval'] + with_run_name(argv)
-  try:
-    cli_evaluate()
-  finally:
-    sys.argv = saved
-
-
-if __name__ == '__main__':
-  main()

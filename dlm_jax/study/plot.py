@@ -10,7 +10,6 @@ and sweep.py.
 with their vertices, N_opt(C), fitted-vs-observed (Chinchilla), and the dual-ratio heat map when
 the table has ratio x epochs runs; it writes the fits it drew as fits.json next to them.
 """
-import argparse
 import json
 import os
 import sys
@@ -23,13 +22,11 @@ from matplotlib import lines  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from dlm_jax import errors  # pylint: disable=wrong-import-position
 from dlm_jax.core import objectives  # pylint: disable=wrong-import-position
 from dlm_jax.errors import FitError  # pylint: disable=wrong-import-position
 from dlm_jax.run import rundir  # pylint: disable=wrong-import-position
 from dlm_jax.study import laws  # pylint: disable=wrong-import-position
 from dlm_jax.study import scaling  # pylint: disable=wrong-import-position
-from dlm_jax.study import sweep  # pylint: disable=wrong-import-position
 
 
 plt.rcParams['svg.fonttype'] = 'none'  # SVG text stays text: searchable, smaller
@@ -345,41 +342,3 @@ def sample_bench(rows, out='sample_bench'):
 def read_jsonl(path):
   return [json.loads(line) for line in open(path, encoding='utf-8') if line.strip()]
 
-
-@errors.cli
-def main(argv=None):
-  ap = argparse.ArgumentParser(prog='python -m dlm_jax.plot', description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = ap.add_subparsers(dest='cmd', required=True)
-  c = sub.add_parser('curves')
-  c.add_argument('runs', nargs='+')
-  c.add_argument('--metric', default=None)
-  c.add_argument('--out', default='curves')
-  s = sub.add_parser('sweep')
-  s.add_argument('table')
-  s.add_argument('--out-dir', required=True)
-  s.add_argument('--bootstrap', type=int, default=0)
-  s.add_argument('--isoflop-window', type=int, default=0,
-                 help='fit each IsoFLOP parabola to the K sizes around the budget minimum')
-  s.add_argument('--plots', default=','.join(PLOTS),
-                 help=f'comma list of {", ".join(PLOTS)} (default: all)')
-  b = sub.add_parser('sample-bench')
-  b.add_argument('results')
-  b.add_argument('--out', default='sample_bench')
-  a = ap.parse_args(argv)
-  if a.cmd == 'curves':
-    print('\n'.join(loss_curves(a.runs, a.metric, a.out)))
-  elif a.cmd == 'sample-bench':
-    print('\n'.join(sample_bench(read_jsonl(a.results), a.out)))
-  else:
-    which = tuple(p.strip() for p in a.plots.split(',') if p.strip())
-    bad = [p for p in which if p not in PLOTS]
-    if bad or not which:
-      raise FitError(f'--plots {a.plots!r}: use a comma list of {", ".join(PLOTS)}')
-    files, _ = sweep_plots(sweep.read_csv(a.table), a.out_dir, a.bootstrap, which=which,
-                           isoflop_window=a.isoflop_window)
-    print('\n'.join(files))
-
-
-if __name__ == '__main__':
-  main()

@@ -20,10 +20,8 @@ shift     The embedded corpus split by era: 1590-1818 prose and verse (Shakespea
           the gap out-of-era minus in-era measures how much each objective's fit is tied to the
           training era.
 """
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -169,54 +167,59 @@ def _run(sw_name, base, settings, out, workers):
   status = sweep.run_local(base, root, settings, workers=workers)
   bad = {k: v for k, v in status.items() if v != 'done'}
   if bad:
-    raise SystemExit(f'error: {sw_name} runs failed: {bad}')
+    raise errors.TrainingError(f'{sw_name} runs failed: {bad}')
   return root
 
 
-@errors.cli
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('probe', choices=('reversal', 'shift'))
-  ap.add_argument('--out', required=True)
-  ap.add_argument('--workers', type=int, default=2)
-  ap.add_argument('--steps', type=int, default=0, help='train.num_steps (0: the base config)')
-  a = ap.parse_args(argv)
-  out = os.path.abspath(a.out)
-  extra = {'train.num_steps': a.steps} if a.steps else {}
-  report = dict(probe=a.probe, runs=[])
-  if a.probe == 'reversal':
-    data = write_reversal_data(os.path.join(out, 'data'))
-    settings = {obj: dict(objective=obj, **{'data.corpus': data}, **extra)
-                for obj in ('ar', 'mdm', 'dual')}
-    root = _run('reversal', 'configs/probes/reversal.py', settings, out, a.workers)
-    for name in settings:
-      report['runs'].append(score_reversal(os.path.join(root, name), os.path.join(out, 'data')))
-    keys = sorted({k for r in report['runs'] for k in r['acc']})
-    print(f'{"query (pairs/query/mode)":34s}' + ''.join(f'{r["objective"]:>8s}'
-                                                       for r in report['runs']))
-    for k in keys:
-      print(f'{k:34s}' + ''.join(f'{r["acc"][k]:8.2f}' if k in r['acc'] else f'{"-":>8s}'
-                                 for r in report['runs']))
+def reversal(out, workers=2, steps=0):
+  """The reversal probe under `out` (data, runs, report.json); returns the report."""
+  out = os.path.abspath(out)
+  extra = {'train.num_steps': steps} if steps else {}
+  data = write_reversal_data(os.path.join(out, 'data'))
+  settings = {obj: dict(objective=obj, **{'data.corpus': data}, **extra)
+              for obj in ('ar', 'mdm', 'dual')}
+  root = _run('reversal', 'configs/probes/reversal.py', settings, out, workers)
+  runs = [score_reversal(os.path.join(root, name), os.path.join(out, 'data'))
+          for name in settings]
+  return _report(out, dict(probe='reversal', runs=runs))
+
+
+def shift(out, workers=2, steps=0):
+  """The temporal-shift probe under `out` (data, runs, report.json); returns the report."""
+  out = os.path.abspath(out)
+  extra = {'train.num_steps': steps} if steps else {}
+  paths = write_shift_data(os.path.join(out, 'data'))
+  settings = {f'{obj}_{era}': dict(objective=obj, **{'data.corpus': paths[era]}, **extra)
+              for era in paths for obj in ('ar', 'mdm')}
+  root = _run('shift', 'configs/probes/shift.py', settings, out, workers)
+  runs = []
+  for name in settings:
+    r = score_shift(os.path.join(root, name), paths)
+    r['trained_on'] = name.split('_', 1)[1]
+    other = [e for e in paths if e != r['trained_on']][0]
+    r['gap'] = r['nats'][other] - r['nats'][r['trained_on']]
+    r['ratio'] = r['nats'][other] / r['nats'][r['trained_on']]
+    runs.append(r)
+  return _report(out, dict(probe='shift', runs=runs))
+
+
+def _report(out, report):
+  report['path'] = os.path.join(out, 'report.json')
+  with open(report['path'], 'w', encoding='utf-8') as f:
+    json.dump({k: v for k, v in report.items() if k != 'path'}, f, indent=1)
+  return report
+
+
+def format_report(report):
+  """A probe's report as a table: accuracy per query (reversal) or nats per era (shift)."""
+  runs = report['runs']
+  if report['probe'] == 'reversal':
+    keys = sorted({k for r in runs for k in r['acc']})
+    lines = [f'{"query (pairs/query/mode)":34s}' + ''.join(f'{r["objective"]:>8s}' for r in runs)]
+    lines += [f'{k:34s}' + ''.join(f'{r["acc"][k]:8.2f}' if k in r['acc'] else f'{"-":>8s}'
+                                   for r in runs) for k in keys]
   else:
-    paths = write_shift_data(os.path.join(out, 'data'))
-    settings = {f'{obj}_{era}': dict(objective=obj, **{'data.corpus': paths[era]}, **extra)
-                for era in paths for obj in ('ar', 'mdm')}
-    root = _run('shift', 'configs/probes/shift.py', settings, out, a.workers)
-    for name in settings:
-      r = score_shift(os.path.join(root, name), paths)
-      r['trained_on'] = name.split('_', 1)[1]
-      other = [e for e in paths if e != r['trained_on']][0]
-      r['gap'] = r['nats'][other] - r['nats'][r['trained_on']]
-      r['ratio'] = r['nats'][other] / r['nats'][r['trained_on']]
-      report['runs'].append(r)
-    print(f'{"run":12s} {"est":6s} {"old":>8s} {"brown":>8s} {"gap":>8s} {"ratio":>7s}')
-    for r in report['runs']:
-      print(f'{os.path.basename(r["run"]):12s} {r["estimator"]:6s} {r["nats"]["old"]:8.4f} '
-            f'{r["nats"]["brown"]:8.4f} {r["gap"]:8.4f} {r["ratio"]:7.3f}')
-  with open(os.path.join(out, 'report.json'), 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=1)
-  print(f'wrote {os.path.join(out, "report.json")}')
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+    lines = [f'{"run":12s} {"est":6s} {"old":>8s} {"brown":>8s} {"gap":>8s} {"ratio":>7s}']
+    lines += [f'{os.path.basename(r["run"]):12s} {r["estimator"]:6s} {r["nats"]["old"]:8.4f} '
+              f'{r["nats"]["brown"]:8.4f} {r["gap"]:8.4f} {r["ratio"]:7.3f}' for r in runs]
+  return '\n'.join(lines)

@@ -6,14 +6,11 @@ study/laws.py: to add one, its loss and fitter there and a LAWS entry here).
 
 RUNS.csv columns: N, D, loss; optional U (unique tokens), C (FLOPs; default 6 N D), family, run.
 """
-import argparse
-import json
 import sys
 import warnings
 
 import numpy as np
 
-from dlm_jax import errors
 from dlm_jax.errors import FitError, SweepError
 from dlm_jax.study import laws
 from dlm_jax.study import sweep
@@ -231,36 +228,3 @@ def parse_fix(s):
       raise FitError(f'--fix {part!r}: {v!r} is not a number') from None
   return out
 
-
-@errors.cli
-def main(argv=None):
-  ap = argparse.ArgumentParser(prog='python -m dlm_jax.scaling', description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = ap.add_subparsers(dest='cmd', required=True)
-  f = sub.add_parser('fit', help='fit a law to a runs table')
-  f.add_argument('--runs', required=True)
-  f.add_argument('--law', required=True, choices=list(LAWS))
-  f.add_argument('--bootstrap', type=int, default=200,
-                 help='resamples for percentile intervals (0: none)')
-  f.add_argument('--no-profile', action='store_true',
-                 help='chinchilla: skip the profile-likelihood intervals of alpha and beta')
-  f.add_argument('--fix', default='')
-  f.add_argument('--seed', type=int, default=0)
-  f.add_argument('--window', type=int, default=0,
-                 help='isoflop: fit each parabola to the K sizes around the budget minimum '
-                 '(0: every size, the published procedure)')
-  f.add_argument('--out', required=True)
-  a = ap.parse_args(argv)
-  try:
-    res = fit(a.law, read_runs(a.runs), parse_fix(a.fix), a.seed, a.bootstrap, a.window,
-              profile=not a.no_profile)
-  except FitError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  with open(a.out, 'w', encoding='utf-8') as fo:
-    json.dump(res, fo, indent=2)
-  print(json.dumps({k: res[k] for k in ('law', 'params', 'objective', 'n_runs', 'converged')},
-                   default=str))
-  if 'ci' in res:
-    for k, (lo, hi) in res['ci'].items():
-      print(f'  {k:24s} [{lo:.4g}, {hi:.4g}]')
