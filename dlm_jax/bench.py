@@ -44,6 +44,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm_jax import config as config_lib
+from dlm_jax import configs as shipped
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import sampling
 from dlm_jax.core import schedules
@@ -59,9 +60,8 @@ from dlm_jax.run import setup as setup_lib
 from dlm_jax.run import step as step_lib
 from dlm_jax.study import scaling
 
-_CONFIG = config_flags.DEFINE_config_file(  # the repository's, from any working directory
-    'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                           'default.py'), 'Config file.')
+_CONFIG = config_flags.DEFINE_config_file(  # the shipped one, from any directory or a wheel
+    'config', os.path.join(shipped.HERE, 'default.py'), 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
 _OUT = flags.DEFINE_string('out', '', 'Append the JSON result to this file.')
 _ROWS = flags.DEFINE_integer('rows', 32, 'eval: validation windows scored per estimator.')

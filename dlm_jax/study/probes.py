@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from dlm_jax import configs as shipped
 from dlm_jax import errors
 from dlm_jax.core import objectives
 from dlm_jax.data import corpus as corpus_lib
@@ -165,8 +166,10 @@ def score_shift(run_dir, paths, rows=64, samples=8):
 
 
 def _run(sw_name, base, settings, out, workers):
+  """Trains `settings` under <out>/runs from the shipped config `base` (found in the installed
+  package, not relative to any directory), in the current directory as a sweep does."""
   root = os.path.join(out, 'runs')
-  status = sweep.run_local(base, root, settings, workers=workers)
+  status = sweep.run_local(shipped.find(base), root, settings, workers=workers)
   bad = {k: v for k, v in status.items() if v != 'done'}
   if bad:
     raise SystemExit(f'error: {sw_name} runs failed: {bad}')
@@ -188,7 +191,7 @@ def main(argv=None):
     data = write_reversal_data(os.path.join(out, 'data'))
     settings = {obj: dict(objective=obj, **{'data.corpus': data}, **extra)
                 for obj in ('ar', 'mdm', 'dual')}
-    root = _run('reversal', 'configs/probes/reversal.py', settings, out, a.workers)
+    root = _run('reversal', 'probes/reversal', settings, out, a.workers)
     for name in settings:
       report['runs'].append(score_reversal(os.path.join(root, name), os.path.join(out, 'data')))
     keys = sorted({k for r in report['runs'] for k in r['acc']})
@@ -201,7 +204,7 @@ def main(argv=None):
     paths = write_shift_data(os.path.join(out, 'data'))
     settings = {f'{obj}_{era}': dict(objective=obj, **{'data.corpus': paths[era]}, **extra)
                 for era in paths for obj in ('ar', 'mdm')}
-    root = _run('shift', 'configs/probes/shift.py', settings, out, a.workers)
+    root = _run('shift', 'probes/shift', settings, out, a.workers)
     for name in settings:
       r = score_shift(os.path.join(root, name), paths)
       r['trained_on'] = name.split('_', 1)[1]
