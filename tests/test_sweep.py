@@ -269,6 +269,9 @@ def test_a_relative_base_config_is_found_beside_the_sweep_file_then_by_shipped_n
     sw = sweep.load_sweep('exp/s.py')
     assert os.path.realpath(sweep.base_config_path(sw)) == os.path.realpath(want), base
     assert sweep.default_root(sw) == str(tmp_path / 'runs' / 'sweeps' / 's')
+  # a shipped sweep file by its README path or its name, outside a clone
+  assert sweep.load_sweep('configs/sweeps/dual_ratio.py').runs == sweep.load_sweep(
+      'sweeps/dual_ratio').runs
   (tmp_path / 'exp' / 's.py').write_text(
       'from dlm_jax.sweep import Sweep\ndef get_sweep():\n  return Sweep("s", "nope.py", {})\n')
   with pytest.raises(SweepError, match=r"exp/s.py: base config: nope.py: no such file beside "

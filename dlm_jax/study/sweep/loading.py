@@ -24,8 +24,12 @@ class Sweep:
 
 
 def load_sweep(path) -> Sweep:
+  """The sweep file at `path`, else the shipped one it names (`configs/sweeps/isoflop_micro.py`
+  or `sweeps/isoflop_micro`, from any directory)."""
   if not os.path.exists(path):
-    raise SweepError(f'sweep file not found: {path}')
+    if shipped.find(path) is None:
+      raise SweepError(f'sweep file not found: {path}')
+    path = shipped.find(path)
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   mod = importlib.util.module_from_spec(spec)
   try:
