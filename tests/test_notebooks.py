@@ -178,7 +178,8 @@ def test_a_new_user_works_from_the_installed_wheel(tmp_path):
     shutil.copy(os.path.join(NOTEBOOKS, name), scratch / name)
     script = ('import nbclient, nbformat, sys\n'
               f'nb = nbformat.read({name!r}, as_version=4)\n'
-              "nb.cells.append(nbformat.v4.new_code_cell('import dlm_jax; print(dlm_jax.__file__)'))\n"
+              "nb.cells.append(nbformat.v4.new_code_cell(\n"
+              "    'import dlm_jax; print(dlm_jax.__file__)'))\n"
               "nbclient.NotebookClient(nb, timeout=600, kernel_name='python3').execute()\n"
               "print(nb.cells[-1].outputs[0]['text'].strip())\n")
     r = subprocess.run([py, '-c', script], cwd=scratch, text=True, capture_output=True,
