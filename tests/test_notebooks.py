@@ -111,7 +111,7 @@ def _installed_files(pkg):
                 for f in fs if '__pycache__' not in d)
 
 
-@pytest.mark.slow  # ~5 min on 2 cores: a wheel build, seven commands and both notebooks
+@pytest.mark.slow  # ~11 min on 2 busy cores: a wheel build, eight commands and both notebooks
 def test_a_new_user_works_from_the_installed_wheel(tmp_path):
   """The wheel installed (not editable) into a fresh venv, used from a scratch directory as a
   new user would: the quickstart, bench, a probe, their own two-run sweep (a relative base
