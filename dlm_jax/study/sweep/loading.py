@@ -75,9 +75,8 @@ def base_config_path(sw) -> str:
       return beside
   found = shipped.find(given)
   if found is None:
-    where = f'beside {sw.path} ' if sw.path else ''
-    raise SweepError(f'{sw.base_config}: no such file {where}nor a shipped config name '
-                     f'({", ".join(shipped.names())})')
+    raise SweepError(f'{sw.base_config}: no such file beside the sweep file nor a shipped '
+                     'config name (python -m dlm_jax.main --help lists them)')
   return os.path.abspath(found)
 
 
