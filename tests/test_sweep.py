@@ -5,14 +5,17 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 
 import pytest
 
 from conftest import ROOT
+from dlm_jax.errors import SweepError
 from dlm_jax.study import clusters
 from dlm_jax.study import sweep
+from user_project import user_project
 
 BASE = textwrap.dedent('''
     import os, sys
@@ -83,7 +86,7 @@ def test_collect_lists_missing_runs_and_dry_runs(tmp_path):
   assert d.returncode == 0 and d.stdout.count('-m dlm_jax.main') == 3
   assert not os.path.exists(os.path.join(root, 'ar_d32'))
   s = _cli('slurm', sw, '--root', root, '--dry-run')
-  assert '#SBATCH --array=0-2' in s.stdout and "2) exec" in s.stdout
+  assert "#SBATCH --array=0-2" in s.stdout and "  2) cmd=(" in s.stdout
   t = _cli('tpu', sw, '--root', root, '--zone', 'z', '--bucket', 'b')
   assert t.stdout.count('launch/tpu_pod.sh') == 3
 
@@ -246,3 +249,67 @@ def test_sbatch_array_is_preemption_safe_and_valid_bash(tmp_path):
   assert [l.split(')')[0].strip() for l in lines if l.startswith('  ') and ') cmd=(' in l] == [
       '0', '1']
   assert subprocess.run(['bash', '-n', os.path.join(root, 'sweep.sbatch')]).returncode == 0
+
+
+def test_a_relative_base_config_is_found_beside_the_sweep_file_then_by_shipped_name(
+    tmp_path, monkeypatch):
+  """Not against the install location or the working directory: the same sweep file loads from
+  anywhere, from a clone or a wheel."""
+  (tmp_path / 'exp').mkdir()
+  (tmp_path / 'exp' / 'base.py').write_text(
+      'from dlm_jax import config\ndef get_config():\n  return config.base()\n')
+  for base, want in (('base.py', str(tmp_path / 'exp' / 'base.py')),
+                     ('configs/sweeps/micro_base.py', os.path.join(
+                         ROOT, 'dlm_jax', 'configs', 'sweeps', 'micro_base.py')),
+                     ('sweeps/micro_base', os.path.join(
+                         ROOT, 'dlm_jax', 'configs', 'sweeps', 'micro_base.py'))):
+    (tmp_path / 'exp' / 's.py').write_text(
+        f'from dlm_jax.sweep import Sweep\ndef get_sweep():\n  return Sweep("s", {base!r}, {{}})\n')
+    monkeypatch.chdir(tmp_path)  # neither the sweep's folder nor the clone
+    sw = sweep.load_sweep('exp/s.py')
+    assert os.path.realpath(sweep.base_config_path(sw)) == os.path.realpath(want), base
+    assert sweep.default_root(sw) == str(tmp_path / 'runs' / 'sweeps' / 's')
+  # a shipped sweep file by its README path or its name, outside a clone
+  assert sweep.load_sweep('configs/sweeps/dual_ratio.py').runs == sweep.load_sweep(
+      'sweeps/dual_ratio').runs
+  (tmp_path / 'exp' / 's.py').write_text(
+      'from dlm_jax.sweep import Sweep\ndef get_sweep():\n  return Sweep("s", "nope.py", {})\n')
+  with pytest.raises(SweepError, match=r"exp/s.py: base config: nope.py: no such file beside "
+                     r"the sweep file nor a shipped config name"):
+    sweep.load_sweep('exp/s.py')
+
+
+def test_runs_inherit_the_users_directory_and_pythonpath(tmp_path, monkeypatch):
+  """The children run where the user is, with the user's PYTHONPATH (plus the folder this dlm_jax
+  came from, here the clone), never in or with the install location."""
+  monkeypatch.setenv('PYTHONPATH', f'/mine{os.pathsep}{ROOT}')
+  env = sweep.worker_env(str(tmp_path / 'runs'), 1)
+  assert env['PYTHONPATH'].split(os.pathsep) == ['/mine', ROOT]
+  assert env['JAX_COMPILATION_CACHE_DIR'] == str(tmp_path / 'runs' / '.xla_cache')
+  monkeypatch.setenv('PYTHONPATH', '/mine')
+  assert sweep.worker_env('r', 1)['PYTHONPATH'] == f'/mine{os.pathsep}{ROOT}'
+  site_dir = sysconfig.get_paths()['purelib']
+  assert site_dir not in sweep.worker_env('r', 1)['PYTHONPATH']
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'log').write_text('')
+  with open(tmp_path / 'log', 'a') as log:
+    code = sweep.Children().run([sys.executable, '-c', 'import os; print(os.getcwd())'], log,
+                                dict(os.environ))
+  assert code == 0 and (tmp_path / 'log').read_text().strip() == str(tmp_path)
+
+
+def test_a_users_sweep_runs_from_their_directory_with_relative_paths(tmp_path):
+  """A sweep of the user's own: base config beside the sweep file importing a helper beside it
+  (on the user's PYTHONPATH), a corpus relative to the working directory, no --root: the run
+  lands under the working directory, which is printed."""
+  user_project(tmp_path)
+  (tmp_path / 'exp' / 'sweep.py').write_text(
+      'from dlm_jax.sweep import Sweep\ndef get_sweep():\n'
+      '  return Sweep("mine", "base.py", {"d32": {"model.d_model": 32}})\n')
+  p = subprocess.run([sys.executable, '-m', 'dlm_jax.sweep', 'local', 'exp/sweep.py'],
+                     cwd=tmp_path, capture_output=True, text=True, check=False,
+                     env=dict(os.environ, PYTHONPATH=f'{tmp_path / "exp"}{os.pathsep}{ROOT}'))
+  root = tmp_path / 'runs' / 'sweeps' / 'mine'
+  assert p.returncode == 0, p.stdout + p.stderr + open(root / 'd32' / 'launcher.log').read()
+  assert f'runs directory: {root} (--root to choose another)' in p.stdout
+  assert (root / 'd32' / 'summary.json').is_file() and (root / 'runs.csv').is_file()

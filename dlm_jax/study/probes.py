@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from dlm_jax import configs as shipped
 from dlm_jax import errors
 from dlm_jax.core import objectives
 from dlm_jax.data import corpus as corpus_lib
@@ -163,8 +164,10 @@ def score_shift(run_dir, paths, rows=64, samples=8):
 
 
 def _run(sw_name, base, settings, out, workers):
+  """Trains `settings` under <out>/runs from the shipped config `base` (found in the installed
+  package, not relative to any directory), in the current directory as a sweep does."""
   root = os.path.join(out, 'runs')
-  status = sweep.run_local(base, root, settings, workers=workers)
+  status = sweep.run_local(shipped.find(base), root, settings, workers=workers)
   bad = {k: v for k, v in status.items() if v != 'done'}
   if bad:
     raise errors.TrainingError(f'{sw_name} runs failed: {bad}')
