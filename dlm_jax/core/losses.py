@@ -104,6 +104,7 @@ class LossKind:
   noise_keys = ()     # per-row arrays `draw` adds to the batch (only these reach `terms`)
   sums_keys = ()      # training sums besides loss and tokens
   sampler = 'ar'      # the sample.mode (core/sampling.py) that decodes what it trains
+  estimators = ()     # likelihood estimators (infer/likelihood.py) that score what it trains
   bpb_of = ''         # the validation metric also reported in bits per byte (<kind>_bpb)
 
   def draw(self, cfg, batch, keys, train):
@@ -155,6 +156,7 @@ def _teacher_forced(model, params, batch, attention):
 
 class AR(LossKind):
   name, noise_keys, sums_keys, bpb_of = 'ar', ('drop',), ('ar_sum', 'ar_tokens'), 'ar_nll'
+  estimators = ('ar',)
 
   def draw(self, cfg, batch, keys, train):
     return _token_dropout(cfg, batch, keys, train)
@@ -188,6 +190,7 @@ class AR(LossKind):
 class Prefix(AR):
   """The AR share's sums keep AR's names (ar_sum, ar_tokens); its metric is prefix_nll."""
   name, attention, noise_keys, bpb_of = 'prefix', 'prefix', ('prefix_P', 'drop'), ''
+  estimators = ()
 
   def draw(self, cfg, batch, keys, train):
     return dict(prefix_P=sample_prefix(keys['prefix'], batch),
@@ -225,6 +228,8 @@ class Prefix(AR):
 class MDM(LossKind):
   name, mdm_share, sampler, bpb_of = 'mdm', True, 'mdm', 'mdm_nelbo'
   noise_keys = ('mask', 'w', 'elbo')
+  # fused (the mean of pll and ar) decodes as MDM
+  estimators = ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix', 'fused')
   sums_keys = ('mdm_loss_sum', 'mdm_sum', 'mdm_tokens', 'masked')
 
   def draw(self, cfg, batch, keys, train):
@@ -307,3 +312,9 @@ def unregister(name: str):
 def in_order(names):
   """The registered kinds among `names`, in KINDS order (the order metrics are reported in)."""
   return [k for n, k in KINDS.items() if n in names]
+
+
+def decoder_of(estimator: str) -> str:
+  """The sampler mode that decodes greedily where `estimator` scores (zero-shot target items,
+  lm-eval generation): that of the kind the estimator belongs to."""
+  return next(k.sampler for k in KINDS.values() if estimator in k.estimators)

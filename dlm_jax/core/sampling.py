@@ -26,7 +26,9 @@ predict x_i, in both attention modes.
        sampling.
 
 To add a sampler strategy: a STRATEGIES name and its branch in mdm_loop's step (how many and
-which masked positions a step reveals); Settings.check and the sample.* keys pick it up.
+which masked positions a step reveals); Settings.check and the sample.* keys pick it up. A sampler
+mode: a MODES name, a Sampler._generate_<mode> method and its INFILLS entry; a loss kind names the
+mode that decodes what it trains (core/losses.py `sampler`).
 """
 import dataclasses
 import functools
