@@ -207,8 +207,9 @@ class Prefix(AR):
     return {'prefix_nll': sums['ar_sum'] / sums['ar_tokens']}
 
   def estimands(self, cfg, doc):
-    return {'prefix_nll': '-log p(second half | first half) per token of the second half '
-                          '(prefix-LM attention, prompt = the first L/2 tokens, or the task prompt)'}
+    what = ('-log p(second half | first half) per token of the second half (prefix-LM '
+            'attention, prompt = the first L/2 tokens, or the task prompt)')
+    return {'prefix_nll': what}
 
   def validation_sums(self, model, cfg):
     def sums(params, batch, rng):
