@@ -13,6 +13,7 @@ from dlm_jax.core import losses
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
 from dlm_jax.core import sampling
+from dlm_jax.core import sharding
 from dlm_jax.run import loop
 from dlm_jax.run import validate
 from extending import toy_loss
@@ -45,6 +46,17 @@ def test_objectives_compose_the_kinds_they_replaced(objective, attention):
   assert o.validation(c) == validate.modes(c) == val
   assert o.sample_modes == sample == objectives.sample_modes(c)
   assert objectives.prefix_ar(c) == (kinds[0] == 'prefix')
+
+
+def test_validation_reports_the_same_metrics_in_the_same_order():
+  """Metric names and their order as the per-mode branches wrote them (dual, prefix-LM share)."""
+  c = config_lib.resolve(cfg_for('dual', 'prefix'), 50)
+  model, params = model_lib.init_params(c.model, jax.random.PRNGKey(0), 32)
+  batches = [{'targets': np.asarray(jax.random.randint(jax.random.PRNGKey(1), (8, 32), 4, 50))}]
+  out = validate.Validator(model, c, batches, sharding.make_mesh(c.mesh), 4.0)(params)
+  assert list(out) == ['ar_nll', 'ar_ppl', 'prefix_nll', 'mdm_nelbo', 'mdm_ppl', 'ar_bpb',
+                       'mdm_bpb', 'eval_tokens']
+  assert list(validate.estimands(c)) == ['ar_nll', 'prefix_nll', 'mdm_nelbo', '*_ppl', '*_bpb']
 
 
 def test_every_estimator_decodes_with_a_sampler():

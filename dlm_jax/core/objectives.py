@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax.core import losses
+from dlm_jax.core import sampling
 from dlm_jax.core import sharding
 # re-exported: callers read the inputs, terms and special ids from here
 from dlm_jax.core.inputs import input_segments, shift_inputs, token_dropout_mask
@@ -139,7 +140,7 @@ def sample_modes(cfg) -> tuple:
   """The sampler modes sample.mode asks for; auto: the sampler of every kind the objective
   trains; both: every sampler."""
   if cfg.sample.mode != 'auto':
-    return ('ar', 'mdm') if cfg.sample.mode == 'both' else (cfg.sample.mode,)
+    return sampling.MODES if cfg.sample.mode == 'both' else (cfg.sample.mode,)
   return of(cfg).sample_modes
 
 
