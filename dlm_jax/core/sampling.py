@@ -26,7 +26,9 @@ predict x_i, in both attention modes.
        sampling.
 
 To add a sampler strategy: a STRATEGIES name and its branch in mdm_loop's step (how many and
-which masked positions a step reveals); Settings.check and the sample.* keys pick it up.
+which masked positions a step reveals); Settings.check and the sample.* keys pick it up. A sampler
+mode: a MODES name, a Sampler._generate_<mode> method and its INFILLS entry; a loss kind names the
+mode that decodes what it trains (core/losses.py `sampler`).
 """
 import dataclasses
 import functools
@@ -38,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax.core import model as model_lib
-from dlm_jax.core import objectives
 from dlm_jax.core import sharding
+from dlm_jax.core.inputs import shift_inputs
 from dlm_jax.core.kernels import NEG_INF
 from dlm_jax.core.schedules import Linear
 from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
@@ -144,7 +146,7 @@ def ar_loop(model, params, rng, x_BxS, plen_B, n, st: Settings):
   cache = model_lib.init_cache(model.cfg, B, S) if use_cache else None
   if use_cache and W > 0:  # prefill: keys / values of positions 0..W-1 (garbage past a row's
     # prompt is overwritten before any query reads it)
-    _, cache = model.apply({'params': params}, objectives.shift_inputs(x_BxS)[:, :W], 'causal',
+    _, cache = model.apply({'params': params}, shift_inputs(x_BxS)[:, :W], 'causal',
                            cache=cache, cache_pos=0)
 
   def logits_at(x_BxS, cache, i):
@@ -154,7 +156,7 @@ def ar_loop(model, params, rng, x_BxS, plen_B, n, st: Settings):
       logits_Bx1xV, cache = model.apply({'params': params}, prev_B[:, None], 'causal',
                                         cache=cache, cache_pos=i)
       return sampleable(logits_Bx1xV[:, 0]), cache
-    logits_BxSxV = model.apply({'params': params}, objectives.shift_inputs(x_BxS), 'causal')
+    logits_BxSxV = model.apply({'params': params}, shift_inputs(x_BxS), 'causal')
     return sampleable(jax.lax.dynamic_index_in_dim(logits_BxSxV, i, 1, keepdims=False)), cache
 
   def cond(carry):
@@ -195,11 +197,11 @@ def mdm_loop(model, params, rng, x_BxL, fill_BxL, block_BxL, st: Settings, sched
   size_BxJ = jnp.sum(fill_BxL[:, :, None] & (block_BxL[:, :, None] == blocks_J), 1)
 
   def forward(x_BxL):
-    u_BxL = objectives.shift_inputs(x_BxL)  # [MASK] stays [MASK]
+    u_BxL = shift_inputs(x_BxL)  # [MASK] stays [MASK]
     if not guided:
       return jax.nn.log_softmax(sampleable(model.apply({'params': params}, u_BxL,
                                                        'bidirectional', None, seg_BxL)))
-    u0_BxL = objectives.shift_inputs(jnp.where(cond_BxL, MASK, x_BxL))
+    u0_BxL = shift_inputs(jnp.where(cond_BxL, MASK, x_BxL))
     seg = None if seg_BxL is None else jnp.concatenate([seg_BxL, seg_BxL])
     lp = jax.nn.log_softmax(sampleable(model.apply(
         {'params': params}, jnp.concatenate([u_BxL, u0_BxL]), 'bidirectional', None, seg)))
@@ -285,7 +287,7 @@ class Sampler:
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     suffixes = [np.zeros(0, np.int32)] * B if suffixes is None else [
         np.asarray(s, np.int32).reshape(-1) for s in suffixes]
-    if st.mode == 'ar' and any(len(s) for s in suffixes):
+    if not self.INFILLS[st.mode] and any(len(s) for s in suffixes):
       raise SampleError('suffix (infilling) needs sample.mode=mdm: an AR model only continues')
     for p, s in zip(prompts, suffixes):
       if len(p) + st.length + len(s) > self.context:
@@ -294,27 +296,35 @@ class Sampler:
                           f'context of {self.context} tokens')
     plen_B = np.asarray([len(p) for p in prompts], np.int32)
     t0 = time.time()
-    if st.mode == 'ar':
-      W = int(plen_B.max()) if B else 0
-      x_BxS = np.full((B, W + st.length), PAD, np.int32)
-      for b, p in enumerate(prompts):
-        x_BxS[b, :len(p)] = p
-      fn = self._jit(('ar', st), functools.partial(ar_loop, self.model, n=st.length, st=st))
-      x, passes = jax.device_get(fn(self.params, rng, x_BxS, plen_B))
-      out = [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)]
-      out = [o[:np.flatnonzero(o == PAD)[0]] if (o == PAD).any() else o for o in out]
-    else:
-      tot = [len(p) + st.length + len(s) for p, s in zip(prompts, suffixes)]
-      L = max(tot)
-      x_BxL = np.full((B, L), PAD, np.int32)
-      fill_BxL = np.zeros((B, L), bool)
-      for b, (p, s) in enumerate(zip(prompts, suffixes)):
-        x_BxL[b, :len(p)] = p
-        fill_BxL[b, len(p):len(p) + st.length] = True
-        x_BxL[b, len(p) + st.length:tot[b]] = s
-      x, passes = self.infill(rng, x_BxL, fill_BxL, st, guided)
-      out = [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)]
+    out, passes = getattr(self, f'_generate_{st.mode}')(rng, prompts, suffixes, plen_B, st, guided)
     return dict(tokens=out, passes=int(passes), seconds=time.time() - t0)
+
+  # per sampler mode (MODES): does it fill a span with fixed text after it (a suffix)?
+  INFILLS = {'ar': False, 'mdm': True}
+
+  def _generate_ar(self, rng, prompts, suffixes, plen_B, st, guided):
+    B = len(prompts)
+    W = int(plen_B.max()) if B else 0
+    x_BxS = np.full((B, W + st.length), PAD, np.int32)
+    for b, p in enumerate(prompts):
+      x_BxS[b, :len(p)] = p
+    fn = self._jit(('ar', st), functools.partial(ar_loop, self.model, n=st.length, st=st))
+    x, passes = jax.device_get(fn(self.params, rng, x_BxS, plen_B))
+    out = [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)]
+    return [o[:np.flatnonzero(o == PAD)[0]] if (o == PAD).any() else o for o in out], passes
+
+  def _generate_mdm(self, rng, prompts, suffixes, plen_B, st, guided):
+    B = len(prompts)
+    tot = [len(p) + st.length + len(s) for p, s in zip(prompts, suffixes)]
+    L = max(tot)
+    x_BxL = np.full((B, L), PAD, np.int32)
+    fill_BxL = np.zeros((B, L), bool)
+    for b, (p, s) in enumerate(zip(prompts, suffixes)):
+      x_BxL[b, :len(p)] = p
+      fill_BxL[b, len(p):len(p) + st.length] = True
+      x_BxL[b, len(p) + st.length:tot[b]] = s
+    x, passes = self.infill(rng, x_BxL, fill_BxL, st, guided)
+    return [x[b, plen_B[b]:plen_B[b] + st.length] for b in range(B)], passes
 
   def infill(self, rng, x_BxL, fill_BxL, st: Settings, guided=None):
     """MDM: (x with the fill positions sampled, passes). Rows are x_BxL's (PAD marks the end of
@@ -350,16 +360,9 @@ def settings_from_config(cfg, mode):
   return Settings(**keys)
 
 
-def modes_for(cfg):
-  """The modes sample.mode asks for; auto: every mode the objective trains."""
-  if cfg.sample.mode != 'auto':
-    return ('ar', 'mdm') if cfg.sample.mode == 'both' else (cfg.sample.mode,)
-  return objectives.of(cfg).sample_modes
-
-
 def check_config(cfg):
   """The sample.* keys: raises SampleError naming the key (config.validate runs it)."""
   if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
     raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
-  for mode in modes_for(cfg):
+  for mode in MODES:  # the checks of every mode, whichever the run samples with
     settings_from_config(cfg, mode).check()

@@ -240,28 +240,41 @@ class Scorer:
     targets_RxL = np.asarray(targets_RxL, np.int32)
     score_RxL = np.asarray(score_RxL, bool) & (targets_RxL != tokenizers.PAD)
     se = np.zeros(targets_RxL.shape[0])
-    if estimator == 'ar':
-      lp = self.ar(targets_RxL, score_RxL)[0]
-    elif estimator == 'nelbo':
-      lp, se = self.nelbo(targets_RxL, score_RxL)
-    elif estimator in MASKED:
+    if estimator in MASKED:
       lp = self.masked(estimator, targets_RxL, score_RxL, **kw)
-    elif estimator == 'pll_mix':
-      lp = 0.5 * (self.masked('pll', targets_RxL, score_RxL) +
-                  self.masked('pll_word_l2r', targets_RxL, score_RxL))
-    elif estimator == 'fused':
-      lp = 0.5 * (self.masked('pll', targets_RxL, score_RxL) + self.ar(targets_RxL, score_RxL)[0])
+    elif estimator in ESTIMATORS:
+      lp, se = getattr(self, f'_estimate_{estimator}')(targets_RxL, score_RxL, se)
     else:
       raise ValueError(f'unknown estimator {estimator!r} (one of {", ".join(ESTIMATORS)})')
     return dict(logp=np.asarray(lp, np.float64), se=se, tokens=score_RxL.sum(1))
 
+  # the estimators that are not one masked variant per pass: (log p, standard error) per row
+  def _estimate_ar(self, targets_RxL, score_RxL, se):
+    return self.ar(targets_RxL, score_RxL)[0], se
+
+  def _estimate_nelbo(self, targets_RxL, score_RxL, se):
+    return self.nelbo(targets_RxL, score_RxL)
+
+  def _estimate_pll_mix(self, targets_RxL, score_RxL, se):
+    return 0.5 * (self.masked('pll', targets_RxL, score_RxL) +
+                  self.masked('pll_word_l2r', targets_RxL, score_RxL)), se
+
+  def _estimate_fused(self, targets_RxL, score_RxL, se):
+    return 0.5 * (self.masked('pll', targets_RxL, score_RxL) +
+                  self.ar(targets_RxL, score_RxL)[0]), se
+
   def greedy(self, mode, targets_RxL, score_RxL):
-    """Per row: does greedy decoding reproduce the scored tokens? 'ar': teacher-forced argmax
-    (exact for greedy decoding); 'mdm': the span filled most-confident-first, one per pass."""
+    """Per row: does greedy decoding with sampler `mode` (core/sampling.py MODES) reproduce the
+    scored tokens? 'ar': teacher-forced argmax (exact for greedy decoding); 'mdm': the span
+    filled most-confident-first, one per pass."""
     targets_RxL = np.asarray(targets_RxL, np.int32)
     score_RxL = np.asarray(score_RxL, bool)
-    if mode == 'ar':
-      return self.ar(targets_RxL, score_RxL)[1]
+    return getattr(self, f'_greedy_{mode}')(targets_RxL, score_RxL)
+
+  def _greedy_ar(self, targets_RxL, score_RxL):
+    return self.ar(targets_RxL, score_RxL)[1]
+
+  def _greedy_mdm(self, targets_RxL, score_RxL):
     steps = int(score_RxL.sum(1).max()) if score_RxL.size else 0
 
     def fill(params, x_BxL, fill_BxL):

@@ -30,6 +30,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from dlm_jax.core import losses
 from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import BOS, EOS, PAD
 from dlm_jax.errors import ConfigError
@@ -45,7 +46,7 @@ class DlmJaxLM(LM):
 
   ARGS = ('workdir', 'estimator', 'batch_size', 'nelbo_samples', 'greedy', 'pretrained')
   HARNESS = ('max_batch_size', 'device')  # what lm_eval passes every model; not ours to use
-  GREEDY = ('ar', 'mdm')
+  GREEDY = sampling.MODES
 
   def __init__(self, workdir=None, estimator='auto', batch_size=None, nelbo_samples=None,
                greedy=None, pretrained=None, **unknown):
@@ -68,7 +69,7 @@ class DlmJaxLM(LM):
       raise ConfigError(f'--model_args estimator={estimator!r}: not one of '
                         f'{", ".join(likelihood.ESTIMATORS)}')
     self.estimator = estimator
-    self.greedy_mode = greedy or ('ar' if estimator == 'ar' else 'mdm')
+    self.greedy_mode = greedy or losses.decoder_of(estimator)
     self.L = self.cfg.data.seq_len
     # auto (or auto:N): the run's eval.batch_size, the rows its own evaluation scores at once
     if batch_size is None or str(batch_size).startswith('auto'):
@@ -158,8 +159,8 @@ class DlmJaxLM(LM):
     return outs
 
   def _greedy_generate(self, ctx_ids, n):
-    st = sampling.Settings(mode=self.greedy_mode if self.greedy_mode == 'ar' else 'mdm', length=n,
-                         steps=n, strategy='confidence', temperature=0.0)
+    st = sampling.Settings(mode=self.greedy_mode, length=n, steps=n, strategy='confidence',
+                           temperature=0.0)
     out = self.sampler.generate(jax.random.PRNGKey(0), [ctx_ids], st)['tokens'][0]
     return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
 

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from dlm_jax.core import losses
 from dlm_jax.data import benchmarks
 from dlm_jax.errors import DataError
 from dlm_jax.infer import likelihood
@@ -45,7 +46,7 @@ def score_items(scorer, estimator, items, tok, seq_len, batch_rows=256):
   out = dict(estimator=estimator, items=len(items), truncated=int(cut),
              continuation_truncated=int(cut_cont))
   if items[0]['kind'] == 'target':
-    mode = 'ar' if estimator == 'ar' else 'mdm'
+    mode = losses.decoder_of(estimator)
     hits = np.concatenate([scorer.greedy(mode, x[s:s + batch_rows], score[s:s + batch_rows])
                            for s in range(0, len(pairs), batch_rows)]).astype(float)
     n_bytes = sum(len(it['target'].encode('utf-8')) for it in items)

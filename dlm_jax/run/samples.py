@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 
+from dlm_jax.core import objectives
 from dlm_jax.core import schedules
 from dlm_jax.core import sampling
 from dlm_jax.data import pipeline
@@ -104,7 +105,7 @@ def read_prompts(cfg, tok, windows=None):
 
 def settings_for(cfg, prompts, suffixes):
   """Settings per mode; sample.length 0 fills the context after the longest prompt + suffix."""
-  sts = [sampling.settings_from_config(cfg, m) for m in sampling.modes_for(cfg)]
+  sts = [sampling.settings_from_config(cfg, m) for m in objectives.sample_modes(cfg)]
   if cfg.sample.length == 0:
     used = max([len(p) for p in prompts] + [0]) + max(
         [len(s) for s in suffixes or []] + [0])
