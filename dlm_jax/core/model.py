@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from dlm_jax.core.flops import head_size
 from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
 from dlm_jax.core.sharding import BATCH_AXES as BATCH, constrain
-from dlm_jax.data.tokenizers import MASK
+from dlm_jax.core.tokens import MASK
 from dlm_jax.errors import ConfigError
 
 

@@ -22,7 +22,7 @@ from scipy import special as sp_special
 
 from dlm_jax.core.schedules import Linear, Schedule, TimeDist, Uniform, UniformMixture
 from dlm_jax.core.schedules import get_schedule, get_time_dist
-from dlm_jax.data.tokenizers import BOS, EOS, PAD
+from dlm_jax.core.tokens import BOS, EOS, PAD
 
 
 def uniforms(rng, batch: int, low_discrepancy: bool):

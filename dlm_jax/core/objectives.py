@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import sharding
 from dlm_jax.core.kernels import token_ce
-from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
 
 
 def parse_fraction(s) -> fractions.Fraction:

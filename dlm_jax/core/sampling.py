@@ -42,7 +42,7 @@ from dlm_jax.core import objectives
 from dlm_jax.core import sharding
 from dlm_jax.core.kernels import NEG_INF
 from dlm_jax.core.schedules import Linear
-from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
 from dlm_jax.errors import SampleError
 
 

@@ -1,7 +1,7 @@
 """Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `gpt2` (exact GPT-2
 BPE from the shipped OpenAI vocabulary and merges), `byte`, or a HF `tokenizers` JSON file.
 
-Special ids are fixed for every tokenizer: PAD=0, BOS=1, EOS=2, MASK=3. `gpt2` therefore shifts
+Special ids are fixed for every tokenizer (core/tokens.py): PAD=0, BOS=1, EOS=2, MASK=3. `gpt2` shifts
 GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly GPT-2's, so token
 counts and per-token likelihoods compare with published GPT-2-tokenised numbers); documents are
 separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
@@ -14,10 +14,9 @@ from typing import Optional
 
 import numpy as np
 
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD, SPECIALS  # pylint: disable=unused-import
 from dlm_jax.errors import ConfigError, DataError
 
-PAD, BOS, EOS, MASK = 0, 1, 2, 3
-SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
 VOCAB_MAP = 'vocab_map.json'  # beside an imported checkpoint's tokenizer.json (MappedTokenizer)
 BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
 GPT2_FILES = tuple(os.path.join(os.path.dirname(__file__), 'corpus', f)
