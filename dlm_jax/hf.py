@@ -27,6 +27,7 @@ from dlm_jax.errors import DataError, InteropError
 from dlm_jax.interop import hf
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 from dlm_jax.run import rundir
 
 DTYPES = {'float32': np.float32, 'bfloat16': jax.numpy.bfloat16}
@@ -150,7 +151,7 @@ def export_run(run, out, dtype='float32'):
   if not os.path.exists(cfg_path):
     raise InteropError(f'{run}: not a run directory (no config.json)')
   _empty_target(out, 'output directory')
-  cfg = config_lib.from_run(rundir.read_json(cfg_path, kind=dict))
+  cfg = resume.from_run(rundir.read_json(cfg_path, kind=dict))
   params, step = checkpoint.load_params(run, cfg)
   m = cfg.model.to_dict()
   tok = cfg.data.tokenizer

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from dlm_jax import config
+from dlm_jax.run import resume
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -139,16 +140,16 @@ def test_resume_diff_allows_only_harmless_changes():
   b = config.base()
   b.sample.steps = 3
   b.mesh.data = 2
-  assert config.diff_for_resume(a, b.to_dict()) == []
+  assert resume.diff_for_resume(a, b.to_dict()) == []
   b.model.d_model = 512
-  assert config.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
+  assert resume.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
   # more steps reshape a cosine schedule mid-run; under a constant learning rate they resume
   c = config.base()
   c.train.num_steps = 5000
-  assert config.diff_for_resume(a, c.to_dict())[0].startswith(
+  assert resume.diff_for_resume(a, c.to_dict())[0].startswith(
       "train.num_steps: 1000 -> 5000 (the cosine learning rate depends on it")
   a['train']['lr_schedule'] = c.train.lr_schedule = 'constant'
-  assert config.diff_for_resume(a, c.to_dict()) == []
+  assert resume.diff_for_resume(a, c.to_dict()) == []
 
 
 CONFIG_FILES = {
@@ -223,18 +224,18 @@ def test_runs_written_before_a_key_existed_keep_their_behaviour():
   training-only refusal of time samplers."""
   old = config.base().to_dict()
   del old['diffusion']['pad']
-  assert config.diff_for_resume(old, config.base().to_dict()) == []
+  assert resume.diff_for_resume(old, config.base().to_dict()) == []
   old['data']['packing'] = 'pad'
-  assert config.from_run(old).diffusion.pad == 'visible'
+  assert resume.from_run(old).diffusion.pad == 'visible'
   new = config.base()
   new.data.packing = 'pad'
-  assert config.diff_for_resume(old, new.to_dict()) == ["diffusion.pad: 'visible' -> 'predict'"]
+  assert resume.diff_for_resume(old, new.to_dict()) == ["diffusion.pad: 'visible' -> 'predict'"]
   new.diffusion.pad = 'visible'
-  assert config.diff_for_resume(old, new.to_dict()) == []
+  assert resume.diff_for_resume(old, new.to_dict()) == []
   old['diffusion']['time_sampler'] = 'logit_normal'  # refused for training, loads for eval
-  assert config.from_run(old).diffusion.time_sampler == 'logit_normal'
+  assert resume.from_run(old).diffusion.time_sampler == 'logit_normal'
   with pytest.raises(config.ConfigError, match='diffusion.time_sampler'):
-    config.validate(config.complete(old))
+    config.validate(resume.complete(old))
 
 
 @pytest.mark.parametrize('alias,unpredicted,needle', [
@@ -259,7 +260,7 @@ def test_embed_alias_is_only_for_special_ids(alias, unpredicted, needle):
       config.validate(c)
   old = config.base().to_dict()
   del old['model']['embed_alias']
-  assert config.from_run(old).model.embed_alias == ''
+  assert resume.from_run(old).model.embed_alias == ''
 
 
 def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dlm_jax.core.registry import need
 from dlm_jax.errors import DistributedError, MeshError
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -200,3 +201,17 @@ def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeo
     print('jax.distributed.initialize() from the environment (TPU slice / SLURM)', flush=True)
     jax.distributed.initialize(initialization_timeout=timeout_s)
   return True
+
+
+def defaults() -> dict:
+  """config.mesh: the device mesh's axis sizes; -1: the remaining devices."""
+  return dict(
+      data=-1,                 # pure data parallelism (replicated parameters)
+      fsdp=1,                  # data parallelism with parameters/optimizer split (ZeRO-3)
+      tensor=1,                # heads / MLP width / vocabulary split (Megatron-style)
+  )
+
+
+def check_config(cfg):
+  for k in ('data', 'fsdp', 'tensor'):
+    need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')

@@ -286,14 +286,26 @@ def named_specials(directory):
   return out
 
 
+# config.data.tokenizer's names (besides a tokenizers .json path and hf:<dir>)
+NAMED = {'bpe': lambda: HFTokenizer(BPE_FILE, name='bpe'), 'gpt2': GPT2Tokenizer,
+         'byte': ByteTokenizer}
+
+
+def check_config(cfg):
+  """config.data.tokenizer: a name in NAMED, an existing .json or hf:<dir with tokenizer.json>."""
+  t = cfg.data.tokenizer
+  if not (t in NAMED or (t.endswith('.json') and os.path.isfile(os.path.expanduser(t))) or (
+      t.startswith('hf:') and os.path.isfile(os.path.join(os.path.expanduser(t[3:]),
+                                                          'tokenizer.json')))):
+    raise ConfigError(f'config.data.tokenizer: {t!r} is not {", ".join(NAMED)}, an existing '
+                      'tokenizers .json file or hf:<the tokenizer directory of an imported '
+                      'checkpoint>')
+
+
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name: str):
-  if name == 'byte':
-    return ByteTokenizer()
-  if name == 'gpt2':
-    return GPT2Tokenizer()
-  if name == 'bpe':
-    return HFTokenizer(BPE_FILE, name='bpe')
+  if name in NAMED:
+    return NAMED[name]()
   if name.endswith('.json'):
     return HFTokenizer(os.path.expanduser(name))
   if name.startswith('hf:'):
