@@ -26,7 +26,7 @@ class ModelConfig:
                                  # attention is the same function
   mlp_dim: int = 0               # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 64
   vocab_size: int = 0            # 0: the tokenizer's vocabulary size
-  vocab_real: int = 0            # rows in use (0: all); the rest pad the vocabulary, never predicted
+  vocab_real: int = 0            # ids in use (0: all); the rest pad the vocabulary, never predicted
   unpredicted: str = ''          # more ids never predicted, e.g. '0,1' = PAD, BOS: specials an
                                  # imported checkpoint lacks (its likelihoods stay the checkpoint's)
   embed_alias: str = ''          # 'ID:ROW,...': special id ID reads embedding row ROW, e.g. '1:2':
@@ -39,7 +39,8 @@ class ModelConfig:
   tie_embeddings: bool = True
   dtype: str = 'float32'         # compute dtype: DTYPE_NAMES
   param_dtype: str = 'float32'
-  scan_layers: bool = True       # one compiled layer, stacked parameters (compile time flat in depth)
+  scan_layers: bool = True       # one compiled layer, stacked parameters (compile time flat in
+                                 # depth)
   scan_unroll: int = 1           # layers per scanned step: >1 trades compile time for step time
                                  # (same parameters and checkpoints; num_layers: fully unrolled)
   remat: str = 'auto'            # auto (full for scanned layers on CPU, else none) | none | full |
@@ -71,7 +72,8 @@ def resolve(m, vocab_size: int, vocab_real: int = 0):
   the default MLP width), so config.json records what ran."""
   if m.size:
     s = flops.SIZES[m.size]
-    m.d_model, m.num_layers, m.num_heads, m.mlp_dim = s.d_model, s.num_layers, s.num_heads, s.mlp_dim
+    m.d_model, m.num_layers, m.num_heads = s.d_model, s.num_layers, s.num_heads
+    m.mlp_dim = s.mlp_dim
   if m.vocab_size == 0:
     m.vocab_size = vocab_size
   if m.vocab_real == 0 and vocab_real not in (0, m.vocab_size):

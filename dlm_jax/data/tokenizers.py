@@ -1,10 +1,10 @@
 """Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `gpt2` (exact GPT-2
 BPE from the shipped OpenAI vocabulary and merges), `byte`, or a HF `tokenizers` JSON file.
 
-Special ids are fixed for every tokenizer (core/tokens.py): PAD=0, BOS=1, EOS=2, MASK=3. `gpt2` shifts
-GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly GPT-2's, so token
-counts and per-token likelihoods compare with published GPT-2-tokenised numbers); documents are
-separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
+Special ids are fixed for every tokenizer (core/tokens.py): PAD=0, BOS=1, EOS=2, MASK=3. `gpt2`
+therefore shifts GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly
+GPT-2's, so token counts and per-token likelihoods compare with published GPT-2-tokenised numbers);
+documents are separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
 the vocabulary (embedding row) but its logit is never predicted (SUBS parameterisation).
 """
 import dataclasses
