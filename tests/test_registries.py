@@ -172,3 +172,10 @@ def test_each_section_is_checked_by_its_owner():
       with pytest.raises(ConfigError, match='^' + needle.replace('.', r'\.').replace('(', r'\(')
                          .replace(')', r'\)').replace('[', r'\[')):
         check(bad)
+
+
+def test_a_name_registers_once():
+  before = dict(optim.LR_SCHEDULES)
+  with pytest.raises(ValueError, match="'wsd': an extension needs a name not yet registered"):
+    registered(optim.LR_SCHEDULES)(optim.LRSchedule('wsd', lambda t, rest: None))
+  assert optim.LR_SCHEDULES == before

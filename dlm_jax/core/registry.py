@@ -11,7 +11,8 @@ from dlm_jax.errors import ConfigError
 def registered(registry: dict):
   """Decorator: files a class or object under its `name` in `registry` (once)."""
   def add(obj):
-    assert obj.name and obj.name not in registry, f'{obj.name!r} registered twice or unnamed'
+    if not obj.name or obj.name in registry:
+      raise ValueError(f'{obj.name!r}: an extension needs a name not yet registered')
     registry[obj.name] = obj
     return obj
   return add
@@ -25,10 +26,6 @@ class Param:
   default: float
   ok: Callable[[float], bool] = lambda v: True
   why: str = ''
-
-  def error(self, v):
-    """The refusal of value v, or None."""
-    return None if self.ok(v) else self.why.format(v=v)
 
 
 def need(ok, key, msg):
