@@ -40,7 +40,8 @@ def from_run(d: dict) -> ml_collections.ConfigDict:
 # Keys that may differ between a run's config.json and the command resuming it.
 # train.num_steps too, but only where the LR schedule does not depend on it (diff_for_resume)
 RESUMABLE_CHANGES = ('model.attention', 'model.remat', 'model.scan_unroll', 'train.compile_cache',
-                     'train.preempt_timeout', 'train.num_steps', 'train.log_every', 'train.eval_every',
+                     'train.preempt_timeout', 'train.num_steps', 'train.log_every',
+                     'train.eval_every',
                      'train.checkpoint_every', 'train.max_to_keep', 'train.keep_period',
                      'train.nan_policy', 'train.nan_max_skips', 'train.trackers',
                      'train.wandb_', 'sample.', 'eval.num_batches',

@@ -11,8 +11,8 @@ list of TRACKERS' names). Each tracker receives the full resolved config once, e
 
 wandb and clu are optional packages (the [trackers] extra); their modules are loaded only when a
 run asks for them, and check_config (run/setup.py, before any work) refuses a tracker whose
-package is missing. Only process 0 writes. A tracker is a class here with its `name` and the modules it
-`needs`, filed in TRACKERS by @registered.
+package is missing. Only process 0 writes. A tracker is a class here with its `name` and the
+modules it `needs`, filed in TRACKERS by @registered.
 """
 import importlib
 import importlib.util
