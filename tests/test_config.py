@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from dlm_jax import config
+from dlm_jax.run import resume
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -139,16 +140,16 @@ def test_resume_diff_allows_only_harmless_changes():
   b = config.base()
   b.sample.steps = 3
   b.mesh.data = 2
-  assert config.diff_for_resume(a, b.to_dict()) == []
+  assert resume.diff_for_resume(a, b.to_dict()) == []
   b.model.d_model = 512
-  assert config.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
+  assert resume.diff_for_resume(a, b.to_dict()) == ['model.d_model: 256 -> 512']
   # more steps reshape a cosine schedule mid-run; under a constant learning rate they resume
   c = config.base()
   c.train.num_steps = 5000
-  assert config.diff_for_resume(a, c.to_dict())[0].startswith(
+  assert resume.diff_for_resume(a, c.to_dict())[0].startswith(
       "train.num_steps: 1000 -> 5000 (the cosine learning rate depends on it")
   a['train']['lr_schedule'] = c.train.lr_schedule = 'constant'
-  assert config.diff_for_resume(a, c.to_dict()) == []
+  assert resume.diff_for_resume(a, c.to_dict()) == []
 
 
 CONFIG_FILES = {
@@ -223,18 +224,18 @@ def test_runs_written_before_a_key_existed_keep_their_behaviour():
   training-only refusal of time samplers."""
   old = config.base().to_dict()
   del old['diffusion']['pad']
-  assert config.diff_for_resume(old, config.base().to_dict()) == []
+  assert resume.diff_for_resume(old, config.base().to_dict()) == []
   old['data']['packing'] = 'pad'
-  assert config.from_run(old).diffusion.pad == 'visible'
+  assert resume.from_run(old).diffusion.pad == 'visible'
   new = config.base()
   new.data.packing = 'pad'
-  assert config.diff_for_resume(old, new.to_dict()) == ["diffusion.pad: 'visible' -> 'predict'"]
+  assert resume.diff_for_resume(old, new.to_dict()) == ["diffusion.pad: 'visible' -> 'predict'"]
   new.diffusion.pad = 'visible'
-  assert config.diff_for_resume(old, new.to_dict()) == []
+  assert resume.diff_for_resume(old, new.to_dict()) == []
   old['diffusion']['time_sampler'] = 'logit_normal'  # refused for training, loads for eval
-  assert config.from_run(old).diffusion.time_sampler == 'logit_normal'
+  assert resume.from_run(old).diffusion.time_sampler == 'logit_normal'
   with pytest.raises(config.ConfigError, match='diffusion.time_sampler'):
-    config.validate(config.complete(old))
+    config.validate(resume.complete(old))
 
 
 @pytest.mark.parametrize('alias,unpredicted,needle', [
@@ -259,7 +260,7 @@ def test_embed_alias_is_only_for_special_ids(alias, unpredicted, needle):
       config.validate(c)
   old = config.base().to_dict()
   del old['model']['embed_alias']
-  assert config.from_run(old).model.embed_alias == ''
+  assert resume.from_run(old).model.embed_alias == ''
 
 
 def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
@@ -278,3 +279,49 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
   assert config.check_cli(['main', '--config', 'configs/default.py'])[2] == 'configs/default.py'
   with pytest.raises(config.ConfigError, match='--config nope: no such file .*default, '):
     config.check_cli(['main', '--config', 'nope'])
+# config.base() before its sections moved to their owners (issue 29): the assembled schema must
+# stay this, key for key, type for type
+FROZEN_BASE = dict(
+    data=dict(cache_dir='', corpus='embedded', packing='wrap', prefetch=2, segment_ids=False,
+        seq_len=128, task='', tokenizer='bpe', unique_tokens=0, val_fraction=0.04),
+    diffusion=dict(eps=0.001, low_discrepancy=True, mask_eos=True, mask_pattern='bernoulli',
+        pad='predict', poly_k=2.0, sampler_params=dict(beta_a=2.0, beta_b=2.0, mu=0.0,
+        sigma=1.0, uniform_mix=0.0), schedule='linear', time_sampler='uniform',
+        weighting='elbo'),
+    dual=dict(ar_attention='causal', ar_weight='1/2'),
+    eval=dict(batch_size=32, chunk=64, corpus='', estimators='auto', likelihood_rows=32,
+        name='scores', nelbo_samples=16, num_batches=8, pll_span=2, seed=1234,
+        task_estimator='auto', task_limit=0, tasks='', tasks_dir='data/zeroshot'),
+    init_from='',
+    mesh=dict(data=-1, fsdp=1, tensor=1),
+    model=dict(attention='auto', attn_dropout=0.0, d_model=256, dtype='float32', embed_alias='',
+        embed_dropout=0.0, head_dim=0, mlp_dim=0, mlp_dropout=0.0, norm_eps=1e-06, num_heads=4,
+        num_kv_heads=0, num_layers=4, param_dtype='float32', qk_norm=False, qkv_bias=False,
+        remat='auto', resid_dropout=0.0, rope_base=10000.0, rope_scaling='', scan_layers=True,
+        scan_unroll=1, size='', sliding_window=0, tie_embeddings=True, unpredicted='',
+        vocab_real=0, vocab_size=0),
+    objective='mdm',
+    sample=dict(batch_size=16, block_size=0, grid='uniform', guidance=0.0, kv_cache=True,
+        length=0, mode='auto', num_samples=4, prompts='', reuse_logits=True, scorer='', seed=0,
+        steps=64, stop_at_eos=True, strategy='ancestral', temperature=1.0, top_k=0, top_p=1.0),
+    seed=0,
+    train=dict(adam_eps=1e-08, b1=0.9, b2=0.95, batch_size=32, checkpoint_every=200,
+        compile_cache='auto', decay_embeddings=False, decay_fraction=0.2, ema_decay=0.0,
+        epochs=0.0, eval_every=200, grad_accum=1, grad_clip=1.0, keep_period=0, log_every=10,
+        lr=0.003, lr_schedule='cosine', max_to_keep=3, min_lr_ratio=0.1, nan_max_skips=10,
+        nan_policy='stop', num_steps=1000, preempt_timeout=60.0, token_dropout=0.0,
+        trackers='tensorboard', wandb_entity='', wandb_project='dlm_jax', warmup_steps=100,
+        weight_decay=0.1),
+)
+
+
+def _flat(d, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _flat(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', (type(v).__name__, v)
+
+
+def test_base_assembled_from_the_owners_is_the_schema_it_was():
+  assert dict(_flat(config.base().to_dict())) == dict(_flat(FROZEN_BASE))

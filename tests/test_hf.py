@@ -27,6 +27,7 @@ from dlm_jax.data import tokenizers
 from dlm_jax.interop import convert as hf_cli
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 
 pytestmark = pytest.mark.extras
 torch = pytest.importorskip(
@@ -152,7 +153,7 @@ def hf_logits(model, ids):
 
 
 def dlm_model(run):
-  cfg = config_lib.from_run(json.load(open(os.path.join(run, 'config.json'))))
+  cfg = resume.from_run(json.load(open(os.path.join(run, 'config.json'))))
   params, _ = checkpoint.load_params(run, cfg)
   return cfg, model_lib.Transformer(cfg.model), params
 

@@ -16,12 +16,13 @@ from dlm_jax.core import model as model_lib
 from dlm_jax.data import tokenizers
 from dlm_jax.interop import convert as hf_cli
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 
 
 def dlm_model(run):
-  cfg = config_lib.from_run(json.load(open(os.path.join(run, 'config.json'))))
+  cfg = resume.from_run(json.load(open(os.path.join(run, 'config.json'))))
   params, _ = checkpoint.load_params(run, cfg)
   return cfg, model_lib.Transformer(cfg.model), params
 

@@ -10,6 +10,7 @@ from dlm_jax.core import flops
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import sharding
 from dlm_jax.data.tokenizers import MASK
+from dlm_jax.run import resume
 
 
 def mcfg(**kw):
@@ -291,7 +292,7 @@ def test_head_dim_window_accepted_and_old_runs_keep_their_defaults():
   old = config.base().to_dict()
   for k in ('head_dim', 'qk_norm', 'sliding_window'):
     del old['model'][k]
-  m = config.from_run(old).model
+  m = resume.from_run(old).model
   assert (m.head_dim, m.qk_norm, m.sliding_window) == (0, False, 0)
   assert model_lib.head_dim(m) == m.d_model // m.num_heads
 

@@ -22,6 +22,7 @@ from conftest import ROOT, tiny_config
 from dlm_jax import config as config_lib
 from dlm_jax import errors
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 from dlm_jax.run import loop
 from dlm_jax.run import step as step_lib
 
@@ -176,7 +177,7 @@ def test_params_restore_without_optimizer_state_and_past_a_damaged_step(tmp_path
   checkpoint that holds no optimizer state at all, and passes over an unreadable newest step."""
   wd = str(tmp_path / 'run')
   loop.train_and_evaluate(_cfg(4), wd)
-  cfg = config_lib.from_run(json.load(open(os.path.join(wd, 'config.json'))))
+  cfg = resume.from_run(json.load(open(os.path.join(wd, 'config.json'))))
   params, step = checkpoint.load_params(wd, cfg)
   assert step == 4
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, state_at(wd, 4)['params'])

@@ -20,6 +20,7 @@ from dlm_jax.core import objectives
 from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import EOS, MASK, PAD
 from dlm_jax.infer import sample as sample_app
+from dlm_jax.run import resume
 from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
 from dlm_jax.run import validate
@@ -292,7 +293,7 @@ def test_mode_sample_cli_writes_scored_samples(tmp_path, tiny_run):
                           ('prompts', str(tmp_path / 'long.txt'), 'exceeds the model context'),
                           ('scorer', str(tmp_path), 'not a run directory')):
     (tmp_path / 'long.txt').write_text('x' * 40 + '\n')
-    bad = config.from_run(cfg.to_dict())
+    bad = resume.from_run(cfg.to_dict())
     bad.sample[key] = value
     with pytest.raises((errors.SampleError, errors.TrainingError, errors.ConfigError), match=msg):
       sample_app.run(bad, run)

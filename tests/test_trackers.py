@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from dlm_jax import config as config_lib
 from dlm_jax.errors import ConfigError
+from dlm_jax.run import trackers
 
 CONFIG = '''import sys
 sys.path.insert(0, {tests!r})
@@ -121,13 +122,13 @@ def test_a_bad_tracker_is_refused_before_any_work(tmp_path, spec, message):
 
 
 def test_a_tracker_whose_package_is_missing_names_it_and_the_extra(monkeypatch):
-  monkeypatch.setitem(config_lib.TRACKERS, 'wandb', ('wandb_is_not_installed_here',))
+  monkeypatch.setattr(trackers.WandB, 'needs', ('wandb_is_not_installed_here',))
   cfg = config_lib.base()
   cfg.train.trackers = 'tensorboard,wandb'
   with pytest.raises(ConfigError, match=r'config\.train\.trackers: wandb needs the '
                      r'wandb_is_not_installed_here package\(s\) \(pip install -e "\.\[trackers\]"\)'):
-    config_lib.validate(cfg)
-  config_lib.validate(cfg, training=False)  # evaluating or sampling a run opens no tracker
+    trackers.check_config(cfg)  # the run checks it (run/setup.py) before any work
+  config_lib.validate(cfg)  # the config alone is valid: evaluating or sampling opens no tracker
 
 
 def _wandb_records(file):

@@ -8,7 +8,7 @@ predict x_i; a masked target's copy in the input is [MASK]. Segment ids follow t
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.data.tokenizers import BOS, EOS, MASK
+from dlm_jax.core.tokens import BOS, EOS, MASK
 
 
 def shift_inputs(targets_BxL, mask_BxL=None):

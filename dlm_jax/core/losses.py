@@ -23,7 +23,7 @@ from dlm_jax.core import noise as noise_lib
 from dlm_jax.core.inputs import apply, shift_inputs, token_dropout_mask
 from dlm_jax.core.kernels import token_ce
 from dlm_jax.core.sampling import mdm_infill_greedy
-from dlm_jax.data.tokenizers import MASK, PAD
+from dlm_jax.core.tokens import MASK, PAD
 
 
 def rows_padded(cfg) -> bool:

@@ -15,7 +15,6 @@ and optional segment ids, so packed documents never attend across boundaries. Th
 never predicted (set to -1e9): MDM and AR share one output distribution over real tokens; nor are
 the vocabulary's padding rows and the ids of model.unpredicted.
 """
-import dataclasses
 import functools
 import warnings
 from typing import Any
@@ -26,55 +25,13 @@ import jax.numpy as jnp
 
 from dlm_jax.core.flops import head_size
 from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
+from dlm_jax.core.model_config import DTYPE_NAMES, ModelConfig  # pylint: disable=unused-import
 from dlm_jax.core.sharding import BATCH_AXES as BATCH, constrain
-from dlm_jax.data.tokenizers import MASK
+from dlm_jax.core.tokens import MASK
 from dlm_jax.errors import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The architecture and compute settings of config.model, frozen (hashable: a module field)."""
-  d_model: int = 256
-  num_layers: int = 4
-  num_heads: int = 4
-  num_kv_heads: int = 0          # grouped-query attention: key/value heads (0: num_heads)
-  head_dim: int = 0              # H per head (0: d_model / num_heads); Qwen3 sets it apart
-  qk_norm: bool = False          # RMSNorm over each head's H dims of q and k, before RoPE (Qwen3)
-  sliding_window: int = 0        # the checkpoint's attention window (0: none); recorded, not
-                                 # applied: validation keeps data.seq_len within it, where full
-                                 # attention is the same function
-  mlp_dim: int = 0
-  vocab_size: int = 0
-  vocab_real: int = 0            # rows in use; the rest pad the vocabulary, never predicted
-  unpredicted: str = ''          # more ids never predicted, e.g. '0,1': specials an imported
-                                 # checkpoint lacks (its likelihoods stay the checkpoint's)
-  embed_alias: str = ''          # 'ID:ROW,...': input id ID reads embedding row ROW, e.g. '1:2':
-                                 # BOS is an imported checkpoint's EOS (bos = eos, or no bos)
-  rope_base: float = 10000.0
-  rope_scaling: str = ''         # '' | 'llama3:FACTOR,LOW,HIGH,CONTEXT' (Llama 3.1 / 3.2)
-  norm_eps: float = 1e-6
-  qkv_bias: bool = False         # biases on the q, k, v projections (Qwen2)
-  tie_embeddings: bool = True
-  dtype: str = 'float32'
-  param_dtype: str = 'float32'
-  scan_layers: bool = True
-  scan_unroll: int = 1
-  remat: str = 'auto'
-  attention: str = 'auto'
-  attn_dropout: float = 0.0
-  mlp_dropout: float = 0.0
-  resid_dropout: float = 0.0
-  embed_dropout: float = 0.0
-
-  @classmethod
-  def of(cls, c):
-    """From a resolved config.model (ConfigDict or dict; other keys, such as size, ignored)."""
-    if isinstance(c, cls):
-      return c
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c})
-
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}  # config.model.dtype / param_dtype
 
 
 class Kernel(nn.Module):

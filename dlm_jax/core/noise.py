@@ -20,9 +20,10 @@ import ml_collections
 import numpy as np
 from scipy import special as sp_special
 
-from dlm_jax.core.schedules import Linear, Schedule, TimeDist, Uniform, UniformMixture
-from dlm_jax.core.schedules import get_schedule, get_time_dist
-from dlm_jax.data.tokenizers import BOS, EOS, PAD
+from dlm_jax.core.registry import choice, need
+from dlm_jax.core.schedules import MIX, SCHEDULES, TIME_SAMPLERS, Linear, Schedule, TimeDist
+from dlm_jax.core.schedules import Uniform, UniformMixture, get_schedule, get_time_dist
+from dlm_jax.core.tokens import BOS, EOS, PAD
 
 
 def uniforms(rng, batch: int, low_discrepancy: bool):
@@ -229,6 +230,7 @@ def _exact_count_cached(key, L):
 
 
 PAD_MODES = ('predict', 'visible')
+WEIGHTINGS = ('elbo', 'plain')
 
 
 class Noise:
@@ -299,3 +301,58 @@ def row_noise(keys_N, maskable_NxL, K: int, schedule: Schedule, eps: float):
     return t_K, u_LxK.T < schedule.mask_prob(t_K)[:, None]
   t_NxK, mask_NxKxL = jax.vmap(one)(keys_N)
   return t_NxK, mask_NxKxL & maskable_NxL[:, None], schedule.weight(t_NxK)
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """config.diffusion: the noise process's keys and defaults (choices: the registries above)."""
+  first = [cls for cls in SCHEDULES.values() if cls.params]
+  return ml_collections.ConfigDict(dict(
+      schedule='linear',       # a name in schedules.SCHEDULES
+      **{p.key: p.default for cls in first for p in cls.params},  # polynomial: poly_k
+      eps=1e-3,                # t in [eps, 1]
+      time_sampler='uniform',  # a name in schedules.TIME_SAMPLERS
+      low_discrepancy=True,    # u_i = (u + i/B) mod 1 across the batch, through the inverse CDF
+      sampler_params=ml_collections.ConfigDict(sampler_param_defaults()),
+      weighting='elbo',        # elbo: w(t)/q(t), unbiased NELBO | plain: w(t), sampler reshapes
+      mask_pattern='bernoulli',  # a name in MASK_PATTERNS
+      mask_eos=True,           # EOS is a real token to predict (AR pays for it too)
+      pad='predict',           # predict: PAD is noised and predicted like any token, so the NELBO
+                               # bounds -log p(x) with its length, as AR's NLL does (EOS) |
+                               # visible: PAD never masked nor scored: -log p(x | its length)
+  ))
+
+
+def sampler_param_defaults() -> dict:
+  """config.diffusion.sampler_params: each registered sampler's Params (a key two samplers share,
+  such as mu / sigma, once), then uniform_mix (mixed into any sampler but uniform)."""
+  out = {}
+  for cls in TIME_SAMPLERS.values():
+    for p in cls.params:
+      out.setdefault(p.key, p.default)
+  out[MIX.key] = MIX.default
+  return out
+
+
+def check_config(cfg, training=True):
+  """config.diffusion. training: also whether the time sampler's `elbo` weights are unbiased (what
+  only training uses). A schedule's Params are top-level diffusion keys, checked whichever
+  schedule runs; a sampler's sampler_params only when it is chosen (samplers share keys)."""
+  dc, sp = cfg.diffusion, cfg.diffusion.sampler_params
+  choice(dc, 'schedule', SCHEDULES, 'diffusion.')
+  choice(dc, 'time_sampler', TIME_SAMPLERS, 'diffusion.')
+  choice(dc, 'weighting', WEIGHTINGS, 'diffusion.')
+  choice(dc, 'mask_pattern', MASK_PATTERNS, 'diffusion.')
+  choice(dc, 'pad', PAD_MODES, 'diffusion.')
+  need(0.0 < dc.eps < 1.0, 'diffusion.eps', f'{dc.eps} is outside (0, 1)')
+  for cls in SCHEDULES.values():
+    for p in cls.params:
+      need(p.ok(dc[p.key]), f'diffusion.{p.key}', p.why.format(v=dc[p.key]))
+  for p in (*TIME_SAMPLERS[dc.time_sampler].params, MIX):
+    need(p.ok(sp[p.key]), f'diffusion.sampler_params.{p.key}', p.why.format(v=sp[p.key]))
+  if training and dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
+    bias = nelbo_bias_bound(dc)
+    need(bias <= BIAS_TOLERANCE, 'diffusion.time_sampler',
+         f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '
+         f'weighting=elbo with schedule={dc.schedule}: its density near eps or 1 falls faster '
+         f'than float32 sampling can follow (bias up to {min(bias, 1e9):.3g} relative); add '
+         'diffusion.sampler_params.uniform_mix (e.g. 0.05), or use weighting=plain')

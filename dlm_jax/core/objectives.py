@@ -29,10 +29,11 @@ import jax.numpy as jnp
 from dlm_jax.core import losses
 from dlm_jax.core import sampling
 from dlm_jax.core import sharding
+from dlm_jax.core.registry import choice, need
 # re-exported: callers read the inputs, terms and special ids from here
 from dlm_jax.core.inputs import input_segments, shift_inputs, token_dropout_mask
 from dlm_jax.core.losses import ar_terms, mdm_terms, rows_padded, sample_prefix
-from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
 
 
 def parse_fraction(s) -> fractions.Fraction:
@@ -258,3 +259,25 @@ def make_loss_fn(model, cfg, train=True, mesh=None):
     sh = sharding.batch_sharding(mesh)
     spread = lambda x: jax.lax.with_sharding_constraint(x, sh)
   return functools.partial(loss_fn, model=model, cfg=cfg, train=train, spread=spread)
+
+
+# config.objective / config.dual, checked by their owner (config.validate asks).
+
+AR_ATTENTIONS = ('causal', 'prefix')  # config.dual.ar_attention
+
+
+def check_config(cfg):
+  """config.objective, config.dual, and model.unpredicted against the PAD rows it trains."""
+  choice(cfg, 'objective', tuple(OBJECTIVES), '')
+  try:
+    w = parse_fraction(cfg.dual.ar_weight)
+  except (ValueError, ZeroDivisionError):
+    need(False, 'dual.ar_weight', f'{cfg.dual.ar_weight!r} is not a fraction like '
+         "'63/64' or a number")
+  need(0 <= w <= 1, 'dual.ar_weight', f'{cfg.dual.ar_weight} is outside [0, 1]')
+  choice(cfg.dual, 'ar_attention', AR_ATTENTIONS, 'dual.')
+  need(not (rows_padded(cfg) and cfg.diffusion.pad == 'predict' and
+            str(PAD) in [x.strip() for x in cfg.model.unpredicted.split(',')]),
+       'model.unpredicted', f'lists PAD ({PAD}), which padded rows (data.packing=pad '
+       'or a data.task) with diffusion.pad=predict train the model to predict: remove it there, '
+       'or use diffusion.pad=visible')

@@ -33,6 +33,7 @@ mode that decodes what it trains (core/losses.py `sampler`).
 import dataclasses
 import functools
 import math
+import os
 import time
 
 import jax
@@ -43,8 +44,9 @@ from dlm_jax.core import model as model_lib
 from dlm_jax.core import sharding
 from dlm_jax.core.inputs import shift_inputs
 from dlm_jax.core.kernels import NEG_INF
+from dlm_jax.core.registry import need
 from dlm_jax.core.schedules import Linear
-from dlm_jax.data.tokenizers import BOS, EOS, MASK, PAD
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
 from dlm_jax.errors import SampleError
 
 
@@ -360,8 +362,38 @@ def settings_from_config(cfg, mode):
   return Settings(**keys)
 
 
+def defaults() -> dict:
+  """config.sample (sample.py; at the end of training and --mode sample): Settings' keys and
+  defaults, but mode and length, plus which prompts, how many and how they are batched."""
+  return dict(
+      dataclasses.asdict(Settings()),
+      num_samples=4,           # samples per mode (with prompts: the first N prompts; 0: all)
+      mode='auto',             # auto: every mode the objective trains | ar | mdm | both
+      length=0,                # new tokens per sample; 0: data.seq_len
+      prompts='',              # '' unconditional | data:N (first N tokens of validation windows)
+                               # | a .txt (a prompt per line) | a .jsonl ({"prompt", "suffix"})
+      batch_size=16,           # prompts per compiled sampling call
+      scorer='',               # generative perplexity: an AR-capable run dir; '': this run unless
+                               # it is MDM-only; 'none': off (--mode sample only)
+      seed=0)                  # --mode sample
+
+
+def check_prompts(spec):
+  """sample.prompts: '', data:N with N >= 1, or an existing file (checked before training)."""
+  if spec.startswith('data:'):
+    need(spec[5:].isdigit() and int(spec[5:]) >= 1, 'sample.prompts',
+         f'{spec!r}: data:N needs a whole number of tokens N >= 1')
+  elif spec:
+    need(os.path.isfile(spec), 'sample.prompts', f'file not found: {spec}')
+
+
 def check_config(cfg):
-  """The sample.* keys: raises SampleError naming the key (config.validate runs it)."""
+  """The sample.* keys: raises ConfigError naming sample.prompts / num_samples / batch_size /
+  length, else SampleError naming the key (config.validate runs it)."""
+  sc = cfg.sample
+  need(sc.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
+  need(sc.batch_size >= 1, 'sample.batch_size', 'must be >= 1')
+  need(0 <= sc.length <= cfg.data.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
   if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
     raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
   for mode in MODES:  # the checks of every mode, whichever the run samples with

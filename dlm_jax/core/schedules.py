@@ -7,12 +7,22 @@ Times live on [eps, 1]. A time sampler is a law q on (0, 1) truncated to [eps, 1
 exact inverse CDF from u in [0, 1) (the lower half of u through the CDF, the upper half through
 the survival function, so float32 rounding cuts off neither tail and nothing is clipped), so any
 sampler combines with low-discrepancy u_i = (u + i / B) mod 1 across the batch.
+
+Each schedule and time sampler is a class that names itself and declares its config parameters
+(`Param`: key, default, check), filed by name through `registered`; config.diffusion's choices,
+the sampler_params defaults and their checks all come from the two registries. A new one is one
+decorated class here.
 """
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.scipy import special
+
+from dlm_jax.core.registry import Param, registered
+
+SCHEDULES = {}      # config.diffusion.schedule: name -> Schedule class
+TIME_SAMPLERS = {}  # config.diffusion.time_sampler: name -> TimeDist class
 
 # ----------------------------------------------------------------------------- schedules
 
@@ -21,6 +31,11 @@ class Schedule:
   """alpha(t) with its derivative; `weight` is the ELBO weight w(t); `mask_prob` = 1 - alpha(t)
   (computed without cancellation where it matters) and `t_of_mask_prob` its inverse."""
   name = ''
+  params = ()  # Params under config.diffusion
+
+  @classmethod
+  def from_config(cls, dcfg):
+    return cls()
 
   def alpha(self, t):
     raise NotImplementedError
@@ -38,6 +53,7 @@ class Schedule:
     raise NotImplementedError
 
 
+@registered(SCHEDULES)
 class Linear(Schedule):
   """alpha = 1 - t; w = 1/t."""
   name = 'linear'
@@ -58,6 +74,7 @@ class Linear(Schedule):
     return s
 
 
+@registered(SCHEDULES)
 class Cosine(Schedule):
   """alpha = cos(pi t / 2)."""
   name = 'cosine'
@@ -79,12 +96,18 @@ class Cosine(Schedule):
     return 4.0 / jnp.pi * jnp.arcsin(jnp.sqrt(0.5 * s))
 
 
+@registered(SCHEDULES)
 class Polynomial(Schedule):
   """alpha = 1 - t^k; w = k / t."""
   name = 'polynomial'
+  params = (Param('poly_k', 2.0, lambda v: v > 0, 'must be positive, got {v}'),)
 
   def __init__(self, k=2.0):
     self.k = k
+
+  @classmethod
+  def from_config(cls, dcfg):
+    return cls(dcfg.poly_k)
 
   def alpha(self, t):
     return 1.0 - t ** self.k
@@ -102,12 +125,18 @@ class Polynomial(Schedule):
     return s ** (1.0 / self.k)
 
 
+@registered(SCHEDULES)
 class LogLinear(Schedule):
-  """MDLM/SEDD log-linear noise: sigma(t) = -log(1 - (1 - delta) t), alpha = exp(-sigma)."""
+  """MDLM/SEDD log-linear noise: sigma(t) = -log(1 - (1 - delta) t), alpha = exp(-sigma);
+  delta is diffusion.eps."""
   name = 'loglinear'
 
   def __init__(self, delta=1e-3):
     self.delta = delta
+
+  @classmethod
+  def from_config(cls, dcfg):
+    return cls(dcfg.eps)
 
   def alpha(self, t):
     return 1.0 - (1.0 - self.delta) * t
@@ -125,19 +154,11 @@ class LogLinear(Schedule):
     return s / (1.0 - self.delta)
 
 
-SCHEDULES = ('linear', 'cosine', 'polynomial', 'loglinear')
-
-
 def get_schedule(name: str, dcfg=None) -> Schedule:
-  if name == 'linear':
-    return Linear()
-  if name == 'cosine':
-    return Cosine()
-  if name == 'polynomial':
-    return Polynomial(dcfg.poly_k if dcfg is not None else 2.0)
-  if name == 'loglinear':
-    return LogLinear(dcfg.eps if dcfg is not None else 1e-3)
-  raise ValueError(f'unknown schedule {name!r} (one of {", ".join(SCHEDULES)})')
+  """The registered schedule `name`, its parameters from config.diffusion (else its defaults)."""
+  if name not in SCHEDULES:
+    raise ValueError(f'unknown schedule {name!r} (one of {", ".join(SCHEDULES)})')
+  return SCHEDULES[name].from_config(dcfg) if dcfg is not None else SCHEDULES[name]()
 
 
 # ----------------------------------------------------------------------------- time samplers
@@ -146,11 +167,17 @@ def get_schedule(name: str, dcfg=None) -> Schedule:
 class TimeDist:
   """A law on (0, 1) truncated to [eps, 1]. Subclasses give the untruncated law's density
   `pdf0`, CDF `cdf0` and survival function `sf0` (1 - cdf0, accurate in the upper tail) with
-  their inverses `icdf0` and `isf0`."""
+  their inverses `icdf0` and `isf0`. `params`: its Params under config.diffusion.sampler_params,
+  which `from_params` reads."""
   name = ''
+  params = ()
 
   def __init__(self, eps):
     self.eps = eps
+
+  @classmethod
+  def from_params(cls, eps, sp):
+    return cls(eps, *(sp[p.key] for p in cls.params))
 
   def pdf0(self, t):
     raise NotImplementedError
@@ -188,6 +215,7 @@ class TimeDist:
     return jnp.clip(jnp.where(u < 0.5, lower, upper), self.eps, 1.0)
 
 
+@registered(TIME_SAMPLERS)
 class Uniform(TimeDist):
   name = 'uniform'
 
@@ -217,9 +245,12 @@ def _bisect(f, target, increasing, iters=40):
   return 0.5 * (lo + hi)
 
 
+@registered(TIME_SAMPLERS)
 class Beta(TimeDist):
   """Beta(a, b); inverses by bisection on the regularised incomplete beta function."""
   name = 'beta'
+  params = tuple(Param(k, 2.0, lambda v: v > 0, 'must be > 0, got {v}')
+                 for k in ('beta_a', 'beta_b'))
 
   def __init__(self, eps, a, b):
     super().__init__(eps)
@@ -247,7 +278,11 @@ class Beta(TimeDist):
 
 
 class _Gaussian(TimeDist):
-  """A law whose standardised variable z = (g(t) - mu) / sigma is N(0, 1) for an increasing g."""
+  """A law whose standardised variable z = (g(t) - mu) / sigma is N(0, 1) for an increasing g
+  (logit_normal: in logit space; truncated_normal: centre and width in t)."""
+  params = (Param('mu', 0.0),
+            Param('sigma', 1.0, lambda v: v > 0,
+                  'must be > 0 (a width of {v} makes the density improper)'))
 
   def __init__(self, eps, mu, sigma):
     super().__init__(eps)
@@ -272,6 +307,7 @@ class _Gaussian(TimeDist):
     return self.t_of_z(-special.ndtri(q))
 
 
+@registered(TIME_SAMPLERS)
 class LogitNormal(_Gaussian):
   """logit(t) ~ N(mu, sigma^2)."""
   name = 'logit_normal'
@@ -291,6 +327,7 @@ class LogitNormal(_Gaussian):
                                                       tt * (1 - tt)), 0.0)
 
 
+@registered(TIME_SAMPLERS)
 class TruncatedNormal(_Gaussian):
   """N(mu, sigma^2) truncated to [eps, 1]."""
   name = 'truncated_normal'
@@ -331,19 +368,18 @@ class UniformMixture(TimeDist):
     return jnp.where(u < lam, t_uni, t_bell)
 
 
-TIME_SAMPLERS = ('uniform', 'beta', 'logit_normal', 'truncated_normal')
+# mixed into any sampler but uniform (UniformMixture): bounded `elbo` weights
+MIX = Param('uniform_mix', 0.0, lambda v: 0.0 <= v < 1.0, '{v} is outside [0, 1)')
 
 
 def get_time_dist(dcfg) -> TimeDist:
+  """The registered sampler config.diffusion.time_sampler names, mixed with U(eps, 1) by
+  sampler_params.uniform_mix (uniform itself never is)."""
   name, sp, eps = dcfg.time_sampler, dcfg.sampler_params, dcfg.eps
-  if name == 'uniform':
-    return Uniform(eps)
-  if name == 'beta':
-    dist = Beta(eps, sp.beta_a, sp.beta_b)
-  elif name == 'logit_normal':
-    dist = LogitNormal(eps, sp.mu, sp.sigma)
-  elif name == 'truncated_normal':
-    dist = TruncatedNormal(eps, sp.mu, sp.sigma)
-  else:
+  if name not in TIME_SAMPLERS:
     raise ValueError(f'unknown time sampler {name!r} (one of {", ".join(TIME_SAMPLERS)})')
-  return UniformMixture(dist, sp.uniform_mix) if sp.uniform_mix > 0 else dist
+  dist = TIME_SAMPLERS[name].from_params(eps, sp)
+  if isinstance(dist, Uniform) or sp.uniform_mix <= 0:
+    return dist
+  return UniformMixture(dist, sp.uniform_mix)
+

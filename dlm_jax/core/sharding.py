@@ -16,6 +16,7 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dlm_jax.core.registry import need
 from dlm_jax.errors import DistributedError, MeshError
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -207,3 +208,17 @@ def initialize_distributed(coordinator='', num_processes=0, process_id=-1, timeo
           'launch/tpu_pod.sh), no JAX_COORDINATOR_ADDRESS; or give --coordinator_address, '
           '--num_processes and --process_id, or drop --distributed for one process') from None
   return True
+
+
+def defaults() -> dict:
+  """config.mesh: the device mesh's axis sizes; -1: the remaining devices."""
+  return dict(
+      data=-1,                 # pure data parallelism (replicated parameters)
+      fsdp=1,                  # data parallelism with parameters/optimizer split (ZeRO-3)
+      tensor=1,                # heads / MLP width / vocabulary split (Megatron-style)
+  )
+
+
+def check_config(cfg):
+  for k in ('data', 'fsdp', 'tensor'):
+    need(cfg.mesh[k] == -1 or cfg.mesh[k] >= 1, f'mesh.{k}', 'must be -1 (the rest) or >= 1')

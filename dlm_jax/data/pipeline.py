@@ -22,6 +22,7 @@ from dlm_jax.data import prepared
 from dlm_jax.data import tokenizers
 from dlm_jax.data.corpus import DataError
 from dlm_jax.data.tokenizers import EOS, PAD
+from dlm_jax.errors import ConfigError
 
 
 def cache_dir(dcfg):
@@ -279,3 +280,38 @@ def unigram_entropy_counts(val_counts, train_counts, vocab_size):
 
 def unigram_entropy(val_stream, train_stream, vocab_size):
   return unigram_entropy_counts(np.bincount(val_stream), np.bincount(train_stream), vocab_size)
+
+
+PACKINGS = ('wrap', 'pad')  # config.data.packing: windows | pad_examples
+
+
+def defaults() -> dict:
+  """config.data: where the tokens come from and how they become rows."""
+  return dict(
+      corpus='embedded',       # embedded | .txt/.jsonl(.xz) file or directory | a directory
+                               # written by `python -m dlm_jax.prepare` (array_record shards)
+      task='',                 # prompt->target fine-tuning: cloze | dir with train/validation.jsonl
+      tokenizer='bpe',         # bpe | gpt2 | byte | path to a HF tokenizers .json
+      packing='wrap',          # wrap: documents + EOS concatenated and cut (MDLM/OWT) |
+                               # pad: one document per example, padded/truncated (LM1B)
+      seq_len=128,
+      val_fraction=0.04,
+      segment_ids=False,       # True: packed documents never attend across EOS boundaries
+      unique_tokens=0,         # U: train on the first U tokens of the split only (0: all of it)
+      cache_dir='',            # '' : ~/.cache/dlm_jax
+      prefetch=2,
+  )
+
+
+def check_config(cfg):
+  """config.data (the tokenizer: data/tokenizers.py)."""
+  d = cfg.data
+  tokenizers.check_config(cfg)
+  for ok, key, msg in (
+      (d.unique_tokens >= 0, 'unique_tokens', f'must be >= 0, got {d.unique_tokens}'),
+      (d.seq_len >= 2, 'seq_len', f'must be >= 2, got {d.seq_len}'),
+      (0.0 < d.val_fraction < 1.0, 'val_fraction', f'{d.val_fraction} is outside (0, 1)'),
+      (d.prefetch >= 0, 'prefetch', 'must be >= 0'),
+      (d.packing in PACKINGS, 'packing', f'{d.packing!r} is not one of {", ".join(PACKINGS)}')):
+    if not ok:
+      raise ConfigError(f'config.data.{key}: {msg}')

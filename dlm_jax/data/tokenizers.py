@@ -1,10 +1,10 @@
 """Tokenizers with one interface: `bpe` (the shipped 8192 byte-level BPE), `gpt2` (exact GPT-2
 BPE from the shipped OpenAI vocabulary and merges), `byte`, or a HF `tokenizers` JSON file.
 
-Special ids are fixed for every tokenizer: PAD=0, BOS=1, EOS=2, MASK=3. `gpt2` therefore shifts
-GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly GPT-2's, so token
-counts and per-token likelihoods compare with published GPT-2-tokenised numbers); documents are
-separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
+Special ids are fixed for every tokenizer (core/tokens.py): PAD=0, BOS=1, EOS=2, MASK=3. `gpt2`
+therefore shifts GPT-2's ids by 4 (GPT-2 id k is id k + 4 here; its segmentation is exactly
+GPT-2's, so token counts and per-token likelihoods compare with published GPT-2-tokenised numbers);
+documents are separated by EOS where GPT-2 pipelines write <|endoftext|>. The [MASK] id is part of
 the vocabulary (embedding row) but its logit is never predicted (SUBS parameterisation).
 """
 import dataclasses
@@ -14,10 +14,9 @@ from typing import Optional
 
 import numpy as np
 
+from dlm_jax.core.tokens import BOS, EOS, MASK, PAD, SPECIALS  # pylint: disable=unused-import
 from dlm_jax.errors import ConfigError, DataError
 
-PAD, BOS, EOS, MASK = 0, 1, 2, 3
-SPECIALS = ['<pad>', '<bos>', '<eos>', '<mask>']
 VOCAB_MAP = 'vocab_map.json'  # beside an imported checkpoint's tokenizer.json (MappedTokenizer)
 BPE_FILE = os.path.join(os.path.dirname(__file__), 'corpus', 'bpe8192.json')
 GPT2_FILES = tuple(os.path.join(os.path.dirname(__file__), 'corpus', f)
@@ -287,14 +286,26 @@ def named_specials(directory):
   return out
 
 
+# config.data.tokenizer's names (besides a tokenizers .json path and hf:<dir>)
+NAMED = {'bpe': lambda: HFTokenizer(BPE_FILE, name='bpe'), 'gpt2': GPT2Tokenizer,
+         'byte': ByteTokenizer}
+
+
+def check_config(cfg):
+  """config.data.tokenizer: a name in NAMED, an existing .json or hf:<dir with tokenizer.json>."""
+  t = cfg.data.tokenizer
+  if not (t in NAMED or (t.endswith('.json') and os.path.isfile(os.path.expanduser(t))) or (
+      t.startswith('hf:') and os.path.isfile(os.path.join(os.path.expanduser(t[3:]),
+                                                          'tokenizer.json')))):
+    raise ConfigError(f'config.data.tokenizer: {t!r} is not {", ".join(NAMED)}, an existing '
+                      'tokenizers .json file or hf:<the tokenizer directory of an imported '
+                      'checkpoint>')
+
+
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name: str):
-  if name == 'byte':
-    return ByteTokenizer()
-  if name == 'gpt2':
-    return GPT2Tokenizer()
-  if name == 'bpe':
-    return HFTokenizer(BPE_FILE, name='bpe')
+  if name in NAMED:
+    return NAMED[name]()
   if name.endswith('.json'):
     return HFTokenizer(os.path.expanduser(name))
   if name.startswith('hf:'):

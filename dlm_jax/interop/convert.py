@@ -12,12 +12,14 @@ import orbax.checkpoint as ocp
 
 from dlm_jax import config as config_lib
 from dlm_jax.core import flops
+from dlm_jax.core import model_config
 from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
 from dlm_jax.errors import DataError, InteropError
 from dlm_jax.interop import hf
 from dlm_jax.interop import safetensors
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 from dlm_jax.run import rundir
 
 DTYPES = {'float32': np.float32, 'bfloat16': jax.numpy.bfloat16}
@@ -103,7 +105,7 @@ def import_checkpoint(src, workdir, param_dtype='float32', seq_len=0):
   tok_dir = os.path.join(os.path.abspath(workdir), 'tokenizer')
   cfg.data.tokenizer = f'hf:{tok_dir}'
   cfg.data.seq_len = seq_len or min(2048, int(hf_cfg.get('max_position_embeddings', 2048)))
-  config_lib.check_window(cfg.model.sliding_window, cfg.data.seq_len)  # before anything is written
+  model_config.check_window(cfg.model.sliding_window, cfg.data.seq_len)  # before anything is written
   os.makedirs(tok_dir)
   for f in hf.TOKENIZER_FILES:
     if os.path.exists(os.path.join(src, f)):
@@ -141,7 +143,7 @@ def export_run(run, out, dtype='float32'):
   if not os.path.exists(cfg_path):
     raise InteropError(f'{run}: not a run directory (no config.json)')
   _empty_target(out, 'output directory')
-  cfg = config_lib.from_run(rundir.read_json(cfg_path, kind=dict))
+  cfg = resume.from_run(rundir.read_json(cfg_path, kind=dict))
   params, step = checkpoint.load_params(run, cfg)
   m = cfg.model.to_dict()
   tok = cfg.data.tokenizer

@@ -28,6 +28,7 @@ from dlm_jax.core import objectives
 from dlm_jax.data import tokenizers
 from dlm_jax.errors import BusyError, ConfigError, DataError, TrainingError
 from dlm_jax.run import checkpoint
+from dlm_jax.run import resume
 from dlm_jax.run import trackers
 from dlm_jax.run import validate
 
@@ -276,7 +277,7 @@ def check_workdir(workdir, cfg):
     if os.path.isdir(ckpt) and os.listdir(ckpt):
       raise TrainingError(f'{workdir} holds checkpoints but no config.json; refusing to mix runs')
     return False
-  diffs = config_lib.diff_for_resume(read_json(file, kind=dict), cfg.to_dict())
+  diffs = resume.diff_for_resume(read_json(file, kind=dict), cfg.to_dict())
   if diffs:
     raise TrainingError(f'{workdir} holds a different run (config.json differs: '
                         f'{"; ".join(diffs[:5])}); use a new --workdir')
@@ -317,7 +318,7 @@ def load_config(run_dir, overrides=None):
   file = path(run_dir, CONFIG)
   if not os.path.exists(file):
     raise TrainingError(f'{run_dir}: not a run directory (no config.json)')
-  cfg = config_lib.from_run(read_json(file, kind=dict))
+  cfg = resume.from_run(read_json(file, kind=dict))
   cfg.update_from_flattened_dict(dict(overrides or {}))
   return config_lib.validate(cfg, training=False)
 

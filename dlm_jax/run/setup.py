@@ -14,6 +14,7 @@ from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
 from dlm_jax.data import tasks
 from dlm_jax.data import tokenizers
+from dlm_jax.run import trackers
 from dlm_jax.errors import MeshError
 
 
@@ -50,6 +51,7 @@ def enable_compile_cache(tcfg):
 
 def build(cfg) -> Setup:
   """The Setup of a config: resolved, with its mesh checked and its data loaded."""
+  trackers.check_config(cfg)  # before any work (run/trackers.py owns the names)
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   cfg = config_lib.resolve(cfg, tok.vocab_size, vocab_real=tok.vocab_real)
   model_lib.attention_impl(cfg.model)  # a kernel this backend cannot run: a ConfigError

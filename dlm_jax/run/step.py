@@ -15,6 +15,7 @@ import optax
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
 from dlm_jax.core import sharding
+from dlm_jax.core.optim import lr_schedule  # the LR schedules' registry (train.lr_schedule)
 
 
 @flax.struct.dataclass
@@ -25,22 +26,6 @@ class TrainState:
   rng: jax.Array
   ema_params: Any = None
   skipped: Any = None  # int32: updates skipped for a non-finite loss/gradient (nan_policy=skip)
-
-
-def lr_schedule(tcfg):
-  warm = optax.linear_schedule(0.0, tcfg.lr, max(tcfg.warmup_steps, 1))
-  rest = max(tcfg.num_steps - tcfg.warmup_steps, 1)
-  end = tcfg.lr * tcfg.min_lr_ratio
-  if tcfg.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(tcfg.lr, rest, alpha=tcfg.min_lr_ratio)
-  elif tcfg.lr_schedule == 'wsd':
-    decay = max(int(round(tcfg.decay_fraction * tcfg.num_steps)), 1)
-    main = optax.join_schedules([optax.constant_schedule(tcfg.lr),
-                                 optax.linear_schedule(tcfg.lr, end, decay)],
-                                [max(rest - decay, 0)])
-  else:
-    main = optax.constant_schedule(tcfg.lr)
-  return optax.join_schedules([warm, main], [tcfg.warmup_steps])
 
 
 def weight_decay_mask(params, decay_embeddings=False):

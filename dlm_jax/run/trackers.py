@@ -1,5 +1,5 @@
 """Experiment trackers: where a run's metrics go besides metrics.jsonl (`train.trackers`, a comma
-list of config.TRACKERS). Each tracker receives the full resolved config once, every logged row
+list of TRACKERS' names). Each tracker receives the full resolved config once, every logged row
 (training rows and `val/` validation rows, at their step) and the final summary:
 
   tensorboard  tensorboardX event files in tb/; the config as a text summary (`config`)
@@ -10,10 +10,12 @@ list of config.TRACKERS). Each tracker receives the full resolved config once, e
                absl log lines; the config as hparams
 
 wandb and clu are optional packages (the [trackers] extra); their modules are loaded only when a
-run asks for them, and config.validate refuses a tracker whose package is missing before any
-work. Only process 0 writes.
+run asks for them, and check_config (run/setup.py, before any work) refuses a tracker whose
+package is missing. Only process 0 writes. A tracker is a class here with its `name` and the
+modules it `needs`, filed in TRACKERS by @registered.
 """
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -22,8 +24,10 @@ import uuid
 
 import jax
 
-from dlm_jax import config as config_lib
+from dlm_jax.core.registry import need, registered
 from dlm_jax.errors import ConfigError
+
+TRACKERS = {}  # config.train.trackers: name -> tracker class (its `needs`: the [trackers] extra)
 
 def run_name(workdir):
   """The name a run goes by outside its directory (trackers, lm-eval's output folder): its
@@ -60,8 +64,10 @@ def _finite(values):
           if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
+@registered(TRACKERS)
 class TensorBoard:
   """tensorboardX event files in <workdir>/tb."""
+  name, needs = 'tensorboard', ('tensorboardX',)
 
   def __init__(self, workdir, config, name, ids):
     del name, ids
@@ -80,8 +86,10 @@ class TensorBoard:
     self.w.close()
 
 
+@registered(TRACKERS)
 class WandB:
   """A Weights & Biases run, resumed by the id recorded in trackers.json (`ids`, updated)."""
+  name, needs = 'wandb', ('wandb',)
 
   def __init__(self, workdir, config, name, ids):
     wandb = importlib.import_module('wandb')  # optional: loaded only when asked for
@@ -104,8 +112,10 @@ class WandB:
     self.run.finish()
 
 
+@registered(TRACKERS)
 class Clu:
   """clu's default writer: TensorFlow summaries in <workdir>/clu plus absl log lines."""
+  name, needs = 'clu', ('clu', 'tensorflow', 'tensorboard')
 
   def __init__(self, workdir, config, name, ids):
     del name, ids
@@ -125,8 +135,21 @@ class Clu:
     self.w.close()
 
 
-WRITERS = {'tensorboard': TensorBoard, 'wandb': WandB, 'clu': Clu}
-assert set(WRITERS) == set(config_lib.TRACKERS), 'one writer per tracker name'
+def tracker_names(spec: str) -> list[str]:
+  return [t.strip() for t in spec.split(',') if t.strip()]
+
+
+def check_config(cfg):
+  """config.train.trackers: registered names, each once, whose packages are installed (checked
+  by the run that opens them, not by evaluating or sampling it)."""
+  spec = cfg.train.trackers
+  names = tracker_names(spec)
+  for t in names:
+    need(t in TRACKERS, 'train.trackers', f'{t!r} is not one of {", ".join(TRACKERS)}')
+    missing = [m for m in TRACKERS[t].needs if importlib.util.find_spec(m) is None]
+    need(not missing, 'train.trackers', f'{t} needs the {", ".join(missing)} package(s) '
+         '(pip install -e ".[trackers]")')
+  need(len(set(names)) == len(names), 'train.trackers', f'{spec!r} names a tracker twice')
 
 
 def open_trackers(workdir, config: dict, ids: dict):
@@ -135,9 +158,9 @@ def open_trackers(workdir, config: dict, ids: dict):
   if jax.process_index() != 0:
     return []
   name, opened = run_name(workdir), []
-  for t in config_lib.tracker_names(config['train']['trackers']):
+  for t in tracker_names(config['train']['trackers']):
     try:
-      opened.append(WRITERS[t](workdir, config, name, ids))
+      opened.append(TRACKERS[t](workdir, config, name, ids))
     except Exception as e:  # pylint: disable=broad-except  (e.g. wandb online, not logged in)
       for o in opened:
         o.close()
