@@ -1,5 +1,5 @@
-"""Fitting a law to a runs table: the driver, bootstrap intervals and the CLI (the laws are in
-study/laws.py: to add one, its loss and fitter there and a LAWS entry here).
+"""Fitting a law to a runs table: the driver, bootstrap intervals and the CLI (each law is a
+registered fitting.Law in study/law_<name>.py; study/laws.py imports them all).
 
   python -m dlm_jax.scaling fit --runs RUNS.csv --law chinchilla|isoflop|data_constrained|power \
       [--bootstrap K (200)] [--no-profile] [--fix NAME=VALUE,...] [--seed S] --out FIT.json
@@ -7,11 +7,11 @@ study/laws.py: to add one, its loss and fitter there and a LAWS entry here).
 RUNS.csv columns: N, D, loss; optional U (unique tokens), C (FLOPs; default 6 N D), family, run.
 """
 import sys
-import warnings
 
 import numpy as np
 
 from dlm_jax.errors import FitError, SweepError
+from dlm_jax.study import fitting
 from dlm_jax.study import laws
 from dlm_jax.study import sweep
 
@@ -64,18 +64,7 @@ def check_positive(runs, cols):
                      f'{", ".join(str(n) for n in np.asarray(names)[bad][:10])}')
 
 
-# name -> (the columns it needs, fit(runs, fix, starts, window, draw) -> laws.Fit); draw: a
-# bootstrap refit, which needs only the parameters
-LAWS = {
-    'chinchilla': (('N', 'D', 'loss'), lambda r, fix, starts, window, draw: laws.fit_chinchilla(
-        r['N'], r['D'], r['loss'], fix, starts)),
-    'isoflop': (('N', 'loss'), lambda r, fix, starts, window, draw: laws.fit_isoflop(
-        r['N'], r['C'], r['loss'], r.get('run'), window, vertex_ci=not draw)),
-    'data_constrained': (('N', 'D', 'U', 'loss'), lambda r, fix, starts, window, draw:
-                         laws.fit_data_constrained(r['N'], r['D'], r['U'], r['loss'], fix)),
-    'power': (('loss',), lambda r, fix, starts, window, draw: laws.fit_power(
-        r['C'], r['loss'], r.get('family'))),
-}
+LAWS = fitting.LAWS  # name -> fitting.Law, every registered law
 
 
 def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
@@ -84,20 +73,18 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
   (chinchilla): profile-likelihood intervals for alpha and beta. window: isoflop only, the sizes
   around each budget's minimum its parabola uses (0: all, as published)."""
   fix = fix or {}
-  if law not in LAWS:
-    raise FitError(f'unknown law {law!r}: use {", ".join(LAWS)}')
-  cols, fit_law = LAWS[law]
-  for c in cols:
+  spec = fitting.get(law)
+  for c in spec.columns:
     if c not in runs:
       raise FitError(f'{law}: the runs table needs a column {c!r}')
   runs = dict(runs)
   if 'C' not in runs or np.isnan(np.asarray(runs['C'], float)).all():
     check_positive(runs, ('N', 'D'))
     runs['C'] = 6 * np.asarray(runs['N'], float) * np.asarray(runs['D'], float)
-  check_positive(runs, tuple(cols) + ('C',))
+  check_positive(runs, tuple(spec.columns) + ('C',))
 
-  def one(idx, starts=None, draw=False):
-    return fit_law({k: np.asarray(v)[idx] for k, v in runs.items()}, fix, starts, window, draw)
+  def one(idx, draw=False):
+    return spec.fit({k: np.asarray(v)[idx] for k, v in runs.items()}, fix, draw, window=window)
 
   n = len(runs['loss'])
   main = one(np.arange(n))
@@ -105,21 +92,16 @@ def fit(law, runs, fix=None, seed=0, bootstrap=0, window=0, profile=False):
     print(f'warning: {law}: {w}', file=sys.stderr)
   out = main.to_json()
   out['fixed'] = fix
-  why = laws.degenerate(law, main.params, runs)
+  why = spec.degenerate(main.params, runs)
   if why:
     out['degenerate'] = why
     print(f'warning: {law}: degenerate fit: {why}', file=sys.stderr)
   Cs = np.logspace(np.log10(np.min(runs['C'])), np.log10(np.max(runs['C'])), 5)
-  if law == 'chinchilla':
-    n_opt, d_opt = laws.compute_optimal(main.params, Cs)
-    out['frontier'] = dict(C=Cs.tolist(), N_opt=n_opt.tolist(), D_opt=d_opt.tolist())
-    if profile:
-      out['profile'] = {k: laws.profile_interval(runs['N'], runs['D'], runs['loss'], main, k,
-                                                 fix) for k in ('alpha', 'beta') if k not in fix}
+  out.update(spec.describe(main, runs, Cs, fix, profile=profile))
   if bootstrap:
     counts = resample_counts(runs, bootstrap, np.random.default_rng(seed))
-    draws, failed = bootstrap_draws(law, runs, counts, main, fix, one)
-    flat = [flat_params(d, law, Cs) for d in draws]
+    draws, failed = spec.draws(runs, counts, main, fix, lambda idx: one(idx, draw=True))
+    flat = [spec.flat(d, Cs) for d in draws]
     keys = sorted(set().union(*flat)) if flat else []
     out['ci'] = {k: [float(np.percentile([d[k] for d in flat if k in d], 2.5)),
                      float(np.percentile([d[k] for d in flat if k in d], 97.5))] for k in keys}
@@ -145,53 +127,6 @@ def resample_counts(runs, K, rng):
 
 
 CELL_COLUMNS = ('objective', 'family', 'ratio', 'size', 'N', 'D', 'U')
-
-
-def bootstrap_draws(law, runs, counts, main, fix, one):
-  """(fitted params per successful draw, number of draws that failed or did not converge).
-  Chinchilla and data-constrained draws are all fitted at once (from the full fit's best grid
-  starts); the closed-form laws refit each draw."""
-  if law == 'chinchilla':
-    params, ok = laws.fit_chinchilla_draws(runs['N'], runs['D'], runs['loss'], counts,
-                                           main.starts, fix)
-    return [p for p, g in zip(params, ok) if g], int((~ok).sum())
-  if law == 'data_constrained':
-    params, ok = laws.fit_data_constrained_draws(runs['N'], runs['D'], runs['U'], runs['loss'],
-                                                 counts, fix)
-    return [p for p, g in zip(params, ok) if g], int((~ok).sum())
-  draws, failed = [], 0
-  for c in counts:
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        draws.append(one(np.repeat(np.arange(len(c)), c), draw=True))
-    except FitError:  # e.g. a resample with too few sizes in a budget
-      failed += 1
-  return draws, failed
-
-
-def flat_params(f, law, Cs):
-  """Scalar parameters and derived quantities of a fit (a laws.Fit, or a params dict), flattened
-  for intervals: the exponent a of N_opt ~ C^a and N_opt, D_opt at the frontier budgets Cs
-  (Chinchilla laws), each budget's vertex N_opt@C (IsoFLOP, C to 2 digits), the compute
-  multiplier (power laws with two families)."""
-  p = f.params if isinstance(f, laws.Fit) else f
-  out = {}
-  if law == 'power':
-    for fam, q in p.items():
-      out[f'{fam}.k'], out[f'{fam}.gamma'] = q['k'], q['gamma']
-    if 'compute_multiplier' in f.extra:
-      out['compute_multiplier'] = f.extra['compute_multiplier']
-    return out
-  out.update({k: float(v) for k, v in p.items() if isinstance(v, (float, int))})
-  if law == 'isoflop' and isinstance(f, laws.Fit):
-    out.update({f'N_opt@{b["C"]:.2g}': b['N_opt'] for b in f.extra['budgets']})
-  if law in ('chinchilla', 'data_constrained'):
-    out['a_opt'] = p['beta'] / (p['alpha'] + p['beta'])  # N_opt ~ C^a_opt
-    n_opt, d_opt = laws.compute_optimal(p, Cs)
-    for C, nn, dd in zip(Cs, n_opt, d_opt):
-      out[f'N_opt@{C:.3g}'], out[f'D_opt@{C:.3g}'] = float(nn), float(dd)
-  return out
 
 
 HOFFMANN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, R_D_star=15.0, R_N_star=5.0)
