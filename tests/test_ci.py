@@ -31,3 +31,23 @@ def test_ci_extras_step_runs_with_fail_on_skip_and_never_skips_torch():
   assert '-m "extras and not slow" --fail-on-skip' in step2
   assert 'exit 0' not in step2  # no path that skips the extras and passes
   assert 'pip install --quiet "torch>=2.13.0" || exit 1' in step2  # the index's build, else fail
+
+
+def test_ci_checks_the_import_structure_and_it_holds(tmp_path):
+  """.ci/run runs tools/archcheck.py before the tests; the package passes it (no cycle, no
+  function-level import of the package, no private import, no module over 400 lines), and the
+  check fails on a module that breaks a rule (so it can fail)."""
+  root = os.path.dirname(HERE)
+  ci = open(os.path.join(root, '.ci', 'run'), encoding='utf-8').read()
+  assert '"$PY" tools/archcheck.py . dlm_jax || exit 1' in ci
+  check = lambda where: subprocess.run([sys.executable, os.path.join(root, 'tools', 'archcheck.py'),
+                                        where, 'dlm_jax'], capture_output=True, text=True)
+  ok = check(root)
+  assert ok.returncode == 0 and '(ok)' in ok.stdout, ok.stdout
+  pkg = tmp_path / 'dlm_jax'
+  pkg.mkdir()
+  (pkg / '__init__.py').write_text('')
+  (pkg / 'a.py').write_text('def f():\n  from dlm_jax import b\n' + 'x = 1\n' * 401)
+  (pkg / 'b.py').write_text('')
+  bad = check(str(tmp_path))
+  assert bad.returncode == 1 and 'function-level package imports 1' in bad.stdout, bad.stdout
