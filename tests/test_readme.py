@@ -208,6 +208,20 @@ def test_readme_is_a_front_door():
     assert f'](docs/{os.path.basename(page)}' in text, f'{page} is not linked from the README'
 
 
+@pytest.mark.parametrize('example', ['toy_loss.py', 'toy_law.py'])
+def test_extending_shows_the_files_its_tests_add_and_remove(example):
+  """README "Extending it": each diff is exactly the file (less its module docstring) that
+  tests/test_losses_extending.py / test_laws_extending.py register, run and remove."""
+  text = open(README, encoding='utf-8').read()
+  path = f'tests/extending/{example}'
+  block = re.search(r'```diff\n--- /dev/null\n\+\+\+ b/' + re.escape(path) + r'\n(.*?)```', text,
+                    re.S)
+  assert block, f'README shows no diff adding {path}'
+  shown = ''.join(line[1:] + '\n' for line in block.group(1).splitlines())
+  source = open(os.path.join(ROOT, path), encoding='utf-8').read()
+  assert source.startswith('"""') and shown == source[source.index('"""\n', 3) + 4:]
+
+
 def test_link_checker_finds_what_is_broken(tmp_path):
   (tmp_path / 'a.md').write_text('# Title\n\n## Some `code` here\n')
   text = ('[ok](a.md) [ok](a.md#title) [ok](a.md#some-code-here) [ok](#mine) [web](https://x.y/z)\n'
