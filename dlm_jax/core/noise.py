@@ -132,7 +132,7 @@ def grid_bias_bound(dist: TimeDist, schedule: Schedule, points=None) -> float:
 
 def nelbo_bias_bound(dcfg) -> float:
   """grid_bias_bound of the configured time sampler and schedule (0 for uniform)."""
-  if dcfg.time_sampler == 'uniform':
+  if TIME_SAMPLERS[dcfg.time_sampler].flat:
     return 0.0
   return _bias_bound_cached(_key(dcfg), dcfg.schedule, float(dcfg.poly_k))
 
@@ -349,7 +349,7 @@ def check_config(cfg, training=True):
       need(p.ok(dc[p.key]), f'diffusion.{p.key}', p.why.format(v=dc[p.key]))
   for p in (*TIME_SAMPLERS[dc.time_sampler].params, MIX):
     need(p.ok(sp[p.key]), f'diffusion.sampler_params.{p.key}', p.why.format(v=sp[p.key]))
-  if training and dc.weighting == 'elbo' and dc.time_sampler != 'uniform':
+  if training and dc.weighting == 'elbo' and not TIME_SAMPLERS[dc.time_sampler].flat:
     bias = nelbo_bias_bound(dc)
     need(bias <= BIAS_TOLERANCE, 'diffusion.time_sampler',
          f'{dc.time_sampler} with these sampler_params cannot give an unbiased NELBO under '

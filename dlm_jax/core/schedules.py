@@ -168,9 +168,11 @@ class TimeDist:
   """A law on (0, 1) truncated to [eps, 1]. Subclasses give the untruncated law's density
   `pdf0`, CDF `cdf0` and survival function `sf0` (1 - cdf0, accurate in the upper tail) with
   their inverses `icdf0` and `isf0`. `params`: its Params under config.diffusion.sampler_params,
-  which `from_params` reads."""
+  which `from_params` reads. `flat`: a constant density, whose elbo weights float32 sampling
+  follows exactly (no bias bound to check)."""
   name = ''
   params = ()
+  flat = False
 
   def __init__(self, eps):
     self.eps = eps
@@ -217,7 +219,7 @@ class TimeDist:
 
 @registered(TIME_SAMPLERS)
 class Uniform(TimeDist):
-  name = 'uniform'
+  name, flat = 'uniform', True
 
   def pdf0(self, t):
     return jnp.ones_like(t)

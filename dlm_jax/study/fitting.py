@@ -46,6 +46,7 @@ class Law:
   columns = ('loss',)  # the runs table's columns it needs (C is 6 N D when the table has none)
   panel = ''  # its panel in `plot sweep --plots` ('': it draws none)
   panel_order = 100  # where that panel sits among the others (smaller first)
+  profiled = False  # has profile-likelihood intervals (scaling.fit(profile=True) computes them)
 
   def fit(self, runs, fix, draw=False, **opts):
     """-> Fit for the runs table (dict of columns); fix: parameters held at given values; draw:

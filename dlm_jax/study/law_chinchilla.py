@@ -249,6 +249,7 @@ class Chinchilla(fitting.Law):
   """L = E + A/N^alpha + B/D^beta; FIT.json adds the compute-optimal frontier and (profile)
   profile-likelihood intervals of alpha and beta."""
   name = 'chinchilla'
+  profiled = True
   columns = ('N', 'D', 'loss')
   panel = 'chinchilla'
   panel_order = 30

@@ -24,6 +24,7 @@ from dlm_jax.run import rundir
 from dlm_jax.run import samples as run_samples
 from dlm_jax.run import setup as setup_lib
 from dlm_jax.run import step as step_lib
+from dlm_jax.study import fitting
 from dlm_jax.study import scaling
 
 # Dense bf16 peak FLOP/s per device (vendor figures) for MFU; unknown devices report none.
@@ -226,9 +227,9 @@ def format_train(r):
 
 
 def bench_fit(law, runs, bootstrap):
-  """Seconds for the fit alone (profile intervals included for chinchilla) and for the fit with
-  `bootstrap` resamples, and how many of them failed."""
-  profile = law == 'chinchilla'
+  """Seconds for the fit alone (profile intervals included where the law has them) and for the
+  fit with `bootstrap` resamples, and how many of them failed."""
+  profile = fitting.LAWS[law].profiled
   t0 = time.perf_counter()
   scaling.fit(law, runs, profile=profile)
   t1 = time.perf_counter()
