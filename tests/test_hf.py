@@ -31,9 +31,9 @@ from dlm_jax.run import resume
 
 pytestmark = pytest.mark.extras
 torch = pytest.importorskip(
-    'torch', reason='needs the [hf] extra and a CPU torch (README: "Optional extras")')
+    'torch', reason='needs the [hf] extra and a CPU torch (README: "Install")')
 transformers = pytest.importorskip(
-    'transformers', reason='needs the [hf] extra (README: "Optional extras")')
+    'transformers', reason='needs the [hf] extra (README: "Install")')
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 V = 300

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.extras
 lm_eval = pytest.importorskip(
-    'lm_eval', reason='needs the [lmeval] extra and a CPU torch (README: "Optional extras")')
+    'lm_eval', reason='needs the [lmeval] extra and a CPU torch (README: "Install")')
 
 from conftest import ROOT, train_tiny_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dlm_jax import lmeval as lmeval_cli
