@@ -265,6 +265,7 @@ def _run_as_written(cmd, cwd, extra=''):
   return p
 
 
+@pytest.mark.slow  # the quickstart's train / eval / sample and plot curves run by default elsewhere
 def test_ar_mdm_recipe(tmp_path):
   """The README's "Train AR and MDM and compare them" as written, from a directory outside the
   clone, with TINY after each --config: two runs, their curves, every estimator of each."""
