@@ -714,3 +714,13 @@ def test_a_batch_log_shows_progress_without_a_terminal(finished_run):
         in line and f'| lr {row["lr"]:.2e} |' in line and ' tok/s | ETA ' in line, line
   assert [l.split(':')[0] for l in out if l.startswith('validation at')] == [
       'validation at step 2', 'validation at step 4']
+
+
+def test_a_write_failure_names_the_os_reason_however_long_the_path():
+  """The checkpoint error keeps the OS's reason even when a long path or spec pushes it into the
+  middle of TensorStore's message (it was cut out when pytest's tmp path grew)."""
+  long = 'x' * 200
+  err = OSError(f'Error writing "{long}/a": [OS error 27] File too large [spec {long}]')
+  cause = checkpoint._root_cause  # pylint: disable=protected-access
+  assert 'File too large' in cause(err) and len(cause(err)) < 340
+  assert cause(OSError('No space left on device')) == 'OSError: No space left on device'

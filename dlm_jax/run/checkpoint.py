@@ -1,5 +1,6 @@
 """Checkpoints: asynchronous atomic orbax writes, restore onto any mesh, fallback past unreadable
 steps, and parameter-only reads (evaluation, sampling, init_from)."""
+import errno
 import json
 import os
 import sys
@@ -70,9 +71,17 @@ def _root_cause(e):
                                                      GeneratorExit))]
   e = (reasons or chain)[-1]
   msg = ' '.join(str(e).split()) or 'no message'
-  if len(msg) > 300:  # the start says what failed, the end usually says why
+  if len(msg) > 300:  # the start says what failed, the end usually says why ...
+    why = [r for r in OS_REASONS if r in msg]
     msg = msg[:150] + ' ... ' + msg[-150:]
+    if why and why[0] not in msg:  # ... unless a long path pushed the OS's reason into the middle
+      msg += f' ({why[0]})'
   return f'{type(e).__name__}: {msg}'
+
+
+# what the OS says of a write that cannot go on (full disk, file size limit, quota, permissions)
+OS_REASONS = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES,
+                                            errno.EROFS, errno.EIO))
 
 
 def _set_aside(mngr, steps):
