@@ -284,7 +284,8 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
 FROZEN_BASE = dict(
     data=dict(cache_dir='', corpus='embedded', packing='wrap', prefetch=2, segment_ids=False,
         seq_len=128, task='', tokenizer='bpe', unique_tokens=0, val_fraction=0.04),
-    diffusion=dict(eps=0.001, low_discrepancy=True, mask_eos=True, mask_pattern='bernoulli',
+    diffusion=dict(eps=0.001, low_discrepancy=True, logsnr_scale=1.0, logsnr_shift=0.0,
+        mask_eos=True, mask_pattern='bernoulli', noise='masked', p_uniform=0.5,
         pad='predict', poly_k=2.0, sampler_params=dict(beta_a=2.0, beta_b=2.0, mu=0.0,
         sigma=1.0, uniform_mix=0.0), schedule='linear', time_sampler='uniform',
         weighting='elbo'),

@@ -93,14 +93,18 @@ def test_each_sampler_checks_its_own_parameters_only_when_chosen(sampler, key, v
 
 
 def test_schedules_are_one_registry_and_their_parameters_are_checked():
-  assert list(schedules.SCHEDULES) == ['linear', 'cosine', 'polynomial', 'loglinear']
+  assert list(schedules.SCHEDULES) == ['linear', 'cosine', 'polynomial', 'loglinear', 'logsnr']
   c = config.base()
   for name, cls in schedules.SCHEDULES.items():
     assert isinstance(schedules.get_schedule(name, c.diffusion), cls)
   assert schedules.get_schedule('polynomial', c.diffusion).k == c.diffusion.poly_k
   assert schedules.get_schedule('loglinear', c.diffusion).delta == c.diffusion.eps
+  assert schedules.get_schedule('logsnr', c.diffusion).shift == c.diffusion.logsnr_shift
   c.diffusion.poly_k = 0.0
   with pytest.raises(ConfigError, match=r'^config\.diffusion\.poly_k: must be positive, got 0\.0$'):
+    config.validate(c)
+  c.diffusion.poly_k, c.diffusion.logsnr_scale = 2.0, 0.5
+  with pytest.raises(ConfigError, match=r'^config\.diffusion\.logsnr_scale: must be in \[1, 10\]'):
     config.validate(c)
   with pytest.raises(ValueError, match="unknown schedule 'nope'"):
     schedules.get_schedule('nope')

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from dlm_jax.core.flops import head_size
 from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
 from dlm_jax.core.model_config import DTYPE_NAMES, ModelConfig  # pylint: disable=unused-import
+from dlm_jax.core.model_config import never_predicted
 from dlm_jax.core.sharding import BATCH_AXES as BATCH, constrain
-from dlm_jax.core.tokens import MASK
 from dlm_jax.errors import ConfigError
 
 
@@ -269,10 +269,7 @@ class Transformer(nn.Module):
                               name='head')(x_BxLxD)
     # a select, not .at[].set: the scatter's transpose in the backward pass cost 0.5 s of a 9 s
     # CPU step (profile in BENCHMARKS.md)
-    ids_V = jnp.arange(logits_BxLxV.shape[-1])
-    never_V = (ids_V == MASK) | (ids_V >= (c.vocab_real or c.vocab_size))  # + vocabulary padding
-    for i in unpredicted_ids(c):
-      never_V = never_V | (ids_V == i)
+    never_V = never_predicted(c, logits_BxLxV.shape[-1])  # [MASK], vocabulary padding, ...
     logits_BxLxV = jnp.where(never_V, NEG_INF, logits_BxLxV.astype(jnp.float32))
     if cache is None:
       return logits_BxLxV

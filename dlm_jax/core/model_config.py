@@ -3,6 +3,8 @@ defaults (`defaults`: ModelConfig's fields plus `size`) and its checks (`check_c
 once here beside the dataclass core/model.py builds from."""
 import dataclasses
 
+import numpy as np
+
 from dlm_jax.core import flops
 from dlm_jax.core.registry import choice, need
 from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
@@ -83,6 +85,18 @@ def resolve(m, vocab_size: int, vocab_real: int = 0):
          f'({vocab_size})')
   if m.mlp_dim == 0:
     m.mlp_dim = flops.default_mlp_dim(m.d_model)
+
+
+def never_predicted(c, V: int) -> np.ndarray:
+  """bool[V]: the ids the model never predicts (their logits are -1e9): [MASK], the vocabulary's
+  padding rows (ids >= vocab_real) and model.unpredicted. The rest is what x-hat ranges over and
+  what uniform noise draws from (core/noise.py)."""
+  ids_V = np.arange(V)
+  never_V = (ids_V == MASK) | (ids_V >= (c.vocab_real or c.vocab_size or V))
+  for x in c.unpredicted.split(','):
+    if x.strip():
+      never_V |= ids_V == int(x)
+  return never_V
 
 
 def check_config(cfg):

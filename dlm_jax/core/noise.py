@@ -230,7 +230,14 @@ def _exact_count_cached(key, L):
 
 
 PAD_MODES = ('predict', 'visible')
-WEIGHTINGS = ('elbo', 'plain')
+WEIGHTINGS = ('elbo', 'plain', 'ce')
+# the forward process's prior pi = (1 - p) [MASK] + p Uniform(predicted ids), by p
+NOISE_TYPES = ('masked', 'uniform', 'hybrid')
+
+
+def uniform_frac(dcfg) -> float:
+  """p of the prior pi: 0 masked, 1 uniform, diffusion.p_uniform for hybrid."""
+  return {'masked': 0.0, 'uniform': 1.0}.get(dcfg.noise, dcfg.get('p_uniform', 0.0))
 
 
 class Noise:
@@ -307,6 +314,9 @@ def defaults() -> ml_collections.ConfigDict:
   """config.diffusion: the noise process's keys and defaults (choices: the registries above)."""
   first = [cls for cls in SCHEDULES.values() if cls.params]
   return ml_collections.ConfigDict(dict(
+      noise='masked',          # masked | uniform | hybrid: the prior pi = (1 - p) [MASK] +
+                               # p Uniform(predicted ids), p = 0, 1, p_uniform
+      p_uniform=0.5,           # hybrid's p, in (0, 1) (masked and uniform are its two ends)
       schedule='linear',       # a name in schedules.SCHEDULES
       **{p.key: p.default for cls in first for p in cls.params},  # polynomial: poly_k
       eps=1e-3,                # t in [eps, 1]
@@ -314,6 +324,8 @@ def defaults() -> ml_collections.ConfigDict:
       low_discrepancy=True,    # u_i = (u + i/B) mod 1 across the batch, through the inverse CDF
       sampler_params=ml_collections.ConfigDict(sampler_param_defaults()),
       weighting='elbo',        # elbo: w(t)/q(t), unbiased NELBO | plain: w(t), sampler reshapes
+                               # | ce: unweighted cross-entropy on the noised tokens (a training
+                               # loss, not a bound; validation still reports the NELBO)
       mask_pattern='bernoulli',  # a name in MASK_PATTERNS
       mask_eos=True,           # EOS is a real token to predict (AR pays for it too)
       pad='predict',           # predict: PAD is noised and predicted like any token, so the NELBO
@@ -338,6 +350,10 @@ def check_config(cfg, training=True):
   only training uses). A schedule's Params are top-level diffusion keys, checked whichever
   schedule runs; a sampler's sampler_params only when it is chosen (samplers share keys)."""
   dc, sp = cfg.diffusion, cfg.diffusion.sampler_params
+  choice(dc, 'noise', NOISE_TYPES, 'diffusion.')
+  need(0.0 < dc.p_uniform < 1.0, 'diffusion.p_uniform',
+       f'{dc.p_uniform} is outside (0, 1): hybrid noise mixes [MASK] and uniform noise, whose two '
+       'ends are diffusion.noise=masked (0) and uniform (1)')
   choice(dc, 'schedule', SCHEDULES, 'diffusion.')
   choice(dc, 'time_sampler', TIME_SAMPLERS, 'diffusion.')
   choice(dc, 'weighting', WEIGHTINGS, 'diffusion.')
@@ -349,6 +365,10 @@ def check_config(cfg, training=True):
       need(p.ok(dc[p.key]), f'diffusion.{p.key}', p.why.format(v=dc[p.key]))
   for p in (*TIME_SAMPLERS[dc.time_sampler].params, MIX):
     need(p.ok(sp[p.key]), f'diffusion.sampler_params.{p.key}', p.why.format(v=sp[p.key]))
+  need(dc.noise == 'masked' or dc.mask_pattern == 'bernoulli', 'diffusion.mask_pattern',
+       f'exact_count needs diffusion.noise=masked: under {dc.noise} noise the NELBO integrand '
+       'depends on t beyond the number of noised tokens, so no weighting of a fixed count is '
+       'unbiased; use bernoulli')
   if training and dc.weighting == 'elbo' and not TIME_SAMPLERS[dc.time_sampler].flat:
     bias = nelbo_bias_bound(dc)
     need(bias <= BIAS_TOLERANCE, 'diffusion.time_sampler',

@@ -154,6 +154,49 @@ class LogLinear(Schedule):
     return s / (1.0 - self.delta)
 
 
+@registered(SCHEDULES)
+class LogSNR(Schedule):
+  """A schedule in log-SNR: alpha = sigmoid(lambda(t)), lambda(t) = shift + scale log((1 - t) / t)
+  (shift 0, scale 1: exactly linear). shift > 0 keeps more signal at every t (the log-SNR shift
+  uniform noise is often trained with); scale > 1 steepens the middle. alpha(0) = 1, alpha(1) = 0
+  for every setting, so the prior at t = 1 is exactly pi. Below scale 1 the weight diverges at
+  t = 1 (refused)."""
+  name = 'logsnr'
+  params = (Param('logsnr_shift', 0.0, lambda v: abs(v) <= 20, 'must be in [-20, 20], got {v}'),
+            Param('logsnr_scale', 1.0, lambda v: 1.0 <= v <= 10.0,
+                  'must be in [1, 10] (below 1 the NELBO weight diverges at t = 1), got {v}'))
+
+  def __init__(self, shift=0.0, scale=1.0):
+    self.shift, self.scale, self.c = shift, scale, math.exp(-shift)
+
+  @classmethod
+  def from_config(cls, dcfg):
+    return cls(dcfg.logsnr_shift, dcfg.logsnr_scale)
+
+  def _parts(self, t):
+    """(t^s, e^shift (1 - t)^s): 1 - alpha and alpha are a / (a + b) and b / (a + b)."""
+    return t ** self.scale, (1.0 - t) ** self.scale / self.c
+
+  def alpha(self, t):
+    a, b = self._parts(t)
+    return b / (a + b)
+
+  def mask_prob(self, t):
+    a, b = self._parts(t)
+    return a / (a + b)
+
+  def weight(self, t):
+    # -alpha' / (1 - alpha) = scale alpha / (t (1 - t)), written finite at t = 1
+    return self.scale / (t * (1.0 - t) + self.c * t ** (1.0 + self.scale) *
+                         (1.0 - t) ** (1.0 - self.scale))
+
+  def dalpha(self, t):
+    return -self.weight(t) * self.mask_prob(t)
+
+  def t_of_mask_prob(self, s):
+    return 1.0 / (1.0 + ((1.0 - s) * self.c / s) ** (1.0 / self.scale))
+
+
 def get_schedule(name: str, dcfg=None) -> Schedule:
   """The registered schedule `name`, its parameters from config.diffusion (else its defaults)."""
   if name not in SCHEDULES:
