@@ -62,24 +62,35 @@ def ar_terms(model, params, batch, rng, train=True, prefix_P_B=None, token_dropo
   return dict(loss_sum=nll_sum, nll_sum=nll_sum, tokens=jnp.sum(valid_BxL))
 
 
-def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True,
-              segments=False):
-  """Sums given the noise: loss_sum = sum_b weight_b sum_{i masked} CE_bi (the training loss) and
-  nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting). The
-  denominator `tokens` counts non-PAD targets (after a task's prompt), as AR's does; masked PAD
-  targets (diffusion.pad=predict) are in the sums: they pay for the length. segments: as
-  ar_terms'."""
+def mdm_inputs(targets_BxL, mask_BxL, fam=None):
+  """What the denoiser reads: the shifted noisy targets (masked: [MASK] where masked; the noise
+  family's draws, `fam['z']`, else)."""
+  return shift_inputs(targets_BxL, mask_BxL) if fam is None else shift_inputs(fam['z'])
+
+
+def mdm_sums(logits_BxLxV, batch, mask_BxL, weight_B, elbo_weight_B, fam=None):
+  """The sums of mdm_terms from the denoiser's logits (what block diffusion reuses per block)."""
   targets_BxL = batch['targets']
   valid_BxL = targets_BxL != PAD
   if 'prefix_len' in batch:  # task data: the prompt is context, not data to model
     valid_BxL = valid_BxL & (jnp.arange(targets_BxL.shape[1])[None] >= batch['prefix_len'][:, None])
   valid_BxL = valid_BxL.astype(jnp.float32)
-  logits_BxLxV = apply(model, params, shift_inputs(targets_BxL, mask_BxL), 'bidirectional',
-                       segments, rng, train)
   ce_BxL = token_ce(logits_BxLxV, targets_BxL) * mask_BxL
   return dict(loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
               nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL),
               tokens=jnp.sum(valid_BxL), masked=jnp.sum(mask_BxL))
+
+
+def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True,
+              segments=False, fam=None):
+  """Sums given the noise: loss_sum = sum_b weight_b sum_{i masked} CE_bi (the training loss) and
+  nelbo_sum with the unbiased-NELBO weights (equal to loss_sum under `elbo` weighting). The
+  denominator `tokens` counts non-PAD targets (after a task's prompt), as AR's does; masked PAD
+  targets (diffusion.pad=predict) are in the sums: they pay for the length. segments: as
+  ar_terms'. fam: the noise family's extra draws (uniform / hybrid noise), None for masked."""
+  logits_BxLxV = apply(model, params, mdm_inputs(batch['targets'], mask_BxL, fam),
+                       'bidirectional', segments, rng, train)
+  return mdm_sums(logits_BxLxV, batch, mask_BxL, weight_B, elbo_weight_B, fam)
 
 
 def sample_prefix(rng, batch):
