@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.core import family
 from dlm_jax.core import noise as noise_lib
 from dlm_jax.core.inputs import apply, shift_inputs, token_dropout_mask
 from dlm_jax.core.kernels import token_ce
@@ -68,17 +69,49 @@ def mdm_inputs(targets_BxL, mask_BxL, fam=None):
   return shift_inputs(targets_BxL, mask_BxL) if fam is None else shift_inputs(fam['z'])
 
 
+FAMILY_KEYS = ('z', 'maskable', 'a', 'da', 'c', 'n', 'ce')  # noise_lib.Noise.draw's `fam`
+
+
+def family_of(noise):
+  """The family draws among a row batch's noise arrays (None under masked noise)."""
+  return {k: noise[k] for k in FAMILY_KEYS} if 'z' in noise else None
+
+
 def mdm_sums(logits_BxLxV, batch, mask_BxL, weight_B, elbo_weight_B, fam=None):
-  """The sums of mdm_terms from the denoiser's logits (what block diffusion reuses per block)."""
+  """The sums of mdm_terms from the denoiser's logits (what block diffusion reuses per block).
+  Under uniform / hybrid noise (`fam`) every maskable position carries the family's NELBO term
+  (core/family.py), noised or not; weighting=ce trains the CE of the noised ones instead."""
   targets_BxL = batch['targets']
   valid_BxL = targets_BxL != PAD
   if 'prefix_len' in batch:  # task data: the prompt is context, not data to model
     valid_BxL = valid_BxL & (jnp.arange(targets_BxL.shape[1])[None] >= batch['prefix_len'][:, None])
   valid_BxL = valid_BxL.astype(jnp.float32)
   ce_BxL = token_ce(logits_BxLxV, targets_BxL) * mask_BxL
-  return dict(loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
-              nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL),
-              tokens=jnp.sum(valid_BxL), masked=jnp.sum(mask_BxL))
+  out = dict(tokens=jnp.sum(valid_BxL), masked=jnp.sum(mask_BxL))
+  if fam is None:
+    return dict(out, loss_sum=jnp.sum(weight_B[:, None] * ce_BxL),
+                nelbo_sum=jnp.sum(elbo_weight_B[:, None] * ce_BxL))
+  term_BxL = family.token_nelbo(logits_BxLxV, targets_BxL, fam['z'], fam['a'], fam['da'],
+                                fam['c'], fam['n']) * fam['maskable']
+  term_B, ce_B = jnp.sum(term_BxL, 1), jnp.sum(ce_BxL, 1)
+  return dict(out, loss_sum=jnp.sum(weight_B * jnp.where(fam['ce'] > 0, ce_B, term_B)),
+              nelbo_sum=jnp.sum(elbo_weight_B * term_B))
+
+
+def reconstruction_sum(model, params, cfg, batch, rng, noise):
+  """Uniform / hybrid noise: -log p(x | z_eps) summed over the maskable positions, p(x_i | z) =
+  x_hat_i (the reverse process's last step), with z_eps drawn at t = eps. The truncated bound
+  needs it: the family's integrand grows like (1 - x_hat(x)) / t near t = 0, so dropping [0, eps]
+  is not negligible (it put an exact model's NELBO 1.8% below -log p(x): tests/test_family.py)."""
+  targets_BxL = batch['targets']
+  r_m, r_z = jax.random.split(jax.random.fold_in(rng, 7))
+  maskable_BxL = noise.maskable(targets_BxL, batch.get('prefix_len'))
+  t_B = jnp.full((targets_BxL.shape[0],), noise.cfg.eps, jnp.float32)
+  noised_BxL = noise_lib.bernoulli_mask(r_m, t_B, maskable_BxL, noise.schedule)
+  z_BxL = family.corrupt(r_z, targets_BxL, noised_BxL, noise.p, noise.ids_N)
+  logits_BxLxV = apply(model, params, shift_inputs(z_BxL), 'bidirectional',
+                       cfg.data.segment_ids, rng, False)
+  return jnp.sum(token_ce(logits_BxLxV, targets_BxL) * maskable_BxL)
 
 
 def mdm_terms(model, params, batch, mask_BxL, weight_B, elbo_weight_B, rng, train=True,
@@ -239,29 +272,31 @@ class Prefix(AR):
 
 class MDM(LossKind):
   name, mdm_share, sampler, bpb_of = 'mdm', True, 'mdm', 'mdm_nelbo'
-  noise_keys = ('mask', 'w', 'elbo')
+  noise_keys = ('mask', 'w', 'elbo') + FAMILY_KEYS
   # fused (the mean of pll and ar) decodes as MDM
   estimators = ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix', 'fused')
   sums_keys = ('mdm_loss_sum', 'mdm_sum', 'mdm_tokens', 'masked')
 
   def draw(self, cfg, batch, keys, train):
-    _, mask_BxL, w_B, elbo_B = noise_lib.Noise(cfg.diffusion).sample(
-        keys['noise'], batch['targets'], batch.get('prefix_len'))
-    return dict(mask=mask_BxL, w=w_B, elbo=elbo_B)
+    return noise_lib.Noise.of(cfg).draw(keys['noise'], batch['targets'], batch.get('prefix_len'))
 
   def terms(self, model, params, batch, rng, cfg, train):
     batch = dict(batch)
+    fam = family_of(batch)
+    for k in FAMILY_KEYS if fam else ():
+      batch.pop(k)
     mask_BxL, w_B, elbo_B = batch.pop('mask'), batch.pop('w'), batch.pop('elbo')
     md = mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, jax.random.fold_in(rng, 1),
-                   train, segments=cfg.data.segment_ids)
+                   train, segments=cfg.data.segment_ids, fam=fam)
     return dict(loss_sum=md['loss_sum'], tokens=md['tokens'], mdm_loss_sum=md['loss_sum'],
                 mdm_sum=md['nelbo_sum'], mdm_tokens=md['tokens'], masked=md['masked'])
 
   def metrics(self, sums, cfg):
     out = {}
-    if noise_lib.Noise(cfg.diffusion).nelbo_exact:
+    # the family's training sums lack the reconstruction term: not a bound (validation adds it)
+    if cfg.diffusion.noise == 'masked' and noise_lib.Noise(cfg.diffusion).nelbo_exact:
       out['mdm_nelbo'] = sums['mdm_sum'] / sums['mdm_tokens']
-    if cfg.diffusion.weighting == 'plain':
+    if cfg.diffusion.weighting != 'elbo' or cfg.diffusion.noise != 'masked':
       out['mdm_loss'] = sums['mdm_loss_sum'] / sums['mdm_tokens']
     out['mask_rate'] = sums['masked'] / sums['mdm_tokens']
     return out
@@ -282,13 +317,16 @@ class MDM(LossKind):
   def validation_sums(self, model, cfg):
     """Uniform low-discrepancy t and the run's fixed eval seed, whatever the training sampler,
     so runs with different samplers compare."""
-    noise = noise_lib.Noise.for_evaluation(cfg.diffusion)
+    noise = noise_lib.Noise.for_evaluation(cfg)
 
     def sums(params, batch, rng):
-      _, mask_BxL, w_B, elbo_B = noise.sample(rng, batch['targets'], batch.get('prefix_len'))
-      md = mdm_terms(model, params, batch, mask_BxL, w_B, elbo_B, rng, train=False,
-                     segments=cfg.data.segment_ids)
-      return dict(mdm_nelbo_sum=md['nelbo_sum'], mdm_tokens=md['tokens'])
+      d = noise.draw(rng, batch['targets'], batch.get('prefix_len'))
+      md = mdm_terms(model, params, batch, d['mask'], d['w'], d['elbo'], rng, train=False,
+                     segments=cfg.data.segment_ids, fam=family_of(d))
+      total = md['nelbo_sum']
+      if noise.p > 0:
+        total = total + reconstruction_sum(model, params, cfg, batch, rng, noise)
+      return dict(mdm_nelbo_sum=total, mdm_tokens=md['tokens'])
     return sums
 
   def validation_metrics(self, tot):

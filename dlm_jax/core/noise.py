@@ -18,8 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from scipy import special as sp_special
 
+from dlm_jax.core import family
+from dlm_jax.core.exact_count import exact_count_mask, exact_count_table
+from dlm_jax.core.exact_count import exact_count_weights  # pylint: disable=unused-import
+from dlm_jax.core.model_config import never_predicted
 from dlm_jax.core.registry import choice, need
 from dlm_jax.core.schedules import MIX, SCHEDULES, TIME_SAMPLERS, Linear, Schedule, TimeDist
 from dlm_jax.core.schedules import Uniform, UniformMixture, get_schedule, get_time_dist
@@ -163,70 +166,7 @@ def bernoulli_mask(rng, t_B, maskable_BxL, schedule: Schedule = Linear()):
   return (jax.random.uniform(rng, maskable_BxL.shape) < p_Bx1) & maskable_BxL
 
 
-def exact_count_mask(rng, t_B, maskable_BxL, schedule: Schedule = Linear()):
-  """Exactly k_b = stochastic_round(n_b (1 - alpha(t_b))) maskable positions, chosen uniformly
-  (n_b = number of maskable positions). Same per-token marginal as Bernoulli, less variance; its
-  NELBO weights are `exact_count_weights`, not w(t)."""
-  r_round, r_pos = jax.random.split(rng)
-  n_B = jnp.sum(maskable_BxL, axis=1).astype(jnp.float32)
-  x_B = n_B * schedule.mask_prob(t_B)
-  k_B = jnp.floor(x_B) + (jax.random.uniform(r_round, x_B.shape) < x_B - jnp.floor(x_B))
-  score_BxL = jnp.where(maskable_BxL, jax.random.uniform(r_pos, maskable_BxL.shape), 2.0)
-  rank_BxL = jnp.argsort(jnp.argsort(score_BxL, axis=1), axis=1)
-  return (rank_BxL < k_B[:, None]) & maskable_BxL
-
-
 MASK_PATTERNS = {'bernoulli': bernoulli_mask, 'exact_count': exact_count_mask}
-
-
-def exact_count_weights(schedule: Schedule, dist: TimeDist, L: int) -> np.ndarray:
-  """v[n, k]: the unbiased NELBO weight of an exact-count mask of k of n maskable tokens.
-
-  Given the number masked, the masked set is uniform in both processes, so the NELBO
-  E_{U(eps,1)}[w(t) sum_masked CE] = sum_k c[n, k] g(k), g(k) the expected CE sum over size-k
-  sets, with c[n, k] = P-weighted (1/(1-eps)) int w(t) Binom(k; n, s(t)) dt = (1/(1-eps)) (1/k)
-  [I_{s(1)}(k, n-k+1) - I_{s(eps)}(k, n-k+1)] (s = 1 - alpha, w dt = ds / s, I the regularised
-  incomplete beta). Exact-count draws k with probability pi[n, k] = E_{t~q}[max(0, 1 - |n s(t)
-  - k|)] (stochastic rounding), so v = c / pi makes E[v g(k)] = NELBO: importance weighting over
-  k. pi is integrated in t by Gauss-Legendre on each linear piece of the hat (float64)."""
-  eps = dist.eps
-  s_lo = float(schedule.mask_prob(jnp.float32(eps)))
-  s_hi = float(schedule.mask_prob(jnp.float32(1.0)))
-  n = np.arange(L + 1)[:, None].astype(np.float64)
-  k = np.arange(L + 1)[None, :].astype(np.float64)
-  valid = (k >= 1) & (k <= n)
-  a, b = np.where(valid, k, 1.0), np.where(valid, n - k + 1, 1.0)
-  c = np.where(valid, (sp_special.betainc(a, b, s_hi) - sp_special.betainc(a, b, s_lo)) /
-               (np.maximum(k, 1.0) * (1.0 - eps)), 0.0)
-  # every (n, j) piece [s = j/n, (j+1)/n] in one flat array, mapped to t and clipped to [eps, 1]
-  nn = np.repeat(np.arange(1, L + 1), np.arange(1, L + 1))
-  jj = np.concatenate([np.arange(m) for m in range(1, L + 1)])
-  bounds = np.stack([jj / nn, (jj + 1) / nn], 1).clip(s_lo, s_hi)
-  t_ab = np.asarray(schedule.t_of_mask_prob(jnp.asarray(bounds, jnp.float32)), np.float64)
-  t_ab = t_ab.clip(eps, 1.0)
-  x, wq = np.polynomial.legendre.leggauss(12)
-  mid, half = t_ab.mean(1, keepdims=True), 0.5 * (t_ab[:, 1:] - t_ab[:, :1])
-  tt = mid + half * x[None]
-  q = np.asarray(dist.density(jnp.asarray(tt, jnp.float32)), np.float64)
-  ns = nn[:, None] * np.asarray(schedule.mask_prob(jnp.asarray(tt, jnp.float32)), np.float64)
-  rise = np.sum(half * wq * (ns - jj[:, None]) * q, 1)     # hat of k = j + 1, rising side
-  fall = np.sum(half * wq * (jj[:, None] + 1 - ns) * q, 1)  # hat of k = j, falling side
-  pi = np.zeros((L + 1, L + 1))
-  np.add.at(pi, (nn, jj + 1), rise)
-  np.add.at(pi, (nn, jj), fall)
-  if np.any(valid & (c > 0) & (pi <= 0)):
-    raise ValueError('diffusion.mask_pattern=exact_count: some mask counts are never drawn under '
-                     'this time sampler, so no weighting makes the NELBO unbiased')
-  return np.where(valid & (pi > 0), c / np.where(pi > 0, pi, 1.0), 0.0).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _exact_count_cached(key, L):
-  """exact_count_weights of a whole config.diffusion (`key`: its JSON; the schedule and the
-  sampler both matter, unlike _key's)."""
-  d = ml_collections.ConfigDict(json.loads(key))
-  with jax.ensure_compile_time_eval():
-    return exact_count_weights(get_schedule(d.schedule, d), get_time_dist(d), L)
 
 
 PAD_MODES = ('predict', 'visible')
@@ -247,8 +187,14 @@ class Noise:
   bounds -log p(x) with the length of x included, as AR's NLL does through EOS; `visible` never
   masks or scores PAD, so the NELBO bounds -log p(x | its length)."""
 
-  def __init__(self, dcfg):
+  def __init__(self, dcfg, never_V=None):
+    """never_V: model_config.never_predicted (what uniform noise must not draw); needed when
+    diffusion.noise is uniform or hybrid."""
     self.cfg = dcfg
+    self.p = uniform_frac(dcfg)
+    self.ids_N = None if never_V is None else family.support_ids(never_V)
+    if self.p > 0 and self.ids_N is None:
+      raise ValueError(f'diffusion.noise={dcfg.noise} needs the predicted ids (never_V)')
     self.schedule = get_schedule(dcfg.schedule, dcfg)
     self.dist = get_time_dist(dcfg)
     self.pattern = MASK_PATTERNS[dcfg.mask_pattern]
@@ -258,13 +204,22 @@ class Noise:
     self.nelbo_exact = nelbo_bias_bound(dcfg) <= BIAS_TOLERANCE
 
   @classmethod
-  def for_evaluation(cls, dcfg):
+  def of(cls, cfg):
+    """The run's noise (config.diffusion, the predicted ids from config.model)."""
+    V = cfg.model.vocab_size
+    return cls(cfg.diffusion, never_predicted(cfg.model, V) if V else None)
+
+  @classmethod
+  def for_evaluation(cls, cfg):
     """Validation always measures the unbiased NELBO: uniform low-discrepancy t, Bernoulli masks
-    (the schedule, eps, PAD and EOS conventions stay the run's)."""
+    (the schedule, eps, noise type, PAD and EOS conventions stay the run's). cfg: the whole
+    config, or its diffusion section for masked noise."""
+    dcfg = cfg.diffusion if 'diffusion' in cfg else cfg
     d = ml_collections.ConfigDict(dcfg.to_dict())
     d.time_sampler, d.low_discrepancy, d.mask_pattern, d.weighting = (
         'uniform', True, 'bernoulli', 'elbo')
-    return cls(d)
+    V = cfg.model.vocab_size if 'model' in cfg else 0
+    return cls(d, never_predicted(cfg.model, V) if V else None)
 
   def maskable(self, targets_BxL, prefix_len_B=None):
     """Never BOS, nor PAD under pad=visible, nor EOS unless mask_eos, nor a task's prompt."""
@@ -285,12 +240,35 @@ class Noise:
     mask_BxL = self.pattern(rng_m, t_B, maskable_BxL, self.schedule)
     w_B, elbo_B = time_weights(t_B, self.schedule, self.dist, self.weighting)
     if self.cfg.mask_pattern == 'exact_count':
-      v_NxK = jnp.asarray(_exact_count_cached(json.dumps(self.cfg.to_dict(), sort_keys=True),
+      v_NxK = jnp.asarray(exact_count_table(json.dumps(self.cfg.to_dict(), sort_keys=True),
                                               targets_BxL.shape[1]))
       elbo_B = v_NxK[jnp.sum(maskable_BxL, 1), jnp.sum(mask_BxL, 1)]
       if self.weighting == 'elbo':
         w_B = elbo_B
+    if self.weighting == 'ce':
+      w_B = jnp.ones_like(w_B)
     return t_B, mask_BxL, w_B, elbo_B
+
+  def draw(self, rng, targets_BxL, prefix_len_B=None):
+    """`sample`'s (mask, w, elbo) and, for uniform / hybrid noise, `fam`: the noised tokens z, the
+    maskable positions and per row alpha, -alpha', c = (1 - alpha) p / n, n and whether the
+    training loss is the cross-entropy (core/family.py; None for masked noise, whose draws stay
+    exactly `sample`'s). Family weights: elbo = the time sampler's importance weight u / q (the
+    schedule is inside the family's term), training w: that (elbo), 1 (plain, ce)."""
+    if self.p == 0:
+      _, mask_BxL, w_B, elbo_B = self.sample(rng, targets_BxL, prefix_len_B)
+      return dict(mask=mask_BxL, w=w_B, elbo=elbo_B)
+    rng, rng_z = jax.random.split(rng)
+    t_B, mask_BxL, _, _ = self.sample(rng, targets_BxL, prefix_len_B)
+    iw_B = time_weights(t_B, Linear(), self.dist, 'elbo')[1] * t_B  # u(t) / q(t)
+    a_B, n = self.schedule.alpha(t_B), float(len(self.ids_N))
+    fam = dict(z=family.corrupt(rng_z, targets_BxL, mask_BxL, self.p, self.ids_N),
+               maskable=self.maskable(targets_BxL, prefix_len_B), a=a_B,
+               da=self.schedule.weight(t_B) * self.schedule.mask_prob(t_B),
+               c=(1.0 - a_B) * self.p / n, n=jnp.full_like(t_B, n),
+               ce=jnp.full_like(t_B, float(self.weighting == 'ce')))
+    w_B = iw_B if self.weighting == 'elbo' else jnp.ones_like(t_B)
+    return dict(mask=mask_BxL, w=w_B, elbo=iw_B, **fam)
 
 
 def row_noise(keys_N, maskable_NxL, K: int, schedule: Schedule, eps: float):
@@ -365,6 +343,9 @@ def check_config(cfg, training=True):
       need(p.ok(dc[p.key]), f'diffusion.{p.key}', p.why.format(v=dc[p.key]))
   for p in (*TIME_SAMPLERS[dc.time_sampler].params, MIX):
     need(p.ok(sp[p.key]), f'diffusion.sampler_params.{p.key}', p.why.format(v=sp[p.key]))
+  need(dc.noise == 'masked' or dc.schedule != 'loglinear', 'diffusion.schedule',
+       f'loglinear keeps alpha(1) = eps > 0, so under {dc.noise} noise the process would not end '
+       'at its prior; use linear, cosine, polynomial or logsnr')
   need(dc.noise == 'masked' or dc.mask_pattern == 'bernoulli', 'diffusion.mask_pattern',
        f'exact_count needs diffusion.noise=masked: under {dc.noise} noise the NELBO integrand '
        'depends on t beyond the number of noised tokens, so no weighting of a fixed count is '
