@@ -70,13 +70,26 @@ def check_train(cfg):
   need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
 
 
+# the likelihood estimators built on masked noise (uniform / hybrid runs: the validation NELBO)
+MASKED_ONLY = ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix', 'fused')
+
+
 def check_eval(cfg):
   e = cfg.eval
   need(e.num_batches > 0 and e.batch_size > 0, 'eval.num_batches', 'must be positive')
   names = ', '.join(objectives.ESTIMATORS)
-  for est in [x.strip() for x in e.estimators.split(',') if x.strip()]:
+  for est in [x.strip() for x in e.estimators.split(',') if x.strip()] + [e.task_estimator]:
+    need(est != 'ce', 'eval.estimators', "'ce' is a training loss (diffusion.weighting=ce), not "
+         'an estimand: it bounds nothing; validation reports the NELBO whatever the loss')
     need(est == 'auto' or est in objectives.ESTIMATORS, 'eval.estimators',
          f'{est!r} is not one of auto, {names}')
+    need(cfg.diffusion.noise == 'masked' or est == 'auto' or est not in MASKED_ONLY,
+         'eval.estimators', f'{est} reads [MASK]-noised rows: defined for diffusion.noise=masked '
+         f'only (under {cfg.diffusion.noise} noise the validation mdm_nelbo is the bound)')
+  task = objectives.of(cfg).task_estimator if e.task_estimator == 'auto' else e.task_estimator
+  need(not e.tasks or cfg.diffusion.noise == 'masked' or task not in MASKED_ONLY,
+       'eval.task_estimator', f'{task} reads [MASK]-noised rows: zero-shot tasks under '
+       f'diffusion.noise={cfg.diffusion.noise} need an AR estimator (objective dual or ar)')
   need(e.task_estimator == 'auto' or e.task_estimator in objectives.ESTIMATORS,
        'eval.task_estimator', f'{e.task_estimator!r} is not one of auto, {names}')
   for k in ('likelihood_rows', 'task_limit'):

@@ -137,7 +137,8 @@ def nelbo_bias_bound(dcfg) -> float:
   """grid_bias_bound of the configured time sampler and schedule (0 for uniform)."""
   if TIME_SAMPLERS[dcfg.time_sampler].flat:
     return 0.0
-  return _bias_bound_cached(_key(dcfg), dcfg.schedule, float(dcfg.poly_k))
+  params = {p.key: float(dcfg[p.key]) for p in SCHEDULES[dcfg.schedule].params}
+  return _bias_bound_cached(_key(dcfg), dcfg.schedule, json.dumps(params, sort_keys=True))
 
 
 def _key(dcfg) -> str:
@@ -153,10 +154,11 @@ def _dist_and_points(key):
 
 
 @functools.lru_cache(maxsize=256)
-def _bias_bound_cached(key, schedule, poly_k):
+def _bias_bound_cached(key, schedule, params):
+  """params: the schedule's own Params (JSON)."""
   with jax.ensure_compile_time_eval():  # host numbers, also when first asked inside a jit trace
     dist, pts = _dist_and_points(key)
-    sch = get_schedule(schedule, ml_collections.ConfigDict(dict(poly_k=poly_k, eps=dist.eps)))
+    sch = get_schedule(schedule, ml_collections.ConfigDict(dict(json.loads(params), eps=dist.eps)))
     return grid_bias_bound(dist, sch, pts)
 
 

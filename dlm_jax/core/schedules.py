@@ -15,7 +15,6 @@ decorated class here.
 """
 import math
 
-import jax
 import jax.numpy as jnp
 
 from dlm_jax.core.registry import Param, registered

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from dlm_jax import config as config_lib
+from dlm_jax import sections
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
 from dlm_jax.data import benchmarks
@@ -23,11 +24,14 @@ from dlm_jax.run import rundir
 
 
 def estimators(cfg):
+  """eval.estimators resolved; auto leaves out the masked-noise estimators under uniform / hybrid
+  noise (their NELBO is validation's)."""
   names = [x.strip() for x in cfg.eval.estimators.split(',') if x.strip()]
+  masked = cfg.diffusion.noise == 'masked'
   out = []
   for n in names:
     for e in (objectives.of(cfg).estimators if n == 'auto' else (n,)):
-      if e not in out:
+      if e not in out and (masked or n != 'auto' or e not in sections.MASKED_ONLY):
         out.append(e)
   return out
 
