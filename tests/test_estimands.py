@@ -36,6 +36,9 @@ REF_SCHEDULES = {
                lambda t: (np.pi / 2) * np.sin(np.pi * t / 2) / (1 - np.cos(np.pi * t / 2))),
     'polynomial': (lambda t: 1 - t ** 2, lambda t: 2 / t),                       # poly_k = 2
     'loglinear': (lambda t: 1 - (1 - EPS) * t, lambda t: 1 / t),                  # delta = eps
+    # alpha = sigmoid(lambda), lambda = 1 + 2 log((1 - t) / t): logsnr_shift 1, logsnr_scale 2
+    'logsnr': (lambda t: 1 / (1 + np.exp(-1) * (t / (1 - t)) ** 2),
+               lambda t: 2 / (t * (1 - t) * (1 + np.exp(-1) * (t / (1 - t)) ** 2))),
 }
 
 # Every family, at settings the issue reported biased and at ordinary ones.
@@ -64,6 +67,7 @@ SAMPLERS = [
 def diffusion(schedule='linear', sampler=('uniform', {}), **kw):
   d = config_lib.base().diffusion
   d.schedule, d.time_sampler = schedule, sampler[0]
+  d.logsnr_shift, d.logsnr_scale = 1.0, 2.0  # REF_SCHEDULES['logsnr']
   for k, v in sampler[1].items():
     d.sampler_params[k] = v
   for k, v in kw.items():
