@@ -311,8 +311,14 @@ class MDM(LossKind):
     cond = f' given {" and ".join(given)}' if given else ''
     length = ('' if given or not padded else
               ', the length included (PAD masked and predicted, diffusion.pad=predict)')
+    d = cfg.diffusion
+    family_note = ('' if d.noise == 'masked' else
+                   f'; {d.noise} noise (prior (1 - p) [MASK] + p uniform, p = '
+                   f'{noise_lib.uniform_frac(d):g}): t in [eps, 1] plus the reconstruction term '
+                   '-log p(x | z_eps)')
     return {'mdm_nelbo': f'an upper bound on -log p(x){cond} per token of {doc}{length}: the '
-                         'continuous-time NELBO, uniform low-discrepancy t, fixed seed'}
+                         'continuous-time NELBO, uniform low-discrepancy t, fixed seed'
+                         + family_note}
 
   def validation_sums(self, model, cfg):
     """Uniform low-discrepancy t and the run's fixed eval seed, whatever the training sampler,

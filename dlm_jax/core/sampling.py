@@ -396,5 +396,8 @@ def check_config(cfg):
   need(0 <= sc.length <= cfg.data.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
   if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
     raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
+  need(cfg.diffusion.noise == 'masked' or cfg.sample.mode in ('auto', 'ar'), 'sample.mode',
+       f'{cfg.sample.mode}: the reverse process of diffusion.noise={cfg.diffusion.noise} has no '
+       'sampler yet (the mdm sampler only unmasks); sample.mode=auto samples the AR share only')
   for mode in MODES:  # the checks of every mode, whichever the run samples with
     settings_from_config(cfg, mode).check()
