@@ -516,6 +516,12 @@ GRAD_ACCUM_CASES = {
     'mdm_task_pad_segments': dict(objective='mdm', task=True, segments=True),
     'dual_task_plain': dict(objective='dual', ar_weight='5/8', task=True, weighting='plain',
                             time_sampler='logit_normal', uniform_mix=0.1),
+    'mdm_uniform': dict(objective='mdm', noise='uniform'),
+    'dual_hybrid_ce_task_segments': dict(objective='dual', ar_weight='5/8', noise='hybrid',
+                                         weighting='ce', task=True, segments=True),
+    'mdm_hybrid_logsnr_bell': dict(objective='mdm', noise='hybrid', schedule='logsnr',
+                                   logsnr_shift=2.0, time_sampler='truncated_normal', mu=0.5,
+                                   sigma=0.2),
 }
 
 
@@ -618,14 +624,16 @@ def letters_corpus(path, n_docs=24_000, seed=0):
   return (4.5 * math.log(16) + math.log(8)) / 5.5, 4.5 * math.log(16) / 5.5
 
 
-@pytest.mark.parametrize('packing,segments,pad', [
-    pytest.param('wrap', False, 'predict', marks=pytest.mark.slow),
-    ('wrap', True, 'predict'),  # the leak: 2.591 on the old code (entropy 2.647); now 2.927
-    pytest.param('pad', False, 'predict', marks=pytest.mark.slow),
-    pytest.param('pad', True, 'predict', marks=pytest.mark.slow),
-    pytest.param('pad', False, 'visible', marks=pytest.mark.slow),
-    pytest.param('pad', True, 'visible', marks=pytest.mark.slow)])
-def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, pad):
+@pytest.mark.parametrize('packing,segments,pad,noise', [
+    pytest.param('wrap', False, 'predict', 'masked', marks=pytest.mark.slow),
+    ('wrap', True, 'predict', 'masked'),  # the leak: 2.591 on the old code (entropy 2.647); now 2.927
+    pytest.param('pad', False, 'predict', 'masked', marks=pytest.mark.slow),
+    pytest.param('pad', True, 'predict', 'masked', marks=pytest.mark.slow),
+    pytest.param('pad', False, 'visible', 'masked', marks=pytest.mark.slow),
+    pytest.param('pad', True, 'visible', 'masked', marks=pytest.mark.slow),
+    pytest.param('wrap', True, 'predict', 'uniform', marks=pytest.mark.slow),
+    pytest.param('pad', False, 'visible', 'hybrid', marks=pytest.mark.slow)])
+def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, pad, noise):
   """A d=64, 2-layer MDM trained 400 steps on a corpus of known entropy: its validation NELBO is
   a bound, so it stays above the entropy of what it estimates (the length included, or given the
   length under pad=visible), for every packing and segment setting. With segment ids built from
@@ -636,7 +644,7 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
   c.data.corpus, c.data.tokenizer = str(tmp_path / 'letters.jsonl'), 'byte'
   c.data.cache_dir = str(tmp_path / 'cache')
   c.data.packing, c.data.segment_ids, c.data.seq_len = packing, segments, 32
-  c.diffusion.pad = pad
+  c.diffusion.pad, c.diffusion.noise = pad, noise
   c.model.update(dict(d_model=64, num_layers=2, num_heads=4))
   c.train.update(dict(batch_size=32, num_steps=400, lr=3e-3, warmup_steps=40, eval_every=400,
                       checkpoint_every=400, log_every=100))
