@@ -646,8 +646,11 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
   c.data.packing, c.data.segment_ids, c.data.seq_len = packing, segments, 32
   c.diffusion.pad, c.diffusion.noise = pad, noise
   c.model.update(dict(d_model=64, num_layers=2, num_heads=4))
-  c.train.update(dict(batch_size=32, num_steps=400, lr=3e-3, warmup_steps=40, eval_every=400,
-                      checkpoint_every=400, log_every=100))
+  # uniform / hybrid noise sit on a plateau for ~1000 steps here (learning to copy the visible
+  # tokens, which the family's term weighs by 1/t) before they fall to the entropy
+  steps = 400 if noise == 'masked' else 2000
+  c.train.update(dict(batch_size=32, num_steps=steps, lr=3e-3, warmup_steps=40, eval_every=steps,
+                      checkpoint_every=steps, log_every=100))
   c.eval.update(dict(num_batches=8, batch_size=64))
   c.sample.num_samples = 0
   s = loop.train_and_evaluate(config_lib.validate(c), str(tmp_path / 'run'))
@@ -655,7 +658,10 @@ def test_trained_mdm_nelbo_never_beats_the_entropy(tmp_path, packing, segments, 
   bound = h_given_length if pad == 'visible' else h_full
   # the 512 validation rows' Monte Carlo noise (one t per row) is well under 1%; the leak was 9%
   assert nelbo > bound * 0.99, (nelbo, bound)
-  assert nelbo < bound * 1.25  # and it did learn: a uniform guess costs ln 16 + more
+  # and it did learn: a uniform guess costs ln 16 + more (the family also pays its
+  # reconstruction term and, at the last position, whose noisy token the shifted input lacks, a
+  # term growing like log(1 / eps))
+  assert nelbo < bound * (1.25 if noise == 'masked' else 1.6), (nelbo, bound)
 
 
 @pytest.mark.parametrize('objective,packing,pad,mask_eos,want', [
