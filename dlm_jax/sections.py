@@ -70,8 +70,8 @@ def check_train(cfg):
   need(t.preempt_timeout > 0, 'train.preempt_timeout', f'must be > 0, got {t.preempt_timeout}')
 
 
-# the likelihood estimators built on masked noise (uniform / hybrid runs: the validation NELBO)
-MASKED_ONLY = ('nelbo', 'chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix', 'fused')
+# the likelihood estimators that read [MASK]-noised rows (nelbo follows the run's noise)
+MASKED_ONLY = ('chain', 'pll', 'pll_word_l2r', 'pll_word', 'pll_span', 'pll_mix', 'fused')
 
 
 def check_eval(cfg):
@@ -85,11 +85,11 @@ def check_eval(cfg):
          f'{est!r} is not one of auto, {names}')
     need(cfg.diffusion.noise == 'masked' or est == 'auto' or est not in MASKED_ONLY,
          'eval.estimators', f'{est} reads [MASK]-noised rows: defined for diffusion.noise=masked '
-         f'only (under {cfg.diffusion.noise} noise the validation mdm_nelbo is the bound)')
+         f'only (under {cfg.diffusion.noise} noise use nelbo, which follows the run\'s noise)')
   task = objectives.of(cfg).task_estimator if e.task_estimator == 'auto' else e.task_estimator
   need(not e.tasks or cfg.diffusion.noise == 'masked' or task not in MASKED_ONLY,
        'eval.task_estimator', f'{task} reads [MASK]-noised rows: zero-shot tasks under '
-       f'diffusion.noise={cfg.diffusion.noise} need an AR estimator (objective dual or ar)')
+       f'diffusion.noise={cfg.diffusion.noise} need nelbo or ar')
   need(e.task_estimator == 'auto' or e.task_estimator in objectives.ESTIMATORS,
        'eval.task_estimator', f'{e.task_estimator!r} is not one of auto, {names}')
   for k in ('likelihood_rows', 'task_limit'):

@@ -273,20 +273,22 @@ class Noise:
     return dict(mask=mask_BxL, w=w_B, elbo=iw_B, **fam)
 
 
-def row_noise(keys_N, maskable_NxL, K: int, schedule: Schedule, eps: float):
+def row_noise(keys_N, maskable_NxL, K: int, schedule: Schedule, eps: float, t_NxK=None):
   """K (t, mask, weight) samples per row for likelihood evaluation: t_k = eps + (1 - eps)
   ((u + k/K) mod 1) (low discrepancy within the row), Bernoulli masks, w(t). Every draw comes
   from the row's own key and its position index, so a row's noise does not depend on the other
-  rows, on their order or on trailing padding. Returns (t_NxK, mask_NxKxL, w_NxK)."""
+  rows, on their order or on trailing padding. Returns (t_NxK, mask_NxKxL, w_NxK). t_NxK: given
+  times instead (the family's reconstruction pass at t = eps)."""
   L = maskable_NxL.shape[1]
 
-  def one(key):
+  def one(key, t_K):
     k_t, k_m = jax.random.split(key)
-    t_K = Uniform(eps).from_uniform(uniforms(k_t, K, True))
+    if t_K is None:
+      t_K = Uniform(eps).from_uniform(uniforms(k_t, K, True))
     u_LxK = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_m, i), (K,)))(
         jnp.arange(L))
     return t_K, u_LxK.T < schedule.mask_prob(t_K)[:, None]
-  t_NxK, mask_NxKxL = jax.vmap(one)(keys_N)
+  t_NxK, mask_NxKxL = jax.vmap(one)(keys_N, t_NxK)
   return t_NxK, mask_NxKxL & maskable_NxL[:, None], schedule.weight(t_NxK)
 
 

@@ -9,6 +9,9 @@ estimator returns per row an estimate of log p(scored tokens | context) in nats:
   nelbo         the continuous-time ELBO (a lower bound): K samples per row with low-discrepancy
                 t_k = eps + (1 - eps) ((u + k/K) mod 1), scored tokens masked w.p. 1 - alpha(t_k),
                 weight w(t_k) = -alpha'(t_k) / (1 - alpha(t_k)); mean and standard error over k.
+                Uniform / hybrid noise (core/family.py): noised scored tokens redrawn from the
+                prior, every scored token pays the family's term, plus the reconstruction term
+                -log x_hat(x | z_eps) of one more pass per sample.
   chain         the MDM's left-to-right chain rule: for scored token i, it and every scored token
                 after it are masked; sum_i log p(x_i | x_<i). `order=` gives any other ordering
                 (the any-order chain rule; its average over orderings equals the NELBO's mean).
@@ -32,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlm_jax.core import family
 from dlm_jax.core import noise as noise_lib
+from dlm_jax.core.model_config import never_predicted
 from dlm_jax.core import objectives
 from dlm_jax.core import schedules
 from dlm_jax.core.kernels import token_ce
@@ -149,6 +154,8 @@ class Scorer:
     self.tokenizer = tokenizer
     self.schedule = schedules.get_schedule(dcfg.schedule, dcfg) if dcfg else schedules.Linear()
     self.eps = float(dcfg.eps) if dcfg else 1e-3
+    self.p = noise_lib.uniform_frac(dcfg) if dcfg else 0.0
+    ids_N = family.support_ids(never_predicted(model.cfg, model.cfg.vocab_size))
 
     def apply(params, targets_BxL, mask_BxL, attention):
       inputs_BxL = objectives.shift_inputs(targets_BxL, mask_BxL)
@@ -165,8 +172,38 @@ class Scorer:
       lp_BxL, _ = apply(params, targets_BxL, mask_BxL, 'bidirectional')
       return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1)
 
+    def denoise(params, targets_BxL, z_BxL):
+      inputs_BxL = objectives.shift_inputs(z_BxL)
+      return model.apply({'params': params}, inputs_BxL, 'bidirectional', None,
+                         row_segments(inputs_BxL, targets_BxL, segments))
+
+    def noised(params, targets_BxL, z_BxL, t_B, read_BxL):
+      """-(the family's term summed over the read positions): uniform / hybrid noise."""
+      logits_BxLxV = denoise(params, targets_BxL, z_BxL)
+      a_B = self.schedule.alpha(t_B)
+      da_B = self.schedule.weight(t_B) * self.schedule.mask_prob(t_B)
+      n = float(len(ids_N))
+      term_BxL = family.token_nelbo(logits_BxLxV, targets_BxL, z_BxL, a_B, da_B,
+                                    (1.0 - a_B) * self.p / n, jnp.full_like(a_B, n))
+      return -jnp.sum(jnp.where(read_BxL, term_BxL, 0.0), -1)
+
+    def corrupt(keys_N, targets_NxL, mask_NxKxL):
+      """z per (row, sample) from the row's own key (after row_noise's draws)."""
+      K = mask_NxKxL.shape[1]
+      one = lambda key, x_L, m_KxL: family.corrupt(jax.random.fold_in(key, 1), jnp.tile(
+          x_L[None], (K, 1)), m_KxL, self.p, ids_N)
+      return jax.vmap(one)(keys_N, targets_NxL, mask_NxKxL)
+
     self._causal = jax.jit(causal)
     self._masked = jax.jit(masked)
+    def reconstruct(params, targets_BxL, z_BxL, read_BxL):
+      """sum over the read positions of log x_hat(x | z_eps): the reverse process's last step."""
+      lp_BxL = -token_ce(denoise(params, targets_BxL, z_BxL), targets_BxL)
+      return jnp.sum(jnp.where(read_BxL, lp_BxL, 0.0), -1)
+
+    self._noised = jax.jit(noised)
+    self._reconstruct = jax.jit(reconstruct)
+    self._corrupt = jax.jit(corrupt)
     self._noise = jax.jit(functools.partial(noise_lib.row_noise, K=self.K, schedule=self.schedule,
                                             eps=self.eps))
     self._model = model
@@ -213,16 +250,31 @@ class Scorer:
     return out[0].astype(np.float64), out[1]
 
   def nelbo(self, targets_RxL, score_RxL):
-    """(mean over K samples of -NELBO per row, its standard error). The noise is masking's
-    (row_noise), drawn from each row's own key."""
+    """(mean over K samples of -NELBO per row, its standard error). The noise is the run's
+    (row_noise's masks; uniform / hybrid: redrawn tokens and the reconstruction pass), drawn from
+    each row's own key."""
     N, L = targets_RxL.shape
     K = self.K
-    _, mask_RxKxL, w_RxK = jax.device_get(self._noise(row_keys(self.seed, targets_RxL, score_RxL),
-                                                      jnp.asarray(score_RxL)))
+    keys = row_keys(self.seed, targets_RxL, score_RxL)
+    t_RxK, mask_RxKxL, w_RxK = jax.device_get(self._noise(keys, jnp.asarray(score_RxL)))
     row_P = np.repeat(np.arange(N), K)
     mask_PxL = np.asarray(mask_RxKxL).reshape(N * K, L)
-    lp_P = self._chunks(self._masked, targets_RxL[row_P], mask_PxL, mask_PxL)
-    elbo_RxK = np.asarray(w_RxK, np.float64) * lp_P.reshape(N, K)
+    if self.p == 0:
+      lp_P = self._chunks(self._masked, targets_RxL[row_P], mask_PxL, mask_PxL)
+      elbo_RxK = np.asarray(w_RxK, np.float64) * lp_P.reshape(N, K)
+    else:
+      z_PxL = np.asarray(self._corrupt(keys, jnp.asarray(targets_RxL), jnp.asarray(mask_RxKxL)),
+                         np.int32).reshape(N * K, L)
+      t_P = np.asarray(t_RxK, np.float32).reshape(N * K)
+      lp_P = self._chunks(self._noised, targets_RxL[row_P], z_PxL, t_P, score_RxL[row_P])
+      # the reconstruction term: each sample's own z at t = eps (the row's keys folded apart)
+      keys0 = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+      _, m0_RxKxL, _ = jax.device_get(self._noise(keys0, jnp.asarray(score_RxL),
+                                                  t_NxK=jnp.full((N, K), self.eps)))
+      z0_PxL = np.asarray(self._corrupt(keys0, jnp.asarray(targets_RxL), jnp.asarray(m0_RxKxL)),
+                          np.int32).reshape(N * K, L)
+      lp0_P = self._chunks(self._reconstruct, targets_RxL[row_P], z0_PxL, score_RxL[row_P])
+      elbo_RxK = (lp_P + lp0_P).reshape(N, K).astype(np.float64)
     se = elbo_RxK.std(1, ddof=1) / math.sqrt(K) if K > 1 else np.full(N, np.nan)
     return elbo_RxK.mean(1), se
 
