@@ -51,9 +51,11 @@ class Crash(Exception):
   pass
 
 
-@pytest.mark.parametrize('objective', ['ar', 'mdm', 'dual'])
+@pytest.mark.parametrize('objective', ['ar', 'mdm', 'dual', 'dual+hybrid'])
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, objective):
+  objective, _, noise = objective.partition('+')
   cfg = tiny_config(objective, num_steps=20, checkpoint_every=5, eval_every=5)
+  cfg.diffusion.noise = noise or 'masked'
   ref = str(tmp_path / 'ref')
   loop.train_and_evaluate(cfg, ref)
 
