@@ -142,8 +142,7 @@ def sample_modes(cfg) -> tuple:
   trains; both: every sampler."""
   if cfg.sample.mode != 'auto':
     return sampling.MODES if cfg.sample.mode == 'both' else (cfg.sample.mode,)
-  # uniform / hybrid noise: no reverse-process sampler yet (sampling.check_config)
-  return tuple(m for m in of(cfg).sample_modes if cfg.diffusion.noise == 'masked' or m != 'mdm')
+  return of(cfg).sample_modes
 
 
 def mdm_count(cfg, step: int, batch_size: int) -> int:

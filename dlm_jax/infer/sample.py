@@ -15,7 +15,6 @@ import numpy as np
 from dlm_jax import config as config_lib
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import objectives
-from dlm_jax.core import schedules
 from dlm_jax.core import sampling
 from dlm_jax.data import tokenizers
 from dlm_jax.errors import SampleError, TrainingError, os_errors_as
@@ -90,9 +89,7 @@ def run(cfg, workdir):
   if scorer_dir and scorer_dir != 'none':
     scorer = GenerativeScorer(scorer_dir)
   params, step = checkpoint.load_params(workdir, cfg, what=f'--workdir {workdir}')
-  sampler = sampling.Sampler(model_lib.Transformer(cfg.model), params, context=cfg.data.seq_len,
-                             schedule=schedules.get_schedule(cfg.diffusion.schedule,
-                                                             cfg.diffusion))
+  sampler = sampling.Sampler.from_config(model_lib.Transformer(cfg.model), params, cfg)
   rows = run_samples.run_samples(sampler, tok, sts, prompts, jax.random.PRNGKey(sc.seed),
                      batch_size=sc.batch_size, suffixes=suffixes, scorer=scorer,
                      extra=dict(step=int(step), date=time.strftime('%Y-%m-%d')))

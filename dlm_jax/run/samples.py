@@ -9,7 +9,6 @@ import jax
 import numpy as np
 
 from dlm_jax.core import objectives
-from dlm_jax.core import schedules
 from dlm_jax.core import sampling
 from dlm_jax.data import pipeline
 from dlm_jax.data.tokenizers import EOS
@@ -129,9 +128,7 @@ def write_samples(setup, params, workdir, step):
   cfg = setup.cfg
   if cfg.sample.num_samples == 0:
     return []
-  sampler = sampling.Sampler(setup.model, params, context=cfg.data.seq_len, mesh=setup.mesh,
-                             schedule=schedules.get_schedule(cfg.diffusion.schedule,
-                                                             cfg.diffusion))
+  sampler = sampling.Sampler.from_config(setup.model, params, cfg, mesh=setup.mesh)
   # data:N prompts come from the validation windows in memory (a task run's are task rows)
   prompts, suffixes = read_prompts(cfg, setup.tokenizer,
                                    None if cfg.data.task else setup.val_windows)

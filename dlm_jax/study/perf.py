@@ -14,7 +14,6 @@ import numpy as np
 
 from dlm_jax.core import model as model_lib
 from dlm_jax.core import sampling
-from dlm_jax.core import schedules
 from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
 from dlm_jax.infer import likelihood
@@ -158,9 +157,7 @@ def bench_sample(runs, scorer_dir, length, steps_list, num, strategy, nocache, o
   out = []
   for mode, run in runs:
     rcfg, tok, model, params, step = rundir.load_run(run)
-    sampler = sampling.Sampler(model, params, context=rcfg.data.seq_len,
-                               schedule=schedules.get_schedule(rcfg.diffusion.schedule,
-                                                               rcfg.diffusion))
+    sampler = sampling.Sampler.from_config(model, params, rcfg)
     base = sampling.Settings(mode=mode, length=length, temperature=1.0, strategy=strategy,
                            stop_at_eos=False)
     if mode == 'ar':
