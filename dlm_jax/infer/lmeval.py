@@ -81,7 +81,11 @@ class DlmJaxLM(LM):
                         'a positive integer or auto')
     self.batch_sizes = {0: self.batch}  # lm-eval records and prints the batch actually used
     self.scorer = likelihood.Scorer.from_config(self.model, self.params, self.cfg, self.tok)
-    self.sampler = sampling.Sampler(self.model, self.params, context=self.L)
+    # masked: the linear grid, one token per step at T = span (most-confident-first greedy, as
+    # zero-shot decoding); uniform / hybrid: the run's own reverse process
+    self.sampler = (sampling.Sampler(self.model, self.params, context=self.L)
+                    if self.cfg.diffusion.noise == 'masked' else
+                    sampling.Sampler.from_config(self.model, self.params, self.cfg))
 
   @classmethod
   def create_from_arg_string(cls, arg_string, additional_config=None):
@@ -159,7 +163,10 @@ class DlmJaxLM(LM):
     return outs
 
   def _greedy_generate(self, ctx_ids, n):
-    st = sampling.Settings(mode=self.greedy_mode, length=n, steps=n, strategy='confidence',
+    # uniform / hybrid noise: the family's reverse process at temperature 0 (confidence decoding
+    # only unmasks)
+    strategy = 'confidence' if self.cfg.diffusion.noise == 'masked' else 'ancestral'
+    st = sampling.Settings(mode=self.greedy_mode, length=n, steps=n, strategy=strategy,
                            temperature=0.0)
     out = self.sampler.generate(jax.random.PRNGKey(0), [ctx_ids], st)['tokens'][0]
     return np.concatenate([out, np.full(n - len(out), PAD, np.int32)])
