@@ -27,7 +27,9 @@ def prior_V(p: float, ids_N, V: int):
 
 
 def step_probs(xhat_BxLxV, z_BxL, a_t, a_s, pi_V):
-  """p(z_s = . | z_t = z) per position (B x L x V), rows summing to 1."""
+  """p(z_s = . | z_t = z) per position (B x L x V), rows summing to 1. alpha is clipped to
+  [0, 1] (cosine's alpha(1) is -4e-8 in float32)."""
+  a_t, a_s = jnp.clip(a_t, 0.0, 1.0), jnp.clip(a_s, 0.0, 1.0)
   V = xhat_BxLxV.shape[-1]
   onehot_BxLxV = jax.nn.one_hot(z_BxL, V, dtype=xhat_BxLxV.dtype)
   piz_BxLx1 = pi_V[z_BxL][..., None]
