@@ -21,6 +21,7 @@ import ml_collections
 
 from dlm_jax import configs as shipped
 from dlm_jax import sections
+from dlm_jax.core import block
 from dlm_jax.core import model_config
 from dlm_jax.core import noise
 from dlm_jax.core import objectives
@@ -38,7 +39,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ''             # AR2Diff: start from this run directory's latest params
-  c.objective = 'mdm'          # a name in objectives.OBJECTIVES: ar | mdm | dual | prefix
+  c.objective = 'mdm'          # a name in objectives.OBJECTIVES: ar | mdm | dual | prefix | block
   c.dual = ml_collections.ConfigDict(dict(
       ar_weight='1/2',         # AR share of each batch's sequences as in the paper: '63/64', '0.75'
       ar_attention='causal',   # causal | prefix: attention (and loss) of the AR share
@@ -46,6 +47,7 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(model_config.defaults())
   c.data = ml_collections.ConfigDict(pipeline.defaults())
   c.diffusion = noise.defaults()
+  c.block = block.defaults()   # block diffusion (objective=block): core/block.py
   c.train = ml_collections.ConfigDict(dict(sections.train_defaults(), **optim.defaults()))
   c.eval = ml_collections.ConfigDict(sections.eval_defaults())
   c.sample = ml_collections.ConfigDict(sampling.defaults())  # sample.py; --mode sample
@@ -162,6 +164,7 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   objectives.check_config(cfg)
   model_config.check_config(cfg)
   noise.check_config(cfg, training)
+  block.check_config(cfg)
   optim.check_config(cfg)
   sections.check_train(cfg)
   sections.check_eval(cfg)

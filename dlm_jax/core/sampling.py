@@ -25,10 +25,7 @@ predict x_i, in both attention modes.
        positions by the guided distribution, as SMDM and LLaDA do); w = 0 is plain conditional
        sampling.
 
-To add a sampler strategy: a STRATEGIES name and its branch in mdm_loop's step (how many and
-which masked positions a step reveals); Settings.check and the sample.* keys pick it up. A sampler
-mode: a MODES name, a Sampler._generate_<mode> method and its INFILLS entry; a loss kind names the
-mode that decodes what it trains (core/losses.py `sampler`).
+To add: a strategy, a STRATEGIES name and its branch in mdm_loop's step; a mode, register_mode.
 """
 import dataclasses
 import functools
@@ -50,19 +47,15 @@ from dlm_jax.core.tokens import BOS, EOS, MASK, PAD
 from dlm_jax.errors import SampleError
 
 
-MODES = ('ar', 'mdm')
-
-
+MODES = ('ar', 'mdm')  # and those of Sampler.register_mode
 GRIDS = ('uniform', 'cosine')
-
-
 STRATEGIES = ('ancestral', 'confidence')
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What to sample; the names are the config's sample.* keys."""
-  mode: str = 'mdm'              # ar | mdm
+  mode: str = 'mdm'              # ar | mdm | a registered mode (block)
   length: int = 128              # new tokens per sample (MDM: the masked span)
   steps: int = 64                # MDM: T, denoising steps
   grid: str = 'uniform'          # MDM time grid: uniform | cosine
@@ -301,8 +294,14 @@ class Sampler:
     out, passes = getattr(self, f'_generate_{st.mode}')(rng, prompts, suffixes, plen_B, st, guided)
     return dict(tokens=out, passes=int(passes), seconds=time.time() - t0)
 
-  # per sampler mode (MODES): does it fill a span with fixed text after it (a suffix)?
-  INFILLS = {'ar': False, 'mdm': True}
+  INFILLS, SETTINGS = {'ar': False, 'mdm': True}, {}  # infills a span?; cfg -> Settings keys
+
+  @classmethod
+  def register_mode(cls, name, generate, infills: bool, settings=lambda cfg: {}):
+    """Another module's mode (core/block.py): `generate` is its _generate_<name>."""
+    global MODES
+    MODES, cls.INFILLS[name], cls.SETTINGS[name] = MODES + (name,), infills, settings
+    setattr(cls, f'_generate_{name}', generate)
 
   def _generate_ar(self, rng, prompts, suffixes, plen_B, st, guided):
     B = len(prompts)
@@ -358,7 +357,8 @@ def settings_from_config(cfg, mode):
   sc = cfg.sample
   keys = {f.name: sc[f.name] for f in dataclasses.fields(Settings) if f.name in sc}
   keys.update(mode=mode, length=sc.length or cfg.data.seq_len,
-              guidance=sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0)
+              guidance=sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0,
+              **Sampler.SETTINGS.get(mode, lambda cfg: {})(cfg))
   return Settings(**keys)
 
 
@@ -394,7 +394,7 @@ def check_config(cfg):
   need(sc.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
   need(sc.batch_size >= 1, 'sample.batch_size', 'must be >= 1')
   need(0 <= sc.length <= cfg.data.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
-  if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
-    raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
+  if cfg.sample.mode not in ('auto', 'both') + MODES:
+    raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, both, {MODES}')
   for mode in MODES:  # the checks of every mode, whichever the run samples with
     settings_from_config(cfg, mode).check()
