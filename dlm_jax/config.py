@@ -6,8 +6,9 @@ misspelled key or a wrong type as the file sets it) and changes values; `validat
 a config's keys and types are the schema's (also for a config not built from base()) and that every
 value is possible. Owners (each a `defaults()` and a `check_config(cfg)`): model
 (core/model_config.py), diffusion (core/noise.py; its schedules and time samplers are registries in
-core/schedules.py), objective / dual (core/objectives.py), train's optimizer keys and LR schedules
-(core/optim.py), sample (core/sampling.py), mesh (core/sharding.py), data (data/pipeline.py,
+core/schedules.py), block (core/block.py), objective / dual (core/objectives.py), train's
+optimizer keys and LR schedules (core/optim.py), sample (core/sampling.py), mesh
+(core/sharding.py), data (data/pipeline.py,
 data/tokenizers.py); train's loop keys and eval, read only above this layer, in sections.py;
 train.trackers is checked by the run that opens them (run/trackers.py); a run directory's old
 config.json and resuming: run/resume.py. Errors are `ConfigError`s whose one-line message names the

@@ -71,7 +71,7 @@ def draw_noise(noise, rng, targets_BxL, size: int):
   """The noise of every block: (mask_BxL, training weight_BxJ, NELBO weight_BxJ)."""
   B, L = targets_BxL.shape
   _, mask_R, w_R, elbo_R = noise.sample(rng, targets_BxL.reshape(B * L // size, size))
-  return mask_R.reshape(B, L), w_R.reshape(B, -1), elbo_R.reshape(B, -1)
+  return mask_R.reshape(B, L), w_R.reshape(B, L // size), elbo_R.reshape(B, L // size)
 
 
 def block_inputs(targets_BxL, mask_BxL, size: int):
