@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from test_estimands import letters_corpus
 from dlm_jax import config as config_lib
 from dlm_jax.core import block
 from dlm_jax.core import blockattn
@@ -203,7 +204,6 @@ def test_trained_block_nelbo_never_beats_the_entropy(tmp_path):
   """A d=64, 2-layer block model (L' = 4) trained 300 steps on documents of known entropy
   (test_estimands.letters_corpus: 2.647 nats per token, the length included): its validation
   block_nelbo is a bound, so it stays above that entropy, and it learned (well below ln 16)."""
-  from test_estimands import letters_corpus  # pylint: disable=g-import-not-at-top
   h_full, _ = letters_corpus(tmp_path / 'letters.jsonl')
   c = config_lib.base()
   c.objective, c.block.size = 'block', 4
