@@ -6,8 +6,9 @@ misspelled key or a wrong type as the file sets it) and changes values; `validat
 a config's keys and types are the schema's (also for a config not built from base()) and that every
 value is possible. Owners (each a `defaults()` and a `check_config(cfg)`): model
 (core/model_config.py), diffusion (core/noise.py; its schedules and time samplers are registries in
-core/schedules.py), objective / dual (core/objectives.py), train's optimizer keys and LR schedules
-(core/optim.py), sample (core/sampling.py), mesh (core/sharding.py), data (data/pipeline.py,
+core/schedules.py), block (core/block.py), objective / dual (core/objectives.py), train's
+optimizer keys and LR schedules (core/optim.py), sample (core/sampling.py), mesh
+(core/sharding.py), data (data/pipeline.py,
 data/tokenizers.py); train's loop keys and eval, read only above this layer, in sections.py;
 train.trackers is checked by the run that opens them (run/trackers.py); a run directory's old
 config.json and resuming: run/resume.py. Errors are `ConfigError`s whose one-line message names the
@@ -21,6 +22,7 @@ import ml_collections
 
 from dlm_jax import configs as shipped
 from dlm_jax import sections
+from dlm_jax.core import block
 from dlm_jax.core import model_config
 from dlm_jax.core import noise
 from dlm_jax.core import objectives
@@ -38,7 +40,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ''             # AR2Diff: start from this run directory's latest params
-  c.objective = 'mdm'          # a name in objectives.OBJECTIVES: ar | mdm | dual | prefix
+  c.objective = 'mdm'          # a name in objectives.OBJECTIVES: ar | mdm | dual | prefix | block
   c.dual = ml_collections.ConfigDict(dict(
       ar_weight='1/2',         # AR share of each batch's sequences as in the paper: '63/64', '0.75'
       ar_attention='causal',   # causal | prefix: attention (and loss) of the AR share
@@ -46,6 +48,7 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(model_config.defaults())
   c.data = ml_collections.ConfigDict(pipeline.defaults())
   c.diffusion = noise.defaults()
+  c.block = block.defaults()   # block diffusion (objective=block): core/block.py
   c.train = ml_collections.ConfigDict(dict(sections.train_defaults(), **optim.defaults()))
   c.eval = ml_collections.ConfigDict(sections.eval_defaults())
   c.sample = ml_collections.ConfigDict(sampling.defaults())  # sample.py; --mode sample
@@ -162,6 +165,7 @@ def validate(cfg: ml_collections.ConfigDict, training=True) -> ml_collections.Co
   objectives.check_config(cfg)
   model_config.check_config(cfg)
   noise.check_config(cfg, training)
+  block.check_config(cfg)
   optim.check_config(cfg)
   sections.check_train(cfg)
   sections.check_eval(cfg)

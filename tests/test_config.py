@@ -282,6 +282,7 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
 # config.base() before its sections moved to their owners (issue 29): the assembled schema must
 # stay this, key for key, type for type
 FROZEN_BASE = dict(
+    block=dict(size=4),
     data=dict(cache_dir='', corpus='embedded', packing='wrap', prefetch=2, segment_ids=False,
         seq_len=128, task='', tokenizer='bpe', unique_tokens=0, val_fraction=0.04),
     diffusion=dict(eps=0.001, low_discrepancy=True, logsnr_scale=1.0, logsnr_shift=0.0,

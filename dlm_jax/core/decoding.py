@@ -12,7 +12,7 @@ from dlm_jax.core.tokens import BOS, PAD
 from dlm_jax.errors import SampleError
 
 
-MODES = ('ar', 'mdm')
+MODES = ('ar', 'mdm')  # and those of Sampler.register_mode
 
 
 GRIDS = ('uniform', 'cosine')
@@ -24,7 +24,7 @@ STRATEGIES = ('ancestral', 'confidence')
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What to sample; the names are the config's sample.* keys."""
-  mode: str = 'mdm'              # ar | mdm
+  mode: str = 'mdm'              # ar | mdm | a registered mode (block)
   length: int = 128              # new tokens per sample (MDM: the masked span)
   steps: int = 64                # MDM: T, denoising steps
   grid: str = 'uniform'          # MDM time grid: uniform | cosine

@@ -75,16 +75,17 @@ def flops_per_token(d_model, num_layers, mlp_dim, vocab_size, seq_len, training=
   return 3 * forward if training else forward
 
 
-def from_config(model_cfg, seq_len):
-  """Counts and per-token training FLOPs for a resolved config.model."""
+def from_config(model_cfg, seq_len, factor: int = 1):
+  """Counts and per-token training FLOPs for a resolved config.model. factor: input tokens the
+  model reads per target (block diffusion: 2, a noised and a clean copy, so 2L of attention)."""
   m = model_cfg
   kv = m.get('num_kv_heads', 0)
   hd = m.get('head_dim', 0)
   out = param_counts(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, m.tie_embeddings,
                      m.num_heads, kv, m.get('qkv_bias', False), hd, m.get('qk_norm', False))
-  out['flops_per_token'] = flops_per_token(m.d_model, m.num_layers, m.mlp_dim, m.vocab_size,
-                                           seq_len, num_heads=m.num_heads, num_kv_heads=kv,
-                                           head_dim=hd)
+  out['flops_per_token'] = factor * flops_per_token(
+      m.d_model, m.num_layers, m.mlp_dim, m.vocab_size, factor * seq_len, num_heads=m.num_heads,
+      num_kv_heads=kv, head_dim=hd)
   return out
 
 

@@ -115,12 +115,14 @@ def rope_frequencies(H: int, base: float, scaling: str = ''):
                    jnp.where(wavelen_K > context / low, inv_freq_K / factor, mixed_K))
 
 
-def rope(x_BxLxNxH, base: float, offset=0, scaling: str = ''):
+def rope(x_BxLxNxH, base: float, offset=0, scaling: str = '', positions_L=None):
   """Rotary position embedding on the last axis (half-split convention); the first row is at
-  position `offset` (a decode step)."""
+  position `offset` (a decode step), or row i at positions_L[i] (block diffusion's two copies)."""
   L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[-1]
   inv_freq_K = rope_frequencies(H, base, scaling)
   pos_L = jnp.arange(L, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
+  if positions_L is not None:
+    pos_L = jnp.asarray(positions_L, jnp.float32)
   ang_LxK = pos_L[:, None] * inv_freq_K[None]
   sin, cos = jnp.sin(ang_LxK)[None, :, None], jnp.cos(ang_LxK)[None, :, None]
   return _rotate(x_BxLxNxH, sin, cos)

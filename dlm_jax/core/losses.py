@@ -150,6 +150,7 @@ class LossKind:
   sampler = 'ar'      # the sample.mode (core/sampling.py) that decodes what it trains
   estimators = ()     # likelihood estimators (infer/likelihood.py) that score what it trains
   bpb_of = ''         # the validation metric also reported in bits per byte (<kind>_bpb)
+  input_factor = 1    # input tokens the model reads per target (FLOPs: core/flops.py)
 
   def draw(self, cfg, batch, keys, train):
     return {}

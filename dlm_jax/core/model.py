@@ -11,6 +11,8 @@ parameters runs with three attention kinds, chosen per call:
   causal         position i attends to j <= i
   bidirectional  every position attends to every position
   prefix         bidirectional over the first P_b positions of sequence b, causal after
+  block          block diffusion's [noised ; clean] input of 2L (core/blockattn.py); with a KV
+                 cache: the new positions see the cache and each other (one block)
 and optional segment ids, so packed documents never attend across boundaries. The [MASK] logit is
 never predicted (set to -1e9): MDM and AR share one output distribution over real tokens; nor are
 the vocabulary's padding rows and the ids of model.unpredicted.
@@ -23,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.core import blockattn
 from dlm_jax.core.flops import head_size
 from dlm_jax.core.kernels import NEG_INF, reference_attention, rope, softmax_attention, swiglu
 from dlm_jax.core.model_config import DTYPE_NAMES, ModelConfig  # pylint: disable=unused-import
@@ -130,7 +133,8 @@ class Block(nn.Module):
   mesh: Any = None  # activation sharding constraints when set
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask, is_causal, deterministic, kv=None, pos=None):
+  def __call__(self, x_BxLxD, mask, is_causal, deterministic, kv=None, pos=None,
+               positions_L=None):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     N, H = c.num_heads, head_dim(c)
@@ -154,8 +158,8 @@ class Block(nn.Module):
     if c.qk_norm:  # Qwen3: each head's q and k RMS-normalised over H (own scales), then RoPE
       q_BxLxNxH = RMSNorm(dt, pdt, c.norm_eps, name='q_norm')(q_BxLxNxH)
       k_BxLxKxH = RMSNorm(dt, pdt, c.norm_eps, name='k_norm')(k_BxLxKxH)
-    q_BxLxNxH = heads(rope(q_BxLxNxH, c.rope_base, offset, c.rope_scaling))
-    k_BxLxKxH = rope(k_BxLxKxH, c.rope_base, offset, c.rope_scaling)
+    q_BxLxNxH = heads(rope(q_BxLxNxH, c.rope_base, offset, c.rope_scaling, positions_L))
+    k_BxLxKxH = rope(k_BxLxKxH, c.rope_base, offset, c.rope_scaling, positions_L)
     v_BxLxKxH = qkv(K, 'v')(h_BxLxD)
     if kv is not None:  # decoding: this step's keys / values into the cache, attend over it
       start = (0, pos, 0, 0)
@@ -214,7 +218,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, attention: str = 'causal', prefix_len_B=None,
-               segment_ids_BxL=None, deterministic: bool = True, cache=None, cache_pos=None):
+               segment_ids_BxL=None, deterministic: bool = True, cache=None, cache_pos=None,
+               block_size: int = 0):
     c = self.cfg
     dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     embed = nn.Embed(c.vocab_size, c.d_model,
@@ -225,16 +230,26 @@ class Transformer(nn.Module):
       tokens_BxL = jnp.where(tokens_BxL == i, row, tokens_BxL)
     x_BxLxD = constrain(embed(tokens_BxL), self.mesh, BATCH, None, None)
     x_BxLxD = nn.Dropout(c.embed_dropout)(x_BxLxD, deterministic=deterministic)
-    if cache is None:
+    positions_L = None
+    if cache is None and attention == 'block':
+      if segment_ids_BxL is not None or tokens_BxL.shape[1] % 2 or block_size < 1:
+        raise ValueError('block attention reads 2L tokens, needs block_size, has no segments')
+      L = tokens_BxL.shape[1] // 2
+      mask, is_causal = jnp.asarray(blockattn.block_allowed(L, block_size))[None, None], False
+      positions_L, kv = blockattn.block_positions(L), None
+    elif cache is None:
       mask, is_causal = attention_mask(attention, tokens_BxL.shape[1], prefix_len_B,
                                        segment_ids_BxL)
       kv = None
     else:
-      if attention != 'causal' or segment_ids_BxL is not None or prefix_len_B is not None:
-        raise ValueError('a KV cache decodes causally, without segments or prefixes')
+      if (attention not in ('causal', 'block') or segment_ids_BxL is not None or
+          prefix_len_B is not None):
+        raise ValueError('a KV cache decodes causally or by blocks, without segments or prefixes')
       T, S = tokens_BxL.shape[1], cache['k'].shape[2]
       q_pos_T = cache_pos + jnp.arange(T)
-      mask, is_causal = (jnp.arange(S)[None, :] <= q_pos_T[:, None])[None, None], False
+      allowed_TxS = (jnp.arange(S)[None, :] <= q_pos_T[:, None] if attention == 'causal' else
+                     blockattn.cache_allowed(S, cache_pos, T))
+      mask, is_causal = allowed_TxS[None, None], False
       kv = (cache['k'], cache['v'])
     block = Block
     remat = remat_policy(c)
@@ -245,17 +260,19 @@ class Transformer(nn.Module):
     if c.scan_layers:
       x_BxLxD, kv = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True,
                                                                             'dropout': True},
-                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast,
+                                    nn.broadcast),
                            metadata_params={nn.PARTITION_NAME: 'layers'},
                            length=c.num_layers, unroll=min(c.scan_unroll, c.num_layers))(
                                c, self.mesh, name='layers')(
-                               x_BxLxD, mask, is_causal, deterministic, kv, cache_pos)
+                               x_BxLxD, mask, is_causal, deterministic, kv, cache_pos,
+                               positions_L)
     else:
       new_kv = []
       for i in range(c.num_layers):
         kv_i = None if kv is None else (kv[0][i], kv[1][i])
-        x_BxLxD, kv_i = block(c, self.mesh, name=f'layers_{i}')(x_BxLxD, mask, is_causal,
-                                                                deterministic, kv_i, cache_pos)
+        x_BxLxD, kv_i = block(c, self.mesh, name=f'layers_{i}')(
+            x_BxLxD, mask, is_causal, deterministic, kv_i, cache_pos, positions_L)
         new_kv.append(kv_i)
       if kv is not None:
         kv = tuple(jnp.stack([layer[j] for layer in new_kv]) for j in (0, 1))

@@ -141,8 +141,13 @@ def sample_modes(cfg) -> tuple:
   """The sampler modes sample.mode asks for; auto: the sampler of every kind the objective
   trains; both: every sampler."""
   if cfg.sample.mode != 'auto':
-    return sampling.MODES if cfg.sample.mode == 'both' else (cfg.sample.mode,)
+    return ('ar', 'mdm') if cfg.sample.mode == 'both' else (cfg.sample.mode,)
   return of(cfg).sample_modes
+
+
+def input_factor(cfg) -> int:
+  """Input tokens per target of the most expensive kind trained (FLOP counts)."""
+  return max([1] + [losses.KINDS[k].input_factor for k in of(cfg).kinds if k in losses.KINDS])
 
 
 def mdm_count(cfg, step: int, batch_size: int) -> int:

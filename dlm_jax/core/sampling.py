@@ -25,10 +25,7 @@ predict x_i, in both attention modes.
        positions by the guided distribution, as SMDM and LLaDA do); w = 0 is plain conditional
        sampling.
 
-To add a sampler strategy: a STRATEGIES name and its branch in mdm_loop's step (how many and
-which masked positions a step reveals); Settings.check and the sample.* keys pick it up. A sampler
-mode: a MODES name, a Sampler._generate_<mode> method and its INFILLS entry; a loss kind names the
-mode that decodes what it trains (core/losses.py `sampler`).
+To add: a strategy, a STRATEGIES name and its branch in mdm_loop's step; a mode, register_mode.
 """
 import dataclasses
 import functools
@@ -41,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax.core import model as model_lib
+from dlm_jax.core import decoding
 from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import sharding
 from dlm_jax.core.family_sampler import family_loop
@@ -225,8 +223,15 @@ class Sampler:
     out, passes = getattr(self, f'_generate_{st.mode}')(rng, prompts, suffixes, plen_B, st, guided)
     return dict(tokens=out, passes=int(passes), seconds=time.time() - t0)
 
-  # per sampler mode (MODES): does it fill a span with fixed text after it (a suffix)?
-  INFILLS = {'ar': False, 'mdm': True}
+  INFILLS, SETTINGS = {'ar': False, 'mdm': True}, {}  # infills a span?; cfg -> Settings keys
+
+  @classmethod
+  def register_mode(cls, name, generate, infills: bool, settings=lambda cfg: {}):
+    """Another module's mode (core/block.py): `generate` is its _generate_<name>."""
+    global MODES
+    decoding.MODES = MODES = decoding.MODES + (name,)  # Settings.check reads decoding's
+    cls.INFILLS[name], cls.SETTINGS[name] = infills, settings
+    setattr(cls, f'_generate_{name}', generate)
 
   def _generate_ar(self, rng, prompts, suffixes, plen_B, st, guided):
     B = len(prompts)
@@ -304,7 +309,8 @@ def settings_from_config(cfg, mode):
   sc = cfg.sample
   keys = {f.name: sc[f.name] for f in dataclasses.fields(Settings) if f.name in sc}
   keys.update(mode=mode, length=sc.length or cfg.data.seq_len,
-              guidance=sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0)
+              guidance=sc.guidance if mode == 'mdm' or sc.mode == 'ar' else 0.0,
+              **Sampler.SETTINGS.get(mode, lambda cfg: {})(cfg))
   return Settings(**keys)
 
 
@@ -340,8 +346,8 @@ def check_config(cfg):
   need(sc.num_samples >= 0, 'sample.num_samples', 'must be >= 0')
   need(sc.batch_size >= 1, 'sample.batch_size', 'must be >= 1')
   need(0 <= sc.length <= cfg.data.seq_len, 'sample.length', 'must be in [0, data.seq_len]')
-  if cfg.sample.mode not in ('auto', 'ar', 'mdm', 'both'):
-    raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, ar, mdm, both')
+  if cfg.sample.mode not in ('auto', 'both') + MODES:
+    raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, both, {MODES}')
   for mode in MODES:  # the checks of every mode, whichever the run samples with
     settings_from_config(cfg, mode).check()
   if cfg.diffusion.noise != 'masked':

@@ -10,6 +10,7 @@ import numpy as np
 from dlm_jax import config as config_lib
 from dlm_jax.core import flops
 from dlm_jax.core import model as model_lib
+from dlm_jax.core import objectives
 from dlm_jax.core import sharding
 from dlm_jax.data import pipeline
 from dlm_jax.data import tasks
@@ -78,7 +79,8 @@ def build(cfg) -> Setup:
     if cfg.train.epochs > 0:
       cfg.train.num_steps = int(cfg.train.epochs * train_w.shape[0] // cfg.train.batch_size)
   return Setup(cfg, tok, model_lib.Transformer(cfg.model, mesh), mesh, train_w, val_w, info,
-               flops.from_config(cfg.model, cfg.data.seq_len), train_p, val_p, val_b)
+               flops.from_config(cfg.model, cfg.data.seq_len, objectives.input_factor(cfg)),
+               train_p, val_p, val_b)
 
 
 def train_iterator(setup):

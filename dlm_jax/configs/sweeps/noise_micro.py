@@ -7,6 +7,7 @@ diffusion where the objective is registered) on the embedded corpus, byte-level,
   python -m dlm_jax.sweep collect configs/sweeps/noise_micro.py
 """
 from dlm_jax.configs.sweeps import isoflop_micro
+from dlm_jax.core import flops
 from dlm_jax.core import objectives
 from dlm_jax.study.sweep import Sweep, fmt_num
 
@@ -29,11 +30,15 @@ def get_sweep():
       continue  # block diffusion not in this build
     for C in BUDGETS:
       for d, layers in SIZES:
-        steps = isoflop_micro.steps_for(C, d, layers)
+        # block diffusion reads 2L tokens per L targets: twice the FLOPs per target (flops.py)
+        factor = 2 if keys['objective'] == 'block' else 1
+        steps = int(round(C / (factor * flops.flops_per_token(
+            d, layers, flops.default_mlp_dim(d), isoflop_micro.VOCAB, factor * isoflop_micro.L)
+            * isoflop_micro.B * isoflop_micro.L)))
         if steps < isoflop_micro.MIN_STEPS:
           continue
         runs[f'{method}_C{fmt_num(C)}_d{d}'] = dict(
             keys, **{'model.d_model': d, 'model.num_layers': layers,
                      'model.num_heads': max(d // 16, 1), 'train.num_steps': steps,
                      'train.warmup_steps': max(steps // 10, 1)})
-  return Sweep('noise_micro', 'micro_base.py', runs, __doc__)
+  return Sweep('noise_micro', 'configs/sweeps/micro_base.py', runs, __doc__)
