@@ -525,7 +525,11 @@ GRAD_ACCUM_CASES = {
 }
 
 
-@pytest.mark.parametrize('case', list(GRAD_ACCUM_CASES))
+SLOW_GRAD_ACCUM = ('dual_hybrid_ce_task_segments', 'mdm_hybrid_logsnr_bell')
+
+
+@pytest.mark.parametrize('case', [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_GRAD_ACCUM
+                                  else c for c in GRAD_ACCUM_CASES])
 def test_grad_accumulation_is_the_same_update(case):
   """train.grad_accum = 1, 2, 4 give the same loss, gradients and metrics (to float error) for
   every objective: the dual assignment, t, masks, prefix lengths and token-dropout masks are drawn

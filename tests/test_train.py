@@ -51,7 +51,8 @@ class Crash(Exception):
   pass
 
 
-@pytest.mark.parametrize('objective', ['ar', 'mdm', 'dual', 'dual+hybrid'])
+@pytest.mark.parametrize('objective', ['ar', 'mdm', 'dual',
+                                       pytest.param('dual+hybrid', marks=pytest.mark.slow)])
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, objective):
   objective, _, noise = objective.partition('+')
   cfg = tiny_config(objective, num_steps=20, checkpoint_every=5, eval_every=5)
