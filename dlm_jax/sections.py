@@ -1,6 +1,7 @@
 """The config sections read only above the config layer (run/ and infer/, which config.base()
 cannot import): train's loop keys (its optimizer keys: core/optim.py) and eval, with their defaults
 and checks, next to the schema (config.py) that assembles them."""
+from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import objectives
 from dlm_jax.core.registry import choice, need
 
@@ -83,11 +84,11 @@ def check_eval(cfg):
          'an estimand: it bounds nothing; validation reports the NELBO whatever the loss')
     need(est == 'auto' or est in objectives.ESTIMATORS, 'eval.estimators',
          f'{est!r} is not one of auto, {names}')
-    need(cfg.diffusion.noise == 'masked' or est == 'auto' or est not in MASKED_ONLY,
+    need(noise_lib.masked(cfg.diffusion) or est == 'auto' or est not in MASKED_ONLY,
          'eval.estimators', f'{est} reads [MASK]-noised rows: defined for diffusion.noise=masked '
          f'only (under {cfg.diffusion.noise} noise use nelbo, which follows the run\'s noise)')
   task = objectives.of(cfg).task_estimator if e.task_estimator == 'auto' else e.task_estimator
-  need(not e.tasks or cfg.diffusion.noise == 'masked' or task not in MASKED_ONLY,
+  need(not e.tasks or noise_lib.masked(cfg.diffusion) or task not in MASKED_ONLY,
        'eval.task_estimator', f'{task} reads [MASK]-noised rows: zero-shot tasks under '
        f'diffusion.noise={cfg.diffusion.noise} need nelbo or ar')
   need(e.task_estimator == 'auto' or e.task_estimator in objectives.ESTIMATORS,

@@ -54,7 +54,7 @@ def check_config(cfg):
        'its block attention (documents would attend across EOS); set it False')
   need(not cfg.data.task, 'data.task', 'objective=block does not train prefix tasks (its noise '
        'is drawn per block, with no prompt); use objective=mdm or ar')
-  need(cfg.diffusion.noise == 'masked', 'diffusion.noise', f'{cfg.diffusion.noise}: '
+  need(noise_lib.masked(cfg.diffusion), 'diffusion.noise', f'{cfg.diffusion.noise}: '
        'objective=block supports masked noise only so far')
   need(cfg.eval.tasks == '', 'eval.tasks', 'objective=block has no zero-shot option scorer '
        '(the likelihood estimators score AR or MDM models, not block diffusion)')

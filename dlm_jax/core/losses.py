@@ -295,9 +295,9 @@ class MDM(LossKind):
   def metrics(self, sums, cfg):
     out = {}
     # the family's training sums lack the reconstruction term: not a bound (validation adds it)
-    if cfg.diffusion.noise == 'masked' and noise_lib.Noise(cfg.diffusion).nelbo_exact:
+    if noise_lib.masked(cfg.diffusion) and noise_lib.Noise(cfg.diffusion).nelbo_exact:
       out['mdm_nelbo'] = sums['mdm_sum'] / sums['mdm_tokens']
-    if cfg.diffusion.weighting != 'elbo' or cfg.diffusion.noise != 'masked':
+    if cfg.diffusion.weighting != 'elbo' or not noise_lib.masked(cfg.diffusion):
       out['mdm_loss'] = sums['mdm_loss_sum'] / sums['mdm_tokens']
     out['mask_rate'] = sums['masked'] / sums['mdm_tokens']
     return out
@@ -313,7 +313,7 @@ class MDM(LossKind):
     length = ('' if given or not padded else
               ', the length included (PAD masked and predicted, diffusion.pad=predict)')
     d = cfg.diffusion
-    family_note = ('' if d.noise == 'masked' else
+    family_note = ('' if noise_lib.masked(d) else
                    f'; {d.noise} noise (prior (1 - p) [MASK] + p uniform, p = '
                    f'{noise_lib.uniform_frac(d):g}): t in [eps, 1] plus the reconstruction term '
                    '-log p(x | z_eps)')

@@ -182,6 +182,11 @@ def uniform_frac(dcfg) -> float:
   return {'masked': 0.0, 'uniform': 1.0}.get(dcfg.noise, dcfg.get('p_uniform', 0.0))
 
 
+def masked(dcfg) -> bool:
+  """Is the prior all [MASK] (p = 0)? What the masked-only code paths ask (one home for it)."""
+  return uniform_frac(dcfg) == 0.0
+
+
 class Noise:
   """The configured forward process (config.diffusion): draws t, masks and per-sample weights.
 
@@ -347,10 +352,10 @@ def check_config(cfg, training=True):
       need(p.ok(dc[p.key]), f'diffusion.{p.key}', p.why.format(v=dc[p.key]))
   for p in (*TIME_SAMPLERS[dc.time_sampler].params, MIX):
     need(p.ok(sp[p.key]), f'diffusion.sampler_params.{p.key}', p.why.format(v=sp[p.key]))
-  need(dc.noise == 'masked' or dc.schedule != 'loglinear', 'diffusion.schedule',
+  need(masked(dc) or dc.schedule != 'loglinear', 'diffusion.schedule',
        f'loglinear keeps alpha(1) = eps > 0, so under {dc.noise} noise the process would not end '
        'at its prior; use linear, cosine, polynomial or logsnr')
-  need(dc.noise == 'masked' or dc.mask_pattern == 'bernoulli', 'diffusion.mask_pattern',
+  need(masked(dc) or dc.mask_pattern == 'bernoulli', 'diffusion.mask_pattern',
        f'exact_count needs diffusion.noise=masked: under {dc.noise} noise the NELBO integrand '
        'depends on t beyond the number of noised tokens, so no weighting of a fixed count is '
        'unbiased; use bernoulli')

@@ -350,5 +350,5 @@ def check_config(cfg):
     raise SampleError(f'sample.mode: {cfg.sample.mode!r} is not one of auto, both, {MODES}')
   for mode in MODES:  # the checks of every mode, whichever the run samples with
     settings_from_config(cfg, mode).check()
-  if cfg.diffusion.noise != 'masked':
+  if not noise_lib.masked(cfg.diffusion):
     check_family(settings_from_config(cfg, 'mdm'), noise_lib.uniform_frac(cfg.diffusion))

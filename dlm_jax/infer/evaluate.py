@@ -10,6 +10,7 @@ import numpy as np
 from dlm_jax import config as config_lib
 from dlm_jax import sections
 from dlm_jax.core import model as model_lib
+from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import objectives
 from dlm_jax.data import benchmarks
 from dlm_jax.data import pipeline
@@ -27,7 +28,7 @@ def estimators(cfg):
   """eval.estimators resolved; auto leaves out the masked-noise estimators under uniform / hybrid
   noise (their NELBO is validation's)."""
   names = [x.strip() for x in cfg.eval.estimators.split(',') if x.strip()]
-  masked = cfg.diffusion.noise == 'masked'
+  masked = noise_lib.masked(cfg.diffusion)
   out = []
   for n in names:
     for e in (objectives.of(cfg).estimators if n == 'auto' else (n,)):

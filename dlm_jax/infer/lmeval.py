@@ -31,6 +31,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from dlm_jax.core import losses
+from dlm_jax.core import noise as noise_lib
 from dlm_jax.core import sampling
 from dlm_jax.data.tokenizers import BOS, EOS, PAD
 from dlm_jax.errors import ConfigError
@@ -84,7 +85,7 @@ class DlmJaxLM(LM):
     # masked: the linear grid, one token per step at T = span (most-confident-first greedy, as
     # zero-shot decoding); uniform / hybrid: the run's own reverse process
     self.sampler = (sampling.Sampler(self.model, self.params, context=self.L)
-                    if self.cfg.diffusion.noise == 'masked' else
+                    if noise_lib.masked(self.cfg.diffusion) else
                     sampling.Sampler.from_config(self.model, self.params, self.cfg))
 
   @classmethod
@@ -165,7 +166,7 @@ class DlmJaxLM(LM):
   def _greedy_generate(self, ctx_ids, n):
     # uniform / hybrid noise: the family's reverse process at temperature 0 (confidence decoding
     # only unmasks)
-    strategy = 'confidence' if self.cfg.diffusion.noise == 'masked' else 'ancestral'
+    strategy = 'confidence' if noise_lib.masked(self.cfg.diffusion) else 'ancestral'
     st = sampling.Settings(mode=self.greedy_mode, length=n, steps=n, strategy=strategy,
                            temperature=0.0)
     out = self.sampler.generate(jax.random.PRNGKey(0), [ctx_ids], st)['tokens'][0]
